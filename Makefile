@@ -1,0 +1,46 @@
+# `make run` serves the API on :8000 (embedded PostgreSQL and Redis unless DATABASE_URL/REDIS_URL are set).
+# `make test` runs lint, types and the tests (this machine's services when LEDGERX_TEST_*_URL are set).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test lint typecheck pytest schema bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Stamps make a re-run a no-op until pyproject.toml changes.
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(VENV)/bin/ledgerx serve --host $(HOST) --port $(PORT)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.installed-dev
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+schema: $(VENV)/.installed-dev
+	$(VENV)/bin/ledgerx export-schema -o schema.graphql
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/graphql_overhead.py
+
+clean:
+	rm -rf $(VENV) .ledgerx .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,118 @@
+"""A minimal keep-alive HTTP/1.1 load generator (asyncio streams), light enough that on a
+2-core machine the server, not the client, is what gets measured."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Result:
+    requests: int
+    seconds: float
+    latencies: list[float]
+    errors: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name:<34} {self.rps:>9.0f} req/s   p50 {self.pct(0.50):6.2f} ms   p99 {self.pct(0.99):6.2f} ms"
+            f"   errors {self.errors}"
+        )
+
+
+async def _worker(host: str, port: int, raw: bytes, deadline: float, lat: list[float], errs: list[int]) -> int:
+    reader, writer = await asyncio.open_connection(host, port)
+    n = 0
+    try:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                errs[0] += 1
+            n += 1
+    finally:
+        writer.close()
+    return n
+
+
+async def load(host: str, port: int, raw: bytes, *, concurrency: int, seconds: float) -> Result:
+    lat: list[float] = []
+    errs = [0]
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*[_worker(host, port, raw, deadline, lat, errs) for _ in range(concurrency)])
+    return Result(sum(counts), time.perf_counter() - t0, lat, errs[0])
+
+
+def request(method: str, path: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: bench"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(module_app: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """One uvicorn worker in its own process (uvloop and httptools when installed)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        module_app,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+
+
+async def wait_ready(port: int, path: str = "/healthz", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = await load("127.0.0.1", port, request("GET", path), concurrency=1, seconds=0.01)
+            if r.requests and not r.errors:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"server on :{port} did not become ready")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)

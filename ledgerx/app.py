@@ -1,0 +1,112 @@
+"""Starlette app factory: routes, middleware and lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from ledgerx import metrics
+from ledgerx.graphql_view import GraphQLView
+from ledgerx.middleware import RequestContext
+from ledgerx.schema import build_schema
+from ledgerx.services import Services
+from ledgerx.settings import Settings
+
+log = logging.getLogger("ledgerx.app")
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
+    """Build the ASGI app. Tests pass ready `services`; otherwise the lifespan builds and closes them."""
+    settings = settings or (services.settings if services else Settings.from_env())
+    holder: dict[str, Services] = {}
+    if services is not None:
+        holder["services"] = services
+
+    def svc() -> Services:
+        return holder["services"]
+
+    class _LazyView:
+        """The view needs services, which exist only once the lifespan has started."""
+
+        view: GraphQLView | None = None
+
+        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+            if self.view is None:
+                self.view = GraphQLView(svc(), build_schema(settings))
+            await self.view(scope, receive, send)
+
+    graphql = _LazyView()
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        checks: dict[str, str] = {}
+        s = svc()
+        try:
+            await asyncio.wait_for(s.db.ping(), timeout=2)
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports every failure rather than raising
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            await asyncio.wait_for(s.redis.ping(), timeout=2)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+
+    async def metrics_route(_: Request) -> Response:
+        return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    async def jwks(_: Request) -> Response:
+        return JSONResponse(svc().keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        owned = "services" not in holder
+        if owned:
+            holder["services"] = Services.build(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await holder["services"].close()
+
+    routes = [
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_route),
+        Route("/.well-known/jwks.json", jwks),
+    ]
+    middleware = [
+        Middleware(RequestContext),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials="*" not in settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Api-Key", "X-Request-Id", "Idempotency-Key"],
+            expose_headers=[
+                "X-Request-Id",
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
+            max_age=600,
+        ),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

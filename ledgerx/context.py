@@ -1,0 +1,78 @@
+"""The per-request (or per-websocket-connection) GraphQL context."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from ledgerx import ids
+from ledgerx.domain.actor import Actor, RequestMeta
+from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import AppError, Unauthenticated
+from ledgerx.services import Services
+
+REFRESH_COOKIE = "lx_refresh"
+
+
+@dataclasses.dataclass
+class Context:
+    services: Services
+    request: Request | WebSocket
+    response: Response | None
+    meta: RequestMeta
+    principal: Principal | None = None
+    auth_error: AppError | None = None
+    # Per-request DataLoaders live here (see dataloaders/); websockets rebuild them per event.
+    loaders: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Filled by strawberry from the websocket `connection_init` payload.
+    connection_params: dict[str, Any] | None = None
+
+    @property
+    def request_id(self) -> str | None:
+        return self.meta.request_id
+
+    def require_principal(self) -> Principal:
+        if self.auth_error is not None:
+            raise self.auth_error
+        if self.principal is None:
+            raise Unauthenticated("sign in or send an API key")
+        return self.principal
+
+    def require_user(self) -> Principal:
+        p = self.require_principal()
+        if p.kind != "user" or p.user_id is None:
+            raise Unauthenticated("this operation needs a signed-in user, not an API key")
+        return p
+
+    def actor(self) -> Actor:
+        p = self.principal
+        if p is None:
+            return Actor.anonymous(self.meta)
+        if p.kind == "api_key":
+            return Actor("api_key", p.api_key_id, self.meta)
+        return Actor("user", p.user_id, self.meta)
+
+
+async def authenticate(services: Services, credential: str | None) -> Principal:
+    """Turn an `Authorization: Bearer …` value (or X-Api-Key) into a principal."""
+    if not credential:
+        raise Unauthenticated("missing credentials")
+    token = credential.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if token.startswith("lx_"):
+        authenticate_key = getattr(services, "authenticate_api_key", None)
+        if authenticate_key is None:
+            raise Unauthenticated("API keys are not enabled on this server")
+        principal: Principal = await authenticate_key(token)
+        return principal
+    claims = services.tokens.verify(token)
+    try:
+        user_id = ids.decode("user", str(claims["sub"]))
+    except AppError:
+        raise Unauthenticated("invalid access token") from None
+    return Principal(kind="user", user_id=user_id, session_id=claims.get("sid"))

@@ -1,0 +1,108 @@
+"""Engine and transaction helpers.
+
+The app connects as `settings.db_app_role`, a role that owns nothing, so PostgreSQL's row-level
+security applies to every query it runs (DESIGN.md "Tenancy"). Migrations and the few explicit
+maintenance paths connect as the owner (the DATABASE_URL user) instead.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+def async_url(url: str) -> URL:
+    """Turn the plain `postgresql://` form (including `?host=/socket/dir`) into an asyncpg URL."""
+    u = make_url(url)
+    u = u.set(drivername="postgresql+asyncpg")
+    query = dict(u.query)
+    sslmode = query.pop("sslmode", None)
+    if sslmode is not None and "ssl" not in query:
+        query["ssl"] = sslmode
+    return u.set(query=query)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A DSN asyncpg.connect() accepts directly (used by benchmarks and raw maintenance paths)."""
+    return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, role: str | None, pool_size: int = 20, app_name: str = "ledgerx") -> AsyncEngine:
+    server_settings = {"application_name": app_name}
+    if role:
+        # The startup packet sets the role for the whole connection, before any query runs.
+        server_settings["role"] = role
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args={"server_settings": server_settings, "statement_cache_size": 512},
+    )
+
+
+class Database:
+    """The app's database handle: an engine connected as the app role, and tenant transactions."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def transaction(
+        self,
+        *,
+        project_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        system: bool = False,
+    ) -> AsyncIterator[AsyncSession]:
+        """One database transaction with the tenant settings the RLS policies read.
+
+        `project_id` scopes tenant tables to one project; `user_id` lets a user see their own
+        memberships across projects; `system=True` is the explicit, audited cross-project path
+        (scheduler, platform admin, authentication lookups).
+        """
+        async with self.sessions() as session, session.begin():
+            if project_id is None and user_id is None and not system:
+                # Nothing to scope (non-tenant tables): skip the round trip. SET LOCAL values
+                # die with each transaction, so a pooled connection carries none over.
+                yield session
+                return
+            await session.execute(
+                text(
+                    "SELECT set_config('ledgerx.project_id', :p, true),"
+                    " set_config('ledgerx.user_id', :u, true),"
+                    " set_config('ledgerx.scope', :s, true)"
+                ),
+                {
+                    "p": str(project_id) if project_id else "",
+                    "u": str(user_id) if user_id else "",
+                    "s": "system" if system else "",
+                },
+            )
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        """A session in autocommit for single-statement reads of non-tenant tables.
+
+        One round trip per statement instead of BEGIN/SELECT/COMMIT; never use it for tenant tables
+        (RLS settings need a transaction) or for several reads that must agree with each other.
+        """
+        async with self.engine.connect() as conn:
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            async with AsyncSession(bind=auto, expire_on_commit=False, autoflush=False) as session:
+                yield session
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Identity: passwords, access tokens, refresh sessions, Google sign-in, principals."""

@@ -1,0 +1,195 @@
+"""Sign-up, log-in, refresh, log-out and Google sign-in, composed from the pieces beside this file."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ledgerx.db.engine import Database
+from ledgerx.db.models import User
+from ledgerx.domain import audit
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.auth import sessions
+from ledgerx.domain.auth.oidc import OidcClient
+from ledgerx.domain.auth.passwords import Passwords, check_policy
+from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.errors import BadInput, Conflict, RateLimited, Unauthenticated
+from ledgerx.domain.ratelimit import Limit, RateLimiter
+from ledgerx.ids import encode, uuid7
+
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+
+
+def normalize_email(email: str) -> str:
+    e = email.strip().lower()
+    if len(e) > 254 or not _EMAIL.match(e):
+        raise BadInput("email is not a valid address", field="email")
+    return e
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuthResult:
+    user: User
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoginLimits:
+    per_email: Limit
+    per_ip: Limit
+
+
+class AuthService:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        passwords: Passwords,
+        tokens: AccessTokens,
+        limiter: RateLimiter,
+        limits: LoginLimits,
+        oidc: OidcClient,
+        refresh_ttl: int,
+    ) -> None:
+        self.db = db
+        self.passwords = passwords
+        self.tokens = tokens
+        self.limiter = limiter
+        self.limits = limits
+        self.oidc = oidc
+        self.refresh_ttl = refresh_ttl
+
+    async def _throttle(self, action: str, email: str, actor: Actor) -> None:
+        """Per email and per IP buckets; both are spent so neither can be probed around."""
+        keys = [(f"{action}:email:{email}", self.limits.per_email)]
+        if actor.meta.ip:
+            keys.append((f"{action}:ip:{actor.meta.ip}", self.limits.per_ip))
+        for key, limit in keys:
+            d = await self.limiter.hit(key, limit)
+            if not d.allowed:
+                raise RateLimited(
+                    f"too many {action} attempts; retry in {d.retry_after_s}s", retry_after=d.retry_after_s
+                )
+
+    async def _issue(self, user: User, actor: Actor) -> AuthResult:
+        session = await sessions.start(self.db, user.id, actor, self.refresh_ttl)
+        access = self.tokens.issue(encode("user", user.id), session_id=str(session.family_id))
+        return AuthResult(user, access, session.refresh_token, self.tokens.ttl)
+
+    async def sign_up(self, email: str, password: str, name: str, actor: Actor) -> AuthResult:
+        email = normalize_email(email)
+        name = name.strip()
+        if len(name) > 200:
+            raise BadInput("name must be at most 200 characters", field="name")
+        check_policy(password, email)
+        await self._throttle("signup", email, actor)
+        hashed = await self.passwords.hash(password)
+        user = User(id=uuid7(), email=email, name=name, password_hash=hashed, email_verified=False)
+        try:
+            async with self.db.transaction() as s:
+                s.add(user)
+                await s.flush()
+                await audit.record(
+                    s,
+                    Actor("user", user.id, actor.meta),
+                    "user.sign_up",
+                    target_type="user",
+                    target_id=encode("user", user.id),
+                    after={"email": email},
+                )
+        except IntegrityError:
+            raise Conflict("an account with this email already exists", field="email") from None
+        return await self._issue(user, actor)
+
+    async def log_in(self, email: str, password: str, actor: Actor) -> AuthResult:
+        try:
+            email = normalize_email(email)
+        except BadInput:
+            email = email.strip().lower()[:254]
+        await self._throttle("login", email, actor)
+        async with self.db.transaction() as s:
+            user = (await s.execute(select(User).where(func.lower(User.email) == email))).scalar_one_or_none()
+        # Unknown emails verify against a dummy hash: same work, same answer.
+        ok, rehash = await self.passwords.verify(user.password_hash if user else None, password)
+        if user is None or not ok:
+            raise Unauthenticated("email or password is incorrect", reason="bad_credentials")
+        new_hash = await self.passwords.hash(password) if rehash else None
+        async with self.db.transaction() as s:
+            values: dict[str, object] = {"last_login_at": dt.datetime.now(dt.UTC)}
+            if new_hash:
+                values["password_hash"] = new_hash
+            await s.execute(update(User).where(User.id == user.id).values(**values))
+            await audit.record(
+                s,
+                Actor("user", user.id, actor.meta),
+                "user.log_in",
+                target_type="user",
+                target_id=encode("user", user.id),
+                after={"method": "password", "rehashed": bool(new_hash)},
+            )
+        return await self._issue(user, actor)
+
+    async def refresh(self, token: str, actor: Actor) -> AuthResult:
+        rotated = await sessions.rotate(self.db, token, actor, self.refresh_ttl)
+        user = await self.get_user(rotated.user_id)
+        if user is None:
+            raise Unauthenticated("account no longer exists")
+        access = self.tokens.issue(encode("user", user.id), session_id=str(rotated.family_id))
+        return AuthResult(user, access, rotated.refresh_token, self.tokens.ttl)
+
+    async def log_out(self, token: str, actor: Actor) -> bool:
+        return await sessions.revoke(self.db, token, actor)
+
+    async def get_user(self, user_id: uuid.UUID) -> User | None:
+        async with self.db.read() as s:
+            return (await s.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+
+    async def google_auth_url(self, redirect_uri: str) -> tuple[str, str]:
+        return await self.oidc.authorization_url(redirect_uri)
+
+    async def google_sign_in(self, code: str, state: str, redirect_uri: str, actor: Actor) -> AuthResult:
+        ident = await self.oidc.exchange(code, state, redirect_uri)
+        async with self.db.transaction() as s:
+            user = (await s.execute(select(User).where(User.google_sub == ident.subject))).scalar_one_or_none()
+            action = "user.log_in"
+            if user is None:
+                if not ident.email_verified:
+                    # Linking or creating on an unverified address would let anyone claim it.
+                    raise Unauthenticated("the Google account's email is not verified", reason="email_unverified")
+                user = (
+                    await s.execute(select(User).where(func.lower(User.email) == ident.email).with_for_update())
+                ).scalar_one_or_none()
+                if user is not None:
+                    if user.google_sub is not None:
+                        raise Conflict("this account is linked to another Google identity", field="email")
+                    user.google_sub = ident.subject
+                    user.email_verified = True
+                    action = "user.google_linked"
+                else:
+                    user = User(
+                        id=uuid7(),
+                        email=ident.email,
+                        name=ident.name,
+                        email_verified=True,
+                        google_sub=ident.subject,
+                    )
+                    s.add(user)
+                    action = "user.sign_up"
+            user.last_login_at = dt.datetime.now(dt.UTC)
+            await s.flush()
+            await audit.record(
+                s,
+                Actor("user", user.id, actor.meta),
+                action,
+                target_type="user",
+                target_id=encode("user", user.id),
+                after={"method": "google"},
+            )
+        return await self._issue(user, actor)

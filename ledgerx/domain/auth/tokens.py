@@ -1,0 +1,84 @@
+"""Short-lived JWT access tokens: signed with the key ring, every registered claim checked."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt
+
+from ledgerx.domain.auth.keys import KeyRing
+from ledgerx.domain.errors import Unauthenticated
+
+LEEWAY_SECONDS = 30
+_CACHE_SIZE = 10_000
+
+
+class AccessTokens:
+    def __init__(self, ring: KeyRing, *, issuer: str, audience: str, ttl: int) -> None:
+        self.ring = ring
+        self.issuer = issuer
+        self.audience = audience
+        self.ttl = ttl
+        self._verified: dict[str, dict[str, Any]] = {}
+
+    def issue(self, subject: str, *, session_id: str | None = None, now: float | None = None) -> str:
+        t = int(now if now is not None else time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": subject,
+            "iat": t,
+            "nbf": t,
+            "exp": t + self.ttl,
+            "jti": uuid.uuid4().hex,
+        }
+        if session_id:
+            claims["sid"] = session_id
+        key = self.ring.signing
+        return jwt.encode(claims, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Return the claims, or raise UNAUTHENTICATED without saying which check failed.
+
+        A token whose signature already verified is remembered until it expires (a client sends
+        the same token on every request, and the signature check is most of the cost); expiry
+        is still checked on every use.
+        """
+        hit = self._verified.get(token)
+        if hit is not None:
+            if hit["exp"] + LEEWAY_SECONDS >= time.time():
+                return hit
+            self._verified.pop(token, None)
+        claims = self._verify(token)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid access token") from None
+        key = self.ring.by_kid.get(str(header.get("kid")))
+        # The algorithm comes from our key, never from the token: `alg: none` or an HMAC
+        # signed with the public key cannot pass.
+        if key is None or header.get("alg") != key.alg:
+            raise Unauthenticated("invalid access token")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.public_key,
+                algorithms=[key.alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("access token expired", reason="expired") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("invalid access token") from None
+        return claims

@@ -1,0 +1,80 @@
+"""Domain errors with the stable codes of DESIGN.md.
+
+Resolvers let these propagate; the GraphQL layer turns them into `extensions.code` (and
+`extensions.field` for bad input). Anything else is unexpected and is masked as INTERNAL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    code = "INTERNAL"
+    http_status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.extra = extra
+
+    def extensions(self) -> dict[str, Any]:
+        ext: dict[str, Any] = {"code": self.code}
+        if self.field is not None:
+            ext["field"] = self.field
+        ext.update(self.extra)
+        return ext
+
+
+class Unauthenticated(AppError):
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class Forbidden(AppError):
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class NotFound(AppError):
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class BadInput(AppError):
+    code = "BAD_USER_INPUT"
+
+
+class Conflict(AppError):
+    code = "CONFLICT"
+    http_status = 409
+
+
+class IdempotencyConflict(AppError):
+    code = "IDEMPOTENCY_CONFLICT"
+    http_status = 409
+
+
+class InsufficientFunds(AppError):
+    code = "INSUFFICIENT_FUNDS"
+    http_status = 402
+
+
+class QuotaExceeded(AppError):
+    code = "QUOTA_EXCEEDED"
+    http_status = 429
+
+
+class RateLimited(AppError):
+    code = "RATE_LIMITED"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, retryAfter=retry_after, **extra)
+        self.retry_after = retry_after
+
+
+class ProjectSuspended(AppError):
+    code = "PROJECT_SUSPENDED"
+    http_status = 403

@@ -1,0 +1,152 @@
+"""Token-bucket rate limits in Redis, one round trip per check, with a local fallback.
+
+The bucket is a hash {tokens, ts}; a Lua script refills and spends atomically, so any number of
+app instances share one limit. When Redis cannot be reached the check falls back to a bucket in
+this process (limits then hold per instance), logs one warning per outage, raises a gauge, and
+goes back to Redis by itself once it answers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ledgerx import metrics
+
+log = logging.getLogger("ledgerx.ratelimit")
+
+# KEYS[1] bucket; ARGV: capacity, refill tokens per second, cost, now in ms (-1: Redis' clock).
+# Returns {allowed, tokens left (string: Lua numbers are truncated on return), retry ms, reset ms}.
+_TOKEN_BUCKET = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) * rate / 1000)
+  ts = now
+end
+local allowed = 0
+local retry = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  retry = math.ceil((cost - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
+redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * 1000 / rate) + 1000)
+return {allowed, tostring(tokens), retry, math.ceil((capacity - tokens) * 1000 / rate)}
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limit:
+    capacity: int  # burst
+    per_second: float  # refill rate
+
+    def __post_init__(self) -> None:
+        if self.capacity < 1 or self.per_second <= 0:
+            raise ValueError("a limit needs capacity >= 1 and a positive refill rate")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after_ms: int
+    reset_ms: int
+    degraded: bool = False
+
+    @property
+    def retry_after_s(self) -> int:
+        return max(1, math.ceil(self.retry_after_ms / 1000))
+
+    @property
+    def reset_s(self) -> int:
+        return math.ceil(self.reset_ms / 1000)
+
+
+class RateLimiter:
+    RETRY_REDIS_AFTER_S = 1.0
+
+    def __init__(self, redis: Redis, *, prefix: str, clock: Callable[[], float] | None = None) -> None:
+        self.redis = redis
+        self.prefix = prefix + "rl:"
+        self.clock = clock  # injected in tests; None means Redis' own clock
+        self._script = redis.register_script(_TOKEN_BUCKET)
+        self._local: dict[str, tuple[float, float]] = {}
+        self._down_since: float | None = None
+        self._next_try = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_since is not None
+
+    async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+        now_ms = int(self.clock() * 1000) if self.clock else -1
+        if self._down_since is None or time.monotonic() >= self._next_try:
+            try:
+                allowed, tokens, retry, reset = await self._script(
+                    keys=[self.prefix + key], args=[limit.capacity, limit.per_second, cost, now_ms]
+                )
+            except (RedisError, OSError) as exc:
+                self._mark_down(exc)
+            else:
+                self._mark_up()
+                return Decision(bool(allowed), limit.capacity, int(float(tokens)), int(retry), int(reset))
+        metrics.RATELIMIT_FALLBACKS.inc()
+        return self._local_hit(key, limit, cost, now_ms)
+
+    def _local_hit(self, key: str, limit: Limit, cost: int, now_ms: int) -> Decision:
+        now = now_ms if now_ms >= 0 else time.time() * 1000
+        tokens, ts = self._local.get(key, (float(limit.capacity), now))
+        if now > ts:
+            tokens = min(float(limit.capacity), tokens + (now - ts) * limit.per_second / 1000)
+            ts = now
+        allowed = tokens >= cost
+        retry = 0
+        if allowed:
+            tokens -= cost
+        else:
+            retry = math.ceil((cost - tokens) * 1000 / limit.per_second)
+        self._local[key] = (tokens, ts)
+        if len(self._local) > 100_000:  # bound memory during a long outage
+            self._local.clear()
+        reset = math.ceil((limit.capacity - tokens) * 1000 / limit.per_second)
+        return Decision(allowed, limit.capacity, int(tokens), retry, reset, degraded=True)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            metrics.RATELIMIT_DEGRADED.set(1)
+            log.warning("redis unreachable; rate limits are per instance until it returns", extra={"error": repr(exc)})
+        self._next_try = time.monotonic() + self.RETRY_REDIS_AFTER_S
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "redis reachable again; shared rate limits resumed",
+                extra={"outage_seconds": round(time.monotonic() - self._down_since, 3)},
+            )
+            self._down_since = None
+            metrics.RATELIMIT_DEGRADED.set(0)
+            self._local.clear()

@@ -1,0 +1,92 @@
+"""UUIDv7 generation and the API's type-prefixed, sortable identifiers.
+
+The database stores plain UUIDv7 values; the API shows `prefix_` + 26 Crockford base32
+characters. Base32 of a fixed-width big-endian integer sorts like the integer, and UUIDv7 sorts
+by creation time, so public ids sort by creation time too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+from ledgerx.domain.errors import BadInput
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+
+PREFIXES = {
+    "user": "usr",
+    "project": "prj",
+    "member": "mem",
+    "invite": "inv",
+    "api_key": "key",
+    "wallet": "wal",
+    "transaction": "txn",
+    "entry": "ent",
+    "event": "evt",
+    "rule": "rul",
+    "run": "run",
+    "metric": "met",
+    "plan": "pln",
+    "credit_pack": "pck",
+    "payment": "pay",
+    "invoice": "ivc",
+    "subscription": "sub",
+    "webhook_event": "whe",
+    "audit": "aud",
+}
+
+_lock = threading.Lock()
+_last_ms = 0
+_seq = 0
+
+
+def uuid7() -> uuid.UUID:
+    """A UUIDv7 that is strictly increasing within this process (RFC 9562, method 1 counter)."""
+    global _last_ms, _seq
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _seq += 1
+            if _seq >= 1 << 12:
+                ms += 1
+                _seq = 0
+        else:
+            _seq = int.from_bytes(os.urandom(2), "big") & 0x3FF  # leave headroom for the counter
+        _last_ms = ms
+        seq = _seq
+    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+    return uuid.UUID(int=value)
+
+
+def encode(kind: str, value: uuid.UUID) -> str:
+    n = value.int
+    chars = []
+    for _ in range(26):
+        chars.append(_ALPHABET[n & 31])
+        n >>= 5
+    return f"{PREFIXES[kind]}_{''.join(reversed(chars))}"
+
+
+def decode(kind: str, public_id: str, field: str = "id") -> uuid.UUID:
+    """Parse a public id of the given kind; an id of another kind or malformed is BAD_USER_INPUT."""
+    prefix = PREFIXES[kind]
+    if not isinstance(public_id, str) or not public_id.startswith(prefix + "_"):
+        raise BadInput(f"expected a {kind.replace('_', ' ')} id starting with {prefix}_", field=field)
+    body = public_id[len(prefix) + 1 :].lower()
+    if len(body) != 26:
+        raise BadInput(f"malformed {kind.replace('_', ' ')} id", field=field)
+    n = 0
+    for c in body:
+        d = _DECODE.get(c)
+        if d is None:
+            raise BadInput(f"malformed {kind.replace('_', ' ')} id", field=field)
+        n = (n << 5) | d
+    if n >> 128:
+        raise BadInput(f"malformed {kind.replace('_', ' ')} id", field=field)
+    return uuid.UUID(int=n)

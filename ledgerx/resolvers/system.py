@@ -1,0 +1,30 @@
+"""Fields about the server itself."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from ledgerx import __version__
+from ledgerx.schema.info import Info
+
+
+@strawberry.type
+class SystemQuery:
+    @strawberry.field(description="The server's version.")
+    def version(self) -> str:
+        return __version__
+
+
+@strawberry.type
+class SystemSubscription:
+    @strawberry.subscription(description="The server's clock every interval: a liveness signal for dashboards.")
+    async def heartbeat(self, info: Info, interval_seconds: int = 15) -> AsyncGenerator[dt.datetime, None]:
+        info.context.require_principal()
+        interval = min(max(interval_seconds, 1), 300)
+        while True:
+            yield dt.datetime.now(dt.UTC)
+            await asyncio.sleep(interval)

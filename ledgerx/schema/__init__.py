@@ -1,0 +1,64 @@
+"""Assembles the Schema from the resolver modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import strawberry
+from graphql.error import GraphQLError
+from graphql.validation import ASTValidationRule
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaxTokensLimiter,
+    ParserCache,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.extensions.max_aliases import create_validator as aliases_validator
+from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+
+from ledgerx.resolvers.auth import AuthMutation, AuthQuery
+from ledgerx.resolvers.system import SystemQuery, SystemSubscription
+from ledgerx.schema.errors import ErrorShaping
+from ledgerx.settings import Settings
+
+Query = merge_types("Query", (AuthQuery, SystemQuery))
+Mutation = merge_types("Mutation", (AuthMutation,))
+Subscription = merge_types("Subscription", (SystemSubscription,))
+
+
+class LedgerXSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        # ErrorShaping logs unexpected errors with their traceback; expected ones are not noise.
+        return None
+
+
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    s = settings or Settings()
+    # The limit rules are built once: ValidationCache keys on the rule classes, and
+    # QueryDepthLimiter/MaxAliasesLimiter would build new classes per request (a miss every time).
+    rules: list[type[ASTValidationRule]] = [
+        depth_validator(s.graphql_max_depth, None, None),
+        aliases_validator(s.graphql_max_aliases),
+    ]
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        ErrorShaping,
+        lambda: ParserCache(maxsize=512),
+        lambda: MaxTokensLimiter(max_token_count=s.graphql_max_tokens),
+        lambda: AddValidationRules(rules),
+        lambda: ValidationCache(maxsize=512),
+    ]
+    if not s.graphql_introspection:
+        extensions.append(DisableIntrospection)
+    return LedgerXSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+
+
+def schema_sdl() -> str:
+    return str(build_schema().as_str()) + "\n"
+
+
+__all__: list[Any] = ["build_schema", "schema_sdl"]

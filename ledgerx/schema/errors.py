@@ -1,0 +1,68 @@
+"""Error shaping: stable `extensions.code` on every error, unexpected ones masked with a request id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql.error import GraphQLError
+from strawberry.extensions import SchemaExtension
+from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
+
+from ledgerx import metrics
+from ledgerx.domain.errors import AppError, RateLimited
+
+log = logging.getLogger("ledgerx.graphql")
+
+
+def shape(error: GraphQLError, context: Any) -> GraphQLError:
+    original = error.original_error
+    request_id = getattr(context, "request_id", None)
+    if isinstance(original, AppError):
+        ext = original.extensions()
+        metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()
+        return GraphQLError(original.message, error.nodes, error.source, error.positions, error.path, None, ext)
+    if original is None:
+        # Parse, validation and variable-coercion errors: the query itself is bad input.
+        ext = dict(error.extensions or {})
+        ext.setdefault("code", "BAD_USER_INPUT")
+        metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()
+        return GraphQLError(error.message, error.nodes, error.source, error.positions, error.path, None, ext)
+    metrics.GRAPHQL_ERRORS.labels("INTERNAL").inc()
+    log.error(
+        "unexpected error in resolver",
+        exc_info=(type(original), original, original.__traceback__),
+        extra={"path": error.path},
+    )
+    return GraphQLError(
+        f"Internal error (request id {request_id})",
+        error.nodes,
+        error.source,
+        error.positions,
+        error.path,
+        None,
+        {"code": "INTERNAL", "requestId": request_id},
+    )
+
+
+class ErrorShaping(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
+            ctx = self.execution_context.context
+            result.errors = [shape(e, ctx) for e in result.errors]
+            _rate_limit_headers(result.errors, ctx)
+
+
+def _rate_limit_headers(errors: list[GraphQLError], ctx: Any) -> None:
+    response = getattr(ctx, "response", None)
+    if response is None:
+        return
+    for e in errors:
+        if (e.extensions or {}).get("code") == RateLimited.code:
+            response.headers["Retry-After"] = str((e.extensions or {}).get("retryAfter", 1))
+            response.status_code = 429
+            return

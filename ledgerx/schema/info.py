@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import strawberry
+
+from ledgerx.context import Context
+
+Info = strawberry.Info[Context, None]

@@ -1,0 +1,97 @@
+"""The long-lived services one app instance holds: database, Redis, keys, limiter, domain services."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import httpx
+from redis.asyncio import Redis
+
+from ledgerx import embedded
+from ledgerx.db.engine import Database, make_engine
+from ledgerx.domain.auth.keys import KeyRing
+from ledgerx.domain.auth.oidc import OidcClient
+from ledgerx.domain.auth.passwords import Passwords
+from ledgerx.domain.auth.service import AuthService, LoginLimits
+from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.ratelimit import Limit, RateLimiter
+from ledgerx.settings import Settings
+
+log = logging.getLogger("ledgerx.services")
+
+
+def resolve_urls(settings: Settings) -> Settings:
+    """Fill in DATABASE_URL / REDIS_URL with embedded servers when they are unset."""
+    db_url = settings.database_url
+    redis_url = settings.redis_url
+    if not db_url:
+        db_url = embedded.start_postgres(settings.data_dir)
+    if not redis_url:
+        redis_url = embedded.start_redis(settings.data_dir)
+    return dataclasses.replace(settings, database_url=db_url, redis_url=redis_url)
+
+
+def make_redis(url: str) -> Redis:
+    # Short timeouts: a Redis outage must degrade requests, not hang them.
+    return Redis.from_url(
+        url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30, decode_responses=False
+    )
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    db: Database
+    redis: Redis
+    http: httpx.AsyncClient
+    keys: KeyRing
+    tokens: AccessTokens
+    passwords: Passwords
+    limiter: RateLimiter
+    auth: AuthService
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        settings = resolve_urls(settings)
+        assert settings.database_url
+        assert settings.redis_url
+        db = Database(make_engine(settings.database_url, role=settings.db_app_role, pool_size=settings.db_pool_size))
+        redis = make_redis(settings.redis_url)
+        http = httpx.AsyncClient(follow_redirects=False)
+        keys = KeyRing.from_settings(settings)
+        tokens = AccessTokens(
+            keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience, ttl=settings.access_token_ttl
+        )
+        passwords = Passwords(
+            time_cost=settings.argon2_time_cost,
+            memory_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+        limiter = RateLimiter(redis, prefix=settings.redis_prefix)
+        refill = 1.0 / settings.login_limit_refill_seconds
+        auth = AuthService(
+            db=db,
+            passwords=passwords,
+            tokens=tokens,
+            limiter=limiter,
+            limits=LoginLimits(
+                per_email=Limit(settings.login_limit_per_email, refill),
+                per_ip=Limit(settings.login_limit_per_ip, refill * settings.login_limit_per_ip / 5),
+            ),
+            oidc=OidcClient(
+                issuer=settings.google_issuer,
+                client_id=settings.google_client_id,
+                client_secret=settings.google_client_secret,
+                http=http,
+                redis=redis,
+                prefix=settings.redis_prefix,
+            ),
+            refresh_ttl=settings.refresh_token_ttl,
+        )
+        return cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.redis.aclose()
+        await self.db.dispose()

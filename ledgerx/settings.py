@@ -1,0 +1,205 @@
+"""Configuration from environment variables, validated once at start.
+
+Every problem is reported with the variable's name so an operator knows what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    m = _DURATION.match(raw)
+    if not m:
+        raise SettingsError(f"{name}: expected seconds or a number with s/m/h/d (e.g. 900, 15m), got {raw!r}")
+    value = int(m.group(1)) * _UNITS[m.group(2)]
+    if value <= 0:
+        raise SettingsError(f"{name}: must be positive, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    v = raw.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    raw = raw.strip()
+    scheme = urlsplit(raw).scheme
+    if scheme not in schemes:
+        raise SettingsError(
+            f"{name}: expected a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}"
+        )
+    return raw
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
+
+
+def _pem_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name) or ""
+    if not raw.strip():
+        return ()
+    raw = raw.replace("\\n", "\n")
+    blocks = tuple(_PEM_BLOCK.findall(raw))
+    if not blocks:
+        raise SettingsError(f"{name}: expected one or more PEM private keys (the first signs, all verify)")
+    return blocks
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".ledgerx")
+    env: Literal["development", "production"] = "development"
+    public_url: str | None = None
+    jwt_private_keys: tuple[str, ...] = ()
+    access_token_ttl: int = 15 * 60
+    refresh_token_ttl: int = 30 * 86400
+    cors_origins: tuple[str, ...] = ()
+    smtp_url: str | None = None
+    mail_from: str = "LedgerX <no-reply@localhost>"
+    stripe_api_key: str | None = None
+    stripe_webhook_secrets: tuple[str, ...] = ()
+    stripe_api_base: str | None = None
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    google_issuer: str = "https://accounts.google.com"
+    scheduler_enabled: bool = True
+    worker_enabled: bool = True
+    # Additions beyond DESIGN.md's fixed names.
+    graphql_introspection: bool = True
+    graphql_max_depth: int = 12
+    graphql_max_tokens: int = 4000
+    graphql_max_aliases: int = 30
+    db_app_role: str = "ledgerx_app"
+    db_pool_size: int = 20
+    redis_prefix: str = "lx:"
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 65536
+    argon2_parallelism: int = 1
+    login_limit_per_email: int = 5  # burst; refills one attempt per refill period
+    login_limit_per_ip: int = 30
+    login_limit_refill_seconds: int = 60
+    log_level: str = "INFO"
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def jwt_issuer(self) -> str:
+        return (self.public_url or "urn:ledgerx").rstrip("/")
+
+    @property
+    def jwt_audience(self) -> str:
+        return "ledgerx-api"
+
+    @property
+    def cookie_secure(self) -> bool:
+        # Browsers drop Secure cookies on plain http except for localhost; always Secure in production.
+        return True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e: Mapping[str, str] = os.environ if env is None else env
+        mode = (e.get("LEDGERX_ENV") or "development").strip().lower()
+        if mode not in ("development", "production"):
+            raise SettingsError(f"LEDGERX_ENV: expected development or production, got {mode!r}")
+        production = mode == "production"
+        log_level = (e.get("LOG_LEVEL") or "INFO").upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        role = e.get("LEDGERX_DB_APP_ROLE") or "ledgerx_app"
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+            raise SettingsError(f"LEDGERX_DB_APP_ROLE: expected a lower-case SQL identifier, got {role!r}")
+        s = cls(
+            database_url=_url(e, "DATABASE_URL", ("postgresql", "postgres")),
+            redis_url=_url(e, "REDIS_URL", ("redis", "rediss", "unix")),
+            data_dir=Path(e.get("LEDGERX_DATA_DIR") or ".ledgerx"),
+            env="production" if production else "development",
+            public_url=_url(e, "LEDGERX_PUBLIC_URL", ("http", "https")),
+            jwt_private_keys=_pem_keys(e, "JWT_PRIVATE_KEYS"),
+            access_token_ttl=_duration(e, "ACCESS_TOKEN_TTL", 15 * 60),
+            refresh_token_ttl=_duration(e, "REFRESH_TOKEN_TTL", 30 * 86400),
+            cors_origins=_list(e, "CORS_ORIGINS"),
+            smtp_url=_url(e, "SMTP_URL", ("smtp", "smtps")),
+            mail_from=e.get("MAIL_FROM") or "LedgerX <no-reply@localhost>",
+            stripe_api_key=e.get("STRIPE_API_KEY") or None,
+            stripe_webhook_secrets=_list(e, "STRIPE_WEBHOOK_SECRET"),
+            stripe_api_base=_url(e, "STRIPE_API_BASE", ("http", "https")),
+            google_client_id=e.get("GOOGLE_CLIENT_ID") or None,
+            google_client_secret=e.get("GOOGLE_CLIENT_SECRET") or None,
+            google_issuer=_url(e, "GOOGLE_ISSUER", ("http", "https")) or "https://accounts.google.com",
+            scheduler_enabled=_bool(e, "SCHEDULER_ENABLED", True),
+            worker_enabled=_bool(e, "WORKER_ENABLED", True),
+            graphql_introspection=_bool(e, "GRAPHQL_INTROSPECTION", not production),
+            db_app_role=role,
+            db_pool_size=_int(e, "DB_POOL_SIZE", 20, minimum=1),
+            redis_prefix=e.get("REDIS_PREFIX") or "lx:",
+            login_limit_per_email=_int(e, "LOGIN_LIMIT_PER_EMAIL", 5, minimum=1),
+            login_limit_per_ip=_int(e, "LOGIN_LIMIT_PER_IP", 30, minimum=1),
+            log_level=log_level,
+        )
+        for origin in s.cors_origins:
+            if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
+                raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com")
+        if production:
+            s.check_production()
+        return s
+
+    def check_production(self) -> None:
+        if not self.database_url:
+            raise SettingsError("DATABASE_URL: required in production (embedded PostgreSQL is for development)")
+        if not self.redis_url:
+            raise SettingsError("REDIS_URL: required in production (embedded Redis is for development)")
+        if not self.jwt_private_keys:
+            raise SettingsError("JWT_PRIVATE_KEYS: required in production (generated dev keys are refused)")
+        if "*" in self.cors_origins:
+            raise SettingsError("CORS_ORIGINS: '*' is refused in production; list the allowed origins")
