@@ -48,6 +48,19 @@ class Context:
             raise Unauthenticated("this operation needs a signed-in user, not an API key")
         return p
 
+    async def is_platform_admin(self) -> bool:
+        """Whether the caller is a platform admin (looked up once per request)."""
+        cached = self.loaders.get("_platform_admin")
+        if cached is None:
+            p = self.principal
+            cached = False
+            if p is not None and p.kind == "user" and p.user_id is not None:
+                from ledgerx.domain.tenancy.access import is_platform_admin
+
+                cached = await is_platform_admin(self.services.db, p.user_id)
+            self.loaders["_platform_admin"] = cached
+        return bool(cached)
+
     def actor(self) -> Actor:
         p = self.principal
         if p is None:

@@ -8,7 +8,7 @@ maintenance paths connect as the owner (the DATABASE_URL user) instead.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
@@ -61,27 +61,30 @@ class Database:
         project_id: uuid.UUID | None = None,
         user_id: uuid.UUID | None = None,
         system: bool = False,
+        project_ids: Sequence[uuid.UUID] = (),
     ) -> AsyncIterator[AsyncSession]:
         """One database transaction with the tenant settings the RLS policies read.
 
-        `project_id` scopes tenant tables to one project; `user_id` lets a user see their own
-        memberships across projects; `system=True` is the explicit, audited cross-project path
-        (scheduler, platform admin, authentication lookups).
+        `project_id` (or several `project_ids`) scopes tenant tables to those projects; `user_id`
+        lets a user find their own memberships across projects; `system=True` is the explicit
+        cross-project path (scheduler, platform admin, credential lookups) and its callers audit
+        what they change.
         """
+        scoped = list(project_ids) + ([project_id] if project_id else [])
         async with self.sessions() as session, session.begin():
-            if project_id is None and user_id is None and not system:
+            if not scoped and user_id is None and not system:
                 # Nothing to scope (non-tenant tables): skip the round trip. SET LOCAL values
                 # die with each transaction, so a pooled connection carries none over.
                 yield session
                 return
             await session.execute(
                 text(
-                    "SELECT set_config('ledgerx.project_id', :p, true),"
+                    "SELECT set_config('ledgerx.project_ids', :p, true),"
                     " set_config('ledgerx.user_id', :u, true),"
                     " set_config('ledgerx.scope', :s, true)"
                 ),
                 {
-                    "p": str(project_id) if project_id else "",
+                    "p": ",".join(str(p) for p in scoped),
                     "u": str(user_id) if user_id else "",
                     "s": "system" if system else "",
                 },

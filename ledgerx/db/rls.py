@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 
-PROJECT_SETTING = "NULLIF(current_setting('ledgerx.project_id', true), '')::uuid"
+# The projects the current transaction may see: a comma-separated list set with SET LOCAL.
+PROJECT_IDS = "string_to_array(NULLIF(current_setting('ledgerx.project_ids', true), ''), ',')::uuid[]"
 USER_SETTING = "NULLIF(current_setting('ledgerx.user_id', true), '')::uuid"
 SYSTEM_SCOPE = "current_setting('ledgerx.scope', true) = 'system'"
 
@@ -65,11 +66,14 @@ def append_only_sql(table: str) -> list[str]:
     ]
 
 
+def tenant_match(column: str = "project_id") -> str:
+    return f"({column} = ANY ({PROJECT_IDS}) OR {SYSTEM_SCOPE})"
+
+
 def tenant_rls_sql(table: str, column: str = "project_id") -> list[str]:
     """Rows are visible only inside their project's transaction, or on the explicit system path."""
     return [
         f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
         f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
-        f"CREATE POLICY {table}_tenant ON {table} USING ({column} = {PROJECT_SETTING} OR {SYSTEM_SCOPE}) "
-        f"WITH CHECK ({column} = {PROJECT_SETTING} OR {SYSTEM_SCOPE})",
+        f"CREATE POLICY {table}_tenant ON {table} USING ({tenant_match(column)}) WITH CHECK ({tenant_match(column)})",
     ]

@@ -39,7 +39,7 @@ def _refresh_token(ctx: Context, given: str | None) -> str:
 
 
 @strawberry.type
-class AuthQuery:
+class Query:
     @strawberry.field(description="The signed-in user.")
     async def me(self, info: Info) -> UserType:
         p = info.context.require_user()
@@ -51,7 +51,7 @@ class AuthQuery:
 
 
 @strawberry.type
-class AuthMutation:
+class Mutation:
     @strawberry.mutation
     async def sign_up(self, info: Info, input: SignUpInput) -> AuthPayload:
         ctx = info.context

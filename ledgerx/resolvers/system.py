@@ -13,14 +13,14 @@ from ledgerx.schema.info import Info
 
 
 @strawberry.type
-class SystemQuery:
+class Query:
     @strawberry.field(description="The server's version.")
     def version(self) -> str:
         return __version__
 
 
 @strawberry.type
-class SystemSubscription:
+class Subscription:
     @strawberry.subscription(description="The server's clock every interval: a liveness signal for dashboards.")
     async def heartbeat(self, info: Info, interval_seconds: int = 15) -> AsyncGenerator[dt.datetime, None]:
         info.context.require_principal()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,14 +22,27 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from ledgerx.resolvers.auth import AuthMutation, AuthQuery
-from ledgerx.resolvers.system import SystemQuery, SystemSubscription
 from ledgerx.schema.errors import ErrorShaping
 from ledgerx.settings import Settings
 
-Query = merge_types("Query", (AuthQuery, SystemQuery))
-Mutation = merge_types("Mutation", (AuthMutation,))
-Subscription = merge_types("Subscription", (SystemSubscription,))
+# Each resolver module may define classes named `Query`, `Mutation` and `Subscription`; they are
+# merged in this order (the order of fields in schema.graphql).
+RESOLVER_MODULES = ("auth", "system", "tenancy", "invites", "api_keys", "admin", "ledger")
+
+
+def _collect(kind: str) -> tuple[type, ...]:
+    found = []
+    for name in RESOLVER_MODULES:
+        module = importlib.import_module(f"ledgerx.resolvers.{name}")
+        cls = getattr(module, kind, None)
+        if cls is not None:
+            found.append(cls)
+    return tuple(found)
+
+
+Query = merge_types("Query", _collect("Query"))
+Mutation = merge_types("Mutation", _collect("Mutation"))
+Subscription = merge_types("Subscription", _collect("Subscription"))
 
 
 class LedgerXSchema(strawberry.Schema):

@@ -2,5 +2,17 @@
 
 from ledgerx.db.models.base import Base
 from ledgerx.db.models.identity import AuditLog, RefreshToken, User
+from ledgerx.db.models.tenancy import ROLES, ApiKey, Invite, MailOutbox, Project, ProjectMember
 
-__all__ = ["AuditLog", "Base", "RefreshToken", "User"]
+__all__ = [
+    "ROLES",
+    "ApiKey",
+    "AuditLog",
+    "Base",
+    "Invite",
+    "MailOutbox",
+    "Project",
+    "ProjectMember",
+    "RefreshToken",
+    "User",
+]

@@ -26,5 +26,5 @@ def pk() -> Mapped[uuid.UUID]:
     return mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid7)
 
 
-def created_at() -> Mapped[dt.datetime]:
+def ts_now() -> Mapped[dt.datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)

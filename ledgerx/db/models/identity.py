@@ -10,7 +10,7 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, Index, LargeBinary, Text, 
 from sqlalchemy.dialects.postgresql import INET, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ledgerx.db.models.base import Base, created_at, pk
+from ledgerx.db.models.base import Base, pk, ts_now
 
 
 class User(Base):
@@ -25,7 +25,7 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(Text)
     google_sub: Mapped[str | None] = mapped_column(Text, unique=True)
     is_platform_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = ts_now()
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -39,7 +39,7 @@ class RefreshToken(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
     # SHA-256 of the token: the token itself is never stored.
     token_hash: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, unique=True)
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = ts_now()
     expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -65,4 +65,4 @@ class AuditLog(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     request_id: Mapped[str | None] = mapped_column(Text)
     ip: Mapped[str | None] = mapped_column(INET)
-    at: Mapped[dt.datetime] = created_at()
+    at: Mapped[dt.datetime] = ts_now()

@@ -1,0 +1,1 @@
+"""Tenancy: projects, members and roles, invitations, API keys, suspension, access rules."""

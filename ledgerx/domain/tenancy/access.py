@@ -1,0 +1,107 @@
+"""Who may do what in a project. Every resolver that touches a project goes through `project_access`.
+
+Rules:
+- A caller that is neither a member, nor the project's own API key, nor a platform admin gets
+  NOT_FOUND (never FORBIDDEN), so project ids do not leak across tenants.
+- Roles rank OWNER > ADMIN > MEMBER > VIEWER; `Need` names the least role an operation takes.
+  VIEWER is read-only; "billable" operations (spending, recording usage) take MEMBER or above.
+- API keys act as their project with their scopes; they never manage people or keys.
+- A suspended project refuses every write (PROJECT_SUSPENDED) and every read except its
+  admins'; platform admins are never blocked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from typing import Literal
+
+from sqlalchemy import select
+
+from ledgerx.db.engine import Database
+from ledgerx.db.models import Project, ProjectMember, User
+from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import Forbidden, NotFound, ProjectSuspended
+
+RANK = {"VIEWER": 0, "MEMBER": 1, "ADMIN": 2, "OWNER": 3}
+
+
+class Need(enum.Enum):
+    MEMBER = "MEMBER"  # any role, VIEWER included (reads)
+    BILLABLE = "BILLABLE"  # MEMBER or above (not VIEWER)
+    ADMIN = "ADMIN"  # OWNER or ADMIN
+    OWNER = "OWNER"
+
+
+_NEED_RANK = {Need.MEMBER: 0, Need.BILLABLE: 1, Need.ADMIN: 2, Need.OWNER: 3}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Access:
+    project_id: uuid.UUID
+    via: Literal["member", "api_key", "platform_admin"]
+    role: str | None  # the member role; None for API keys and non-member platform admins
+    suspended: bool
+    scopes: frozenset[str] = frozenset()
+    is_platform_admin: bool = False
+    test_mode: bool = False
+
+
+async def is_platform_admin(db: Database, user_id: uuid.UUID) -> bool:
+    async with db.read() as s:
+        return bool((await s.execute(select(User.is_platform_admin).where(User.id == user_id))).scalar())
+
+
+async def load_access(db: Database, principal: Principal, project_id: uuid.UUID, *, platform_admin: bool) -> Access:
+    """Find how `principal` reaches `project_id`; NOT_FOUND when it does not."""
+    if principal.kind == "api_key":
+        if principal.project_id != project_id:
+            raise NotFound("project not found")
+        async with db.transaction(project_id=project_id) as s:
+            key_row = (
+                await s.execute(select(Project.status, Project.test_mode).where(Project.id == project_id))
+            ).first()
+        if key_row is None:
+            raise NotFound("project not found")
+        suspended = key_row.status == "SUSPENDED"
+        return Access(project_id, "api_key", None, suspended, principal.scopes, False, key_row.test_mode)
+
+    assert principal.user_id is not None
+    async with db.transaction(project_id=project_id, user_id=principal.user_id) as s:
+        row = (
+            await s.execute(
+                select(Project.status, Project.test_mode, ProjectMember.role)
+                .outerjoin(
+                    ProjectMember,
+                    (ProjectMember.project_id == Project.id) & (ProjectMember.user_id == principal.user_id),
+                )
+                .where(Project.id == project_id)
+            )
+        ).first()
+    if row is None or (row.role is None and not platform_admin):
+        raise NotFound("project not found")
+    via: Literal["member", "platform_admin"] = "member" if row.role else "platform_admin"
+    return Access(project_id, via, row.role, row.status == "SUSPENDED", frozenset(), platform_admin, row.test_mode)
+
+
+def check(access: Access, need: Need, *, write: bool, scope: str | None = None) -> Access:
+    """Raise FORBIDDEN / PROJECT_SUSPENDED unless `access` allows the operation."""
+    if access.is_platform_admin and (access.role is None or RANK[access.role] < _NEED_RANK[need]):
+        return access  # platform admins act on any project, suspended or not
+    if access.via == "api_key":
+        if need in (Need.ADMIN, Need.OWNER):
+            raise Forbidden("API keys cannot manage projects, people or keys; sign in as an admin")
+        if scope is not None and scope not in access.scopes:
+            raise Forbidden(f"this API key lacks the scope {scope}", scope=scope)
+        if access.suspended:
+            raise ProjectSuspended("project is suspended")
+        return access
+    if access.is_platform_admin:
+        return access
+    assert access.role is not None
+    if access.suspended and (write or RANK[access.role] < RANK["ADMIN"]):
+        raise ProjectSuspended("project is suspended")
+    if RANK[access.role] < _NEED_RANK[need]:
+        raise Forbidden(f"this needs the {need.value.lower()} role or higher in the project")
+    return access

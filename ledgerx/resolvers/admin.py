@@ -1,0 +1,1 @@
+"""Admin fields (define `Query`, `Mutation`, `Subscription` classes here)."""

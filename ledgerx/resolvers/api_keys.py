@@ -1,0 +1,1 @@
+"""Api keys fields (define `Query`, `Mutation`, `Subscription` classes here)."""

@@ -1,0 +1,1 @@
+"""Invites fields (define `Query`, `Mutation`, `Subscription` classes here)."""

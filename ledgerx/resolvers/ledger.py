@@ -1,0 +1,1 @@
+"""Ledger fields (define `Query`, `Mutation`, `Subscription` classes here)."""

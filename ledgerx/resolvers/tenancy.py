@@ -1,0 +1,1 @@
+"""Tenancy fields (define `Query`, `Mutation`, `Subscription` classes here)."""
