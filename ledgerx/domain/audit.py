@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ledgerx.db.engine import Database
 from ledgerx.db.models import AuditLog
 from ledgerx.domain.actor import Actor
 from ledgerx.ids import uuid7
@@ -39,3 +40,12 @@ async def record(
             ip=actor.meta.ip,
         )
     )
+
+
+async def list_entries(db: Database, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[AuditLog]:
+    """A project's audit log, newest first; `limit + 1` rows so the caller knows more exist."""
+    async with db.transaction(project_id=project_id) as s:
+        q = select(AuditLog).where(AuditLog.project_id == project_id).order_by(AuditLog.id.desc()).limit(limit + 1)
+        if before is not None:
+            q = q.where(AuditLog.id < before)
+        return list((await s.execute(q)).scalars().all())
