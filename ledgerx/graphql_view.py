@@ -19,8 +19,10 @@ from strawberry.http.types import HTTPMethod
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
+from ledgerx import gateway
 from ledgerx.context import Context, authenticate
 from ledgerx.domain.actor import RequestMeta
+from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError
 from ledgerx.logs import request_id_var
 from ledgerx.services import Services
@@ -71,14 +73,25 @@ class GraphQLView(GraphQL[Context, None]):
             raise
 
     async def run(self, request: Request | WebSocket, context: Any = UNSET, root_value: Any = UNSET) -> Any:
+        decision = None
+        if isinstance(request, Request):
+            # Authenticate once, then spend one token of the caller's bucket before any work.
+            principal, auth_error = await authenticate_http(self.services, request)
+            request.state.lx_auth = (principal, auth_error)
+            decision = await gateway.admit(self.services, principal, _client_ip(request))
+            if not decision.allowed:
+                return gateway.refused(decision)
         try:
-            return await super().run(request, context, root_value)
+            response = await super().run(request, context, root_value)
         except _MethodNotAllowed:
-            return PlainTextResponse(
+            response = PlainTextResponse(
                 "mutations and subscriptions are not allowed over GET; use POST",
                 status_code=405,
                 headers={"Allow": "POST"},
             )
+        if decision is not None and isinstance(response, Response):
+            gateway.apply_headers(response.headers, decision)
+        return response
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
         response = super().create_response(response_data, sub_response)
@@ -99,14 +112,9 @@ class GraphQLView(GraphQL[Context, None]):
             meta=meta,
         )
         if isinstance(request, Request):
-            credential = request.headers.get("authorization")
-            if not credential and request.headers.get("x-api-key"):
-                credential = "Bearer " + request.headers["x-api-key"]
-            if credential:
-                try:
-                    ctx.principal = await authenticate(self.services, credential)
-                except AppError as exc:
-                    ctx.auth_error = exc
+            ctx.principal, ctx.auth_error = getattr(request.state, "lx_auth", None) or await authenticate_http(
+                self.services, request
+            )
         return ctx
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -125,6 +133,19 @@ class GraphQLView(GraphQL[Context, None]):
             raise ConnectionRejectionError({"code": exc.code, "message": exc.message}) from None
         unset: UnsetType = UNSET
         return unset
+
+
+async def authenticate_http(services: Services, request: Request) -> tuple[Principal | None, AppError | None]:
+    """`Authorization: Bearer …` or `X-Api-Key`; (None, None) when the request carries neither."""
+    credential = request.headers.get("authorization")
+    if not credential and request.headers.get("x-api-key"):
+        credential = "Bearer " + request.headers["x-api-key"]
+    if not credential:
+        return None, None
+    try:
+        return await authenticate(services, credential), None
+    except AppError as exc:
+        return None, exc
 
 
 class _MethodNotAllowed(Exception):
