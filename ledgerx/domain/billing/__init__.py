@@ -1,0 +1,1 @@
+"""Billing rules: schedules, pricing of a period, execution by the scheduler."""
