@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -41,7 +42,7 @@ def test_daily_at_local_midnight_for_a_year(tz: ZoneInfo) -> None:
     assert all((w.hour, w.minute) == (0, 0) for w in walls)
     assert [w.date() for w in walls] == [dt.date(2028, 1, 1) + dt.timedelta(days=i) for i in range(366)]
     assert dt.date(2028, 2, 29) in [w.date() for w in walls]
-    gaps = {(b - a) for a, b in zip(runs, runs[1:], strict=False)}
+    gaps = {(b - a) for a, b in itertools.pairwise(runs)}
     assert gaps == {dt.timedelta(hours=23), dt.timedelta(hours=24), dt.timedelta(hours=25)}
 
 
@@ -76,7 +77,7 @@ def test_selected_days_weekdays_and_month_ends() -> None:
     assert all(d.weekday() == 0 or d in month_ends for d in days)
     mondays = [d for d in days if d.weekday() == 0]
     assert mondays[0] == dt.date(2028, 1, 3) and all(
-        (b - a).days == 7 for a, b in zip(mondays, mondays[1:], strict=False)
+        (b - a).days == 7 for a, b in itertools.pairwise(mondays)
     )
     assert len(days) == len(set(days))  # a Monday that is also a month end runs once
 
@@ -125,7 +126,7 @@ def test_cron_in_a_time_zone_over_both_dst_changes() -> None:
         "2028-11-05 03:00 EST",
         "2028-11-05 03:30 EST",
     ]
-    assert all(b > a for a, b in zip(autumn, autumn[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(autumn))
 
 
 def test_cron_leap_day_and_year() -> None:
