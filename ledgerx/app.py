@@ -77,9 +77,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         owned = "services" not in holder
         if owned:
             holder["services"] = Services.build(settings)
+        sender = holder["services"].mail_sender  # set only when SMTP_URL is configured
+        if sender is not None and holder["services"].settings.worker_enabled:
+            sender.start()
         try:
             yield
         finally:
+            if sender is not None:
+                await sender.stop()
             if owned:
                 await holder["services"].close()
 

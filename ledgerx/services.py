@@ -13,9 +13,14 @@ from ledgerx.db.engine import Database, make_engine
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
+from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.auth.service import AuthService, LoginLimits
 from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.limits import LimitPolicy
+from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
 from ledgerx.domain.ratelimit import Limit, RateLimiter
+from ledgerx.domain.tenancy import api_keys
+from ledgerx.domain.tenancy.invites import InviteService
 from ledgerx.settings import Settings
 
 log = logging.getLogger("ledgerx.services")
@@ -50,6 +55,12 @@ class Services:
     passwords: Passwords
     limiter: RateLimiter
     auth: AuthService
+    mailer: Mailer = dataclasses.field(default_factory=Mailer)
+    invites: InviteService = dataclasses.field(init=False)
+    # Which rate limit applies to a caller (the gateway asks per request).
+    limits: LimitPolicy = dataclasses.field(init=False)
+    # The outbox delivery loop; only when SMTP_URL is set (the app's lifespan starts it).
+    mail_sender: OutboxSender | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -89,9 +100,41 @@ class Services:
             ),
             refresh_ttl=settings.refresh_token_ttl,
         )
-        return cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+        svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+        if settings.smtp_url:
+            svc.mail_sender = OutboxSender(
+                db,
+                SmtpTransport(SmtpConfig.parse(settings.smtp_url, timeout=settings.smtp_timeout)),
+                mail_from=settings.mail_from,
+                policy=SenderPolicy(
+                    batch_size=settings.mail_batch_size,
+                    poll_interval=settings.mail_poll_interval,
+                    retry_base=settings.mail_retry_base,
+                    retry_max=settings.mail_retry_max,
+                    max_attempts=settings.mail_max_attempts,
+                ),
+            )
+            svc.mailer.attach(svc.mail_sender)
+        return svc
+
+    def __post_init__(self) -> None:
+        self.limits = LimitPolicy(self.db, self.settings)
+        self.invites = InviteService(
+            self.db,
+            self.mailer,
+            ttl=self.settings.invite_ttl,
+            resend_cooldown=self.settings.invite_resend_cooldown,
+            public_url=self.settings.public_url,
+        )
+
+    async def authenticate_api_key(self, token: str) -> Principal:
+        """A bearer `lx_…` token (context.authenticate hands them here) -> the key's principal."""
+        return await api_keys.authenticate(self.db, token)
 
     async def close(self) -> None:
+        if self.mail_sender is not None:
+            await self.mail_sender.stop()
+        await api_keys.flush_last_used()
         await self.http.aclose()
         await self.redis.aclose()
         await self.db.dispose()

@@ -35,6 +35,15 @@ def _duration(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _duration_or_zero(env: Mapping[str, str], name: str, default: int) -> int:
+    """Like `_duration`, but 0 (in any unit) is allowed: "no such period"."""
+    raw = env.get(name)
+    m = _DURATION.match(raw) if raw else None
+    if m is not None and int(m.group(1)) == 0:
+        return 0
+    return _duration(env, name, default)
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -128,6 +137,22 @@ class Settings:
     login_limit_per_ip: int = 30
     login_limit_refill_seconds: int = 60
     log_level: str = "INFO"
+    # Gateway limits until plans set them ([6/7]); projects may override (`projects.overrides`).
+    rate_limit_burst: int = 120
+    rate_limit_per_second: float = 20.0
+    anonymous_rate_limit_burst: int = 60
+    anonymous_rate_limit_per_second: float = 5.0
+    # After rotateApiKey the previous secret keeps working this long (seconds; 0 = it dies at once).
+    api_key_rotation_overlap: int = 24 * 3600
+    # Invitations and the mail outbox (seconds unless noted).
+    invite_ttl: int = 7 * 86400
+    invite_resend_cooldown: int = 60
+    smtp_timeout: float = 10.0
+    mail_batch_size: int = 20
+    mail_poll_interval: float = 2.0
+    mail_retry_base: float = 30.0  # the first retry after a failed send; doubles per attempt
+    mail_retry_max: float = 3600.0
+    mail_max_attempts: int = 10
 
     @property
     def production(self) -> bool:
@@ -186,6 +211,14 @@ class Settings:
             login_limit_per_email=_int(e, "LOGIN_LIMIT_PER_EMAIL", 5, minimum=1),
             login_limit_per_ip=_int(e, "LOGIN_LIMIT_PER_IP", 30, minimum=1),
             log_level=log_level,
+            rate_limit_burst=_int(e, "RATE_LIMIT_BURST", 120, minimum=1),
+            rate_limit_per_second=float(_int(e, "RATE_LIMIT_PER_SECOND", 20, minimum=1)),
+            anonymous_rate_limit_burst=_int(e, "ANONYMOUS_RATE_LIMIT_BURST", 60, minimum=1),
+            anonymous_rate_limit_per_second=float(_int(e, "ANONYMOUS_RATE_LIMIT_PER_SECOND", 5, minimum=1)),
+            api_key_rotation_overlap=_duration_or_zero(e, "API_KEY_ROTATION_OVERLAP", 24 * 3600),
+            invite_ttl=_duration(e, "INVITE_TTL", 7 * 86400),
+            invite_resend_cooldown=_duration_or_zero(e, "INVITE_RESEND_COOLDOWN", 60),
+            mail_max_attempts=_int(e, "MAIL_MAX_ATTEMPTS", 10, minimum=1),
         )
         for origin in s.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import ARRAY, Boolean, DateTime, ForeignKey, Integer, LargeBinary, Text
+from sqlalchemy import ARRAY, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -45,6 +45,16 @@ class ProjectMember(Base):
 
 class Invite(Base):
     __tablename__ = "invites"
+    __table_args__ = (
+        # At most one open invitation per address and project (migration 0002).
+        Index(
+            "uq_invites_open_email",
+            "project_id",
+            func.lower(text("email")),
+            unique=True,
+            postgresql_where=text("accepted_at IS NULL AND revoked_at IS NULL"),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = pk()
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), nullable=False)

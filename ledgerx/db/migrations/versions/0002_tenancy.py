@@ -85,6 +85,14 @@ def upgrade() -> None:
         sa.CheckConstraint("role IN ('ADMIN', 'MEMBER', 'VIEWER')", name="role"),
     )
     op.create_index("ix_invites_project", "invites", ["project_id", "id"])
+    # At most one open invitation per address and project (an expired one is closed on re-invite).
+    op.create_index(
+        "uq_invites_open_email",
+        "invites",
+        ["project_id", sa.text("lower(email)")],
+        unique=True,
+        postgresql_where=sa.text("accepted_at IS NULL AND revoked_at IS NULL"),
+    )
     op.create_table(
         "api_keys",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True),
