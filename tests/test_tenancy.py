@@ -32,6 +32,34 @@ TRANSFER = "mutation($i: TransferOwnershipInput!) { transferOwnership(input: $i)
 AUDIT = "query($p: ID!, $f: Int, $a: String) { auditLog(projectId: $p, first: $f, after: $a) { edges { node { action actorType targetId before after } } pageInfo { hasNextPage endCursor } } }"
 SUSPEND = "mutation($i: SuspendProjectInput!) { suspendProject(input: $i) { id status suspendedReason } }"
 REACTIVATE = "mutation($id: ID!) { reactivateProject(id: $id) { id status } }"
+CREATE_INVITE = "mutation($i: CreateInviteInput!) { createInvite(input: $i) { id } }"
+RESEND_INVITE = "mutation($id: ID!) { resendInvite(id: $id) { id } }"
+REVOKE_INVITE = "mutation($id: ID!) { revokeInvite(id: $id) { id } }"
+INVITES = "query($p: ID!) { invites(projectId: $p) { edges { node { id } } } }"
+CREATE_KEY = "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { apiKey { id } secret } }"
+ROTATE_KEY = "mutation($id: ID!) { rotateApiKey(id: $id) { apiKey { id } secret } }"
+REVOKE_KEY = "mutation($id: ID!) { revokeApiKey(id: $id) { id revokedAt } }"
+API_KEYS = "query($p: ID!) { apiKeys(projectId: $p) { edges { node { id } } } }"
+
+
+async def _fixtures(gql: GQL, pid: str, owner_token: str, settings: Settings) -> tuple[str, str]:
+    """An open invite (past its resend cool-down) and an API key in the project, made by its owner."""
+    inv = await gql.ok(
+        CREATE_INVITE,
+        {"i": {"projectId": pid, "email": f"inv-{pid[-6:]}@example.com", "role": "MEMBER"}},
+        token=owner_token,
+    )
+    key = await gql.ok(
+        CREATE_KEY, {"i": {"projectId": pid, "name": "k", "scopes": ["project:read"]}}, token=owner_token
+    )
+    from ledgerx import ids
+
+    await owner_sql(
+        settings,
+        "UPDATE invites SET last_sent_at = now() - interval '1 day' WHERE id = $1",
+        ids.decode("invite", inv["createInvite"]["id"]),
+    )
+    return inv["createInvite"]["id"], key["createApiKey"]["apiKey"]["id"]
 
 
 async def test_create_project_makes_the_creator_owner(gql: GQL) -> None:
@@ -78,7 +106,7 @@ async def test_projects_paginate_in_creation_order(gql: GQL) -> None:
 MATRIX_ROLES = ("OWNER", "ADMIN", "MEMBER", "VIEWER")
 
 
-async def _attempt(gql: GQL, team: object, role: str, action: str) -> str | None:
+async def _attempt(gql: GQL, team: object, role: str, action: str, settings: Settings) -> str | None:
     """Run `action` as `role` in a fresh team; return the error code or None when allowed."""
     from tests.tenancy_helpers import Team
 
@@ -87,7 +115,16 @@ async def _attempt(gql: GQL, team: object, role: str, action: str) -> str | None
     pid = team.project_id
     extra = await sign_up(gql)
     victim = team.member if role != "MEMBER" else team.viewer
+    invite_id, key_id = await _fixtures(gql, pid, team.owner.token, settings)
     ops = {
+        "createInvite": (CREATE_INVITE, {"i": {"projectId": pid, "email": extra.email, "role": "VIEWER"}}),
+        "resendInvite": (RESEND_INVITE, {"id": invite_id}),
+        "revokeInvite": (REVOKE_INVITE, {"id": invite_id}),
+        "invites": (INVITES, {"p": pid}),
+        "createApiKey": (CREATE_KEY, {"i": {"projectId": pid, "name": "mine", "scopes": ["usage:write"]}}),
+        "rotateApiKey": (ROTATE_KEY, {"id": key_id}),
+        "revokeApiKey": (REVOKE_KEY, {"id": key_id}),
+        "apiKeys": (API_KEYS, {"p": pid}),
         "updateProject": (UPDATE, {"i": {"projectId": pid, "name": "Renamed"}}),
         "addMember": (ADD_MEMBER, {"i": {"projectId": pid, "email": extra.email, "role": "MEMBER"}}),
         "updateMemberRole": (ROLE, {"i": {"projectId": pid, "userId": victim.user_id, "role": "VIEWER"}}),
@@ -107,8 +144,17 @@ async def _attempt(gql: GQL, team: object, role: str, action: str) -> str | None
     return None
 
 
+ADMINS_ONLY = {"OWNER": None, "ADMIN": None, "MEMBER": "FORBIDDEN", "VIEWER": "FORBIDDEN"}
 EXPECTED = {
     # action: {role: None (allowed) or the error code}
+    "createInvite": ADMINS_ONLY,
+    "resendInvite": ADMINS_ONLY,
+    "revokeInvite": ADMINS_ONLY,
+    "invites": ADMINS_ONLY,
+    "createApiKey": ADMINS_ONLY,
+    "rotateApiKey": ADMINS_ONLY,
+    "revokeApiKey": ADMINS_ONLY,
+    "apiKeys": ADMINS_ONLY,
     "updateProject": {"OWNER": None, "ADMIN": None, "MEMBER": "FORBIDDEN", "VIEWER": "FORBIDDEN"},
     "addMember": {"OWNER": None, "ADMIN": None, "MEMBER": "FORBIDDEN", "VIEWER": "FORBIDDEN"},
     "updateMemberRole": {"OWNER": None, "ADMIN": None, "MEMBER": "FORBIDDEN", "VIEWER": "FORBIDDEN"},
@@ -121,11 +167,11 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("action", sorted(EXPECTED))
-async def test_role_matrix(gql: GQL, action: str) -> None:
+async def test_role_matrix(gql: GQL, action: str, settings: Settings) -> None:
     got = {}
     for role in MATRIX_ROLES:
         team = await make_team(gql)
-        got[role] = await _attempt(gql, team, role, action)
+        got[role] = await _attempt(gql, team, role, action, settings)
     assert got == EXPECTED[action]
 
 
@@ -221,14 +267,27 @@ async def test_suspension_blocks_members_but_not_platform_admins(gql: GQL, setti
 # ---------------------------------------------------------------- isolation
 
 
-async def test_other_projects_are_not_found_through_every_field(gql: GQL) -> None:
+async def test_other_projects_are_not_found_through_every_field(gql: GQL, settings: Settings) -> None:
     a_owner = await sign_up(gql)
-    await create_project(gql, a_owner)
+    a_pid = await create_project(gql, a_owner)
+    every_scope = (await gql.ok("{ apiKeyScopes }", token=a_owner.token))["apiKeyScopes"]
+    a_key = (
+        await gql.ok(CREATE_KEY, {"i": {"projectId": a_pid, "name": "a", "scopes": every_scope}}, token=a_owner.token)
+    )["createApiKey"]["secret"]
     b = await make_team(gql)
     pid = b.project_id
     b_key = "iso-" + pid[-8:]
     await gql.ok(UPDATE, {"i": {"projectId": pid, "externalKey": b_key}}, token=b.owner.token)
+    invite_id, key_id = await _fixtures(gql, pid, b.owner.token, settings)
     attempts = [
+        (CREATE_INVITE, {"i": {"projectId": pid, "email": "x@example.com", "role": "ADMIN"}}),
+        (RESEND_INVITE, {"id": invite_id}),
+        (REVOKE_INVITE, {"id": invite_id}),
+        (INVITES, {"p": pid}),
+        (CREATE_KEY, {"i": {"projectId": pid, "name": "x", "scopes": ["usage:write"]}}),
+        (ROTATE_KEY, {"id": key_id}),
+        (REVOKE_KEY, {"id": key_id}),
+        (API_KEYS, {"p": pid}),
         (PROJECT, {"id": pid}),
         (BY_KEY, {"k": b_key}),
         (UPDATE, {"i": {"projectId": pid, "name": "pwned"}}),
@@ -241,8 +300,16 @@ async def test_other_projects_are_not_found_through_every_field(gql: GQL) -> Non
     for q, v in attempts:
         err = await gql.error(q, v, token=a_owner.token)
         assert err["code"] == "NOT_FOUND", (q, err)
+        err = await gql.error(q, v, headers={"X-Api-Key": a_key})
+        assert err["code"] == "NOT_FOUND", ("api key", q, err)
     listed = [e["node"]["id"] for e in (await gql.ok(PROJECTS, {"f": 50}, token=a_owner.token))["projects"]["edges"]]
     assert pid not in listed
+    by_key = [
+        e["node"]["id"] for e in (await gql.ok(PROJECTS, {"f": 50}, headers={"X-Api-Key": a_key}))["projects"]["edges"]
+    ]
+    assert by_key == [a_pid]
+    # The invite and key of B still work as before.
+    assert (await gql.ok(API_KEYS, {"p": pid}, token=b.owner.token))["apiKeys"]["edges"][0]["node"]["id"] == key_id
     # Nothing changed in B.
     assert (await gql.ok(PROJECT, {"id": pid}, token=b.owner.token))["project"]["name"] == "Acme"
 
