@@ -41,16 +41,21 @@ def _parse_decimal(value: object) -> decimal.Decimal:
     return d
 
 
-BigInt = strawberry.scalar(
-    NewType("BigInt", int),
-    serialize=lambda v: str(int(v)),
-    parse_value=_parse_bigint,
-    description="A 64-bit integer amount in minor units, serialized as a string of digits.",
-)
+BigInt = NewType("BigInt", int)
+Decimal = NewType("Decimal", decimal.Decimal)
 
-Decimal = strawberry.scalar(
-    NewType("Decimal", decimal.Decimal),
-    serialize=lambda v: format(decimal.Decimal(v), "f"),
-    parse_value=_parse_decimal,
-    description="An exact decimal number, serialized as a string; accepts a string or a number.",
-)
+# Registered on the schema with StrawberryConfig(scalar_map=SCALAR_MAP).
+SCALAR_MAP = {
+    BigInt: strawberry.scalar(
+        name="BigInt",
+        serialize=lambda v: str(int(v)),
+        parse_value=_parse_bigint,
+        description="A 64-bit integer amount in minor units, serialized as a string of digits.",
+    ),
+    Decimal: strawberry.scalar(
+        name="Decimal",
+        serialize=lambda v: format(decimal.Decimal(v), "f"),
+        parse_value=_parse_decimal,
+        description="An exact decimal number, serialized as a string; accepts a string or a number.",
+    ),
+}
