@@ -32,6 +32,7 @@ typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 
 pytest: $(VENV)/.installed-dev
+	@scripts/ensure-chromium.sh  # the dashboard browser test needs Debian's chromium; it skips without one
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

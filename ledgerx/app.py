@@ -16,11 +16,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ledgerx import metrics
+from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_view import GraphQLView
+from ledgerx.http.usage import usage_endpoint
 from ledgerx.middleware import RequestContext
 from ledgerx.schema import build_schema
 from ledgerx.services import Services
 from ledgerx.settings import Settings
+from ledgerx.webhooks import stripe as stripe_webhooks
 
 log = logging.getLogger("ledgerx.app")
 
@@ -72,6 +75,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def jwks(_: Request) -> Response:
         return JSONResponse(svc().keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
+    async def stripe_webhook(request: Request) -> Response:
+        s = svc()
+        return await stripe_webhooks.receive(s.payments, request, s.webhook_processor.wake)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         owned = "services" not in holder
@@ -80,9 +87,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         sender = holder["services"].mail_sender  # set only when SMTP_URL is configured
         if sender is not None and holder["services"].settings.worker_enabled:
             sender.start()
+        scheduler = holder["services"].scheduler if holder["services"].settings.scheduler_enabled else None
+        if scheduler is not None:
+            scheduler.start()
+        processor = holder["services"].webhook_processor if holder["services"].settings.worker_enabled else None
+        if processor is not None:
+            processor.start()
         try:
             yield
         finally:
+            if processor is not None:
+                await processor.stop()
+            if scheduler is not None:
+                await scheduler.stop()
             if sender is not None:
                 await sender.stop()
             if owned:
@@ -95,6 +112,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/readyz", readyz),
         Route("/metrics", metrics_route),
         Route("/.well-known/jwks.json", jwks),
+        *dashboard_routes(),
+        Route("/v1/usage", usage_endpoint(svc), methods=["POST"]),
+        Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
     ]
     middleware = [
         Middleware(RequestContext),

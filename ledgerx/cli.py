@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -59,6 +61,108 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=False,
     )
     return 0
+
+
+def cmd_scheduler(_: argparse.Namespace) -> int:
+    """Run only the billing scheduler loop (no HTTP) until SIGINT/SIGTERM; the lease makes any
+    number of these (and `serve` instances with SCHEDULER_ENABLED) share the work safely."""
+    import signal
+
+    from ledgerx.services import Services
+
+    s = _resolved()
+    logs.configure(s.log_level)
+
+    async def run() -> int:
+        services = Services.build(s)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        services.scheduler.start()
+        try:
+            await stop.wait()
+        finally:
+            await services.close()  # stops the loop and hands the lease over
+        return 0
+
+    return asyncio.run(run())
+
+
+def cmd_worker(_: argparse.Namespace) -> int:
+    """Run the background workers (the Stripe webhook processor, and the mail outbox when SMTP_URL
+    is set) without HTTP, until SIGINT/SIGTERM. Any number may run beside `serve` instances: the
+    inbox is claimed with SKIP LOCKED and a lease."""
+    import signal
+
+    from ledgerx.services import Services
+
+    s = _resolved()
+    logs.configure(s.log_level)
+
+    async def run() -> int:
+        services = Services.build(s)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        services.webhook_processor.start()
+        if services.mail_sender is not None:
+            services.mail_sender.start()
+        try:
+            await stop.wait()
+        finally:
+            await services.close()
+        return 0
+
+    return asyncio.run(run())
+
+
+_SINCE = re.compile(r"^\s*(\d+)\s*([mhd])\s*$")
+
+
+def parse_since(value: str, now: dt.datetime) -> dt.datetime:
+    """`--since`: a duration back from now (90m, 24h, 7d) or an ISO date/instant (UTC if no zone)."""
+    m = _SINCE.match(value)
+    if m:
+        unit = {"m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return now - dt.timedelta(seconds=int(m.group(1)) * unit)
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since: expected a duration like 24h or 7d, or an ISO date, got {value!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """Compare Stripe's recent events and paid checkouts with the books; process what was missed."""
+    from ledgerx.domain.payments import reconcile
+    from ledgerx.services import Services
+
+    try:
+        since = parse_since(args.since, dt.datetime.now(dt.UTC))
+    except ValueError as exc:
+        print(f"ledgerx: {exc}", file=sys.stderr)
+        return 2
+    s = _resolved()
+    logs.configure(s.log_level)
+
+    async def run() -> int:
+        from ledgerx.domain.errors import AppError
+
+        services = Services.build(s)
+        try:
+            report = await reconcile.reconcile(services.payments, since)
+        except AppError as exc:
+            print(f"ledgerx: {exc.message}", file=sys.stderr)
+            return 2
+        finally:
+            await services.close()
+        for line in report.lines():
+            print(line)
+        return 0 if report.clean else 1
+
+    return asyncio.run(run())
 
 
 def cmd_export_schema(args: argparse.Namespace) -> int:
@@ -132,6 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="bring the database up to date").set_defaults(func=cmd_migrate)
+
+    sub.add_parser("scheduler", help="run only the billing scheduler loop").set_defaults(func=cmd_scheduler)
+
+    sub.add_parser("worker", help="run the background workers (Stripe webhook processor)").set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("reconcile", help="match Stripe's recent events and payments with the books")
+    p.add_argument("--since", default="24h", help="a duration back from now (24h, 7d) or an ISO date (default 24h)")
+    p.set_defaults(func=cmd_reconcile)
 
     p = sub.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     p.add_argument("--output", "-o", default="-")

@@ -10,18 +10,25 @@ from redis.asyncio import Redis
 
 from ledgerx import embedded
 from ledgerx.db.engine import Database, make_engine
+from ledgerx.domain.analytics import LiveAnalytics
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.auth.service import AuthService, LoginLimits
 from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.billing.rules import BillingPolicy, BillingService
+from ledgerx.domain.events import EventBus
+from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
 from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
+from ledgerx.domain.payments import PaymentsService
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.domain.tenancy import api_keys
 from ledgerx.domain.tenancy.invites import InviteService
+from ledgerx.scheduler import Scheduler
 from ledgerx.settings import Settings
+from ledgerx.webhooks.processor import WebhookProcessor
 
 log = logging.getLogger("ledgerx.services")
 
@@ -61,6 +68,19 @@ class Services:
     limits: LimitPolicy = dataclasses.field(init=False)
     # The outbox delivery loop; only when SMTP_URL is set (the app's lifespan starts it).
     mail_sender: OutboxSender | None = None
+    # The pub/sub event bus (Redis) and the ledger (its own asyncpg pool and posting batcher).
+    events: EventBus = dataclasses.field(init=False)
+    ledger: LedgerService = dataclasses.field(init=False)
+    # Live analytics: this instance's feeds behind liveMetrics / liveRevenue.
+    live: LiveAnalytics = dataclasses.field(init=False)
+    # Billing rules, and the scheduler loop that executes them (the lifespan starts it when
+    # SCHEDULER_ENABLED; `ledgerx scheduler` runs only it).
+    billing: BillingService = dataclasses.field(init=False)
+    scheduler: Scheduler = dataclasses.field(init=False)
+    # Plans, payments and Stripe, and the webhook inbox processor (the lifespan starts it when
+    # WORKER_ENABLED; `ledgerx worker` runs it alone).
+    payments: PaymentsService = dataclasses.field(init=False)
+    webhook_processor: WebhookProcessor = dataclasses.field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -101,6 +121,44 @@ class Services:
             refresh_ttl=settings.refresh_token_ttl,
         )
         svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+        # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
+        listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)
+        svc.events = EventBus(redis, listen_redis=listen, prefix=settings.redis_prefix)
+        svc.live = LiveAnalytics(
+            db,
+            svc.events,
+            listen,
+            prefix=settings.redis_prefix,
+            interval=settings.live_interval,
+            refresh=settings.live_refresh,
+            recheck=settings.live_recheck,
+        )
+        svc.ledger = LedgerService(
+            db,
+            svc.events,
+            database_url=settings.database_url,
+            role=settings.db_app_role,
+            pool_size=settings.db_pool_size,
+        )
+        svc.billing = BillingService(
+            db,
+            svc.ledger,
+            policy=BillingPolicy(
+                retry_delays=settings.billing_retry_delays,
+                grace_period=settings.billing_grace_period,
+                batch_size=settings.scheduler_batch_size,
+                test_clock_max_runs=settings.test_clock_max_runs,
+            ),
+        )
+        svc.payments = PaymentsService(db, svc.ledger, settings)
+        svc.webhook_processor = WebhookProcessor(svc.payments)
+        svc.limits.plan_lookup = svc.payments.plan_limit
+        svc.scheduler = Scheduler(
+            svc.billing,
+            lease_ttl=settings.scheduler_lease_ttl,
+            poll_interval=settings.scheduler_poll_interval,
+            concurrency=settings.scheduler_concurrency,
+        )
         if settings.smtp_url:
             svc.mail_sender = OutboxSender(
                 db,
@@ -132,9 +190,14 @@ class Services:
         return await api_keys.authenticate(self.db, token)
 
     async def close(self) -> None:
+        await self.scheduler.stop()
+        await self.webhook_processor.stop()
         if self.mail_sender is not None:
             await self.mail_sender.stop()
         await api_keys.flush_last_used()
+        await self.ledger.close()
+        await self.live.close()
+        await self.events.close()
         await self.http.aclose()
         await self.redis.aclose()
         await self.db.dispose()

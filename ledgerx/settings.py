@@ -44,6 +44,16 @@ def _duration_or_zero(env: Mapping[str, str], name: str, default: int) -> int:
     return _duration(env, name, default)
 
 
+def _duration_list(env: Mapping[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Comma-separated durations (e.g. `1h,6h,24h`); an empty list is allowed (`none`)."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    if raw.strip().lower() == "none":
+        return ()
+    return tuple(_duration({name: part}, name, 1) for part in raw.split(","))
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -153,6 +163,39 @@ class Settings:
     mail_retry_base: float = 30.0  # the first retry after a failed send; doubles per attempt
     mail_retry_max: float = 3600.0
     mail_max_attempts: int = 10
+    # Payments ([6/7]): webhook signature tolerance, the dunning grace period after a failed
+    # invoice (seconds), and the webhook processor's batch, retry and lease policy.
+    stripe_webhook_tolerance: int = 300
+    subscription_grace_period: int = 7 * 86400
+    webhook_batch_size: int = 20
+    webhook_poll_interval: float = 1.0
+    webhook_retry_base: float = 5.0  # the first retry after a failed attempt; doubles per attempt
+    webhook_retry_max: float = 3600.0
+    webhook_max_attempts: int = 12
+    webhook_lease_seconds: int = 120
+    dunning_interval: float = 60.0
+    # Usage metering: events older than the late window or further ahead than the future skew are
+    # refused (seconds); bulk ingestion takes at most `usage_max_batch` events and body bytes.
+    usage_late_window: int = 35 * 86400
+    usage_future_skew: int = 300
+    usage_max_batch: int = 10_000
+    usage_max_body_bytes: int = 32 * 1024 * 1024
+    # Live analytics subscriptions: at most one message per subscriber every `live_interval`
+    # seconds; a snapshot is re-read every `live_refresh` seconds while nothing happens (rolling
+    # windows) and sent only if it changed; access is re-checked every `live_recheck` seconds.
+    live_interval: float = 0.25
+    live_refresh: float = 5.0
+    live_recheck: float = 30.0
+    # Billing rules and their scheduler: the delays between attempts of a run that met
+    # insufficient funds (seconds after the 1st, 2nd, … failure), the grace period after which such
+    # a rule is paused, rules per scheduler transaction and workers, the lease, the poll interval.
+    billing_retry_delays: tuple[int, ...] = (3600, 6 * 3600, 24 * 3600)
+    billing_grace_period: int = 3 * 86400
+    scheduler_batch_size: int = 200
+    scheduler_concurrency: int = 2
+    scheduler_lease_ttl: int = 15
+    scheduler_poll_interval: float = 1.0
+    test_clock_max_runs: int = 20_000
 
     @property
     def production(self) -> bool:
@@ -219,6 +262,22 @@ class Settings:
             invite_ttl=_duration(e, "INVITE_TTL", 7 * 86400),
             invite_resend_cooldown=_duration_or_zero(e, "INVITE_RESEND_COOLDOWN", 60),
             mail_max_attempts=_int(e, "MAIL_MAX_ATTEMPTS", 10, minimum=1),
+            stripe_webhook_tolerance=_duration(e, "STRIPE_WEBHOOK_TOLERANCE", 300),
+            subscription_grace_period=_duration_or_zero(e, "SUBSCRIPTION_GRACE_PERIOD", 7 * 86400),
+            webhook_max_attempts=_int(e, "WEBHOOK_MAX_ATTEMPTS", 12, minimum=1),
+            usage_late_window=_duration(e, "USAGE_LATE_WINDOW", 35 * 86400),
+            usage_future_skew=_duration_or_zero(e, "USAGE_FUTURE_SKEW", 300),
+            usage_max_batch=_int(e, "USAGE_MAX_BATCH", 10_000, minimum=1),
+            usage_max_body_bytes=_int(e, "USAGE_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+            live_interval=_int(e, "LIVE_INTERVAL_MS", 250, minimum=20) / 1000,
+            live_refresh=float(_duration(e, "LIVE_REFRESH", 5)),
+            live_recheck=float(_duration(e, "LIVE_RECHECK", 30)),
+            billing_retry_delays=_duration_list(e, "BILLING_RETRY_DELAYS", (3600, 6 * 3600, 24 * 3600)),
+            billing_grace_period=_duration_or_zero(e, "BILLING_GRACE_PERIOD", 3 * 86400),
+            scheduler_batch_size=_int(e, "SCHEDULER_BATCH_SIZE", 200, minimum=1),
+            scheduler_concurrency=_int(e, "SCHEDULER_CONCURRENCY", 2, minimum=1),
+            scheduler_lease_ttl=_duration(e, "SCHEDULER_LEASE_TTL", 15),
+            test_clock_max_runs=_int(e, "TEST_CLOCK_MAX_RUNS", 20_000, minimum=1),
         )
         for origin in s.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):

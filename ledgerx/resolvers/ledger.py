@@ -1,1 +1,215 @@
-"""Ledger fields (define `Query`, `Mutation`, `Subscription` classes here)."""
+"""Ledger fields: wallets, transactions, postings, refunds, verification and live updates.
+
+Authorization: reads take any role in the wallet's project (API keys: `wallets:read`); creating
+wallets and moving money take ADMIN or OWNER (API keys: `wallets:write`). A wallet or
+transaction of a project the caller cannot reach is NOT_FOUND, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from ledgerx import ids
+from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.ledger import Posted, WalletRef, codec, posting, reads, refunds, wallets
+from ledgerx.domain.ledger.policy import READ_SCOPE, WRITE_SCOPE, require_ledger_admin
+from ledgerx.domain.ledger.verification import verify_ledger
+from ledgerx.domain.pagination import decode_cursor, page_size
+from ledgerx.domain.tenancy.access import Access, Need
+from ledgerx.resolvers.guards import access_by_uuid, project_access
+from ledgerx.schema.info import Info
+from ledgerx.schema.ledger import (
+    CreateWalletInput,
+    CreditWalletInput,
+    DebitWalletInput,
+    LedgerVerification,
+    RefundTransactionInput,
+    TransactionType_,
+    TransferCreditsInput,
+    WalletType,
+    WalletUpdate,
+    as_dict,
+)
+from ledgerx.schema.pagination import Connection, connection
+
+
+async def _reach(info: Info, project_id: uuid.UUID, *, write: bool, what: str, field: str) -> Access:
+    """The caller's access to the project of a wallet/transaction; NOT_FOUND names the object."""
+    need = Need.BILLABLE if write else Need.MEMBER
+    try:
+        access = await access_by_uuid(info, project_id, need, write=write, scope=WRITE_SCOPE if write else READ_SCOPE)
+    except NotFound:
+        raise NotFound(f"{what} not found", field=field) from None
+    return require_ledger_admin(access) if write else access
+
+
+async def _wallet(info: Info, public_id: str, *, write: bool, field: str = "walletId") -> WalletRef:
+    info.context.require_principal()
+    ref = await info.context.services.ledger.wallet_ref(ids.decode("wallet", public_id, field))
+    if ref is None:
+        raise NotFound("wallet not found", field=field)
+    await _reach(info, ref.project_id, write=write, what="wallet", field=field)
+    return ref
+
+
+async def _transaction_project(info: Info, public_id: str, *, write: bool, field: str) -> tuple[uuid.UUID, uuid.UUID]:
+    info.context.require_principal()
+    txn_id = ids.decode("transaction", public_id, field)
+    project_id = await info.context.services.ledger.transaction_project(txn_id)
+    if project_id is None:
+        raise NotFound("transaction not found", field=field)
+    await _reach(info, project_id, write=write, what="transaction", field=field)
+    return project_id, txn_id
+
+
+def _txn(p: Posted) -> TransactionType_:
+    return TransactionType_.of(p.transaction)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    async def wallet(self, info: Info, id: strawberry.ID) -> WalletType:
+        ref = await _wallet(info, id, write=False, field="id")
+        found = await reads.get_wallet(info.context.services.ledger, ref.project_id, ref.id)
+        if found is None:
+            raise NotFound("wallet not found", field="id")
+        return WalletType.of(found)
+
+    @strawberry.field(description="The project's wallets, oldest first.")
+    async def wallets(
+        self, info: Info, project_id: strawberry.ID, first: int | None = 20, after: str | None = None
+    ) -> Connection[WalletType]:
+        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        limit = page_size(first)
+        rows = await reads.list_wallets(
+            info.context.services.ledger, access.project_id, limit=limit, after=decode_cursor(after)
+        )
+        return connection(rows, limit, lambda w: w.id, WalletType.of)
+
+    @strawberry.field
+    async def transaction(self, info: Info, id: strawberry.ID) -> TransactionType_:
+        project_id, txn_id = await _transaction_project(info, id, write=False, field="id")
+        found = await reads.get_transaction(info.context.services.ledger, project_id, txn_id)
+        if found is None:
+            raise NotFound("transaction not found", field="id")
+        return TransactionType_.of(found)
+
+    @strawberry.field(description="Recompute balances, chains and sums from the entries (project admins).")
+    async def verify_ledger(self, info: Info, project_id: strawberry.ID) -> LedgerVerification:
+        access = await project_access(info, project_id, Need.ADMIN, write=False)
+        return LedgerVerification.of(await verify_ledger(info.context.services.ledger, access.project_id))
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def create_wallet(self, info: Info, input: CreateWalletInput) -> WalletType:
+        access = await project_access(info, input.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
+        require_ledger_admin(access)
+        owner = ids.decode("user", input.owner_user_id, "ownerUserId") if input.owner_user_id else None
+        w = await wallets.create_wallet(
+            info.context.services.ledger,
+            info.context.actor(),
+            access.project_id,
+            name=input.name,
+            owner_user_id=owner,
+            currency=input.currency,
+            credit_limit=0 if input.credit_limit is None else input.credit_limit,
+            low_balance_threshold=input.low_balance_threshold,
+        )
+        return WalletType.of(w)
+
+    @strawberry.mutation(description="Add money to a wallet from the project's external funding account.")
+    async def credit_wallet(self, info: Info, input: CreditWalletInput) -> TransactionType_:
+        ref = await _wallet(info, input.wallet_id, write=True)
+        ctx = info.context
+        return _txn(
+            await posting.credit_wallet(
+                ctx.services.ledger,
+                ctx.actor(),
+                ref,
+                input.amount,
+                input.idempotency_key,
+                reason=input.reason,
+                metadata=as_dict(input.metadata),
+                reference=input.reference,
+            )
+        )
+
+    @strawberry.mutation(description="Take money out of a wallet; INSUFFICIENT_FUNDS past its credit limit.")
+    async def debit_wallet(self, info: Info, input: DebitWalletInput) -> TransactionType_:
+        ref = await _wallet(info, input.wallet_id, write=True)
+        ctx = info.context
+        return _txn(
+            await posting.debit_wallet(
+                ctx.services.ledger,
+                ctx.actor(),
+                ref,
+                input.amount,
+                input.idempotency_key,
+                reason=input.reason,
+                metadata=as_dict(input.metadata),
+                reference=input.reference,
+            )
+        )
+
+    @strawberry.mutation(description="Move money between two wallets of one project and currency.")
+    async def transfer_credits(self, info: Info, input: TransferCreditsInput) -> TransactionType_:
+        source = await _wallet(info, input.from_wallet_id, write=True, field="fromWalletId")
+        target = await _wallet(info, input.to_wallet_id, write=False, field="toWalletId")
+        if target.project_id != source.project_id:
+            raise BadInput("both wallets must belong to one project", field="toWalletId")
+        ctx = info.context
+        return _txn(
+            await posting.transfer_credits(
+                ctx.services.ledger,
+                ctx.actor(),
+                source,
+                target,
+                input.amount,
+                input.idempotency_key,
+                reason=input.reason,
+                metadata=as_dict(input.metadata),
+            )
+        )
+
+    @strawberry.mutation(description="Reverse all or part of a transaction; never more than it in total.")
+    async def refund_transaction(self, info: Info, input: RefundTransactionInput) -> TransactionType_:
+        project_id, txn_id = await _transaction_project(info, input.transaction_id, write=True, field="transactionId")
+        ctx = info.context
+        return _txn(
+            await refunds.refund_transaction(
+                ctx.services.ledger,
+                ctx.actor(),
+                project_id,
+                txn_id,
+                input.amount,
+                input.idempotency_key,
+                reason=input.reason,
+            )
+        )
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="Every transaction that changes the wallet, after it commits.")
+    async def wallet_updated(self, info: Info, wallet_id: strawberry.ID) -> AsyncGenerator[WalletUpdate, None]:
+        ref = await _wallet(info, wallet_id, write=False)
+        async with info.context.services.events.subscribe(f"wallet:{ref.id}") as events:
+            async for event in events:
+                yield WalletUpdate(
+                    wallet=WalletType.of(codec.wallet_from_json(event["wallet"])),
+                    transaction=TransactionType_.of(codec.txn_from_json(event["transaction"])),
+                    low_balance=bool(event.get("lowBalance")),
+                )
+
+    @strawberry.subscription(description="Every transaction posted in the project, after it commits.")
+    async def transaction_posted(self, info: Info, project_id: strawberry.ID) -> AsyncGenerator[TransactionType_, None]:
+        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        async with info.context.services.events.subscribe(f"project:{access.project_id}:transactions") as events:
+            async for event in events:
+                yield TransactionType_.of(codec.txn_from_json(event["transaction"]))

@@ -19,15 +19,29 @@ from strawberry.extensions import (
 )
 from strawberry.extensions.max_aliases import create_validator as aliases_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
+from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from ledgerx.schema.errors import ErrorShaping
+from ledgerx.schema.scalars import SCALAR_MAP
 from ledgerx.settings import Settings
 
 # Each resolver module may define classes named `Query`, `Mutation` and `Subscription`; they are
 # merged in this order (the order of fields in schema.graphql).
-RESOLVER_MODULES = ("auth", "system", "tenancy", "invites", "api_keys", "admin", "ledger")
+RESOLVER_MODULES = (
+    "auth",
+    "system",
+    "tenancy",
+    "invites",
+    "api_keys",
+    "admin",
+    "ledger",
+    "usage",
+    "billing",
+    "payments",
+    "analytics",
+)
 
 
 def _collect(kind: str) -> tuple[type, ...]:
@@ -68,7 +82,13 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     ]
     if not s.graphql_introspection:
         extensions.append(DisableIntrospection)
-    return LedgerXSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+    return LedgerXSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map=SCALAR_MAP),
+    )
 
 
 def schema_sdl() -> str:

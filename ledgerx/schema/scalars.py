@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import decimal
 import re
-from typing import NewType
+from typing import TYPE_CHECKING, NewType
 
 import strawberry
+from strawberry.types.scalar import ScalarDefinition
 
 _DIGITS = re.compile(r"^-?\d{1,19}$")
 _INT64 = (-(2**63), 2**63 - 1)
@@ -41,11 +42,17 @@ def _parse_decimal(value: object) -> decimal.Decimal:
     return d
 
 
-BigInt = NewType("BigInt", int)
-Decimal = NewType("Decimal", decimal.Decimal)
+if TYPE_CHECKING:
+    # For the type checker these are the plain Python types resolvers hand over.
+    BigInt = int
+    Decimal = decimal.Decimal
+else:
+    # At run time they are distinct types, so the scalar map can tell them apart from Int.
+    BigInt = NewType("BigInt", int)
+    Decimal = NewType("Decimal", decimal.Decimal)
 
 # Registered on the schema with StrawberryConfig(scalar_map=SCALAR_MAP).
-SCALAR_MAP = {
+SCALAR_MAP: dict[object, ScalarDefinition] = {
     BigInt: strawberry.scalar(
         name="BigInt",
         serialize=lambda v: str(int(v)),

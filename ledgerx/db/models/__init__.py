@@ -1,18 +1,72 @@
 """SQLAlchemy models. Each module holds one domain's tables; the alembic revisions create them."""
 
 from ledgerx.db.models.base import Base
+from ledgerx.db.models.billing import BillingRule, BillingRun, BillingTestClock, SchedulerLease
 from ledgerx.db.models.identity import AuditLog, RefreshToken, User
+from ledgerx.db.models.ledger import LedgerEntry, LedgerSystemAccount, LedgerTransaction, Wallet
+from ledgerx.db.models.payments import (
+    CatalogPrice,
+    CreditPack,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    PaymentCustomer,
+    PaymentDispute,
+    PaymentRefund,
+    Plan,
+    PlanOverride,
+    PlanSubscription,
+    WebhookAttempt,
+    WebhookEvent,
+)
 from ledgerx.db.models.tenancy import ROLES, ApiKey, Invite, MailOutbox, Project, ProjectMember
+from ledgerx.db.models.usage import (
+    UsageCharge,
+    UsageChargeRemainder,
+    UsageEvent,
+    UsageEventKey,
+    UsageMetric,
+    UsageRollup,
+    UsageRollupValue,
+)
 
 __all__ = [
     "ROLES",
     "ApiKey",
     "AuditLog",
     "Base",
+    "BillingRule",
+    "BillingRun",
+    "BillingTestClock",
+    "CatalogPrice",
+    "CreditPack",
     "Invite",
+    "Invoice",
+    "InvoiceLine",
+    "LedgerEntry",
+    "LedgerSystemAccount",
+    "LedgerTransaction",
     "MailOutbox",
+    "Payment",
+    "PaymentCustomer",
+    "PaymentDispute",
+    "PaymentRefund",
+    "Plan",
+    "PlanOverride",
+    "PlanSubscription",
     "Project",
     "ProjectMember",
     "RefreshToken",
+    "SchedulerLease",
+    "UsageCharge",
+    "UsageChargeRemainder",
+    "UsageEvent",
+    "UsageEventKey",
+    "UsageMetric",
+    "UsageRollup",
+    "UsageRollupValue",
     "User",
+    "Wallet",
+    "WebhookAttempt",
+    "WebhookEvent",
 ]

@@ -1,0 +1,460 @@
+"""Ledger throughput: debits/s through the GraphQL API against a minimal raw-asyncpg debit loop.
+
+One run, one fresh database (created on the DATABASE_URL server, or the embedded one, and dropped
+afterwards unless --keep-db):
+
+- raw baseline: CONCURRENCY asyncio tasks, each on its own asyncpg connection, looping
+  BEGIN; SELECT balance … FOR UPDATE; UPDATE; INSERT entry; COMMIT on plain tables;
+- API: the same number of keep-alive HTTP clients sending `debitWallet` mutations (a unique
+  idempotency key each) to LedgerX uvicorn worker(s), signed in as the project owner. Every API
+  debit is a full ledger posting: transaction row, two entries with hash chain, idempotency
+  record, audit row, RLS, the credit-limit check.
+
+Both are measured on one hot wallet and spread over WALLETS wallets. Afterwards verifyLedger must
+be clean and the transaction count must equal the successful debits.
+
+    .venv/bin/python bench/ledger.py [--seconds 10] [--concurrency 64] [--wallets 1000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._http import Result, free_port, request, wait_ready
+
+DEBIT = "mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id balanceAfter } }"
+START_BALANCE = 10**15
+
+
+def ledgerx_app():  # type: ignore[no-untyped-def]
+    from ledgerx import logs
+    from ledgerx.app import create_app
+    from ledgerx.settings import Settings
+
+    logs.configure("WARNING")
+    if os.environ.get("LXBENCH_WHAT_IF_ACCESS_CACHE") == "1":
+        _cache_access_lookups()
+    return create_app(Settings.from_env())
+
+
+def _cache_access_lookups() -> None:
+    """What-if (bench only, --what-if-access-cache): memoize the two per-request database lookups
+    of the authorization layer (platform-admin flag, project access) for the whole run, to show
+    what the API would do if they were cached. The app itself never runs this."""
+    from ledgerx.domain.tenancy import access
+    from ledgerx.resolvers import guards
+
+    load, admin = guards.load_access, access.is_platform_admin
+    seen: dict[object, object] = {}
+
+    async def cached_load(db, principal, project_id, *, platform_admin):  # type: ignore[no-untyped-def]
+        key = ("access", principal, project_id, platform_admin)
+        if key not in seen:
+            seen[key] = await load(db, principal, project_id, platform_admin=platform_admin)
+        return seen[key]
+
+    async def cached_admin(db, user_id):  # type: ignore[no-untyped-def]
+        key = ("admin", user_id)
+        if key not in seen:
+            seen[key] = await admin(db, user_id)
+        return seen[key]
+
+    guards.load_access = cached_load  # type: ignore[assignment]
+    access.is_platform_admin = cached_admin  # type: ignore[assignment] # Context imports it lazily from here
+
+
+# -- load generation with a fresh body per request ----------------------------------------------------
+
+
+async def _http_worker(
+    port: int, make: Callable[[], bytes], deadline: float, lat: list[float], errs: list[int], sample: list[bytes]
+) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    n = 0
+    try:
+        while time.perf_counter() < deadline:
+            raw = make()
+            t0 = time.perf_counter()
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200 or b'"errors"' in body:
+                errs[0] += 1
+                if len(sample) < 3:
+                    sample.append(body[:300])
+            n += 1
+    finally:
+        writer.close()
+    return n
+
+
+async def load_api(port: int, make: Callable[[], bytes], *, concurrency: int, seconds: float) -> Result:
+    lat: list[float] = []
+    errs = [0]
+    sample: list[bytes] = []
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*[_http_worker(port, make, deadline, lat, errs, sample) for _ in range(concurrency)])
+    for s in sample:
+        print("  sample error:", s.decode(errors="replace"))
+    return Result(sum(counts), time.perf_counter() - t0, lat, errs[0])
+
+
+# -- the raw baseline ---------------------------------------------------------------------------------
+
+RAW_SCHEMA = """
+DROP TABLE IF EXISTS bench_raw_entries, bench_raw_wallets;
+CREATE TABLE bench_raw_wallets (id bigint PRIMARY KEY, balance bigint NOT NULL);
+CREATE TABLE bench_raw_entries (
+  id uuid PRIMARY KEY, wallet_id bigint NOT NULL REFERENCES bench_raw_wallets (id),
+  amount bigint NOT NULL, balance_after bigint NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+"""
+
+
+async def _raw_client(
+    conns: asyncio.Queue[asyncpg.Connection], pick: Callable[[], int], deadline: float, lat: list[float]
+) -> int:
+    """One client: take a pooled connection, debit 1 from a wallet, give the connection back."""
+    n = 0
+    while time.perf_counter() < deadline:
+        wid = pick()
+        t0 = time.perf_counter()
+        conn = await conns.get()
+        try:
+            async with conn.transaction():
+                balance = await conn.fetchval("SELECT balance FROM bench_raw_wallets WHERE id = $1 FOR UPDATE", wid)
+                await conn.execute("UPDATE bench_raw_wallets SET balance = balance - 1 WHERE id = $1", wid)
+                await conn.execute(
+                    "INSERT INTO bench_raw_entries (id, wallet_id, amount, balance_after) VALUES ($1, $2, -1, $3)",
+                    uuid.uuid4(),
+                    wid,
+                    balance - 1,
+                )
+        finally:
+            conns.put_nowait(conn)
+        lat.append(time.perf_counter() - t0)
+        n += 1
+    return n
+
+
+class RawLoop:
+    """The baseline: plain tables, asyncpg with its statement cache, CONCURRENCY clients sharing
+    a pool of connections (one per client when the server's max_connections allows it)."""
+
+    def __init__(self, dsn: str, wallets: int, connections: int) -> None:
+        self.dsn, self.wallets, self.connections = dsn, wallets, connections
+        self.pool: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+        self.all: list[asyncpg.Connection] = []
+
+    async def __aenter__(self) -> RawLoop:
+        admin = await asyncpg.connect(self.dsn)
+        try:
+            await admin.execute(RAW_SCHEMA)
+            rows = [(i, START_BALANCE) for i in range(self.wallets + 1)]
+            await admin.executemany("INSERT INTO bench_raw_wallets VALUES ($1, $2)", rows)
+        finally:
+            await admin.close()
+        for _ in range(self.connections):
+            conn = await asyncpg.connect(self.dsn)
+            self.all.append(conn)
+            self.pool.put_nowait(conn)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for conn in self.all:
+            await conn.close()
+
+    async def run(self, pick: Callable[[], int], *, concurrency: int, seconds: float) -> Result:
+        lat: list[float] = []
+        deadline = time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        counts = await asyncio.gather(*[_raw_client(self.pool, pick, deadline, lat) for _ in range(concurrency)])
+        return Result(sum(counts), time.perf_counter() - t0, lat, 0)
+
+
+# -- the ledger core in-process (no HTTP, GraphQL or auth) ------------------------------------------------
+
+
+async def load_core(services: object, wallets: list[object], *, concurrency: int, seconds: float, tag: str) -> Result:
+    """`debit_wallet` (post_transaction through the batcher) called directly by CONCURRENCY tasks."""
+    from ledgerx.domain.actor import Actor
+    from ledgerx.domain.ledger import posting
+    from ledgerx.services import Services
+
+    assert isinstance(services, Services)
+    actor = Actor.system("bench")
+    lat: list[float] = []
+    counter = iter(range(10**12))
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            w = wallets[0] if len(wallets) == 1 else random.choice(wallets)
+            await posting.debit_wallet(services.ledger, actor, w, 1, f"{tag}-{next(counter)}")  # type: ignore[arg-type]
+            lat.append(time.perf_counter() - t0)
+            n += 1
+        return n
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*[client() for _ in range(concurrency)])
+    return Result(sum(counts), time.perf_counter() - t0, lat, 0)
+
+
+async def core_services(url: str, redis_url: str) -> object:
+    from ledgerx.services import Services
+    from ledgerx.settings import Settings
+
+    return Services.build(
+        Settings(database_url=url, redis_url=redis_url, redis_prefix=f"lxbench:{secrets.token_hex(3)}:", db_pool_size=6)
+    )
+
+
+async def wallet_refs(services: object, public_ids: list[str]) -> list[object]:
+    from ledgerx import ids
+    from ledgerx.services import Services
+
+    assert isinstance(services, Services)
+    refs = [await services.ledger.wallet_ref(ids.decode("wallet", w)) for w in public_ids]
+    return list(refs)
+
+
+# -- the API --------------------------------------------------------------------------------------------
+
+
+def spawn_workers(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "uvicorn", "bench.ledger:ledgerx_app", "--factory", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(cmd, env={**os.environ, **env})
+
+
+async def gql(c: object, query: str, variables: dict[str, object], token: str | None = None) -> dict[str, object]:
+    import httpx
+
+    assert isinstance(c, httpx.AsyncClient)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = await c.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+    body = r.json()
+    if body.get("errors"):
+        raise RuntimeError(body["errors"])
+    data: dict[str, object] = body["data"]
+    return data
+
+
+async def setup_api(port: int, wallets: int) -> tuple[str, str, str, list[str]]:
+    """An owner, a project, one hot wallet and `wallets` others, all funded through the API."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        email = f"bench-{secrets.token_hex(4)}@example.com"
+        data = await gql(
+            c,
+            "mutation($i: SignUpInput!) { signUp(input: $i) { accessToken } }",
+            {"i": {"email": email, "password": "bench password 123"}},
+        )
+        token = str(data["signUp"]["accessToken"])  # type: ignore[index]
+        data = await gql(
+            c,
+            "mutation($i: CreateProjectInput!) { createProject(input: $i) { id } }",
+            {"i": {"name": "bench", "externalKey": f"bench-{secrets.token_hex(4)}"}},
+            token,
+        )
+        pid = str(data["createProject"]["id"])  # type: ignore[index]
+        sem = asyncio.Semaphore(32)
+
+        async def make_wallet(i: int) -> str:
+            async with sem:
+                d = await gql(
+                    c,
+                    "mutation($i: CreateWalletInput!) { createWallet(input: $i) { id } }",
+                    {"i": {"projectId": pid, "name": f"w{i}"}},
+                    token,
+                )
+                wid = str(d["createWallet"]["id"])  # type: ignore[index]
+                await gql(
+                    c,
+                    "mutation($i: CreditWalletInput!) { creditWallet(input: $i) { id } }",
+                    {"i": {"walletId": wid, "amount": str(START_BALANCE), "idempotencyKey": f"seed-{i}"}},
+                    token,
+                )
+                return wid
+
+        ids = await asyncio.gather(*(make_wallet(i) for i in range(wallets + 1)))
+    return token, pid, ids[0], list(ids[1:])
+
+
+def debit_request(token: str, pick: Callable[[], str], tag: str) -> Callable[[], bytes]:
+    headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")]
+    counter = iter(range(10**12))
+
+    def make() -> bytes:
+        body = json.dumps(
+            {
+                "query": DEBIT,
+                "variables": {"i": {"walletId": pick(), "amount": 1, "idempotencyKey": f"{tag}-{next(counter)}"}},
+            }
+        ).encode()
+        return request("POST", "/graphql", body, headers)
+
+    return make
+
+
+async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits: int) -> str:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
+        data = await gql(
+            c,
+            "query($p: ID!) { verifyLedger(projectId: $p) { ok walletsChecked entriesChecked mismatches { kind } } }",
+            {"p": pid},
+            token,
+        )
+    report = data["verifyLedger"]
+    conn = await asyncpg.connect(dsn)
+    try:
+        debits = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE type = 'DEBIT' AND idempotency_key LIKE 'api-%'"
+        )
+    finally:
+        await conn.close()
+    return (
+        f"verifyLedger ok={report['ok']} wallets={report['walletsChecked']} entries={report['entriesChecked']};"  # type: ignore[index]
+        f" debit transactions {debits} = successful API debits {expected_debits}: {debits == expected_debits}"
+    )
+
+
+# -- main ----------------------------------------------------------------------------------------------
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--wallets", type=int, default=1000)
+    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the API")
+    ap.add_argument("--raw-connections", type=int, default=40, help="connections the raw loop's clients share")
+    ap.add_argument("--keep-db", action="store_true")
+    ap.add_argument(
+        "--what-if-access-cache",
+        action="store_true",
+        help="bench-only what-if: cache the per-request authorization lookups inside the API workers",
+    )
+    args = ap.parse_args()
+
+    from ledgerx.db.engine import asyncpg_dsn
+    from ledgerx.db.migrate import upgrade
+    from ledgerx.services import resolve_urls
+    from ledgerx.settings import Settings
+
+    data_dir = os.environ.get("LEDGERX_DATA_DIR") or tempfile.mkdtemp(prefix="lxbench-")
+    os.environ["LEDGERX_DATA_DIR"] = data_dir
+    s = resolve_urls(Settings.from_env())
+    assert s.database_url and s.redis_url
+    name = f"lxbench_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(asyncpg_dsn(s.database_url))
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base, _, query = s.database_url.partition("?")
+    url = base[: base.rfind("/") + 1] + name + ("?" + query if query else "")
+    dsn = asyncpg_dsn(url)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        await asyncio.to_thread(upgrade, url)
+        port = free_port()
+        env = {
+            "DATABASE_URL": url,
+            "REDIS_URL": s.redis_url,
+            "LEDGERX_DATA_DIR": data_dir,
+            "PYTHONPATH": str(Path(__file__).parent.parent),
+            "SCHEDULER_ENABLED": "false",
+            "WORKER_ENABLED": "false",
+            "DB_POOL_SIZE": "6",
+            "LOGIN_LIMIT_PER_EMAIL": "1000",
+            "LOGIN_LIMIT_PER_IP": "100000",
+            "RATE_LIMIT_BURST": "1000000000",
+            "RATE_LIMIT_PER_SECOND": "1000000000",
+            "REDIS_PREFIX": f"lxbench:{secrets.token_hex(3)}:",
+            "LXBENCH_WHAT_IF_ACCESS_CACHE": "1" if args.what_if_access_cache else "0",
+        }
+        proc = spawn_workers(port, args.workers, env)
+        await wait_ready(port)
+        token, pid, hot_wallet, spread_wallets = await setup_api(port, args.wallets)
+        n, secs = args.concurrency, args.seconds
+        print(f"{os.cpu_count()} cores; {n} concurrent clients; {secs:.0f} s per figure; database {name}")
+        core = await core_services(url, s.redis_url)
+        core_hot_w = await wallet_refs(core, [hot_wallet])
+        core_spread_w = await wallet_refs(core, spread_wallets)
+        async with RawLoop(dsn, args.wallets, min(args.raw_connections, n)) as raw:
+            # Warm everything, then alternate the figures so background load drifts hit all alike.
+            await raw.run(lambda: 0, concurrency=n, seconds=1)
+            await load_core(core, core_hot_w, concurrency=n, seconds=1, tag="warm")
+            await load_api(port, debit_request(token, lambda: hot_wallet, "warm"), concurrency=n, seconds=2)
+            raw_hot = await raw.run(lambda: 0, concurrency=n, seconds=secs)
+            core_hot = await load_core(core, core_hot_w, concurrency=n, seconds=secs, tag="core-hot")
+            api_hot = await load_api(
+                port, debit_request(token, lambda: hot_wallet, "api-hot"), concurrency=n, seconds=secs
+            )
+            raw_spread = await raw.run(lambda: random.randint(1, args.wallets), concurrency=n, seconds=secs)
+            core_spread = await load_core(core, core_spread_w, concurrency=n, seconds=secs, tag="core-spread")
+            pick = lambda: random.choice(spread_wallets)  # noqa: E731
+            api_spread = await load_api(port, debit_request(token, pick, "api-spread"), concurrency=n, seconds=secs)
+        batches = core.ledger.batcher  # type: ignore[attr-defined]
+        await core.close()  # type: ignore[attr-defined]
+        ok_debits = api_hot.requests - api_hot.errors + api_spread.requests - api_spread.errors
+        summary = await check_after(port, token, pid, dsn, ok_debits)
+
+        if args.what_if_access_cache:
+            print("WHAT-IF RUN: the API workers cache their authorization lookups (not how the app runs)")
+        print(f"API: {args.workers} uvicorn worker(s); every debit is a full posting (2 entries, hash chain,")
+        print("     idempotency record, audit row, RLS, credit-limit check) behind JWT auth and the access check")
+        print(f"raw: {raw.connections} connections shared by the {n} clients; lock row, update, insert entry, commit")
+        print("core: post_transaction called in this process (no HTTP, GraphQL or auth), same postings as the API")
+        print(raw_hot.line("raw asyncpg loop, 1 hot wallet"))
+        print(core_hot.line("ledger core, 1 hot wallet"))
+        print(api_hot.line("GraphQL debitWallet, 1 hot wallet"))
+        print(raw_spread.line(f"raw asyncpg loop, {args.wallets} wallets"))
+        print(core_spread.line(f"ledger core, {args.wallets} wallets"))
+        print(api_spread.line(f"GraphQL debitWallet, {args.wallets} wallets"))
+        print(
+            f"ratio API/raw,  hot wallet: {api_hot.rps / raw_hot.rps:.2f}   {args.wallets} wallets: {api_spread.rps / raw_spread.rps:.2f}"
+        )
+        print(
+            f"ratio core/raw, hot wallet: {core_hot.rps / raw_hot.rps:.2f}   {args.wallets} wallets: {core_spread.rps / raw_spread.rps:.2f}"
+        )
+        print(f"core batching: {batches.postings} postings in {batches.batches} database transactions")
+        print(summary)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(20)
+        if not args.keep_db:
+            admin = await asyncpg.connect(asyncpg_dsn(s.database_url))
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,202 @@
+"""The event bus: domain events fanned out through Redis pub/sub to every app instance.
+
+Publishers call `publish`/`publish_many` only after their database transaction committed (an
+event must never announce something that was rolled back). Delivery is at-most-once: pub/sub keeps
+nothing for instances that are not connected, so clients that must not miss a change re-read
+state after (re)subscribing.
+
+Wire format (other domains PSUBSCRIBE to it, keep it stable): one channel per topic,
+`<prefix>ev:<topic>`, carrying the event as JSON. A committed batch is published with one EVALSHA
+of a script that PUBLISHes every event server-side: a Redis command per event cost more than the
+database work of the posting.
+
+Each instance holds one pub/sub connection. Local subscribers (GraphQL subscriptions) share it: the
+first subscriber of a topic SUBSCRIBEs, the last one UNSUBSCRIBEs, and a reader task fans each
+message out through bounded queues. A slow subscriber loses its oldest events rather than making
+the reader, and every other subscriber, wait or memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+log = logging.getLogger("ledgerx.events")
+
+Event = dict[str, Any]
+# Events per script call: keeps each command well below Redis's argument limits.
+MAX_EVENTS_PER_CALL = 200
+# PUBLISH each (channel, message) pair of ARGV; returns how many were published.
+_PUBLISH_ALL = """
+for i = 1, #ARGV, 2 do redis.call('PUBLISH', ARGV[i], ARGV[i + 1]) end
+return #ARGV / 2
+"""
+
+
+class Subscription:
+    """One local subscriber: an async iterator over the events of one topic."""
+
+    def __init__(self, topic: str, maxsize: int) -> None:
+        self.topic = topic
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+
+    def offer(self, event: Event) -> None:
+        """Enqueue without ever blocking the reader; on overflow drop the oldest event."""
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("slow subscriber on %s: %d events dropped", self.topic, self.dropped)
+        self.queue.put_nowait(event)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self.queue.get()
+
+
+class EventBus:
+    def __init__(self, redis: Redis, *, listen_redis: Redis | None = None, prefix: str, queue_size: int = 256) -> None:
+        # Publishing shares the app's client; listening needs a connection without a socket timeout.
+        self.redis = redis
+        self.listen_redis = listen_redis or redis
+        self.prefix = prefix + "ev:"
+        self.queue_size = queue_size
+        self._publish_all = redis.register_script(_PUBLISH_ALL)
+        self._subs: dict[str, set[Subscription]] = {}
+        self._confirmed: dict[str, asyncio.Event] = {}
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def channel(self, topic: str) -> str:
+        return self.prefix + topic
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, topic: str, event: Event) -> None:
+        await self.publish_many([(topic, event)])
+
+    async def publish_many(self, events: Sequence[tuple[str, Event]]) -> None:
+        """Publish in one round trip. Never raises: the change is committed; losing a
+        notification must not turn a successful request into an error."""
+        if not events:
+            return
+        try:
+            for i in range(0, len(events), MAX_EVENTS_PER_CALL):
+                args: list[str] = []
+                for topic, event in events[i : i + MAX_EVENTS_PER_CALL]:
+                    args += (self.channel(topic), json.dumps(event, separators=(",", ":")))
+                await self._publish_all(keys=[], args=args)
+        except Exception:
+            log.exception("could not publish %d events", len(events))
+
+    # -- subscribing --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, topic: str, *, confirm_timeout: float = 5.0) -> AsyncIterator[Subscription]:
+        """Receive the topic's events while the block runs (returns once Redis confirmed)."""
+        sub = Subscription(topic, self.queue_size)
+        await self._add(sub, confirm_timeout)
+        try:
+            yield sub
+        finally:
+            await self._remove(sub)
+
+    def active_topics(self) -> set[str]:
+        """Topics this instance is subscribed to (confirmed by Redis); tests wait on this."""
+        return {t for t, e in self._confirmed.items() if e.is_set() and self._subs.get(t)}
+
+    async def _add(self, sub: Subscription, confirm_timeout: float) -> None:
+        async with self._lock:
+            first = not self._subs.get(sub.topic)
+            self._subs.setdefault(sub.topic, set()).add(sub)
+            if first:
+                self._confirmed[sub.topic] = asyncio.Event()
+                if self._pubsub is None:
+                    self._pubsub = self.listen_redis.pubsub()
+                await self._pubsub.subscribe(self.channel(sub.topic))
+                if self._reader is None or self._reader.done():
+                    self._reader = asyncio.create_task(self._read(), name="ledgerx-events-reader")
+            confirmed = self._confirmed[sub.topic]
+        try:
+            await asyncio.wait_for(confirmed.wait(), confirm_timeout)
+        except TimeoutError:
+            log.warning("redis did not confirm the subscription to %s in time", sub.topic)
+
+    async def _remove(self, sub: Subscription) -> None:
+        async with self._lock:
+            subs = self._subs.get(sub.topic)
+            if subs is None:
+                return
+            subs.discard(sub)
+            if subs:
+                return
+            del self._subs[sub.topic]
+            self._confirmed.pop(sub.topic, None)
+            if self._pubsub is not None and not self._closed:
+                try:
+                    await self._pubsub.unsubscribe(self.channel(sub.topic))
+                except Exception:  # the connection is gone; nothing left to unsubscribe
+                    log.debug("unsubscribe from %s failed", sub.topic, exc_info=True)
+
+    async def _read(self) -> None:
+        """Fan messages out to local subscribers until closed; reconnects after Redis errors
+        (redis-py resubscribes on reconnect)."""
+        while not self._closed:
+            try:
+                msg = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("event bus connection lost; reconnecting", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if msg is not None:
+                self._dispatch(msg)
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        channel = msg.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        if not isinstance(channel, str) or not channel.startswith(self.prefix):
+            return
+        topic = channel[len(self.prefix) :]
+        kind = msg.get("type")
+        if kind == "subscribe":
+            confirmed = self._confirmed.get(topic)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message":
+            return
+        try:
+            event = json.loads(msg["data"])
+        except (ValueError, TypeError):
+            log.warning("undecodable event on %s", topic)
+            return
+        for sub in list(self._subs.get(topic, ())):
+            sub.offer(event)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self.listen_redis is not self.redis:
+            with contextlib.suppress(Exception):
+                await self.listen_redis.aclose()

@@ -1,0 +1,530 @@
+"""Apply a batch of postings inside one database transaction, with per-posting outcomes.
+
+Order of work (each numbered step is one statement):
+1. lock every wallet the batch touches, in id order (no deadlocks between batches);
+2. read the batch's idempotency keys that already exist (after the lock: a fresh snapshot sees
+   what committed while we waited), and for refunds what was refunded so far;
+3. decide each posting in arrival order in memory (idempotency, credit limits, refund caps),
+   so a posting that fails writes nothing and later postings see earlier ones' balances;
+4. write everything that succeeded in one statement.
+
+A race on an idempotency key with a transaction that locks other wallets surfaces in step 4 as a
+unique violation; the caller retries (and then finds the key in step 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from ledgerx import ids
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
+from ledgerx.domain.ledger import hashing, store
+from ledgerx.domain.ledger.types import (
+    MAX_BIGINT,
+    EntryRecord,
+    Posted,
+    TransactionRecord,
+    TxnType,
+    WalletRecord,
+)
+from ledgerx.ids import uuid7
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ResolvedLeg:
+    amount: int
+    wallet_id: uuid.UUID | None
+    system_account_id: uuid.UUID | None
+    system_code: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RefundSpec:
+    """A refund's legs depend on what is left to refund, known only under the lock."""
+
+    original: TransactionRecord
+    amount: int | None  # None: everything still refundable
+    refunds_account_id: uuid.UUID  # the REFUNDS system account of the original's currency
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated posting with system accounts resolved, ready for `apply`."""
+
+    project_id: uuid.UUID
+    wallet_id: uuid.UUID
+    kind: str
+    currency: str
+    legs: tuple[ResolvedLeg, ...]  # empty for refunds (computed from `refund`)
+    idempotency_key: str
+    request_hash: bytes
+    actor: Actor
+    action: str
+    reference: str | None
+    reason: str | None
+    metadata_json: str
+    refund: RefundSpec | None = None
+
+    def wallet_ids(self) -> set[uuid.UUID]:
+        if self.refund is not None:
+            return {e.wallet_id for e in self.refund.original.entries if e.wallet_id is not None}
+        return {leg.wallet_id for leg in self.legs if leg.wallet_id is not None}
+
+
+Outcome = Posted | AppError
+_CONFLICT = "idempotency key already used for a different request"
+
+
+@dataclasses.dataclass(slots=True)
+class _Wallet:
+    """A locked wallet's running state while the batch is decided."""
+
+    row: WalletRecord
+    balance: int
+    seq: int
+    head: bytes
+    touched: bool = False
+
+    def snapshot(self, now: dt.datetime) -> WalletRecord:
+        return dataclasses.replace(self.row, balance=self.balance, updated_at=now)
+
+
+@dataclasses.dataclass(slots=True)
+class _Writes:
+    """Column arrays of the batch write (WRITE_BATCH's parameters), filled posting by posting."""
+
+    txn: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(19)])
+    ent: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(13)])
+    aud: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(11)])
+    order: list[tuple[uuid.UUID, str]] = dataclasses.field(default_factory=list)
+
+    def add_txn(self, *values: Any) -> None:
+        for col, v in zip(self.txn, values, strict=True):
+            col.append(v)
+
+    def add_entry(self, *values: Any) -> None:
+        for col, v in zip(self.ent, values, strict=True):
+            col.append(v)
+
+    def add_audit(self, *values: Any) -> None:
+        for col, v in zip(self.aud, values, strict=True):
+            col.append(v)
+
+    def sorted_txn_columns(self) -> list[list[Any]]:
+        """Transactions in (project, key) order: concurrent batches claim keys in one global
+        order, so waits on the idempotency index cannot form a cycle."""
+        n = len(self.txn[0])
+        idx = sorted(range(n), key=lambda i: (str(self.txn[1][i]), self.txn[9][i]))
+        return [[col[i] for i in idx] for col in self.txn]
+
+
+@dataclasses.dataclass(slots=True)
+class Result:
+    outcomes: list[Outcome]
+    # Per new transaction: the event payloads to publish after commit.
+    events: list[tuple[str, dict[str, Any]]]
+
+
+@dataclasses.dataclass(slots=True)
+class _State:
+    """What the batch is decided against, read under the wallets' locks."""
+
+    wallets: dict[uuid.UUID, _Wallet]
+    existing: dict[tuple[uuid.UUID, str], asyncpg.Record]  # idempotency key -> stored transaction row
+    refunded: dict[uuid.UUID, int]  # original transaction -> refunded so far (running, in-batch too)
+
+
+@dataclasses.dataclass(slots=True)
+class _Decisions:
+    outcomes: list[Outcome | None] = dataclasses.field(default_factory=list)
+    claimed: dict[tuple[uuid.UUID, str], tuple[bytes, int]] = dataclasses.field(default_factory=dict)
+    duplicates: dict[int, int] = dataclasses.field(default_factory=dict)  # index -> earlier same request
+    replays: dict[int, asyncpg.Record] = dataclasses.field(default_factory=dict)
+    new: list[tuple[int, Posted, list[uuid.UUID]]] = dataclasses.field(default_factory=list)
+    writes: _Writes = dataclasses.field(default_factory=_Writes)
+
+
+async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.datetime) -> Result:
+    """Decide and write `items` on `conn`, which must already be inside a transaction."""
+    state = await _load_state(conn, items)
+    d = _Decisions()
+    for i, p in enumerate(items):
+        _decide_one(d, state, i, p, now)
+    if d.replays:
+        records = await store.load_transactions(conn, list(d.replays.values()))
+        for i, rec in zip(d.replays, records, strict=True):
+            d.outcomes[i] = Posted(rec, replayed=True)
+    events: list[tuple[str, dict[str, Any]]] = []
+    if d.new:
+        stored_metadata = await _write(conn, d.writes, state.wallets, now)
+        for i, posted, low in d.new:
+            rec = dataclasses.replace(posted.transaction, metadata=stored_metadata[posted.transaction.id])
+            done = dataclasses.replace(posted, transaction=rec)
+            d.outcomes[i] = done
+            events.extend(ledger_events(done, low))
+    for i, first in d.duplicates.items():
+        original = d.outcomes[first]
+        assert isinstance(original, Posted)
+        d.outcomes[i] = Posted(original.transaction, replayed=True, wallets=original.wallets)
+    final: list[Outcome] = []
+    for o in d.outcomes:
+        assert o is not None
+        final.append(o)
+    return Result(final, events)
+
+
+async def _load_state(conn: asyncpg.Connection, items: Sequence[Prepared]) -> _State:
+    wallet_ids = sorted({w for p in items for w in p.wallet_ids()})
+    locked = await conn.fetch(store.LOCK_WALLETS, wallet_ids)
+    rows = await conn.fetch(store.EXISTING_TXNS, [p.project_id for p in items], [p.idempotency_key for p in items])
+    refund_ids = [p.refund.original.id for p in items if p.refund is not None]
+    refunded: dict[uuid.UUID, int] = {}
+    if refund_ids:
+        refunded = {r["refund_of"]: r["total"] for r in await conn.fetch(store.REFUNDED_TOTALS, refund_ids)}
+    return _State(
+        wallets={r["id"]: _wallet_state(r) for r in locked},
+        existing={(r["project_id"], r["idempotency_key"]): r for r in rows},
+        refunded=refunded,
+    )
+
+
+def _decide_one(d: _Decisions, state: _State, i: int, p: Prepared, now: dt.datetime) -> None:
+    """Idempotency first (a replay must answer even when the request would now be refused),
+    then the posting itself against the running balances."""
+    key = (p.project_id, p.idempotency_key)
+    seen = d.claimed.get(key)
+    row = state.existing.get(key)
+    stored_hash = seen[0] if seen is not None else bytes(row["request_hash"]) if row is not None else None
+    if stored_hash is not None and stored_hash != p.request_hash:
+        d.outcomes.append(IdempotencyConflict(_CONFLICT, field="idempotencyKey"))
+        return
+    d.outcomes.append(None)  # filled below, or after the write / the replay read
+    if seen is not None:
+        d.duplicates[i] = seen[1]
+        return
+    if row is not None:
+        d.replays[i] = row
+        return
+    try:
+        posted, low = _decide(p, state.wallets, state.refunded, d.writes, now)
+    except AppError as exc:
+        d.outcomes[i] = exc
+        return
+    d.claimed[key] = (p.request_hash, i)
+    d.outcomes[i] = posted
+    d.new.append((i, posted, low))
+
+
+def _wallet_state(r: asyncpg.Record) -> _Wallet:
+    return _Wallet(
+        store.wallet_from_row(r),
+        r["balance"],
+        r["entry_seq"],
+        bytes(r["head_hash"]) if r["head_hash"] is not None else hashing.GENESIS,
+    )
+
+
+def _refund_legs(spec: RefundSpec, refunded: dict[uuid.UUID, int]) -> tuple[tuple[ResolvedLeg, ...], int]:
+    """The reversing legs of a (partial) refund: wallet legs negated and scaled, every system
+    leg replaced by one leg on the REFUNDS account so the original revenue stays as recorded."""
+    orig = spec.original
+    remaining = orig.amount - refunded.get(orig.id, 0)
+    if remaining <= 0:
+        raise Conflict("transaction is already fully refunded", field="transactionId")
+    amount = remaining if spec.amount is None else spec.amount
+    if amount > remaining:
+        raise BadInput(f"refund exceeds what is left to refund ({remaining})", field="amount", remaining=str(remaining))
+    legs: list[ResolvedLeg] = []
+    for e in orig.entries:
+        if e.wallet_id is None:
+            continue
+        scaled = -e.amount * amount
+        if scaled % orig.amount:
+            raise BadInput("this transaction can only be refunded in full", field="amount")
+        legs.append(ResolvedLeg(scaled // orig.amount, e.wallet_id, None, None))
+    rest = -sum(leg.amount for leg in legs)
+    if rest:
+        legs.append(ResolvedLeg(rest, None, spec.refunds_account_id, "REFUNDS"))
+    return tuple(legs), amount
+
+
+def _decide(
+    p: Prepared,
+    wallets: dict[uuid.UUID, _Wallet],
+    refunded: dict[uuid.UUID, int],
+    writes: _Writes,
+    now: dt.datetime,
+) -> tuple[Posted, list[uuid.UUID]]:
+    """Check one posting against the running wallet states; on success record its rows.
+
+    Raises before touching any state, so a refused posting leaves no trace in the batch.
+    """
+    legs, refund_amount = _refund_legs(p.refund, refunded) if p.refund is not None else (p.legs, 0)
+    after: dict[uuid.UUID, int] = {}
+    for leg in legs:
+        if leg.wallet_id is None:
+            continue
+        w = wallets.get(leg.wallet_id)
+        if w is None or w.row.project_id != p.project_id:
+            raise NotFound("wallet not found", field="walletId")
+        if w.row.currency != p.currency:
+            raise BadInput(f"wallet holds {w.row.currency}, not {p.currency}", field="walletId")
+        new_balance = w.balance + leg.amount
+        if new_balance > MAX_BIGINT:
+            raise BadInput("amount would overflow the wallet balance", field="amount")
+        if leg.amount < 0 and new_balance < -w.row.credit_limit:
+            raise InsufficientFunds(
+                "insufficient funds",
+                walletId=ids.encode("wallet", w.row.id),
+                balance=str(w.balance),
+                creditLimit=str(w.row.credit_limit),
+            )
+        after[leg.wallet_id] = new_balance
+
+    primary = next(leg for leg in legs if leg.wallet_id == p.wallet_id)
+    pw = wallets[p.wallet_id]
+    txn_id = uuid7()
+    ttype = TxnType.CREDIT if primary.amount > 0 else TxnType.DEBIT
+    refund_of = p.refund.original.id if p.refund is not None else None
+    t_hash = hashing.txn_hash(
+        id=txn_id,
+        project_id=p.project_id,
+        wallet_id=p.wallet_id,
+        type=ttype.value,
+        kind=p.kind,
+        currency=p.currency,
+        amount=abs(primary.amount),
+        balance_before=pw.balance,
+        balance_after=after[p.wallet_id],
+        idempotency_key=p.idempotency_key,
+        request_hash=p.request_hash,
+        reference=p.reference,
+        reason=p.reason,
+        refund_of=refund_of,
+        actor_type=p.actor.type,
+        actor_id=p.actor.id,
+        created_at=now,
+    )
+    writes.add_txn(
+        txn_id,
+        p.project_id,
+        p.wallet_id,
+        ttype.value,
+        p.kind,
+        p.currency,
+        abs(primary.amount),
+        pw.balance,
+        after[p.wallet_id],
+        p.idempotency_key,
+        p.request_hash,
+        p.reference,
+        p.reason,
+        p.metadata_json,
+        refund_of,
+        p.actor.type,
+        p.actor.id,
+        now,
+        t_hash,
+    )
+    primary_before = pw.balance
+    entries, low = _chain_entries(p, legs, wallets, writes, txn_id, t_hash, now)
+    if p.refund is not None:
+        refunded[p.refund.original.id] = refunded.get(p.refund.original.id, 0) + refund_amount
+    record = TransactionRecord(
+        id=txn_id,
+        project_id=p.project_id,
+        wallet_id=p.wallet_id,
+        type=ttype,
+        kind=p.kind,
+        currency=p.currency,
+        amount=abs(primary.amount),
+        balance_before=primary_before,
+        balance_after=after[p.wallet_id],
+        idempotency_key=p.idempotency_key,
+        reference=p.reference,
+        reason=p.reason,
+        metadata={},
+        refund_of=refund_of,
+        created_at=now,
+        entries=tuple(entries),
+    )
+    _audit(writes, p, record)
+    snapshots = tuple(wallets[w].snapshot(now) for w in after)
+    return Posted(record, wallets=snapshots), low
+
+
+def _chain_entries(
+    p: Prepared,
+    legs: tuple[ResolvedLeg, ...],
+    wallets: dict[uuid.UUID, _Wallet],
+    writes: _Writes,
+    txn_id: uuid.UUID,
+    t_hash: bytes,
+    now: dt.datetime,
+) -> tuple[list[EntryRecord], list[uuid.UUID]]:
+    """Append each leg as an entry; wallet entries extend their wallet's hash chain."""
+    entries: list[EntryRecord] = []
+    low: list[uuid.UUID] = []
+    for leg in legs:
+        eid = uuid7()
+        if leg.wallet_id is None:
+            h = hashing.entry_hash(
+                hashing.GENESIS,
+                id=eid,
+                transaction_id=txn_id,
+                transaction_hash=t_hash,
+                wallet_id=None,
+                system_account_id=leg.system_account_id,
+                currency=p.currency,
+                amount=leg.amount,
+                balance_before=None,
+                balance_after=None,
+                seq=None,
+                created_at=now,
+            )
+            writes.add_entry(
+                eid,
+                txn_id,
+                p.project_id,
+                None,
+                leg.system_account_id,
+                p.currency,
+                leg.amount,
+                None,
+                None,
+                None,
+                None,
+                h,
+                now,
+            )
+            entries.append(
+                EntryRecord(eid, txn_id, None, leg.system_code, p.currency, leg.amount, None, None, None, h, now)
+            )
+            continue
+        w = wallets[leg.wallet_id]
+        before, seq, prev = w.balance, w.seq + 1, w.head
+        h = hashing.entry_hash(
+            prev,
+            id=eid,
+            transaction_id=txn_id,
+            transaction_hash=t_hash,
+            wallet_id=leg.wallet_id,
+            system_account_id=None,
+            currency=p.currency,
+            amount=leg.amount,
+            balance_before=before,
+            balance_after=before + leg.amount,
+            seq=seq,
+            created_at=now,
+        )
+        writes.add_entry(
+            eid,
+            txn_id,
+            p.project_id,
+            leg.wallet_id,
+            None,
+            p.currency,
+            leg.amount,
+            before,
+            before + leg.amount,
+            seq,
+            prev,
+            h,
+            now,
+        )
+        entries.append(
+            EntryRecord(
+                eid, txn_id, leg.wallet_id, None, p.currency, leg.amount, before, before + leg.amount, seq, h, now
+            )
+        )
+        w.balance, w.seq, w.head, w.touched = before + leg.amount, seq, h, True
+        threshold = w.row.low_balance_threshold
+        # A downward crossing of the threshold: at most one event per crossing, by construction.
+        if threshold is not None and before >= threshold > w.balance:
+            low.append(leg.wallet_id)
+    return entries, low
+
+
+def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
+    before = {"balance": str(rec.balance_before)}
+    after = {
+        "balance": str(rec.balance_after),
+        "amount": str(rec.amount),
+        "type": rec.type.value,
+        "kind": rec.kind,
+        "walletId": ids.encode("wallet", rec.wallet_id),
+        "idempotencyKey": rec.idempotency_key,
+    }
+    if rec.refund_of is not None:
+        after["refundOf"] = ids.encode("transaction", rec.refund_of)
+    writes.add_audit(
+        uuid7(),
+        p.project_id,
+        p.actor.type,
+        p.actor.id,
+        p.action,
+        "transaction",
+        ids.encode("transaction", rec.id),
+        json.dumps(before),
+        json.dumps(after),
+        p.actor.meta.request_id,
+        p.actor.meta.ip,
+    )
+
+
+async def _write(
+    conn: asyncpg.Connection, writes: _Writes, wallets: dict[uuid.UUID, _Wallet], now: dt.datetime
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """One statement for the whole batch; returns each transaction's metadata as stored."""
+    touched = [w for w in wallets.values() if w.touched]
+    wallet_cols = [[w.row.id for w in touched], [w.balance for w in touched], [w.seq for w in touched]]
+    wallet_cols.append([w.head for w in touched])
+    args = [*writes.sorted_txn_columns(), *writes.ent, now, *wallet_cols, *writes.aud]
+    rows = await conn.fetch(store.WRITE_BATCH, *args)
+    return {r["id"]: store.parse_metadata(r["metadata"]) for r in rows}
+
+
+def ledger_events(posted: Posted, low: list[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:
+    """The pub/sub events of one new transaction (topics are relative to the bus prefix)."""
+    from ledgerx.domain.ledger import codec
+
+    txn = codec.txn_to_json(posted.transaction)
+    out: list[tuple[str, dict[str, Any]]] = [
+        (
+            f"project:{posted.transaction.project_id}:transactions",
+            {"type": "ledger.transaction_posted", "transaction": txn},
+        )
+    ]
+    for w in posted.wallets:
+        is_low = w.id in low
+        out.append(
+            (
+                f"wallet:{w.id}",
+                {
+                    "type": "ledger.wallet_updated",
+                    "wallet": codec.wallet_to_json(w),
+                    "transaction": txn,
+                    "lowBalance": is_low,
+                },
+            )
+        )
+        if is_low:
+            out.append(
+                (
+                    f"project:{w.project_id}:low_balance",
+                    {
+                        "type": "ledger.low_balance",
+                        "wallet": codec.wallet_to_json(w),
+                        "transactionId": str(posted.transaction.id),
+                    },
+                )
+            )
+    return out

@@ -1,0 +1,196 @@
+"""SQL of the ledger's hot path and reads (raw asyncpg), and rows -> records.
+
+The ledger talks to asyncpg directly: a posting is a handful of set-based statements, and ORM
+overhead would cost more than the database work. Row-level security still applies: every
+transaction sets `ledgerx.project_ids` (see `tenant_tx`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import asyncpg
+
+from ledgerx.domain.ledger.types import EntryRecord, TransactionRecord, TxnType, WalletRecord
+
+WALLET_COLS = (
+    "id, project_id, name, owner_user_id, currency, balance, credit_limit, low_balance_threshold,"
+    " entry_seq, head_hash, created_at, updated_at"
+)
+TXN_COLS = (
+    "id, project_id, wallet_id, type, kind, currency, amount, balance_before, balance_after, idempotency_key,"
+    " request_hash, reference, reason, metadata::text AS metadata, refund_of, actor_type, actor_id, created_at, hash"
+)
+ENTRY_COLS = (
+    "e.id, e.transaction_id, e.wallet_id, e.system_account_id, s.code AS system_code, e.currency, e.amount,"
+    " e.balance_before, e.balance_after, e.seq, e.prev_hash, e.hash, e.created_at"
+)
+
+# Lock every wallet of a batch in one statement, in id order: LockRows sits above the Sort, so
+# rows are locked in that order and two batches can never wait on each other in a cycle.
+LOCK_WALLETS = f"SELECT {WALLET_COLS} FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"  # noqa: S608
+
+# Run after the lock (a new statement gets a new snapshot): sees keys committed while we waited.
+EXISTING_TXNS = (
+    f"SELECT {TXN_COLS} FROM ledger_transactions"  # noqa: S608
+    " WHERE (project_id, idempotency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+)
+REFUNDED_TOTALS = (
+    "SELECT refund_of, sum(amount)::bigint AS total FROM ledger_transactions"
+    " WHERE refund_of = ANY($1::uuid[]) GROUP BY refund_of"
+)
+ENTRIES_OF = (
+    f"SELECT {ENTRY_COLS} FROM ledger_entries e"  # noqa: S608
+    " LEFT JOIN ledger_system_accounts s ON s.id = e.system_account_id"
+    " WHERE e.transaction_id = ANY($1::uuid[]) ORDER BY e.transaction_id, e.id"
+)
+
+# One statement writes a whole batch: transactions, entries, audit rows and the wallets' new
+# balances and chain tips. The entries' balance trigger runs once for all of it.
+WRITE_BATCH = """
+WITH t AS (
+  INSERT INTO ledger_transactions (id, project_id, wallet_id, type, kind, currency, amount, balance_before,
+    balance_after, idempotency_key, request_hash, reference, reason, metadata, refund_of, actor_type, actor_id,
+    created_at, hash)
+  SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::int8[],
+    $8::int8[], $9::int8[], $10::text[], $11::bytea[], $12::text[], $13::text[], $14::jsonb[], $15::uuid[],
+    $16::text[], $17::uuid[], $18::timestamptz[], $19::bytea[])
+  RETURNING id, metadata::text AS metadata
+), e AS (
+  INSERT INTO ledger_entries (id, transaction_id, project_id, wallet_id, system_account_id, currency, amount,
+    balance_before, balance_after, seq, prev_hash, hash, created_at)
+  SELECT * FROM unnest($20::uuid[], $21::uuid[], $22::uuid[], $23::uuid[], $24::uuid[], $25::text[], $26::int8[],
+    $27::int8[], $28::int8[], $29::int8[], $30::bytea[], $31::bytea[], $32::timestamptz[])
+), w AS (
+  UPDATE wallets SET balance = v.balance, entry_seq = v.seq, head_hash = v.head, updated_at = $33
+  FROM unnest($34::uuid[], $35::int8[], $36::int8[], $37::bytea[]) AS v(id, balance, seq, head)
+  WHERE wallets.id = v.id
+), a AS (
+  INSERT INTO audit_log (id, project_id, actor_type, actor_id, action, target_type, target_id, before, after,
+    request_id, ip, at)
+  SELECT u.*, $33 FROM unnest($38::uuid[], $39::uuid[], $40::text[], $41::uuid[], $42::text[], $43::text[],
+    $44::text[], $45::jsonb[], $46::jsonb[], $47::text[], $48::inet[]) AS u
+)
+SELECT id, metadata FROM t
+"""
+
+ENSURE_SYSTEM_ACCOUNT = """
+WITH ins AS (
+  INSERT INTO ledger_system_accounts (id, project_id, code, currency) VALUES ($1, $2, $3, $4)
+  ON CONFLICT (project_id, code, currency) DO NOTHING RETURNING id
+)
+SELECT id FROM ins UNION ALL
+SELECT id FROM ledger_system_accounts WHERE project_id = $2 AND code = $3 AND currency = $4
+LIMIT 1
+"""
+
+
+def _settings_sql(project_ids: Iterable[uuid.UUID], *, system: bool) -> str:
+    # UUIDs render as hex and dashes only, so inlining them is safe; inlining lets BEGIN and the
+    # settings travel in one simple-protocol round trip.
+    ids = ",".join(sorted({str(p) for p in project_ids}))
+    scope = "system" if system else ""
+    return (
+        "BEGIN; SELECT set_config('ledgerx.project_ids', '"
+        + ids
+        + "', true), set_config('ledgerx.user_id', '', true), set_config('ledgerx.scope', '"
+        + scope
+        + "', true)"
+    )
+
+
+async def begin(conn: asyncpg.Connection, project_ids: Iterable[uuid.UUID], *, system: bool = False) -> None:
+    await conn.execute(_settings_sql(project_ids, system=system))
+
+
+async def rollback_quietly(conn: asyncpg.Connection) -> None:
+    if conn.is_closed():
+        return
+    with contextlib.suppress(Exception):
+        await conn.execute("ROLLBACK")
+
+
+@contextlib.asynccontextmanager
+async def tenant_tx(
+    pool: asyncpg.Pool, project_ids: Iterable[uuid.UUID], *, system: bool = False
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection inside one transaction scoped (RLS) to `project_ids`."""
+    async with pool.acquire() as conn:
+        await begin(conn, project_ids, system=system)
+        try:
+            yield conn
+        except BaseException:
+            await rollback_quietly(conn)
+            raise
+        await conn.execute("COMMIT")
+
+
+def wallet_from_row(r: Mapping[str, Any]) -> WalletRecord:
+    return WalletRecord(
+        id=r["id"],
+        project_id=r["project_id"],
+        name=r["name"],
+        owner_user_id=r["owner_user_id"],
+        currency=r["currency"],
+        balance=r["balance"],
+        credit_limit=r["credit_limit"],
+        low_balance_threshold=r["low_balance_threshold"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
+
+
+def entry_from_row(r: Mapping[str, Any]) -> EntryRecord:
+    return EntryRecord(
+        id=r["id"],
+        transaction_id=r["transaction_id"],
+        wallet_id=r["wallet_id"],
+        system_account=r["system_code"],
+        currency=r["currency"],
+        amount=r["amount"],
+        balance_before=r["balance_before"],
+        balance_after=r["balance_after"],
+        seq=r["seq"],
+        hash=bytes(r["hash"]),
+        created_at=r["created_at"],
+    )
+
+
+def txn_from_row(r: Mapping[str, Any], entries: Iterable[EntryRecord]) -> TransactionRecord:
+    return TransactionRecord(
+        id=r["id"],
+        project_id=r["project_id"],
+        wallet_id=r["wallet_id"],
+        type=TxnType(r["type"]),
+        kind=r["kind"],
+        currency=r["currency"],
+        amount=r["amount"],
+        balance_before=r["balance_before"],
+        balance_after=r["balance_after"],
+        idempotency_key=r["idempotency_key"],
+        reference=r["reference"],
+        reason=r["reason"],
+        metadata=parse_metadata(r["metadata"]),
+        refund_of=r["refund_of"],
+        created_at=r["created_at"],
+        entries=tuple(entries),
+    )
+
+
+def parse_metadata(text: str | None) -> dict[str, Any]:
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
+async def load_transactions(conn: asyncpg.Connection, rows: list[asyncpg.Record]) -> list[TransactionRecord]:
+    """Records (with their entries, one query) for transaction rows read with TXN_COLS."""
+    if not rows:
+        return []
+    by_txn: dict[uuid.UUID, list[EntryRecord]] = {}
+    for er in await conn.fetch(ENTRIES_OF, [r["id"] for r in rows]):
+        by_txn.setdefault(er["transaction_id"], []).append(entry_from_row(er))
+    return [txn_from_row(r, by_txn.get(r["id"], ())) for r in rows]

@@ -1,0 +1,247 @@
+"""verifyLedger: recompute a project's ledger from its entries and report every mismatch.
+
+Runs in one REPEATABLE READ, read-only transaction, so postings committing meanwhile cannot make
+a consistent ledger look inconsistent. Checks:
+- every wallet's entries form an unbroken chain: seq 1..n, each prev_hash the previous hash,
+  each hash recomputed from the entry's content, each balance_before the previous balance_after
+  and balance_after = balance_before + amount;
+- the wallet row agrees: balance = sum of entries = last balance_after, entry_seq, head_hash, and
+  balance >= -credit_limit;
+- every transaction has at least two entries summing to zero per currency, exactly one entry on
+  its primary wallet that matches its amount/type/balances, and a hash recomputed from its content;
+- no transaction is refunded beyond its amount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import asyncpg
+
+from ledgerx.domain.ledger import hashing, store
+from ledgerx.domain.ledger.service import LedgerService
+
+MAX_REPORTED = 10_000
+
+ENTRY_STREAM = """
+SELECT e.id, e.transaction_id, e.wallet_id, e.system_account_id, e.currency, e.amount, e.balance_before,
+       e.balance_after, e.seq, e.prev_hash, e.hash, e.created_at,
+       t.hash AS t_hash, t.project_id AS t_project_id, t.wallet_id AS t_wallet_id, t.type AS t_type, t.kind AS t_kind,
+       t.currency AS t_currency, t.amount AS t_amount, t.balance_before AS t_balance_before,
+       t.balance_after AS t_balance_after, t.idempotency_key AS t_idempotency_key, t.request_hash AS t_request_hash,
+       t.reference AS t_reference, t.reason AS t_reason, t.refund_of AS t_refund_of, t.actor_type AS t_actor_type,
+       t.actor_id AS t_actor_id, t.created_at AS t_created_at
+FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+WHERE e.project_id = $1
+ORDER BY e.wallet_id NULLS LAST, e.seq, e.id
+"""
+WALLETS = "SELECT id, balance, credit_limit, entry_seq, head_hash FROM wallets WHERE project_id = $1"
+TXN_SHAPE = """
+SELECT t.id, count(e.id) AS entries, count(e.id) FILTER (WHERE e.wallet_id = t.wallet_id) AS primaries
+FROM ledger_transactions t LEFT JOIN ledger_entries e ON e.transaction_id = t.id
+WHERE t.project_id = $1
+GROUP BY t.id
+HAVING count(e.id) < 2 OR count(e.id) FILTER (WHERE e.wallet_id = t.wallet_id) <> 1
+"""
+UNBALANCED = """
+SELECT transaction_id, currency, sum(amount)::numeric AS total FROM ledger_entries
+WHERE project_id = $1 GROUP BY transaction_id, currency HAVING sum(amount) <> 0
+"""
+OVER_REFUNDED = """
+SELECT o.id, o.amount, sum(r.amount)::numeric AS refunded
+FROM ledger_transactions r JOIN ledger_transactions o ON o.id = r.refund_of
+WHERE r.project_id = $1 GROUP BY o.id, o.amount HAVING sum(r.amount) > o.amount
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Mismatch:
+    kind: str
+    message: str
+    wallet_id: uuid.UUID | None = None
+    transaction_id: uuid.UUID | None = None
+    entry_id: uuid.UUID | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class Report:
+    wallets_checked: int = 0
+    entries_checked: int = 0
+    transactions_checked: int = 0
+    mismatches: list[Mismatch] = dataclasses.field(default_factory=list)
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+    def add(self, kind: str, message: str, **where: uuid.UUID | None) -> None:
+        if len(self.mismatches) >= MAX_REPORTED:
+            self.truncated = True
+            return
+        self.mismatches.append(Mismatch(kind, message, **where))
+
+
+@dataclasses.dataclass(slots=True)
+class _Chain:
+    """The running state of one wallet's chain while its entries stream by."""
+
+    wallet_id: uuid.UUID
+    seq: int = 0
+    head: bytes = hashing.GENESIS
+    balance: int = 0  # last balance_after
+    total: int = 0  # sum of amounts
+
+
+async def verify_ledger(ledger: LedgerService, project_id: uuid.UUID) -> Report:
+    report = Report()
+    pool = await ledger.pool()
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
+            f"SELECT set_config('ledgerx.project_ids', '{project_id}', true)"
+        )
+        try:
+            wallets = {r["id"]: r for r in await conn.fetch(WALLETS, project_id)}
+            report.wallets_checked = len(wallets)
+            chains = await _check_entries(conn, project_id, report)
+            _check_wallets(wallets, chains, report)
+            await _check_transactions(conn, project_id, report)
+        finally:
+            await store.rollback_quietly(conn)
+    return report
+
+
+async def _check_entries(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> dict[uuid.UUID, _Chain]:
+    chains: dict[uuid.UUID, _Chain] = {}
+    seen_txns: set[uuid.UUID] = set()
+    async for r in conn.cursor(ENTRY_STREAM, project_id, prefetch=2000):
+        report.entries_checked += 1
+        seen_txns.add(r["transaction_id"])
+        if r["wallet_id"] is None:
+            _check_entry_hash(r, hashing.GENESIS, report)
+            continue
+        chain = chains.get(r["wallet_id"])
+        if chain is None:
+            chain = chains[r["wallet_id"]] = _Chain(r["wallet_id"])
+        _check_chain_link(chain, r, report)
+        if r["wallet_id"] == r["t_wallet_id"]:
+            _check_primary(r, report)
+    report.transactions_checked = len(seen_txns)
+    return chains
+
+
+def _check_chain_link(chain: _Chain, r: Mapping[str, Any], report: Report) -> None:
+    where = {"wallet_id": chain.wallet_id, "transaction_id": r["transaction_id"], "entry_id": r["id"]}
+    if r["seq"] != chain.seq + 1:
+        report.add("SEQUENCE_GAP", f"entry seq {r['seq']} follows {chain.seq}", **where)
+    prev = bytes(r["prev_hash"]) if r["prev_hash"] is not None else None
+    if prev != chain.head:
+        report.add("CHAIN_BROKEN", "prev_hash is not the previous entry's hash", **where)
+    if r["balance_before"] != chain.balance:
+        report.add(
+            "BALANCE_CHAIN",
+            f"balance_before {r['balance_before']} but the previous entry left {chain.balance}",
+            **where,
+        )
+    if r["balance_after"] != r["balance_before"] + r["amount"]:
+        report.add("ENTRY_ARITHMETIC", "balance_after is not balance_before + amount", **where)
+    _check_entry_hash(r, prev or hashing.GENESIS, report)
+    chain.seq = r["seq"]
+    chain.head = bytes(r["hash"])
+    chain.balance = r["balance_after"]
+    chain.total += r["amount"]
+
+
+def _check_entry_hash(r: Mapping[str, Any], prev: bytes, report: Report) -> None:
+    expected = hashing.entry_hash(
+        prev,
+        id=r["id"],
+        transaction_id=r["transaction_id"],
+        transaction_hash=bytes(r["t_hash"]),
+        wallet_id=r["wallet_id"],
+        system_account_id=r["system_account_id"],
+        currency=r["currency"],
+        amount=r["amount"],
+        balance_before=r["balance_before"],
+        balance_after=r["balance_after"],
+        seq=r["seq"],
+        created_at=r["created_at"],
+    )
+    if expected != bytes(r["hash"]):
+        report.add(
+            "ENTRY_HASH",
+            "entry content does not match its hash",
+            wallet_id=r["wallet_id"],
+            transaction_id=r["transaction_id"],
+            entry_id=r["id"],
+        )
+
+
+def _check_primary(r: Mapping[str, Any], report: Report) -> None:
+    """The transaction row must agree with its primary wallet's entry and with its own hash."""
+    where = {"wallet_id": r["wallet_id"], "transaction_id": r["transaction_id"], "entry_id": r["id"]}
+    sign = 1 if r["t_type"] == "CREDIT" else -1
+    if (
+        r["amount"] != sign * r["t_amount"]
+        or r["balance_before"] != r["t_balance_before"]
+        or r["balance_after"] != r["t_balance_after"]
+    ):
+        report.add("TRANSACTION_ENTRY", "transaction amount or balances disagree with its wallet entry", **where)
+    expected = hashing.txn_hash(
+        id=r["transaction_id"],
+        project_id=r["t_project_id"],
+        wallet_id=r["t_wallet_id"],
+        type=r["t_type"],
+        kind=r["t_kind"],
+        currency=r["t_currency"],
+        amount=r["t_amount"],
+        balance_before=r["t_balance_before"],
+        balance_after=r["t_balance_after"],
+        idempotency_key=r["t_idempotency_key"],
+        request_hash=bytes(r["t_request_hash"]),
+        reference=r["t_reference"],
+        reason=r["t_reason"],
+        refund_of=r["t_refund_of"],
+        actor_type=r["t_actor_type"],
+        actor_id=r["t_actor_id"],
+        created_at=r["t_created_at"],
+    )
+    if expected != bytes(r["t_hash"]):
+        report.add("TRANSACTION_HASH", "transaction content does not match its hash", **where)
+
+
+def _check_wallets(wallets: dict[uuid.UUID, Any], chains: dict[uuid.UUID, _Chain], report: Report) -> None:
+    for wid, w in wallets.items():
+        chain = chains.get(wid, _Chain(wid))
+        head = bytes(w["head_hash"]) if w["head_hash"] is not None else hashing.GENESIS
+        if w["balance"] != chain.total:
+            report.add("WALLET_BALANCE", f"balance {w['balance']} but entries sum to {chain.total}", wallet_id=wid)
+        elif w["balance"] != chain.balance:
+            report.add(
+                "WALLET_BALANCE", f"balance {w['balance']} but the last entry left {chain.balance}", wallet_id=wid
+            )
+        if w["entry_seq"] != chain.seq or head != chain.head:
+            report.add("WALLET_HEAD", "the wallet's chain tip does not match its last entry", wallet_id=wid)
+        if w["balance"] < -w["credit_limit"]:
+            report.add("CREDIT_LIMIT", "balance is below the credit limit", wallet_id=wid)
+    for wid in chains.keys() - wallets.keys():
+        report.add("ORPHAN_ENTRIES", "entries reference a wallet outside this project", wallet_id=wid)
+
+
+async def _check_transactions(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> None:
+    for r in await conn.fetch(TXN_SHAPE, project_id):
+        report.add(
+            "TRANSACTION_SHAPE",
+            f"{r['entries']} entries, {r['primaries']} on the primary wallet (want >= 2 and exactly 1)",
+            transaction_id=r["id"],
+        )
+    for r in await conn.fetch(UNBALANCED, project_id):
+        report.add(
+            "UNBALANCED", f"{r['currency']} entries sum to {r['total']}, not 0", transaction_id=r["transaction_id"]
+        )
+    for r in await conn.fetch(OVER_REFUNDED, project_id):
+        report.add("OVER_REFUNDED", f"refunded {r['refunded']} of {r['amount']}", transaction_id=r["id"])

@@ -1,0 +1,161 @@
+"""Stripe Checkout: one Stripe Customer per project (created once) and checkout sessions for a
+credit pack (payment mode) or a plan (subscription mode), with LedgerX ids in their metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import select, text
+
+from ledgerx import ids
+from ledgerx.db.models import PaymentCustomer, PlanSubscription, Project, Wallet
+from ledgerx.domain import audit
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.errors import BadInput, Conflict, NotFound
+from ledgerx.domain.ledger.types import CREDITS
+from ledgerx.domain.payments import catalog, objects, subscriptions
+from ledgerx.domain.payments.service import PaymentsService
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CheckoutSession:
+    id: str
+    url: str
+
+
+def _url(value: str, field: str) -> str:
+    v = (value or "").strip()
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.netloc or len(v) > 2048:
+        raise BadInput("expected an http(s) URL", field=field)
+    return v
+
+
+async def ensure_customer(svc: PaymentsService, project_id: uuid.UUID) -> str:
+    """The project's Stripe Customer id, created on first use (once, even under concurrency)."""
+    async with svc.db.transaction(project_id=project_id) as s:
+        found = await s.scalar(
+            select(PaymentCustomer.stripe_customer_id).where(PaymentCustomer.project_id == project_id)
+        )
+    if found is not None:
+        return found
+    stripe = svc.require_stripe()
+    public = ids.encode("project", project_id)
+    async with svc.db.transaction(project_id=project_id) as s:
+        await s.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"ledgerx:customer:{project_id}"}
+        )
+        found = await s.scalar(
+            select(PaymentCustomer.stripe_customer_id).where(PaymentCustomer.project_id == project_id)
+        )
+        if found is not None:
+            return found
+        name = await s.scalar(select(Project.name).where(Project.id == project_id))
+        if name is None:
+            raise NotFound("project not found", field="projectId")
+        # The idempotency key makes a retry after a lost response return the same customer.
+        customer = await stripe.create_customer(name, {objects.META_PROJECT: public}, f"ledgerx:customer:{public}")
+        customer_id = str(customer["id"])
+        s.add(PaymentCustomer(project_id=project_id, stripe_customer_id=customer_id))
+        await audit.record(
+            s,
+            Actor.system(),
+            "payments.customer.create",
+            project_id=project_id,
+            target_type="project",
+            target_id=public,
+            after={"stripeCustomerId": customer_id},
+        )
+    return customer_id
+
+
+async def create_checkout_session(
+    svc: PaymentsService,
+    actor: Actor,
+    project_id: uuid.UUID,
+    *,
+    credit_pack_id: uuid.UUID | None,
+    plan_id: uuid.UUID | None,
+    success_url: str,
+    cancel_url: str,
+    wallet_id: uuid.UUID | None = None,
+) -> CheckoutSession:
+    if (credit_pack_id is None) == (plan_id is None):
+        raise BadInput("give exactly one of creditPackId and planId", field="creditPackId")
+    success = _url(success_url, "successUrl")
+    cancel = _url(cancel_url, "cancelUrl")
+    stripe = svc.require_stripe()
+    project_public = ids.encode("project", project_id)
+    meta: dict[str, str] = {objects.META_PROJECT: project_public}
+    if wallet_id is not None:
+        async with svc.db.transaction(project_id=project_id) as s:
+            w = (await s.execute(select(Wallet.project_id, Wallet.currency).where(Wallet.id == wallet_id))).first()
+        if w is None or w.project_id != project_id:
+            raise NotFound("wallet not found", field="walletId")
+        if w.currency != CREDITS:
+            raise BadInput("credits go into a CREDITS wallet", field="walletId")
+        meta[objects.META_WALLET] = ids.encode("wallet", wallet_id)
+
+    params: dict[str, Any] = {
+        "success_url": success,
+        "cancel_url": cancel,
+        "client_reference_id": project_public,
+    }
+    target: dict[str, Any]
+    if credit_pack_id is not None:
+        pack = await catalog.get_credit_pack(svc, credit_pack_id)
+        if pack.archived_at is not None:
+            raise BadInput("this credit pack is archived", field="creditPackId")
+        pack = await catalog.ensure_pack_price(svc, pack)
+        meta[objects.META_PACK] = ids.encode("credit_pack", pack.id)
+        # The credits are fixed when the customer sees the price, whatever the pack becomes later.
+        meta[objects.META_CREDITS] = str(pack.credits)
+        params.update(
+            mode="payment",
+            line_items=[{"price": pack.stripe_price_id, "quantity": 1}],
+            payment_intent_data={"metadata": meta},
+        )
+        target = {"creditPackId": meta[objects.META_PACK], "credits": str(pack.credits)}
+    else:
+        assert plan_id is not None
+        plan = await catalog.get_plan(svc, plan_id)
+        if plan.archived_at is not None:
+            raise BadInput("this plan is archived", field="planId")
+        if plan.tier == "FREE" or plan.price_amount == 0:
+            raise BadInput("the free plan needs no checkout", field="planId")
+        plan = await catalog.ensure_plan_price(svc, plan)
+        async with svc.db.transaction(project_id=project_id) as s:
+            current = await subscriptions.current_subscription(s, project_id)
+            had_any = await s.scalar(
+                select(PlanSubscription.id).where(PlanSubscription.project_id == project_id).limit(1)
+            )
+        if current is not None and subscriptions.is_live(current) and current.stripe_status != "incomplete":
+            raise Conflict("the project already has a subscription; use changePlan", field="planId")
+        meta[objects.META_PLAN] = ids.encode("plan", plan.id)
+        sub_data: dict[str, Any] = {"metadata": meta}
+        if plan.trial_days > 0 and had_any is None:
+            sub_data["trial_period_days"] = plan.trial_days
+        params.update(
+            mode="subscription",
+            line_items=[{"price": plan.stripe_price_id, "quantity": 1}],
+            subscription_data=sub_data,
+        )
+        target = {"planId": meta[objects.META_PLAN], "trialDays": sub_data.get("trial_period_days", 0)}
+    params["customer"] = await ensure_customer(svc, project_id)
+    params["metadata"] = meta
+    session = await stripe.create_checkout_session(params)
+    result = CheckoutSession(str(session["id"]), str(session.get("url") or ""))
+    async with svc.db.transaction(project_id=project_id) as s:
+        await audit.record(
+            s,
+            actor,
+            "payments.checkout.create",
+            project_id=project_id,
+            target_type="checkout_session",
+            target_id=result.id,
+            after={"mode": params["mode"], **target},
+        )
+    return result

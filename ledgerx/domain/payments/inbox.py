@@ -1,0 +1,265 @@
+"""The webhook inbox: verified Stripe events stored once by id, claimed with SKIP LOCKED and a
+lease, processed, retried with backoff, every attempt recorded.
+
+Statuses: PENDING (waiting), PROCESSING (claimed; the lease `locked_until` lets another worker take
+it over if this one dies), PROCESSED, FAILED (will retry at `next_attempt_at`), DEAD (gave up after
+`webhook_max_attempts`; a platform admin can replay it), IGNORED (not a type or object LedgerX acts
+on; stored and acknowledged all the same).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import random
+import socket
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ledgerx import ids
+from ledgerx.db.models import WebhookAttempt, WebhookEvent
+from ledgerx.domain import audit
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.errors import AppError, Conflict, NotFound
+from ledgerx.domain.payments import handlers, objects
+from ledgerx.domain.payments.service import PaymentsService
+from ledgerx.ids import uuid7
+
+log = logging.getLogger("ledgerx.payments.inbox")
+
+STATUSES = ("PENDING", "PROCESSING", "PROCESSED", "FAILED", "DEAD", "IGNORED")
+WORKER = f"{socket.gethostname()}:{uuid7().hex[-8:]}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Stored:
+    event: WebhookEvent
+    created: bool  # False: the event id was already in the inbox
+
+
+async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str = "WEBHOOK") -> Stored:
+    """Insert the event once by its Stripe id (a redelivery finds the first row)."""
+    event_id = str(payload["id"])
+    event_type = str(payload.get("type") or "")
+    known = handlers.handles(event_type)
+    async with svc.db.transaction(system=True) as s:
+        new_id = (
+            await s.execute(
+                pg_insert(WebhookEvent)
+                .values(
+                    id=uuid7(),
+                    stripe_event_id=event_id,
+                    type=event_type,
+                    created=objects.ts(payload.get("created")) or handlers.EPOCH,
+                    livemode=bool(payload.get("livemode")),
+                    api_version=str(payload.get("api_version") or "") or None,
+                    payload=dict(payload),
+                    source=source,
+                    status="PENDING" if known else "IGNORED",
+                    result=None if known else f"ignored: {event_type} is not handled",
+                    processed_at=None if known else func.now(),
+                )
+                .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+                .returning(WebhookEvent.id)
+            )
+        ).scalar()
+        row = (await s.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == event_id))).scalar_one()
+    return Stored(row, new_id is not None)
+
+
+async def claim(svc: PaymentsService, limit: int) -> list[WebhookEvent]:
+    """Take up to `limit` due events (oldest Stripe time first) under a lease; SKIP LOCKED keeps
+    concurrent workers on different rows."""
+    lease = dt.timedelta(seconds=svc.settings.webhook_lease_seconds)
+    async with svc.db.transaction(system=True) as s:
+        due = (
+            select(WebhookEvent.id)
+            .where(
+                ((WebhookEvent.status.in_(("PENDING", "FAILED"))) & (WebhookEvent.next_attempt_at <= func.now()))
+                | ((WebhookEvent.status == "PROCESSING") & (WebhookEvent.locked_until < func.now()))
+            )
+            .order_by(WebhookEvent.created, WebhookEvent.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        rows = (
+            await s.execute(
+                update(WebhookEvent)
+                .where(WebhookEvent.id.in_(due.scalar_subquery()))
+                .values(status="PROCESSING", locked_until=func.now() + lease, attempts=WebhookEvent.attempts + 1)
+                .returning(WebhookEvent)
+            )
+        ).scalars()
+        claimed = list(rows)
+    return sorted(claimed, key=lambda r: (r.created, r.id))
+
+
+def backoff(settings_base: float, settings_max: float, attempts: int) -> float:
+    base: float = min(settings_base * 2.0 ** max(attempts - 1, 0), settings_max)
+    return base * random.uniform(0.8, 1.2)
+
+
+async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WORKER") -> WebhookEvent:
+    """Run the event's handler and record the attempt; the row must be claimed (PROCESSING)."""
+    started = dt.datetime.now(dt.UTC)
+    outcome: handlers.Outcome | None = None
+    error: str | None = None
+    try:
+        outcome = await handlers.handle(svc, row.payload)
+    except handlers.NotReady as exc:
+        error = f"not ready: {exc}"
+    except AppError as exc:
+        error = f"{exc.code}: {exc.message}"
+        log.warning("stripe event %s (%s) failed: %s", row.stripe_event_id, row.type, error)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        log.exception("stripe event %s (%s) failed", row.stripe_event_id, row.type)
+    s_ = svc.settings
+    values: dict[str, Any] = {"locked_until": None}
+    if outcome is not None:
+        values.update(
+            status="IGNORED" if outcome.ignored else "PROCESSED",
+            result=outcome.result[:2000],
+            last_error=None,
+            processed_at=func.now(),
+        )
+        if outcome.project_id is not None:
+            values["project_id"] = outcome.project_id
+    else:
+        dead = row.attempts >= s_.webhook_max_attempts
+        values.update(
+            status="DEAD" if dead else "FAILED",
+            last_error=error,
+            next_attempt_at=func.now()
+            + dt.timedelta(seconds=backoff(s_.webhook_retry_base, s_.webhook_retry_max, row.attempts)),
+        )
+    async with svc.db.transaction(system=True) as s:
+        updated = (
+            await s.execute(
+                update(WebhookEvent).where(WebhookEvent.id == row.id).values(**values).returning(WebhookEvent)
+            )
+        ).scalar_one()
+        s.add(
+            WebhookAttempt(
+                id=uuid7(),
+                event_id=row.id,
+                attempt=row.attempts,
+                trigger=trigger,
+                ok=outcome is not None,
+                result=outcome.result[:2000] if outcome is not None else None,
+                error=error,
+                started_at=started,
+            )
+        )
+    return updated
+
+
+async def run_once(svc: PaymentsService, limit: int | None = None) -> int:
+    """Claim and process one batch; returns how many events were claimed."""
+    rows = await claim(svc, limit or svc.settings.webhook_batch_size)
+    for row in rows:
+        await process(svc, row)
+    return len(rows)
+
+
+async def drain(svc: PaymentsService, *, max_rounds: int = 1000) -> int:
+    """Process until nothing is due (tests and the CLI)."""
+    total = 0
+    for _ in range(max_rounds):
+        n = await run_once(svc)
+        if n == 0:
+            break
+        total += n
+    return total
+
+
+async def next_due_in(svc: PaymentsService) -> float | None:
+    async with svc.db.transaction(system=True) as s:
+        row = (
+            await s.execute(
+                text(
+                    "SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM webhook_events"
+                    " WHERE status IN ('PENDING', 'FAILED')"
+                )
+            )
+        ).scalar()
+    return float(row) if row is not None else None
+
+
+async def claim_one(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEvent:
+    """Claim one event whatever its status, unless another worker holds a live lease on it."""
+    lease = dt.timedelta(seconds=svc.settings.webhook_lease_seconds)
+    async with svc.db.transaction(system=True) as s:
+        row = (
+            await s.execute(
+                update(WebhookEvent)
+                .where(
+                    WebhookEvent.id == event_id,
+                    ~((WebhookEvent.status == "PROCESSING") & (WebhookEvent.locked_until > func.now())),
+                )
+                .values(status="PROCESSING", locked_until=func.now() + lease, attempts=WebhookEvent.attempts + 1)
+                .returning(WebhookEvent)
+            )
+        ).scalar()
+        if row is None:
+            exists = await s.scalar(select(WebhookEvent.id).where(WebhookEvent.id == event_id))
+            if exists is None:
+                raise NotFound("webhook event not found", field="id")
+            raise Conflict("the event is being processed right now; try again shortly", field="id")
+    return row
+
+
+async def replay(svc: PaymentsService, actor: Actor, event_id: uuid.UUID) -> WebhookEvent:
+    """Process an event again now (any status). The books never change twice: every posting is
+    keyed by Stripe ids and every state row only moves forward."""
+    async with svc.db.transaction(system=True) as s:
+        before = await s.get(WebhookEvent, event_id)
+        previous = {"status": before.status, "attempts": before.attempts} if before is not None else None
+    row = await claim_one(svc, event_id)
+    done = await process(svc, row, trigger="REPLAY")
+    async with svc.db.transaction(system=True) as s:
+        await audit.record(
+            s,
+            actor,
+            "webhook.replay",
+            project_id=done.project_id,
+            target_type="webhook_event",
+            target_id=ids.encode("webhook_event", done.id),
+            before=previous,
+            after={"status": done.status, "attempts": done.attempts, "result": done.result, "error": done.last_error},
+        )
+    return done
+
+
+async def get(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEvent:
+    async with svc.db.transaction(system=True) as s:
+        row = await s.get(WebhookEvent, event_id)
+    if row is None:
+        raise NotFound("webhook event not found", field="id")
+    return row
+
+
+async def list_events(
+    svc: PaymentsService, *, status: str | None, event_type: str | None, limit: int, before: uuid.UUID | None
+) -> list[WebhookEvent]:
+    """Newest first; `limit + 1` rows so the caller knows more exist."""
+    async with svc.db.transaction(system=True) as s:
+        q = select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(limit + 1)
+        if status is not None:
+            q = q.where(WebhookEvent.status == status)
+        if event_type is not None:
+            q = q.where(WebhookEvent.type == event_type)
+        if before is not None:
+            q = q.where(WebhookEvent.id < before)
+        return list((await s.execute(q)).scalars())
+
+
+async def attempts_of(svc: PaymentsService, event_id: uuid.UUID) -> list[WebhookAttempt]:
+    async with svc.db.transaction(system=True) as s:
+        q = select(WebhookAttempt).where(WebhookAttempt.event_id == event_id).order_by(WebhookAttempt.id)
+        return list((await s.execute(q)).scalars())

@@ -1,0 +1,47 @@
+"""Reads of a project's invoices (with their lines) and payments, newest first."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+
+from ledgerx.db.models import Invoice, InvoiceLine, Payment
+from ledgerx.domain.payments.service import PaymentsService
+
+
+async def list_invoices(
+    svc: PaymentsService, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> tuple[list[Invoice], dict[uuid.UUID, list[InvoiceLine]]]:
+    """Up to `limit + 1` invoices (the extra one only tells that more exist) and their lines."""
+    async with svc.db.transaction(project_id=project_id) as s:
+        q = select(Invoice).where(Invoice.project_id == project_id).order_by(Invoice.id.desc()).limit(limit + 1)
+        if before is not None:
+            q = q.where(Invoice.id < before)
+        invoices = list((await s.execute(q)).scalars())
+        lines: dict[uuid.UUID, list[InvoiceLine]] = {i.id: [] for i in invoices}
+        if invoices:
+            rows = await s.execute(
+                select(InvoiceLine)
+                .where(InvoiceLine.invoice_id.in_(list(lines)))
+                .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
+            )
+            for line in rows.scalars():
+                lines[line.invoice_id].append(line)
+    return invoices, lines
+
+
+async def lines_of(svc: PaymentsService, project_id: uuid.UUID, invoice_id: uuid.UUID) -> list[InvoiceLine]:
+    async with svc.db.transaction(project_id=project_id) as s:
+        q = select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id).order_by(InvoiceLine.position)
+        return list((await s.execute(q)).scalars())
+
+
+async def list_payments(
+    svc: PaymentsService, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> list[Payment]:
+    async with svc.db.transaction(project_id=project_id) as s:
+        q = select(Payment).where(Payment.project_id == project_id).order_by(Payment.id.desc()).limit(limit + 1)
+        if before is not None:
+            q = q.where(Payment.id < before)
+        return list((await s.execute(q)).scalars())

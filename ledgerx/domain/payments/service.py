@@ -1,0 +1,94 @@
+"""PaymentsService: what one app instance holds for plans, payments and Stripe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ledgerx.db.engine import Database
+from ledgerx.domain.ledger.service import LedgerService
+from ledgerx.domain.payments.stripe_api import StripeGateway, StripeNotConfigured
+from ledgerx.domain.ratelimit import Limit
+from ledgerx.settings import Settings
+
+PLAN_CACHE_SECONDS = 15.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PaymentsService:
+    """Dependencies of the payments domain functions; `clock` can be replaced to pin instants."""
+
+    def __init__(
+        self,
+        db: Database,
+        ledger: LedgerService,
+        settings: Settings,
+        *,
+        stripe: StripeGateway | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.settings = settings
+        self.clock = clock
+        if stripe is None and settings.stripe_api_key:
+            stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
+        self.stripe = stripe
+        self.grace = dt.timedelta(seconds=settings.subscription_grace_period)
+        # project -> (expires, value): effective plans are read on hot paths (rate limits, quotas).
+        self._plan_cache: dict[uuid.UUID, tuple[float, Any]] = {}
+
+    def now(self) -> dt.datetime:
+        return self.clock().astimezone(dt.UTC)
+
+    def require_stripe(self) -> StripeGateway:
+        if self.stripe is None:
+            raise StripeNotConfigured("payments are not configured on this server (set STRIPE_API_KEY)")
+        return self.stripe
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def publish(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish committed events through the bus (in the background, never raising)."""
+        if events:
+            self.ledger.publish(events)
+
+    # -- the effective-plan cache --------------------------------------------------------------------
+
+    def cached_plan(self, project_id: uuid.UUID) -> Any:
+        hit = self._plan_cache.get(project_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        return None
+
+    def remember_plan(self, project_id: uuid.UUID, value: Any) -> None:
+        if len(self._plan_cache) > 100_000:
+            self._plan_cache.clear()
+        self._plan_cache[project_id] = (time.monotonic() + PLAN_CACHE_SECONDS, value)
+
+    def forget_plan(self, project_id: uuid.UUID | None = None) -> None:
+        if project_id is None:
+            self._plan_cache.clear()
+        else:
+            self._plan_cache.pop(project_id, None)
+
+    # -- what other domains ask ----------------------------------------------------------------------
+
+    async def plan_limit(self, project_id: uuid.UUID) -> Limit | None:
+        """The gateway `Limit` of the project's plan (or override); None means the default limit.
+        Wire into `LimitPolicy(plan_lookup=...)`."""
+        from ledgerx.domain.payments import subscriptions
+
+        return await subscriptions.plan_limit(self, project_id)
+
+    async def plan_quotas(self, project_id: uuid.UUID) -> dict[str, int]:
+        """Units per metric per calendar month the project's plan allows; metrics absent are unlimited."""
+        from ledgerx.domain.payments import subscriptions
+
+        return await subscriptions.plan_quotas(self, project_id)

@@ -1,0 +1,263 @@
+"""The few Stripe API calls LedgerX makes, through the official SDK (async, httpx transport).
+
+The base URL comes from `STRIPE_API_BASE` so tests (and staging) can point the real SDK at a local
+fake. Every create call that must not happen twice carries a Stripe idempotency key derived from
+LedgerX ids. Results are plain dicts (the JSON Stripe returned).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import stripe
+
+from ledgerx.domain.errors import AppError, Conflict
+
+log = logging.getLogger("ledgerx.payments.stripe")
+
+
+class PaymentProviderError(AppError):
+    """Stripe refused or failed a call for a reason that is not the caller's input."""
+
+    code = "INTERNAL"
+    http_status = 502
+
+
+class StripeNotConfigured(AppError):
+    code = "INTERNAL"
+    http_status = 503
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    if hasattr(value, "to_dict"):
+        out: dict[str, Any] = value.to_dict()
+        return out
+    return dict(value)
+
+
+def _any(params: Mapping[str, Any]) -> Any:
+    """Our params as the SDK's TypedDicts (built from LedgerX data, checked by the SDK's server)."""
+    return dict(params)
+
+
+def _translate(exc: Exception, what: str) -> AppError:
+    if isinstance(exc, stripe.CardError):
+        return Conflict(f"the payment was declined: {exc.user_message or 'card declined'}", reason="PAYMENT_FAILED")
+    if isinstance(exc, stripe.StripeError):
+        log.warning("stripe %s failed: %s", what, exc)
+        status = getattr(exc, "http_status", None)
+        return PaymentProviderError(f"the payment provider failed to {what} (HTTP {status or 'error'})")
+    return PaymentProviderError(f"the payment provider failed to {what}")
+
+
+class StripeGateway:
+    def __init__(
+        self, api_key: str, api_base: str | None = None, *, timeout: float = 20.0, max_retries: int = 2
+    ) -> None:
+        base: Any = {"api": api_base.rstrip("/")} if api_base else None
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses=base,
+            http_client=stripe.HTTPXClient(timeout=timeout),
+            max_network_retries=max_retries,
+        )
+
+    async def _call(self, what: str, coro: Any) -> dict[str, Any]:
+        try:
+            return _plain(await coro)
+        except stripe.StripeError as exc:
+            raise _translate(exc, what) from exc
+
+    @staticmethod
+    def _opts(idempotency_key: str | None) -> Any:
+        return {"idempotency_key": idempotency_key} if idempotency_key else None
+
+    # -- catalog -------------------------------------------------------------------------------
+
+    async def create_product(self, name: str, meta: Mapping[str, str], idempotency_key: str) -> dict[str, Any]:
+        v1 = self.client.v1
+        return await self._call(
+            "create a product",
+            v1.products.create_async({"name": name, "metadata": dict(meta)}, self._opts(idempotency_key)),
+        )
+
+    async def update_product(self, product_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call("update a product", self.client.v1.products.update_async(product_id, _any(params)))
+
+    async def create_price(
+        self,
+        product_id: str,
+        amount: int,
+        currency: str,
+        interval: str | None,
+        meta: Mapping[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        params: Any = {
+            "product": product_id,
+            "unit_amount": amount,
+            "currency": currency.lower(),
+            "metadata": dict(meta),
+        }
+        if interval:
+            params["recurring"] = {"interval": interval.lower()}
+        return await self._call(
+            "create a price", self.client.v1.prices.create_async(params, self._opts(idempotency_key))
+        )
+
+    async def deactivate_price(self, price_id: str) -> None:
+        await self._call("archive a price", self.client.v1.prices.update_async(price_id, {"active": False}))
+
+    # -- customers and checkout ------------------------------------------------------------------
+
+    async def create_customer(self, name: str, meta: Mapping[str, str], idempotency_key: str) -> dict[str, Any]:
+        return await self._call(
+            "create a customer",
+            self.client.v1.customers.create_async({"name": name, "metadata": dict(meta)}, self._opts(idempotency_key)),
+        )
+
+    async def create_checkout_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._call(
+            "create a checkout session", self.client.v1.checkout.sessions.create_async(_any(params))
+        )
+
+    # -- subscriptions and invoices ---------------------------------------------------------------
+
+    async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return await self._call("read a subscription", self.client.v1.subscriptions.retrieve_async(subscription_id))
+
+    async def update_subscription(
+        self, subscription_id: str, params: Mapping[str, Any], idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "update a subscription",
+            self.client.v1.subscriptions.update_async(subscription_id, _any(params), self._opts(idempotency_key)),
+        )
+
+    async def cancel_subscription(self, subscription_id: str) -> dict[str, Any]:
+        return await self._call("cancel a subscription", self.client.v1.subscriptions.cancel_async(subscription_id))
+
+    async def schedule_price_change(
+        self,
+        subscription_id: str,
+        current_price: str,
+        new_price: str,
+        new_interval: str,
+        at: int,
+        meta: Mapping[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """Switch the subscription to `new_price` at `at` (its period end) with a subscription
+        schedule: the current phase ends there, the next bills the new price, then the schedule
+        releases the subscription. Works across intervals, where a plain price update would reset
+        the billing cycle at once."""
+        v1 = self.client.v1
+        schedule = await self._call(
+            "create a subscription schedule",
+            v1.subscription_schedules.create_async(
+                {"from_subscription": subscription_id}, self._opts(idempotency_key + ":schedule")
+            ),
+        )
+        start = schedule["phases"][0]["start_date"]
+        params: Any = {
+            "end_behavior": "release",
+            "metadata": dict(meta),
+            "phases": [
+                {"items": [{"price": current_price, "quantity": 1}], "start_date": start, "end_date": at},
+                {
+                    "items": [{"price": new_price, "quantity": 1}],
+                    "duration": {"interval": new_interval.lower(), "interval_count": 1},
+                    "proration_behavior": "none",
+                },
+            ],
+        }
+        return await self._call(
+            "schedule a plan change",
+            v1.subscription_schedules.update_async(
+                str(schedule["id"]), params, self._opts(idempotency_key + ":phases")
+            ),
+        )
+
+    async def release_schedule(self, schedule_id: str) -> None:
+        """Drop a planned change (the subscription stays as it is). Already released: nothing to do."""
+        try:
+            await self.client.v1.subscription_schedules.release_async(schedule_id)
+        except stripe.InvalidRequestError as exc:
+            log.info("subscription schedule %s not released: %s", schedule_id, exc)
+        except stripe.StripeError as exc:
+            raise _translate(exc, "release a subscription schedule") from exc
+
+    async def charge_now(
+        self,
+        customer_id: str,
+        subscription_id: str,
+        amount: int,
+        currency: str,
+        description: str,
+        meta: Mapping[str, str],
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        """A one-off invoice for `amount`, finalized and paid at once (a proration charge)."""
+        v1 = self.client.v1
+        await self._call(
+            "add an invoice item",
+            v1.invoice_items.create_async(
+                {
+                    "customer": customer_id,
+                    "amount": amount,
+                    "currency": currency.lower(),
+                    "description": description,
+                    "subscription": subscription_id,
+                    "metadata": dict(meta),
+                },
+                self._opts(idempotency_key + ":item"),
+            ),
+        )
+        invoice = await self._call(
+            "create an invoice",
+            v1.invoices.create_async(
+                {
+                    "customer": customer_id,
+                    "subscription": subscription_id,
+                    "collection_method": "charge_automatically",
+                    "pending_invoice_items_behavior": "include",
+                    "auto_advance": True,
+                    "description": description,
+                    "metadata": dict(meta),
+                },
+                self._opts(idempotency_key + ":invoice"),
+            ),
+        )
+        invoice_id = str(invoice["id"])
+        await self._call("finalize an invoice", v1.invoices.finalize_invoice_async(invoice_id))
+        try:
+            return await self._call("pay an invoice", v1.invoices.pay_async(invoice_id))
+        except Conflict:
+            # Declined: void the invoice so it is not retried behind the customer's back.
+            try:
+                await v1.invoices.void_invoice_async(invoice_id)
+            except stripe.StripeError:
+                log.warning("could not void declined invoice %s", invoice_id, exc_info=True)
+            raise
+
+    # -- reconciliation -----------------------------------------------------------------------------
+
+    async def list_events(self, created_gte: int) -> AsyncIterator[dict[str, Any]]:
+        try:
+            page = await self.client.v1.events.list_async({"created": {"gte": created_gte}, "limit": 100})
+            async for item in page.auto_paging_iter():
+                yield _plain(item)
+        except stripe.StripeError as exc:
+            raise _translate(exc, "list events") from exc
+
+    async def list_checkout_sessions(self, created_gte: int) -> AsyncIterator[dict[str, Any]]:
+        try:
+            page = await self.client.v1.checkout.sessions.list_async(
+                {"created": {"gte": created_gte}, "status": "complete", "limit": 100}
+            )
+            async for item in page.auto_paging_iter():
+                yield _plain(item)
+        except stripe.StripeError as exc:
+            raise _translate(exc, "list checkout sessions") from exc

@@ -1,0 +1,347 @@
+"""Pricing usage and charging it to a wallet, with the sub-unit remainder carried exactly.
+
+For a wallet and a metric, every charge computes
+
+    total  = units x unitPrice + remainder          (exact decimals, never floats)
+    amount = floor(total)                           (whole minor units: debited through the ledger)
+    remainder' = total - amount                     (0 <= remainder' < 1, carried to the next charge)
+
+so over any sequence of charges the sum debited is floor(sum of units x unitPrice) and what is
+left over is below one unit: never dropped, never charged twice.
+
+Exactly once, under concurrency and retries:
+- The remainder row of (wallet, metric) is locked first (an upsert that returns it), so charges of
+  one wallet and metric are serialized; the idempotency key is looked up after the lock, so a retry
+  that waited on the first attempt sees its committed charge and returns it.
+- The ledger posting (`post_transaction(..., session=)`), the append-only `usage_charges` row and
+  the new remainder are written in the caller's database transaction: all of them or none.
+- The ledger's own idempotency key (`usage:<key>`, kind USAGE) is a second wall: a posting can
+  never be replayed under another charge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import hashlib
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ledgerx.db.engine import Database
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
+from ledgerx.domain.ledger import Kind, LedgerService, Leg, Posting, SystemAccount, WalletRef
+from ledgerx.domain.ledger import reads as ledger_reads
+from ledgerx.domain.ledger.posting import post_transaction
+from ledgerx.domain.ledger.types import MAX_BIGINT
+from ledgerx.domain.usage import store, validate
+from ledgerx.domain.usage.types import ChargeRecord, ChargeResult, MetricRecord
+from ledgerx.ids import uuid7
+
+# Units < 10^15 with 9 places times prices < 10^9 with 12 places need at most 45 digits: with 100
+# no operation ever rounds (and Inexact is trapped to prove it).
+_EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact, decimal.InvalidOperation])
+_ONE = decimal.Decimal(1)
+
+CHARGE_COLS = (
+    "id, project_id, idempotency_key, wallet_id, metric_id, event_id, units, unit_price, remainder_before, total,"
+    " amount, remainder_after, transaction_id, created_at"
+)
+
+LOCK_REMAINDERS = """
+INSERT INTO usage_charge_remainders AS r (wallet_id, metric_id, project_id)
+SELECT w, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS t(w, m) ORDER BY w, m
+ON CONFLICT (wallet_id, metric_id) DO UPDATE SET remainder = r.remainder
+RETURNING wallet_id, metric_id, remainder
+"""
+EXISTING_CHARGES = (
+    f"SELECT {CHARGE_COLS} FROM usage_charges WHERE project_id = $1 AND idempotency_key = ANY($2::text[])"  # noqa: S608
+)
+INSERT_CHARGES = """
+INSERT INTO usage_charges (id, project_id, idempotency_key, wallet_id, metric_id, event_id, units, unit_price,
+  remainder_before, total, amount, remainder_after, transaction_id, actor_type, actor_id)
+SELECT u.id, $1, u.key, u.wallet_id, u.metric_id, u.event_id, u.units, u.unit_price, u.rb, u.total, u.amount, u.ra,
+       u.txn, $2, $3
+FROM unnest($4::uuid[], $5::text[], $6::uuid[], $7::uuid[], $8::uuid[], $9::numeric[], $10::numeric[],
+            $11::numeric[], $12::numeric[], $13::int8[], $14::numeric[], $15::uuid[])
+  AS u(id, key, wallet_id, metric_id, event_id, units, unit_price, rb, total, amount, ra, txn)
+RETURNING created_at
+"""
+UPDATE_REMAINDERS = """
+UPDATE usage_charge_remainders r SET remainder = v.remainder, updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::numeric[]) AS v(w, m, remainder)
+WHERE r.wallet_id = v.w AND r.metric_id = v.m
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Split:
+    total: decimal.Decimal
+    amount: int
+    remainder: decimal.Decimal
+
+
+def split(units: decimal.Decimal, unit_price: decimal.Decimal, remainder: decimal.Decimal) -> Split:
+    """Price `units` with the carried `remainder`: whole units to debit and the new remainder."""
+    if not (0 <= remainder < _ONE):
+        raise ValueError(f"remainder out of range: {remainder}")
+    total = _EXACT.add(_EXACT.multiply(units, unit_price), remainder)
+    whole = total.to_integral_value(rounding=decimal.ROUND_FLOOR)
+    rest = _EXACT.subtract(total, whole)
+    amount = int(whole)
+    if amount > MAX_BIGINT:
+        raise BadInput("this charge is too large for one transaction", field="units")
+    return Split(total, amount, rest)
+
+
+def ledger_key(key: str) -> str:
+    """The ledger idempotency key of a usage charge (255 characters at most, like every key)."""
+    candidate = "usage:" + key
+    if len(candidate) <= 255:
+        return candidate
+    return "usage:sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChargeRequest:
+    wallet: WalletRef
+    metric: MetricRecord
+    units: decimal.Decimal
+    idempotency_key: str
+    event_id: uuid.UUID | None = None
+
+
+def charge_from_row(r: Any) -> ChargeRecord:
+    return ChargeRecord(
+        id=r["id"],
+        project_id=r["project_id"],
+        idempotency_key=r["idempotency_key"],
+        wallet_id=r["wallet_id"],
+        metric_id=r["metric_id"],
+        event_id=r["event_id"],
+        units=r["units"],
+        unit_price=r["unit_price"],
+        remainder_before=r["remainder_before"],
+        total=r["total"],
+        amount=r["amount"],
+        remainder_after=r["remainder_after"],
+        transaction_id=r["transaction_id"],
+        created_at=r["created_at"],
+    )
+
+
+def _same_request(
+    a: ChargeRecord | ChargeRequest, wallet_id: uuid.UUID, metric_id: uuid.UUID, units: decimal.Decimal
+) -> bool:
+    if isinstance(a, ChargeRecord):
+        return a.wallet_id == wallet_id and a.metric_id == metric_id and a.units == units
+    return a.wallet.id == wallet_id and a.metric.id == metric_id and a.units == units
+
+
+async def charge_in_session(
+    session: AsyncSession,
+    ledger: LedgerService,
+    actor: Actor,
+    project_id: uuid.UUID,
+    requests: Sequence[ChargeRequest],
+) -> list[tuple[ChargeRecord, bool]]:
+    """Charge each request, in order, inside the caller's transaction (RLS scoped to `project_id`).
+
+    Returns (charge, replayed) per request. A key already charged returns its first charge (or
+    IDEMPOTENCY_CONFLICT if it was for another wallet, metric or units); a key repeated inside
+    `requests` is charged once. INSUFFICIENT_FUNDS from the ledger propagates: the caller's
+    transaction then rolls back and nothing is charged.
+    """
+    if not requests:
+        return []
+    conn = await store.driver(session)
+    for req in requests:
+        if req.wallet.project_id != project_id or req.metric.project_id != project_id:
+            raise NotFound("wallet or metric not found in this project", field="walletId")
+
+    # 1. Lock the remainder rows (sorted: no deadlocks between concurrent batches).
+    pairs = sorted({(r.wallet.id, r.metric.id) for r in requests})
+    rows = await conn.fetch(LOCK_REMAINDERS, [p[0] for p in pairs], [p[1] for p in pairs], project_id)
+    remainders: dict[tuple[uuid.UUID, uuid.UUID], decimal.Decimal] = {
+        (r["wallet_id"], r["metric_id"]): r["remainder"] for r in rows
+    }
+    # 2. Keys already charged (read after the lock: sees charges committed while we waited).
+    keys = list({r.idempotency_key for r in requests})
+    existing = {r["idempotency_key"]: charge_from_row(r) for r in await conn.fetch(EXISTING_CHARGES, project_id, keys)}
+
+    # 3. Price each new charge in order; post the whole units through the ledger.
+    results: list[ChargeRecord | int] = []  # a charge found, or an index into `new`
+    new: list[_New] = []
+    seen: dict[str, int] = {}
+    for req in requests:
+        prior = existing.get(req.idempotency_key)
+        if prior is not None:
+            if not _same_request(prior, req.wallet.id, req.metric.id, req.units):
+                raise _conflict()
+            results.append(prior)
+            continue
+        if req.idempotency_key in seen:
+            first = new[seen[req.idempotency_key]].req
+            if not _same_request(req, first.wallet.id, first.metric.id, first.units):
+                raise _conflict()
+            results.append(seen[req.idempotency_key])
+            continue
+        pair = (req.wallet.id, req.metric.id)
+        before = remainders[pair]
+        s = split(req.units, req.metric.unit_price, before)
+        remainders[pair] = s.remainder
+        txn_id = None
+        if s.amount > 0:
+            posted = await post_transaction(ledger, _posting(project_id, actor, req, s.amount), session=session)
+            txn_id = posted.transaction.id
+        seen[req.idempotency_key] = len(new)
+        results.append(len(new))
+        new.append(_New(req, uuid7(), before, s, txn_id))
+
+    records: list[ChargeRecord] = []
+    if new:
+        # 4. The charges (append-only) and the carried remainders, one statement each.
+        try:
+            created = await conn.fetch(
+                INSERT_CHARGES,
+                project_id,
+                actor.type,
+                actor.id,
+                [n.id for n in new],
+                [n.req.idempotency_key for n in new],
+                [n.req.wallet.id for n in new],
+                [n.req.metric.id for n in new],
+                [n.req.event_id for n in new],
+                [n.req.units for n in new],
+                [n.req.metric.unit_price for n in new],
+                [n.before for n in new],
+                [n.split.total for n in new],
+                [n.split.amount for n in new],
+                [n.split.remainder for n in new],
+                [n.txn_id for n in new],
+            )
+        except asyncpg.UniqueViolationError:
+            # The same key raced in for another wallet or metric (the same pair would have waited
+            # on the remainder lock): the two requests differ, so this one conflicts.
+            raise _conflict() from None
+        at = created[0]["created_at"]
+        records = [n.record(project_id, at) for n in new]
+        changed = sorted(remainders.items())
+        await conn.execute(
+            UPDATE_REMAINDERS, [p[0][0] for p in changed], [p[0][1] for p in changed], [p[1] for p in changed]
+        )
+    return [(r, True) if isinstance(r, ChargeRecord) else (records[r], False) for r in results]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _New:
+    req: ChargeRequest
+    id: uuid.UUID
+    before: decimal.Decimal
+    split: Split
+    txn_id: uuid.UUID | None
+
+    def record(self, project_id: uuid.UUID, created_at: dt.datetime) -> ChargeRecord:
+        return ChargeRecord(
+            id=self.id,
+            project_id=project_id,
+            idempotency_key=self.req.idempotency_key,
+            wallet_id=self.req.wallet.id,
+            metric_id=self.req.metric.id,
+            event_id=self.req.event_id,
+            units=self.req.units,
+            unit_price=self.req.metric.unit_price,
+            remainder_before=self.before,
+            total=self.split.total,
+            amount=self.split.amount,
+            remainder_after=self.split.remainder,
+            transaction_id=self.txn_id,
+            created_at=created_at,
+        )
+
+
+def _conflict() -> IdempotencyConflict:
+    return IdempotencyConflict("this idempotencyKey was already used for another charge", field="idempotencyKey")
+
+
+def _posting(project_id: uuid.UUID, actor: Actor, req: ChargeRequest, amount: int) -> Posting:
+    return Posting(
+        project_id=project_id,
+        wallet_id=req.wallet.id,
+        kind=Kind.USAGE,
+        currency=req.wallet.currency,
+        legs=(Leg(-amount, wallet_id=req.wallet.id), Leg(amount, system=SystemAccount.USAGE_REVENUE)),
+        idempotency_key=ledger_key(req.idempotency_key),
+        actor=actor,
+        reference=req.metric.key,
+        metadata={
+            "metricKey": req.metric.key,
+            "units": format(req.units, "f"),
+            "unitPrice": format(req.metric.unit_price, "f"),
+        },
+        action="usage.charge",
+    )
+
+
+async def wallet_ref(ledger: LedgerService, wallet_id: uuid.UUID) -> WalletRef:
+    ref = await ledger.wallet_ref(wallet_id)
+    if ref is None:
+        raise NotFound("wallet not found", field="walletId")
+    return ref
+
+
+async def transaction_of(ledger: LedgerService, charge: ChargeRecord) -> Any:
+    if charge.transaction_id is None:
+        return None
+    return await ledger_reads.get_transaction(ledger, charge.project_id, charge.transaction_id)
+
+
+async def charge_usage(
+    db: Database,
+    ledger: LedgerService,
+    actor: Actor,
+    wallet: WalletRef,
+    metric: MetricRecord,
+    units: Any,
+    idempotency_key: str,
+) -> ChargeResult:
+    """chargeUsage: price `units` of `metric` and debit the whole credits from `wallet`."""
+    req = ChargeRequest(wallet, metric, validate.units(units), validate.idempotency_key(idempotency_key))
+    async with db.transaction(project_id=wallet.project_id) as session:
+        [(charge, replayed)] = await charge_in_session(session, ledger, actor, wallet.project_id, [req])
+    return ChargeResult(charge, await transaction_of(ledger, charge), replayed)
+
+
+async def charge_usage_batch(
+    db: Database, ledger: LedgerService, actor: Actor, project_id: uuid.UUID, requests: Sequence[ChargeRequest]
+) -> list[ChargeResult]:
+    """Many charges in one database transaction (all or none), priced in order: the same result
+    as charging them one by one, in a fraction of the round trips."""
+    for r in requests:
+        validate.units(r.units)
+        validate.idempotency_key(r.idempotency_key)
+    async with db.transaction(project_id=project_id) as session:
+        done = await charge_in_session(session, ledger, actor, project_id, requests)
+    return [ChargeResult(c, None, replayed) for c, replayed in done]
+
+
+async def get_charge(db: Database, project_id: uuid.UUID, idempotency_key: str) -> ChargeRecord | None:
+    async with store.project_tx(db, project_id) as conn:
+        row = await conn.fetchrow(EXISTING_CHARGES, project_id, [idempotency_key])
+    return charge_from_row(row) if row is not None else None
+
+
+async def remainder(db: Database, project_id: uuid.UUID, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
+    """The fraction of a unit carried for (wallet, metric): owed, not yet debited."""
+    async with store.project_tx(db, project_id) as conn:
+        value = await conn.fetchval(
+            "SELECT remainder FROM usage_charge_remainders WHERE wallet_id = $1 AND metric_id = $2",
+            wallet_id,
+            metric_id,
+        )
+    return value if value is not None else decimal.Decimal(0)

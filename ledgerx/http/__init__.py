@@ -1,0 +1,1 @@
+"""Plain HTTP routes beside GraphQL (bulk usage ingestion, …)."""

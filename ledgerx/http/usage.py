@@ -1,0 +1,161 @@
+"""POST /v1/usage: bulk usage ingestion with an API key (scope `usage:write`).
+
+Request: `Authorization: Bearer lx_…` (or `X-Api-Key: lx_…`) and a JSON body
+    {"events": [{"metricKey": "api_calls", "units": 1, "idempotencyKey": "…",
+                 "occurredAt": "2026-01-01T12:00:00Z", "properties": {…}}, …]}
+with at most `USAGE_MAX_BATCH` (10,000) events. A signed-in user (Bearer access token) may post
+too, naming the project with "projectId" in the body; an API key acts for its own project.
+
+Response 200: the shape of recordUsageBatch, {"accepted": n, "duplicates": n, "rejected":
+[{"index", "code", "message", "field"?, "reason"?}]}: bad events are rejected alone, the rest stored.
+Errors: {"error": {"code", "message", …}} with 400 (bad body: BAD_USER_INPUT), 401
+(UNAUTHENTICATED), 403 (FORBIDDEN: no `usage:write`; PROJECT_SUSPENDED), 404 (NOT_FOUND: a project
+the caller cannot reach), 413 (BAD_USER_INPUT, reason BATCH_TOO_LARGE: too many events or bytes),
+429 (RATE_LIMITED, Retry-After: the gateway's token bucket, one token per request).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from ledgerx import gateway, ids
+from ledgerx.context import authenticate
+from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import AppError, BadInput, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.tenancy.access import Need, check, is_platform_admin, load_access
+from ledgerx.domain.usage import ingest, validate
+from ledgerx.services import Services
+
+log = logging.getLogger("ledgerx.http.usage")
+
+SCOPE = "usage:write"
+_JSON = "application/json"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type=_JSON, headers=headers)
+
+
+def error_response(exc: AppError, status: int | None = None) -> Response:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    body.update({k: v for k, v in exc.extensions().items() if k != "code"})
+    headers: dict[str, str] = {}
+    if exc.code == Unauthenticated.code:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    return _json(status or exc.http_status, {"error": body}, headers)
+
+
+def _too_large(message: str) -> Response:
+    return error_response(BadInput(message, field="events", reason=validate.BATCH_TOO_LARGE), 413)
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` bytes (stops reading there)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _credential(request: Request) -> str | None:
+    credential = request.headers.get("authorization")
+    if not credential and request.headers.get("x-api-key"):
+        credential = "Bearer " + request.headers["x-api-key"]
+    return credential
+
+
+async def _project(services: Services, principal: Principal, payload: dict[str, Any]) -> uuid.UUID:
+    """The project the events are for, once the caller may record usage in it."""
+    named = payload.get("projectId")
+    platform_admin = False
+    if principal.kind == "api_key":
+        assert principal.project_id is not None
+        project_id = principal.project_id
+        if named is not None and (
+            not isinstance(named, str) or ids.decode("project", named, "projectId") != project_id
+        ):
+            raise NotFound("project not found", field="projectId")
+    else:
+        if not isinstance(named, str):
+            raise BadInput("projectId is required when signed in as a user", field="projectId")
+        project_id = ids.decode("project", named, "projectId")
+        if principal.user_id is not None:
+            platform_admin = await is_platform_admin(services.db, principal.user_id)
+    access = await load_access(services.db, principal, project_id, platform_admin=platform_admin)
+    check(access, Need.BILLABLE, write=True, scope=SCOPE)
+    return project_id
+
+
+def usage_endpoint(services: Callable[[], Services]) -> Callable[[Request], Awaitable[Response]]:
+    """The Starlette endpoint; `services` returns the app's services (they exist once it started).
+
+    Like /graphql, every request spends one token of the caller's gateway bucket (the API key's,
+    the user's, or the client address's when unauthenticated) before any work, and every answer
+    carries the RateLimit-* headers; a refused request is 429 RATE_LIMITED with Retry-After.
+    """
+
+    async def ingest_usage(request: Request) -> Response:
+        svc = services()
+        principal: Principal | None = None
+        auth_error: AppError | None = None
+        try:
+            principal = await authenticate(svc, _credential(request))
+        except AppError as exc:
+            auth_error = exc
+        decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
+        if not decision.allowed:
+            response = error_response(
+                RateLimited(
+                    f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s
+                )
+            )
+        elif principal is None:
+            response = error_response(auth_error or Unauthenticated("missing credentials"))
+        else:
+            response = await _ingest(svc, principal, request)
+        gateway.apply_headers(response.headers, decision)
+        return response
+
+    return ingest_usage
+
+
+async def _ingest(svc: Services, principal: Principal, request: Request) -> Response:
+    settings = svc.settings
+    try:
+        try:
+            raw = await _body(request, settings.usage_max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if raw is None:
+            return _too_large(f"the body is larger than {settings.usage_max_body_bytes} bytes; split the batch")
+        try:
+            payload = json.loads(raw, parse_float=decimal.Decimal)
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput('the body must be JSON: {"events": [...]}', field="events") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+            raise BadInput("the body must be a JSON object with an events list", field="events")
+        project_id = await _project(svc, principal, payload)
+        events = payload["events"]
+        if len(events) > settings.usage_max_batch:
+            return _too_large(f"at most {settings.usage_max_batch} events per request (got {len(events)})")
+        result = await ingest.record_batch(svc.db, project_id, events, ingest.IngestConfig.of(settings), bus=svc.events)
+    except AppError as exc:
+        return error_response(exc)
+    return _json(200, result.to_json())

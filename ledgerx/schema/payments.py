@@ -1,0 +1,597 @@
+"""GraphQL types of plans, credit packs, checkout, subscriptions, invoices, payments and the
+Stripe webhook inbox. The object type of a project's subscription is `PlanSubscription` (the name
+`Subscription` is GraphQL's root subscription type)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import strawberry
+from strawberry.scalars import JSON
+
+from ledgerx import ids
+from ledgerx.db.models import (
+    CreditPack,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    Plan,
+    PlanSubscription,
+    WebhookAttempt,
+    WebhookEvent,
+)
+from ledgerx.domain.payments import money, subscriptions
+from ledgerx.domain.payments.catalog import rate_limit_json
+from ledgerx.schema.info import Info
+from ledgerx.schema.scalars import BigInt
+
+
+def _id(kind: str, value: uuid.UUID | None) -> strawberry.ID | None:
+    return strawberry.ID(ids.encode(kind, value)) if value is not None else None
+
+
+# -- enums ----------------------------------------------------------------------------------------------
+
+
+@strawberry.enum
+class PlanTier(enum.Enum):
+    FREE = "FREE"
+    PRO = "PRO"
+    ENTERPRISE = "ENTERPRISE"
+
+
+@strawberry.enum
+class PlanInterval(enum.Enum):
+    MONTH = "MONTH"
+    YEAR = "YEAR"
+
+
+@strawberry.enum(description="PAST_DUE while an invoice is unpaid (in or after the grace period).")
+class SubscriptionStatus(enum.Enum):
+    INCOMPLETE = "INCOMPLETE"
+    TRIALING = "TRIALING"
+    ACTIVE = "ACTIVE"
+    PAST_DUE = "PAST_DUE"
+    UNPAID = "UNPAID"
+    PAUSED = "PAUSED"
+    CANCELED = "CANCELED"
+
+
+@strawberry.enum(description="Where a project's effective plan comes from.")
+class PlanSource(enum.Enum):
+    OVERRIDE = "OVERRIDE"
+    SUBSCRIPTION = "SUBSCRIPTION"
+    DEFAULT = "DEFAULT"
+
+
+@strawberry.enum
+class PaymentKind(enum.Enum):
+    CREDIT_PACK = "CREDIT_PACK"
+    SUBSCRIPTION = "SUBSCRIPTION"
+
+
+@strawberry.enum
+class PaymentStatus(enum.Enum):
+    SUCCEEDED = "SUCCEEDED"
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
+    REFUNDED = "REFUNDED"
+
+
+@strawberry.enum
+class InvoiceStatus(enum.Enum):
+    DRAFT = "DRAFT"
+    OPEN = "OPEN"
+    PAID = "PAID"
+    VOID = "VOID"
+    UNCOLLECTIBLE = "UNCOLLECTIBLE"
+
+
+@strawberry.enum(description="SUBSCRIPTION: a period of a plan; PRORATION: an upgrade charged by LedgerX.")
+class InvoiceKind(enum.Enum):
+    SUBSCRIPTION = "SUBSCRIPTION"
+    PRORATION = "PRORATION"
+    OTHER = "OTHER"
+
+
+@strawberry.enum
+class WebhookEventStatus(enum.Enum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+    DEAD = "DEAD"
+    IGNORED = "IGNORED"
+
+
+# -- values ---------------------------------------------------------------------------------------------
+
+
+@strawberry.type
+class Money:
+    amount: BigInt
+    currency: str = strawberry.field(description="ISO 4217, upper case.")
+
+
+@strawberry.type(name="RateLimit")
+class RateLimitType:
+    burst: int
+    per_second: float
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any] | None) -> RateLimitType | None:
+        if not raw:
+            return None
+        return cls(burst=int(raw["burst"]), per_second=float(raw["perSecond"]))
+
+
+@strawberry.type
+class Quota:
+    metric: str
+    limit: BigInt = strawberry.field(description="Units per calendar month.")
+
+
+def money_of(amount: int, currency: str) -> Money:
+    return Money(amount=BigInt(amount), currency=currency)
+
+
+def _quotas(raw: Mapping[str, Any] | None) -> list[Quota]:
+    return [Quota(metric=k, limit=BigInt(int(v))) for k, v in sorted((raw or {}).items())]
+
+
+@strawberry.input
+class MoneyInput:
+    amount: BigInt = strawberry.field(description="Minor units (cents).")
+    currency: str = strawberry.field(description="ISO 4217 code, either case.")
+
+    def parse(self, field: str = "price", *, allow_zero: bool = False) -> money.Money:
+        return money.money(int(self.amount), self.currency, field=field, allow_zero=allow_zero)
+
+
+@strawberry.input
+class RateLimitInput:
+    burst: int
+    per_second: float
+
+    def parse(self) -> dict[str, Any]:
+        return rate_limit_json(self.burst, self.per_second)
+
+
+@strawberry.input
+class QuotaInput:
+    metric: str
+    limit: BigInt
+
+
+def parse_quotas(quotas: Sequence[QuotaInput] | None) -> dict[str, int] | None:
+    if quotas is None:
+        return None
+    return {q.metric: int(q.limit) for q in quotas}
+
+
+# -- catalog --------------------------------------------------------------------------------------------
+
+
+@strawberry.type(name="Plan")
+class PlanType:
+    id: strawberry.ID
+    name: str
+    tier: PlanTier
+    interval: PlanInterval
+    price: Money
+    included_credits: BigInt
+    rate_limit: RateLimitType | None
+    monthly_quotas: list[Quota]
+    features: list[str]
+    trial_days: int
+    archived: bool
+    archived_at: dt.datetime | None
+    stripe_price_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, p: Plan) -> PlanType:
+        return cls(
+            id=strawberry.ID(ids.encode("plan", p.id)),
+            name=p.name,
+            tier=PlanTier(p.tier),
+            interval=PlanInterval(p.interval),
+            price=money_of(p.price_amount, p.currency),
+            included_credits=BigInt(p.included_credits),
+            rate_limit=RateLimitType.of(p.rate_limit),
+            monthly_quotas=_quotas(p.monthly_quotas),
+            features=list(p.features or []),
+            trial_days=p.trial_days,
+            archived=p.archived_at is not None,
+            archived_at=p.archived_at,
+            stripe_price_id=p.stripe_price_id,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
+
+@strawberry.type(name="CreditPack")
+class CreditPackType:
+    id: strawberry.ID
+    name: str
+    credits: BigInt
+    price: Money
+    archived: bool
+    archived_at: dt.datetime | None
+    stripe_price_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(cls, p: CreditPack) -> CreditPackType:
+        return cls(
+            id=strawberry.ID(ids.encode("credit_pack", p.id)),
+            name=p.name,
+            credits=BigInt(p.credits),
+            price=money_of(p.price_amount, p.currency),
+            archived=p.archived_at is not None,
+            archived_at=p.archived_at,
+            stripe_price_id=p.stripe_price_id,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+        )
+
+
+@strawberry.input
+class CreateCreditPackInput:
+    name: str
+    credits: BigInt
+    price: MoneyInput
+
+
+@strawberry.input
+class UpdateCreditPackInput:
+    id: strawberry.ID
+    name: str | None = None
+    credits: BigInt | None = None
+    price: MoneyInput | None = None
+
+
+@strawberry.input
+class CreatePlanInput:
+    name: str
+    tier: PlanTier
+    interval: PlanInterval
+    price: MoneyInput
+    included_credits: BigInt = BigInt(0)
+    rate_limit: RateLimitInput | None = None
+    monthly_quotas: list[QuotaInput] = strawberry.field(default_factory=list)
+    features: list[str] = strawberry.field(default_factory=list)
+    trial_days: int = 0
+
+
+@strawberry.input
+class UpdatePlanInput:
+    id: strawberry.ID
+    name: str | None = None
+    price: MoneyInput | None = strawberry.field(
+        default=None, description="A new price applies to new subscriptions; existing ones keep theirs."
+    )
+    included_credits: BigInt | None = None
+    rate_limit: RateLimitInput | None = None
+    clear_rate_limit: bool = strawberry.field(default=False, description="Back to the default gateway limit.")
+    monthly_quotas: list[QuotaInput] | None = None
+    features: list[str] | None = None
+    trial_days: int | None = None
+
+
+# -- checkout and subscriptions ----------------------------------------------------------------------------
+
+
+@strawberry.type
+class CheckoutSession:
+    id: str = strawberry.field(description="The Stripe Checkout Session id.")
+    url: str = strawberry.field(description="Where to send the customer.")
+
+
+@strawberry.input
+class CreateCheckoutSessionInput:
+    project_id: strawberry.ID
+    success_url: str
+    cancel_url: str
+    credit_pack_id: strawberry.ID | None = None
+    plan_id: strawberry.ID | None = None
+    wallet_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The CREDITS wallet to credit (default: the project's default wallet)."
+    )
+
+
+@strawberry.type(name="PlanSubscription", description="A project's subscription to a plan (billed through Stripe).")
+class PlanSubscriptionType:
+    id: strawberry.ID
+    project_id: strawberry.ID
+    status: SubscriptionStatus
+    plan: PlanType
+    pending_plan: PlanType | None = strawberry.field(description="A downgrade taking effect at `pendingAt`.")
+    pending_at: dt.datetime | None
+    current_period_start: dt.datetime | None
+    current_period_end: dt.datetime | None
+    trial_end: dt.datetime | None
+    cancel_at_period_end: bool
+    canceled_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    past_due_since: dt.datetime | None
+    grace_until: dt.datetime | None = strawberry.field(
+        description="When a past-due project falls back to the free plan."
+    )
+    in_grace_period: bool
+    downgraded_at: dt.datetime | None = strawberry.field(description="When the grace period ran out (free plan since).")
+    stripe_subscription_id: str | None
+
+    @classmethod
+    def of(cls, sub: PlanSubscription, plans: Mapping[uuid.UUID, Plan], now: dt.datetime) -> PlanSubscriptionType:
+        pending = plans.get(sub.pending_plan_id) if sub.pending_plan_id else None
+        return cls(
+            id=strawberry.ID(ids.encode("subscription", sub.id)),
+            project_id=strawberry.ID(ids.encode("project", sub.project_id)),
+            status=SubscriptionStatus(subscriptions.public_status(sub)),
+            plan=PlanType.of(plans[sub.plan_id]),
+            pending_plan=PlanType.of(pending) if pending else None,
+            pending_at=sub.pending_at,
+            current_period_start=sub.current_period_start,
+            current_period_end=sub.current_period_end,
+            trial_end=sub.trial_end,
+            cancel_at_period_end=sub.cancel_at_period_end,
+            canceled_at=sub.canceled_at,
+            ended_at=sub.ended_at,
+            past_due_since=sub.past_due_since,
+            grace_until=sub.grace_until,
+            in_grace_period=sub.past_due_since is not None and subscriptions.in_grace(sub, now),
+            downgraded_at=sub.downgraded_at,
+            stripe_subscription_id=sub.stripe_subscription_id,
+        )
+
+
+@strawberry.type(name="EffectivePlan", description="The plan a project is on now, and its limits.")
+class EffectivePlanType:
+    plan: PlanType | None
+    source: PlanSource
+    rate_limit: RateLimitType | None
+    monthly_quotas: list[Quota]
+    override_reason: str | None
+    override_expires_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, e: subscriptions.EffectivePlan) -> EffectivePlanType:
+        return cls(
+            plan=PlanType.of(e.plan) if e.plan else None,
+            source=PlanSource(e.source),
+            rate_limit=RateLimitType.of(e.rate_limit),
+            monthly_quotas=_quotas(e.monthly_quotas),
+            override_reason=e.override.reason if e.override else None,
+            override_expires_at=e.override.expires_at if e.override else None,
+        )
+
+
+@strawberry.input
+class ChangePlanInput:
+    project_id: strawberry.ID
+    plan_id: strawberry.ID
+
+
+@strawberry.input
+class CancelSubscriptionInput:
+    project_id: strawberry.ID
+    at_period_end: bool = True
+
+
+@strawberry.input
+class OverridePlanInput:
+    project_id: strawberry.ID
+    plan_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Leave out planId, rateLimit and monthlyQuotas to clear the override."
+    )
+    rate_limit: RateLimitInput | None = None
+    monthly_quotas: list[QuotaInput] | None = None
+    expires_at: dt.datetime | None = None
+    reason: str | None = None
+
+
+# -- invoices and payments ---------------------------------------------------------------------------------
+
+
+@strawberry.type(name="InvoiceLine")
+class InvoiceLineType:
+    description: str
+    amount: Money = strawberry.field(description="Signed: credits are negative.")
+    quantity: int
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    proration: bool
+    plan_id: strawberry.ID | None
+
+    @classmethod
+    def of(cls, line: InvoiceLine) -> InvoiceLineType:
+        return cls(
+            description=line.description,
+            amount=money_of(line.amount, line.currency),
+            quantity=line.quantity,
+            period_start=line.period_start,
+            period_end=line.period_end,
+            proration=line.proration,
+            plan_id=_id("plan", line.plan_id),
+        )
+
+
+@strawberry.type(name="Invoice")
+class InvoiceType:
+    id: strawberry.ID
+    kind: InvoiceKind
+    status: InvoiceStatus
+    billing_reason: str | None
+    total: Money
+    amount_due: Money
+    amount_paid: Money
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    attempt_count: int
+    next_payment_attempt: dt.datetime | None
+    paid_at: dt.datetime | None
+    credits: BigInt = strawberry.field(description="Credits granted when paid.")
+    plan_id: strawberry.ID | None
+    subscription_id: strawberry.ID | None
+    stripe_invoice_id: str | None
+    lines: list[InvoiceLineType]
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, i: Invoice, lines: Sequence[InvoiceLine]) -> InvoiceType:
+        def m(amount: int) -> Money:
+            return money_of(amount, i.currency)
+
+        return cls(
+            id=strawberry.ID(ids.encode("invoice", i.id)),
+            kind=InvoiceKind(i.kind),
+            status=InvoiceStatus(i.status),
+            billing_reason=i.billing_reason,
+            total=m(i.total),
+            amount_due=m(i.amount_due),
+            amount_paid=m(i.amount_paid),
+            period_start=i.period_start,
+            period_end=i.period_end,
+            attempt_count=i.attempt_count,
+            next_payment_attempt=i.next_payment_attempt,
+            paid_at=i.paid_at,
+            credits=BigInt(i.credits),
+            plan_id=_id("plan", i.plan_id),
+            subscription_id=_id("subscription", i.subscription_id),
+            stripe_invoice_id=i.stripe_invoice_id,
+            lines=[InvoiceLineType.of(line) for line in lines],
+            created_at=i.created_at,
+        )
+
+
+@strawberry.type(name="PlanChange")
+class PlanChangeType:
+    subscription: PlanSubscriptionType
+    immediate: bool = strawberry.field(description="False: the change applies at the period end (downgrades).")
+    effective_at: dt.datetime
+    proration_amount: Money = strawberry.field(description="Charged now for the time left in the period.")
+    proration_credits: BigInt
+    invoice: InvoiceType | None
+
+
+@strawberry.type(name="Payment")
+class PaymentType:
+    id: strawberry.ID
+    kind: PaymentKind
+    status: PaymentStatus
+    amount: Money
+    amount_refunded: Money
+    credits: BigInt
+    credits_reversed: BigInt
+    credits_held: BigInt = strawberry.field(description="Held in the DISPUTES account while disputed.")
+    credit_pack_id: strawberry.ID | None
+    plan_id: strawberry.ID | None
+    invoice_id: strawberry.ID | None
+    wallet_id: strawberry.ID | None
+    transaction_id: strawberry.ID | None
+    stripe_checkout_session_id: str | None
+    stripe_invoice_id: str | None
+    stripe_payment_intent_id: str | None
+    stripe_charge_id: str | None
+    created_at: dt.datetime
+
+    @classmethod
+    def of(cls, p: Payment) -> PaymentType:
+        return cls(
+            id=strawberry.ID(ids.encode("payment", p.id)),
+            kind=PaymentKind(p.kind),
+            status=PaymentStatus(p.status),
+            amount=money_of(p.amount, p.currency),
+            amount_refunded=money_of(p.amount_refunded, p.currency),
+            credits=BigInt(p.credits),
+            credits_reversed=BigInt(p.credits_reversed),
+            credits_held=BigInt(p.credits_held),
+            credit_pack_id=_id("credit_pack", p.credit_pack_id),
+            plan_id=_id("plan", p.plan_id),
+            invoice_id=_id("invoice", p.invoice_id),
+            wallet_id=_id("wallet", p.wallet_id),
+            transaction_id=_id("transaction", p.transaction_id),
+            stripe_checkout_session_id=p.stripe_checkout_session_id,
+            stripe_invoice_id=p.stripe_invoice_id,
+            stripe_payment_intent_id=p.stripe_payment_intent_id,
+            stripe_charge_id=p.stripe_charge_id,
+            created_at=p.created_at,
+        )
+
+
+# -- the webhook inbox -----------------------------------------------------------------------------------
+
+
+@strawberry.type(name="WebhookAttempt")
+class WebhookAttemptType:
+    attempt: int
+    trigger: str
+    ok: bool
+    result: str | None
+    error: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+    @classmethod
+    def of(cls, a: WebhookAttempt) -> WebhookAttemptType:
+        return cls(
+            attempt=a.attempt,
+            trigger=a.trigger,
+            ok=a.ok,
+            result=a.result,
+            error=a.error,
+            started_at=a.started_at,
+            finished_at=a.finished_at,
+        )
+
+
+@strawberry.type(name="WebhookEvent", description="A Stripe event in the inbox (platform admins).")
+class WebhookEventType:
+    id: strawberry.ID
+    stripe_event_id: str
+    type: str
+    status: WebhookEventStatus
+    attempts: int
+    source: str
+    created_at: dt.datetime = strawberry.field(description="When Stripe created the event.")
+    received_at: dt.datetime
+    processed_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None
+    last_error: str | None
+    result: str | None
+    project_id: strawberry.ID | None
+    payload: JSON
+    uuid: strawberry.Private[uuid.UUID]
+
+    @strawberry.field
+    async def attempt_log(self, info: Info) -> list[WebhookAttemptType]:
+        """Every processing attempt, oldest first."""
+        from ledgerx.domain.payments import inbox
+
+        return [WebhookAttemptType.of(a) for a in await inbox.attempts_of(info.context.services.payments, self.uuid)]
+
+    @classmethod
+    def of(cls, e: WebhookEvent) -> WebhookEventType:
+        return cls(
+            id=strawberry.ID(ids.encode("webhook_event", e.id)),
+            stripe_event_id=e.stripe_event_id,
+            type=e.type,
+            status=WebhookEventStatus(e.status),
+            attempts=e.attempts,
+            source=e.source,
+            created_at=e.created,
+            received_at=e.received_at,
+            processed_at=e.processed_at,
+            next_attempt_at=e.next_attempt_at if e.status in ("PENDING", "FAILED") else None,
+            last_error=e.last_error,
+            result=e.result,
+            project_id=_id("project", e.project_id),
+            payload=cast(JSON, e.payload),
+            uuid=e.id,
+        )
