@@ -9,7 +9,7 @@ import httpx
 from redis.asyncio import Redis
 
 from ledgerx import embedded
-from ledgerx.db.engine import Database, make_engine
+from ledgerx.db.engine import Database, asyncpg_dsn, make_engine
 from ledgerx.domain.analytics import LiveAnalytics
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.auth.oidc import OidcClient
@@ -87,7 +87,12 @@ class Services:
         settings = resolve_urls(settings)
         assert settings.database_url
         assert settings.redis_url
-        db = Database(make_engine(settings.database_url, role=settings.db_app_role, pool_size=settings.db_pool_size))
+        db = Database(
+            make_engine(settings.database_url, role=settings.db_app_role, pool_size=settings.db_pool_size),
+            dsn=asyncpg_dsn(settings.database_url),
+            role=settings.db_app_role,
+            pool_size=settings.db_pool_size,
+        )
         redis = make_redis(settings.redis_url)
         http = httpx.AsyncClient(follow_redirects=False)
         keys = KeyRing.from_settings(settings)
@@ -133,13 +138,7 @@ class Services:
             refresh=settings.live_refresh,
             recheck=settings.live_recheck,
         )
-        svc.ledger = LedgerService(
-            db,
-            svc.events,
-            database_url=settings.database_url,
-            role=settings.db_app_role,
-            pool_size=settings.db_pool_size,
-        )
+        svc.ledger = LedgerService(db, svc.events)
         svc.billing = BillingService(
             db,
             svc.ledger,

@@ -23,7 +23,9 @@ async def access_by_uuid(
     cache: dict[uuid.UUID, Access] = ctx.loaders.setdefault("_access", {})
     access = cache.get(project_id)
     if access is None:
-        access = await load_access(ctx.services.db, principal, project_id, platform_admin=await ctx.is_platform_admin())
+        access = await load_access(ctx.services.db, principal, project_id)
+        if principal.kind == "user":
+            ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
         cache[project_id] = access
     return check(access, need, write=write, scope=scope)
 

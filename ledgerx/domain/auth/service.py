@@ -22,6 +22,10 @@ from ledgerx.domain.errors import BadInput, Conflict, RateLimited, Unauthenticat
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.ids import encode, uuid7
 
+_USER_BY_ID = (
+    "SELECT id, email, email_verified, name, password_hash, google_sub, is_platform_admin, created_at, last_login_at"
+    " FROM users WHERE id = $1"
+)
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 
 
@@ -148,8 +152,9 @@ class AuthService:
         return await sessions.revoke(self.db, token, actor)
 
     async def get_user(self, user_id: uuid.UUID) -> User | None:
-        async with self.db.read() as s:
-            return (await s.execute(select(User).where(User.id == user_id))).scalar_one_or_none()
+        # Every `me` and token refresh reads this: one raw statement, then a detached model.
+        row = await self.db.fetchrow(_USER_BY_ID, user_id)
+        return User(**dict(row)) if row is not None else None
 
     async def google_auth_url(self, redirect_uri: str) -> tuple[str, str]:
         return await self.oidc.authorization_url(redirect_uri)

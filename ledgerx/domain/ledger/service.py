@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from ledgerx.db.engine import Database, asyncpg_dsn
+from ledgerx.db.engine import Database
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import store
 from ledgerx.domain.ledger.batcher import Batcher
@@ -43,9 +43,6 @@ class LedgerService:
         db: Database,
         bus: EventBus,
         *,
-        database_url: str,
-        role: str | None,
-        pool_size: int = 10,
         shards: int = 4,
         max_batch: int = 200,
         linger_s: float = 0.0,
@@ -54,11 +51,6 @@ class LedgerService:
         self.db = db
         self.bus = bus
         self.clock = clock
-        self._dsn = asyncpg_dsn(database_url)
-        self._role = role
-        self._pool_size = max(pool_size, 2)
-        self._pool: asyncpg.Pool | None = None
-        self._pool_lock = asyncio.Lock()
         self._system_accounts: dict[tuple[uuid.UUID, str, str], uuid.UUID] = {}
         self._system_pending: dict[tuple[uuid.UUID, str, str], asyncio.Future[uuid.UUID]] = {}
         self._wallet_refs: dict[uuid.UUID, WalletRef] = {}
@@ -73,22 +65,8 @@ class LedgerService:
         return self.clock().astimezone(dt.UTC)
 
     async def pool(self) -> asyncpg.Pool:
-        """The ledger's own asyncpg pool, connected as the app role (RLS applies); created lazily
-        so processes that never post hold no connections for it."""
-        if self._pool is None:
-            async with self._pool_lock:
-                if self._pool is None:
-                    settings = {"application_name": "ledgerx-ledger"}
-                    if self._role:
-                        settings["role"] = self._role
-                    self._pool = await asyncpg.create_pool(
-                        self._dsn,
-                        min_size=0,
-                        max_size=self._pool_size,
-                        server_settings=settings,
-                        statement_cache_size=256,
-                    )
-        return self._pool
+        """The app's asyncpg pool (app role, RLS applies), shared with the other raw paths."""
+        return await self.db.pool()
 
     # -- identity lookups for authorization (system scope, cached: these fields never change) --
 
@@ -161,6 +139,4 @@ class LedgerService:
         await self.batcher.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        # The pool belongs to `db`, closed by Services.close after this.

@@ -17,10 +17,7 @@ import enum
 import uuid
 from typing import Literal
 
-from sqlalchemy import select
-
 from ledgerx.db.engine import Database
-from ledgerx.db.models import Project, ProjectMember, User
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import Forbidden, NotFound, ProjectSuspended
 
@@ -49,40 +46,48 @@ class Access:
 
 
 async def is_platform_admin(db: Database, user_id: uuid.UUID) -> bool:
-    async with db.read() as s:
-        return bool((await s.execute(select(User.is_platform_admin).where(User.id == user_id))).scalar())
+    row = await db.fetchrow("SELECT is_platform_admin FROM users WHERE id = $1", user_id)
+    return bool(row and row["is_platform_admin"])
 
 
-async def load_access(db: Database, principal: Principal, project_id: uuid.UUID, *, platform_admin: bool) -> Access:
-    """Find how `principal` reaches `project_id`; NOT_FOUND when it does not."""
+# One round trip for a user's access: the project, their membership and the platform-admin flag.
+_USER_ACCESS = """
+SELECT u.is_platform_admin, p.status, p.test_mode, m.role
+FROM users u
+LEFT JOIN projects p ON p.id = $1
+LEFT JOIN project_members m ON m.project_id = p.id AND m.user_id = u.id
+WHERE u.id = $2
+"""
+_KEY_ACCESS = "SELECT status, test_mode FROM projects WHERE id = $1"
+
+
+async def load_access(
+    db: Database, principal: Principal, project_id: uuid.UUID, *, platform_admin: bool | None = None
+) -> Access:
+    """Find how `principal` reaches `project_id`; NOT_FOUND when it does not.
+
+    Runs on every project-scoped request, so it is one raw statement (RLS scoped to the project).
+    `platform_admin` is accepted for callers that already know it; the query reads it anyway.
+    """
     if principal.kind == "api_key":
         if principal.project_id != project_id:
             raise NotFound("project not found")
-        async with db.transaction(project_id=project_id) as s:
-            key_row = (
-                await s.execute(select(Project.status, Project.test_mode).where(Project.id == project_id))
-            ).first()
+        async with db.raw(project_id=project_id) as conn:
+            key_row = await conn.fetchrow(_KEY_ACCESS, project_id)
         if key_row is None:
             raise NotFound("project not found")
-        suspended = key_row.status == "SUSPENDED"
-        return Access(project_id, "api_key", None, suspended, principal.scopes, False, key_row.test_mode)
+        suspended = key_row["status"] == "SUSPENDED"
+        return Access(project_id, "api_key", None, suspended, principal.scopes, False, key_row["test_mode"])
 
     assert principal.user_id is not None
-    async with db.transaction(project_id=project_id, user_id=principal.user_id) as s:
-        row = (
-            await s.execute(
-                select(Project.status, Project.test_mode, ProjectMember.role)
-                .outerjoin(
-                    ProjectMember,
-                    (ProjectMember.project_id == Project.id) & (ProjectMember.user_id == principal.user_id),
-                )
-                .where(Project.id == project_id)
-            )
-        ).first()
-    if row is None or (row.role is None and not platform_admin):
+    async with db.raw(project_id=project_id, user_id=principal.user_id) as conn:
+        row = await conn.fetchrow(_USER_ACCESS, project_id, principal.user_id)
+    admin = bool(row and row["is_platform_admin"])
+    if row is None or row["status"] is None or (row["role"] is None and not admin):
         raise NotFound("project not found")
-    via: Literal["member", "platform_admin"] = "member" if row.role else "platform_admin"
-    return Access(project_id, via, row.role, row.status == "SUSPENDED", frozenset(), platform_admin, row.test_mode)
+    role: str | None = row["role"]
+    via: Literal["member", "platform_admin"] = "member" if role else "platform_admin"
+    return Access(project_id, via, role, row["status"] == "SUSPENDED", frozenset(), admin, row["test_mode"])
 
 
 def check(access: Access, need: Need, *, write: bool, scope: str | None = None) -> Access:

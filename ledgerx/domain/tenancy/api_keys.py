@@ -304,36 +304,32 @@ async def authenticate(db: Database, token: str, *, clock: Clock = utcnow) -> Pr
     public_id, secret = parsed
     # The project is unknown until the key is found: the explicit cross-project (system) path, reading
     # one row by its unique public id and nothing else.
-    async with db.transaction(system=True) as s:
-        row = (
-            await s.execute(
-                select(
-                    ApiKey.id,
-                    ApiKey.project_id,
-                    ApiKey.secret_hash,
-                    ApiKey.previous_secret_hash,
-                    ApiKey.previous_expires_at,
-                    ApiKey.scopes,
-                    ApiKey.revoked_at,
-                    ApiKey.last_used_at,
-                ).where(ApiKey.public_id == public_id)
-            )
-        ).first()
+    # Runs on every request made with a key: one raw statement, not an ORM session.
+    async with db.raw(system=True) as conn:
+        row = await conn.fetchrow(_LOOKUP, public_id)
     presented = hash_secret(secret)
     now = clock()
     # Both comparisons always run: the time taken does not tell current from previous secrets.
-    current_ok = hmac.compare_digest(presented, row.secret_hash if row is not None else _DUMMY_HASH)
+    current_ok = hmac.compare_digest(presented, row["secret_hash"] if row is not None else _DUMMY_HASH)
     previous_ok = hmac.compare_digest(
-        presented, row.previous_secret_hash if row is not None and row.previous_secret_hash else _DUMMY_HASH
+        presented, row["previous_secret_hash"] if row is not None and row["previous_secret_hash"] else _DUMMY_HASH
     )
-    if row is None or row.revoked_at is not None:
+    if row is None or row["revoked_at"] is not None:
         raise Unauthenticated(_INVALID)
     if not current_ok:
-        overlap_open = row.previous_expires_at is not None and row.previous_expires_at > now
-        if not (previous_ok and row.previous_secret_hash is not None and overlap_open):
+        overlap_open = row["previous_expires_at"] is not None and row["previous_expires_at"] > now
+        if not (previous_ok and row["previous_secret_hash"] is not None and overlap_open):
             raise Unauthenticated(_INVALID)
-    _maybe_touch(db, row.id, row.project_id, row.last_used_at, now)
-    return Principal(kind="api_key", api_key_id=row.id, project_id=row.project_id, scopes=frozenset(row.scopes))
+    _maybe_touch(db, row["id"], row["project_id"], row["last_used_at"], now)
+    return Principal(
+        kind="api_key", api_key_id=row["id"], project_id=row["project_id"], scopes=frozenset(row["scopes"])
+    )
+
+
+_LOOKUP = (
+    "SELECT id, project_id, secret_hash, previous_secret_hash, previous_expires_at, scopes, revoked_at,"
+    " last_used_at FROM api_keys WHERE public_id = $1"
+)
 
 
 # --- lastUsedAt --------------------------------------------------------------------------------
