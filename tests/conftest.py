@@ -71,7 +71,10 @@ def jwt_keys() -> tuple[str, ...]:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, jwt_keys: tuple[str, ...], tmp_path: Path) -> Settings:
+def settings(
+    database_url: str, redis_url: str, jwt_keys: tuple[str, ...], tmp_path: Path, request: pytest.FixtureRequest
+) -> Settings:
+    loops = request.node.get_closest_marker("background_loops") is not None
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -88,6 +91,10 @@ def settings(database_url: str, redis_url: str, jwt_keys: tuple[str, ...], tmp_p
         rate_limit_per_second=1_000_000.0,
         anonymous_rate_limit_burst=1_000_000,
         anonymous_rate_limit_per_second=1_000_000.0,
+        # Background loops (scheduler, webhook processor, mail sender) run only in the tests
+        # marked `@pytest.mark.background_loops`, so they never interfere with other tests.
+        scheduler_enabled=loops,
+        worker_enabled=loops,
         db_pool_size=10,
     )
 

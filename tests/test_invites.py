@@ -224,6 +224,7 @@ async def add_member(gql: GQL, owner: SignedIn, project_id: str, role: str) -> S
 # -- the lifecycle through SMTP ------------------------------------------------------------------
 
 
+@pytest.mark.background_loops
 async def test_invitation_lifecycle_through_a_real_smtp_server(mail_app: MailApp, smtp: SmtpServer) -> None:
     gql, settings = mail_app.gql, mail_app.services.settings
     owner = await sign_up(gql)
@@ -293,6 +294,7 @@ async def test_invitation_lifecycle_through_a_real_smtp_server(mail_app: MailApp
     assert await audit_actions(settings, inv["id"]) == ["invite.create", "invite.accept"]
 
 
+@pytest.mark.background_loops
 async def test_resend_mails_a_new_token_and_kills_the_old_one(mail_app: MailApp, smtp: SmtpServer) -> None:
     gql, svc = mail_app.gql, mail_app.services
     owner = await sign_up(gql)

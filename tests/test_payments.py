@@ -144,7 +144,7 @@ async def test_pack_purchase_end_to_end(
     assert r.json() == {"received": True, "duplicate": False}
     # Acknowledged at once, processed by the worker.
     assert await books.balances(shop.project_id) == []
-    assert await inbox.drain(services.payments) == 1
+    assert await inbox.drain(services.payments) >= 1
     assert await books.balances(shop.project_id) == [5000]
 
     (txn,) = await books.transactions(shop.project_id)

@@ -355,6 +355,7 @@ async def test_scheduler_loop_starts_and_stops(services: Services) -> None:
     assert dataclasses.asdict(sched.total)["runs"] == 1
 
 
+@pytest.mark.background_loops
 async def test_the_app_runs_the_loop_when_enabled_and_the_cli_has_a_scheduler_command(live_server: Any) -> None:
     from ledgerx import cli
 

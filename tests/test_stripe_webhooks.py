@@ -220,6 +220,7 @@ async def test_listing_is_for_platform_admins_and_paginates(
     assert err["code"] == "NOT_FOUND"
 
 
+@pytest.mark.background_loops
 async def test_the_processor_runs_in_the_app_lifespan(
     live_server: LiveServer, settings: Settings, fake: FakeStripe
 ) -> None:

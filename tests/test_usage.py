@@ -438,3 +438,18 @@ async def test_missing_partitions_are_created_and_old_ones_detached(services: Se
     r = await ingest.record_batch(services.db, project_id, late, CONFIG, now=dt.datetime(2019, 7, 2, tzinfo=dt.UTC))
     assert r.accepted == 1
     assert (await owner_fetch(services, "SELECT to_regclass('usage_events_p201906') AS t"))[0]["t"] is not None
+
+
+async def test_partition_maintenance_helpers(services: Services) -> None:
+    from ledgerx.domain.usage import partitions
+
+    await partitions.ensure_ahead(services.db, 2, now=dt.datetime(2029, 11, 20, tzinfo=dt.UTC))
+    rows = await owner_fetch(
+        services,
+        "SELECT relname FROM pg_class WHERE relname IN ('usage_events_p202911', 'usage_events_p202912',"
+        " 'usage_events_p203001') ORDER BY relname",
+    )
+    assert [r["relname"] for r in rows] == ["usage_events_p202911", "usage_events_p202912", "usage_events_p203001"]
+    cutoff = partitions.retention_cutoff(13, now=dt.datetime(2027, 2, 10, tzinfo=dt.UTC))
+    assert cutoff == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    assert "2026-01-01T00:00:00+00:00" in partitions.detach_sql(cutoff)

@@ -42,7 +42,14 @@ async def env(gql: GQL, client: httpx.AsyncClient, services: Services) -> Env:
     await define(gql, owner, p, "api_calls")
     await define(gql, owner, p, "seats", aggregation="UNIQUE", unique_property="seat")
     key = await api_key(gql, owner, p, ["usage:write"])
+    await limit_project(services, p, burst=1_000_000)
     return Env(client, gql, p, key, services, owner)
+
+
+async def limit_project(services: Services, project_id: str, *, burst: int, per_second: float = 1_000_000.0) -> None:
+    """The project's own gateway limit (an override beats plans other tests may have made default)."""
+    limit = json.dumps({"rateLimit": {"burst": burst, "perSecond": per_second}})
+    await owner_fetch(services, "UPDATE projects SET overrides = $2::jsonb WHERE id = $1", pid(project_id), limit)
 
 
 def events(n: int, prefix: str = "e", **extra: Any) -> list[dict[str, Any]]:
@@ -206,6 +213,7 @@ async def test_gateway_limit_headers_and_429(settings: Settings) -> None:
             p = await create_project(gql, owner)
             await define(gql, owner, p, "api_calls")
             key = await api_key(gql, owner, p, ["usage:write"])
+            await limit_project(strict, p, burst=4, per_second=1.0)
             statuses = []
             for n in range(5):
                 r = await c.post("/v1/usage", json={"events": events(1, f"g{n}-")}, headers={"X-Api-Key": key})

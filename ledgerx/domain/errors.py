@@ -19,7 +19,10 @@ class AppError(Exception):
         self.field = field
         self.extra = extra
 
+    @property
     def extensions(self) -> dict[str, Any]:
+        """The GraphQL `extensions`; graphql-core copies this attribute onto the errors it wraps
+        (subscriptions included), so the code reaches clients on every path."""
         ext: dict[str, Any] = {"code": self.code}
         if self.field is not None:
             ext["field"] = self.field

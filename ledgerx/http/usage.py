@@ -29,7 +29,7 @@ from starlette.responses import Response
 from ledgerx import gateway, ids
 from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, BadInput, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
 from ledgerx.domain.tenancy.access import Need, check, is_platform_admin, load_access
 from ledgerx.domain.usage import ingest, validate
 from ledgerx.services import Services
@@ -46,7 +46,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 def error_response(exc: AppError, status: int | None = None) -> Response:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    body.update({k: v for k, v in exc.extensions().items() if k != "code"})
+    body.update({k: v for k, v in exc.extensions.items() if k != "code"})
     headers: dict[str, str] = {}
     if exc.code == Unauthenticated.code:
         headers["WWW-Authenticate"] = "Bearer"
@@ -139,6 +139,9 @@ def usage_endpoint(services: Callable[[], Services]) -> Callable[[Request], Awai
 async def _ingest(svc: Services, principal: Principal, request: Request) -> Response:
     settings = svc.settings
     try:
+        if principal.kind == "api_key" and SCOPE not in principal.scopes:
+            # Refuse before reading (up to USAGE_MAX_BODY_BYTES of) a body that will not be used.
+            raise Forbidden(f"this API key lacks the scope {SCOPE}", scope=SCOPE)
         try:
             raw = await _body(request, settings.usage_max_body_bytes)
         except ClientDisconnect:

@@ -167,7 +167,7 @@ def _credential(info: Info) -> tuple[str, float | None]:
 
 
 def _graphql_error(exc: AppError) -> GraphQLError:
-    return GraphQLError(exc.message, extensions=exc.extensions())
+    return GraphQLError(exc.message, extensions=exc.extensions)
 
 
 async def _stream(

@@ -21,7 +21,7 @@ def shape(error: GraphQLError, context: Any) -> GraphQLError:
     original = error.original_error
     request_id = getattr(context, "request_id", None)
     if isinstance(original, AppError):
-        ext = original.extensions()
+        ext = original.extensions
         metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()
         return GraphQLError(original.message, error.nodes, error.source, error.positions, error.path, None, ext)
     if original is None:
