@@ -10,7 +10,7 @@ HTTP, no validation), i.e. the floor of what any idempotent write into this sche
 
 Uses DATABASE_URL / REDIS_URL when set, the embedded servers otherwise.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 4] [--batch 1000]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--concurrency 4] [--batch 1000] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -202,6 +203,7 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the three measurements, alternating")
     args = ap.parse_args()
 
     import httpx
@@ -290,25 +292,43 @@ async def main() -> None:
         # Warm up both paths (pools, prepared statements, caches, partitions).
         await load_api(port, key, args.batch, occurred_iso, args.concurrency, 2)
         await load_raw(dsn, RAW_EVENTS, project_id, metric_id, args.batch, occurred, args.concurrency, 1, "w")
-        api = await load_api(port, key, args.batch, occurred_iso, args.concurrency, args.seconds)
-        raw = await load_raw(
-            dsn, RAW_EVENTS, project_id, metric_id, args.batch, occurred, args.concurrency, args.seconds, "r"
-        )
-        idem = await load_raw(
-            dsn, RAW_IDEMPOTENT, project_id, metric_id, args.batch, occurred, args.concurrency, args.seconds, "i"
-        )
         print(
-            f"batches of {args.batch} events, {args.concurrency} concurrent clients, {args.seconds:.0f} s each,"
-            f" one uvicorn worker, {os.cpu_count()} cores"
+            f"batches of {args.batch} events, {args.concurrency} concurrent clients, {args.seconds:.0f} s per"
+            f" measurement, {args.rounds} round(s), one uvicorn worker, {os.cpu_count()} cores"
         )
-        print(line("POST /v1/usage (auth, validation, dedupe, rollups)", api))
-        print(line("raw asyncpg INSERT .. ON CONFLICT DO NOTHING", raw))
-        print(line("raw asyncpg idempotent insert (keys + events)", idem))
-        api_rate = api["events"] / api["seconds"]
-        print(
-            f"ratio API/raw: {api_rate / (raw['events'] / raw['seconds']):.3f}"
-            f"   API/raw idempotent: {api_rate / (idem['events'] / idem['seconds']):.3f}"
-        )
+        ratios: list[tuple[float, float]] = []
+        for n in range(args.rounds):
+            # API and raw alternate within each round, so background load hits both alike.
+            api = await load_api(port, key, args.batch, occurred_iso, args.concurrency, args.seconds)
+            raw = await load_raw(
+                dsn, RAW_EVENTS, project_id, metric_id, args.batch, occurred, args.concurrency, args.seconds, f"r{n}"
+            )
+            idem = await load_raw(
+                dsn,
+                RAW_IDEMPOTENT,
+                project_id,
+                metric_id,
+                args.batch,
+                occurred,
+                args.concurrency,
+                args.seconds,
+                f"i{n}",
+            )
+            if args.rounds > 1:
+                print(f"round {n + 1}")
+            print(line("POST /v1/usage (auth, validation, dedupe, rollups)", api))
+            print(line("raw asyncpg INSERT .. ON CONFLICT DO NOTHING", raw))
+            print(line("raw asyncpg idempotent insert (keys + events)", idem))
+            api_rate = api["events"] / api["seconds"]
+            r1 = api_rate / (raw["events"] / raw["seconds"])
+            r2 = api_rate / (idem["events"] / idem["seconds"])
+            ratios.append((r1, r2))
+            print(f"ratio API/raw: {r1:.3f}   API/raw idempotent: {r2:.3f}")
+        if args.rounds > 1:
+            print(
+                f"median ratio API/raw: {statistics.median(r[0] for r in ratios):.3f}"
+                f"   API/raw idempotent: {statistics.median(r[1] for r in ratios):.3f}"
+            )
     finally:
         proc.terminate()
         proc.wait(10)

@@ -26,6 +26,7 @@ import datetime as dt
 import json
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,18 +51,50 @@ def ledgerx_app():  # type: ignore[no-untyped-def]
     return create_app(Settings.from_env())
 
 
+def spawn_server(port: int, env: dict[str, str], workers: int) -> subprocess.Popen[bytes]:
+    if workers <= 1:
+        return spawn("bench.live:ledgerx_app", port, env)
+    cmd = [sys.executable, "-m", "uvicorn", "bench.live:ledgerx_app", "--factory", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    return subprocess.Popen(cmd, env={**os.environ, **env})
+
+
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (uvicorn --workers forks children)."""
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            kids = [int(k) for k in fh.read().split()]
+    except OSError:
+        kids = []
+    for k in kids:
+        out += tree(k)
+    return out
+
+
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    total = 0.0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return total
 
 
 def parse_ts(value: str | None) -> float | None:
@@ -147,6 +180,7 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=1000, help="usage events per second")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--interval-ms", type=int, default=250, help="LIVE_INTERVAL_MS of the server")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (instances on one Redis)")
     ap.add_argument(
         "--no-compression",
         action="store_true",
@@ -188,7 +222,7 @@ async def main() -> None:
         "PYTHONPATH": str(Path(__file__).parent.parent),
     }
     port = free_port()
-    proc = spawn("bench.live:ledgerx_app", port, env)
+    proc = spawn_server(port, env, args.workers)
     subs: list[Subscriber] = []
     redis = Redis.from_url(s.redis_url)
     try:
@@ -325,6 +359,7 @@ async def main() -> None:
                         sub.events = 0
                     Subscriber.recording = True
                     cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
+                    own0 = resource.getrusage(resource.RUSAGE_SELF)
                     recorded0 = stats["events"]
                 task = asyncio.create_task(post_one())
                 pending.add(task)
@@ -340,6 +375,8 @@ async def main() -> None:
             assert cpu0 is not None and wall0 is not None
             wall = time.perf_counter() - wall0
             cpu = cpu_seconds(proc.pid) - cpu0
+            own1 = resource.getrusage(resource.RUSAGE_SELF)
+            own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
             peak_rss = max(peak_rss, rss_mib(proc.pid))
             prom = (await c.get("/metrics")).text
             reads = {
@@ -373,7 +410,9 @@ async def main() -> None:
         )
         print(
             f"server RSS: {base_rss:.0f} MiB at start, {idle_rss:.0f} MiB with {len(subs)} subscribers, "
-            f"{peak_rss:.0f} MiB peak under load; server CPU {cpu / wall * 100:.0f}% of one core"
+            f"{peak_rss:.0f} MiB peak under load; server CPU {cpu / wall * 100:.0f}% of one core "
+            f"({cpu / max(messages, 1) * 1e6:.0f} us per message sent, all work included); "
+            f"this client {own / wall * 100:.0f}%; machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
         count = reads.get("ledgerx_live_snapshot_seconds_count", 0.0)
         if count:

@@ -21,6 +21,7 @@ from ledgerx.domain.billing.rules import BillingPolicy, BillingService
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
+from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
 from ledgerx.domain.payments import PaymentsService
 from ledgerx.domain.ratelimit import Limit, RateLimiter
@@ -66,6 +67,8 @@ class Services:
     invites: InviteService = dataclasses.field(init=False)
     # Which rate limit applies to a caller (the gateway asks per request).
     limits: LimitPolicy = dataclasses.field(init=False)
+    # Monthly usage quotas of the project's plan (usage recording asks per event or batch).
+    quotas: QuotaPolicy = dataclasses.field(init=False)
     # The outbox delivery loop; only when SMTP_URL is set (the app's lifespan starts it).
     mail_sender: OutboxSender | None = None
     # The pub/sub event bus (Redis) and the ledger (its own asyncpg pool and posting batcher).
@@ -152,6 +155,7 @@ class Services:
         svc.payments = PaymentsService(db, svc.ledger, settings)
         svc.webhook_processor = WebhookProcessor(svc.payments)
         svc.limits.plan_lookup = svc.payments.plan_limit
+        svc.quotas.lookup = svc.payments.plan_quotas
         svc.scheduler = Scheduler(
             svc.billing,
             lease_ttl=settings.scheduler_lease_ttl,
@@ -176,6 +180,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.limits = LimitPolicy(self.db, self.settings)
+        self.quotas = QuotaPolicy(self.db)
         self.invites = InviteService(
             self.db,
             self.mailer,

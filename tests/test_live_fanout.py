@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ledgerx.domain.analytics import topics
-from ledgerx.domain.analytics.hub import Batch, FeedClosed, Listen, LiveHub
+from ledgerx.domain.analytics.hub import Batch, FeedClosed, Gate, Listen, LiveHub
 from ledgerx.ids import decode, uuid7
 from ledgerx.services import Services
 from ledgerx.settings import Settings
@@ -276,3 +276,16 @@ async def test_a_failing_read_is_retried_and_does_not_end_the_stream() -> None:
         assert u.sequence == 1
         assert u.snapshot.n == 2
     await hub.close()
+
+
+async def test_gate_permits_come_back_when_the_send_is_done_or_after_the_hold() -> None:
+    gate = Gate(1, hold=0.05)
+    first = await gate.enter()
+    first.release()
+    second = await asyncio.wait_for(gate.enter(), 1)  # released at once
+    # `second` is never released by its holder (a send stuck on a slow socket): the hold frees it.
+    third = await asyncio.wait_for(gate.enter(), 1)
+    second.release()  # late and repeated releases are harmless
+    third.release()
+    third.release()
+    assert gate._sem._value == 1

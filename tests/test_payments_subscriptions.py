@@ -105,10 +105,15 @@ async def world(gql: GQL, services: Services, settings: Settings, fake: FakeStri
     owner = await sign_up(gql)
     pid = await create_project(gql, owner)
     w = World(admin, owner, pid, free, pro, ent, pro_year, ent_year, clock, [pid])
-    yield w
-    for p in w.projects:
-        report = await verify_ledger(services.ledger, ids.decode("project", p))
-        assert report.ok, report.mismatches
+    try:
+        yield w
+        for p in w.projects:
+            report = await verify_ledger(services.ledger, ids.decode("project", p))
+            assert report.ok, report.mismatches
+    finally:
+        # The catalog is global: retire this test's plans so their small rate limits and quotas do
+        # not become every other project's FREE plan for the rest of the session.
+        await owner_sql(settings, "UPDATE plans SET archived_at = now() WHERE archived_at IS NULL")
 
 
 async def send(

@@ -157,7 +157,7 @@ async def test_post_usage_errors_are_json_with_codes(env: Env, gql: GQL) -> None
 
 async def test_ten_thousand_events_per_request_and_no_more(env: Env) -> None:
     r = await post(env, {"events": events(10_000)})
-    assert r.status_code == 200 and r.json() == {"accepted": 10_000, "duplicates": 0, "rejected": []}
+    assert r.status_code == 200 and r.json() == {"accepted": 10_000, "duplicates": 0, "rejected": [], "overage": 0}
     r = await post(env, {"events": events(10_001, "z")})
     assert r.status_code == 413
     assert r.json()["error"]["code"] == "BAD_USER_INPUT" and r.json()["error"]["reason"] == "BATCH_TOO_LARGE"

@@ -158,7 +158,9 @@ async def _ingest(svc: Services, principal: Principal, request: Request) -> Resp
         events = payload["events"]
         if len(events) > settings.usage_max_batch:
             return _too_large(f"at most {settings.usage_max_batch} events per request (got {len(events)})")
-        result = await ingest.record_batch(svc.db, project_id, events, ingest.IngestConfig.of(settings), bus=svc.events)
+        result = await ingest.record_batch(
+            svc.db, project_id, events, ingest.IngestConfig.of(settings), bus=svc.events, quotas=svc.quotas
+        )
     except AppError as exc:
         return error_response(exc)
     return _json(200, result.to_json())

@@ -279,6 +279,7 @@ class Mutation:
             reason=input.reason,
         )
         info.context.services.limits.forget(project_id)
+        info.context.services.quotas.forget(project_id)
         return EffectivePlanType.of(await subscriptions.effective_plan(svc, project_id))
 
     @strawberry.mutation(description="Platform admins: process a Stripe event again (the books never change twice).")

@@ -160,6 +160,7 @@ class Mutation:
             _config(info),
             wallet=wallet,
             bus=ctx.services.events,
+            quotas=ctx.services.quotas,
         )
         return RecordUsagePayload.of(result)
 
@@ -170,7 +171,9 @@ class Mutation:
         access = await project_access(info, input.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
         events = [e.wire() for e in input.events]
         svc = info.context.services
-        result = await ingest.record_batch(svc.db, access.project_id, events, _config(info), bus=svc.events)
+        result = await ingest.record_batch(
+            svc.db, access.project_id, events, _config(info), bus=svc.events, quotas=svc.quotas
+        )
         return UsageBatchResult.of(result)
 
     @strawberry.mutation(

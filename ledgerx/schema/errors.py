@@ -24,8 +24,9 @@ def shape(error: GraphQLError, context: Any) -> GraphQLError:
         ext = original.extensions
         metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()
         return GraphQLError(original.message, error.nodes, error.source, error.positions, error.path, None, ext)
-    if original is None:
-        # Parse, validation and variable-coercion errors: the query itself is bad input.
+    if original is None or isinstance(original, GraphQLError):
+        # Parse, validation and variable-coercion errors (graphql-core wraps the coercion error of
+        # a nested input field in another GraphQLError): the request itself is bad input.
         ext = dict(error.extensions or {})
         ext.setdefault("code", "BAD_USER_INPUT")
         metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()

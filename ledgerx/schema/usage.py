@@ -129,6 +129,9 @@ class RecordUsagePayload:
     event: UsageEventType
     duplicate: bool = strawberry.field(description="The idempotency key was seen before: this is the first event.")
     charge: UsageCharge | None = strawberry.field(description="With walletId: the charge made with the event.")
+    overage: bool = strawberry.field(
+        default=False, description="Accepted past the plan's monthly quota (the project's quota policy is OVERAGE)."
+    )
 
     @classmethod
     def of(cls, r: RecordResult) -> RecordUsagePayload:
@@ -136,6 +139,7 @@ class RecordUsagePayload:
             event=UsageEventType.of(r.event),
             duplicate=r.duplicate,
             charge=UsageCharge.of_result(r.charge) if r.charge is not None else None,
+            overage=r.overage,
         )
 
 
@@ -153,12 +157,14 @@ class UsageBatchResult:
     accepted: int = strawberry.field(description="Events stored by this request.")
     duplicates: int = strawberry.field(description="Events whose key was already stored, or repeated in the batch.")
     rejected: list[UsageRejection]
+    overage: int = strawberry.field(default=0, description="Accepted events past the plan's monthly quota.")
 
     @classmethod
     def of(cls, r: BatchResult) -> UsageBatchResult:
         return cls(
             accepted=r.accepted,
             duplicates=r.duplicates,
+            overage=r.overage,
             rejected=[
                 UsageRejection(index=x.index, code=x.code, message=x.message, field=x.field, reason=x.reason)
                 for x in r.rejected

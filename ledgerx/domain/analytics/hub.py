@@ -146,19 +146,60 @@ class Watcher(Generic[S]):
     def failed(self) -> bool:
         return self._error is not None
 
+    async def wait(self) -> None:
+        """Until there is something to take (a snapshot or the end of the stream)."""
+        while self._snapshot is None and self._error is None:
+            self._ready.clear()
+            await self._ready.wait()
+
+    def take(self) -> Update[S] | None:
+        """The newest snapshot with what it folds in (None if there is none); raises the error
+        that ended the stream."""
+        if self._error is not None:
+            raise self._error
+        snap = self._snapshot
+        if snap is None:
+            return None
+        batch, self._batch, self._snapshot = self._batch, Batch(), None
+        self.sent += 1
+        LIVE_MESSAGES.inc()
+        return Update(snap, self.sent, batch.count, batch.first_at, batch.last_at)
+
     async def next(self) -> Update[S]:
         while True:
-            await self._ready.wait()
-            self._ready.clear()
-            if self._error is not None:
-                raise self._error
-            snap = self._snapshot
-            if snap is None:
-                continue
-            batch, self._batch, self._snapshot = self._batch, Batch(), None
-            self.sent += 1
-            LIVE_MESSAGES.inc()
-            return Update(snap, self.sent, batch.count, batch.first_at, batch.last_at)
+            await self.wait()
+            update = self.take()
+            if update is not None:
+                return update
+
+
+class Gate:
+    """Bounds how many subscribers render and send a message at the same time.
+
+    A permit is released when the subscriber asks for its next message (its send is done) or
+    after `hold` seconds, whichever comes first: a slow websocket whose send is waiting for the
+    network never keeps a permit from the others.
+    """
+
+    def __init__(self, permits: int, *, hold: float = 0.05) -> None:
+        self._sem = asyncio.Semaphore(permits)
+        self.hold = hold
+
+    async def enter(self) -> Permit:
+        await self._sem.acquire()
+        return Permit(self._sem, self.hold)
+
+
+class Permit:
+    def __init__(self, sem: asyncio.Semaphore, hold: float) -> None:
+        self._sem: asyncio.Semaphore | None = sem
+        self._timer = asyncio.get_running_loop().call_later(hold, self.release)
+
+    def release(self) -> None:
+        if self._sem is not None:
+            self._timer.cancel()
+            self._sem.release()
+            self._sem = None
 
 
 class Source(Protocol):
@@ -314,12 +355,18 @@ class LiveHub:
         interval: float,
         refresh: float,
         clock: Callable[[], dt.datetime] = utcnow,
+        gate: int = 32,
     ) -> None:
         self.interval = interval
         self.refresh = refresh
         self.clock = clock
         self.feeds: dict[Hashable, Feed[Any]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # At most this many subscribers render and send a message at the same time: with
+        # thousands of subscribers a snapshot would otherwise put thousands of tasks on the
+        # event loop at once, and every other request (and the next snapshot read) would queue
+        # behind them. Waiting subscribers take the newest snapshot when their turn comes.
+        self.gate = Gate(gate)
 
     @contextlib.asynccontextmanager
     async def watch(

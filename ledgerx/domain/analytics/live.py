@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import json
 import uuid
 from typing import Any
 
@@ -34,61 +35,58 @@ ID_MARGIN = dt.timedelta(hours=1)
 MAX_WALLETS = 20
 MAX_METRICS = 100
 
-LIVE_USAGE = text(
+# One statement (one round trip, one snapshot of the database) for the whole message.
+LIVE_SNAPSHOT = text(
     f"""
-    SELECT m.key, m.name, coalesce(u.units, 0) AS units, coalesce(u.events, 0) AS events
-    FROM usage_metrics m
-    LEFT JOIN LATERAL (
-      SELECT sum(e.units) AS units, count(*) AS events FROM usage_events e
-      WHERE e.project_id = m.project_id AND e.metric_id = m.id
-        AND e.occurred_at > :since AND e.occurred_at <= :now
-    ) u ON true
-    WHERE m.project_id = :p
-    ORDER BY m.key
-    LIMIT {MAX_METRICS}
+    WITH usage AS (
+      SELECT m.key, m.name, coalesce(u.units, 0) AS units, coalesce(u.events, 0) AS events
+      FROM usage_metrics m
+      LEFT JOIN LATERAL (
+        SELECT sum(e.units) AS units, count(*) AS events FROM usage_events e
+        WHERE e.project_id = m.project_id AND e.metric_id = m.id
+          AND e.occurred_at > :usage_since AND e.occurred_at <= :now
+      ) u ON true
+      WHERE m.project_id = :p
+      ORDER BY m.key
+      LIMIT {MAX_METRICS}
+    ), today AS (
+      SELECT coalesce(sum({ADDED_EXPR}), 0)::bigint AS added, coalesce(sum({SPENT_EXPR}), 0)::bigint AS spent
+      FROM ledger_transactions t
+      LEFT JOIN ledger_transactions o ON o.id = t.refund_of
+      WHERE t.project_id = :p AND t.id >= :idfloor AND t.currency = :c
+        AND t.created_at >= :day AND t.created_at <= :now
+    ), top_wallets AS (
+      SELECT id, name, balance FROM wallets WHERE project_id = :p AND currency = :c
+      ORDER BY balance DESC, id LIMIT {MAX_WALLETS}
+    ), wallet_totals AS (
+      SELECT count(*) AS n, coalesce(sum(balance), 0)::bigint AS total
+      FROM wallets WHERE project_id = :p AND currency = :c
+    ), actors AS (
+      SELECT count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'user') AS users,
+             count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'api_key') AS api_keys
+      FROM (
+        SELECT actor_type, actor_id FROM ledger_transactions
+          WHERE project_id = :p AND id >= :actfloor AND created_at > :active_since AND created_at <= :now
+        UNION
+        SELECT actor_type, actor_id FROM usage_charges
+          WHERE project_id = :p AND id >= :actfloor AND created_at > :active_since AND created_at <= :now
+        UNION
+        SELECT actor_type, actor_id FROM audit_log
+          WHERE project_id = :p AND id >= :actfloor AND at > :active_since AND at <= :now
+        UNION
+        SELECT 'api_key', id FROM api_keys
+          WHERE project_id = :p AND last_used_at > :active_since AND last_used_at <= :now
+      ) a
+      WHERE a.actor_id IS NOT NULL
+    )
+    SELECT
+      (SELECT coalesce(json_agg(json_build_object('k', key, 'n', name, 'u', units::text, 'e', events)
+                                ORDER BY key), '[]'::json) FROM usage)::text AS usage,
+      (SELECT coalesce(json_agg(json_build_object('id', id, 'n', name, 'b', balance)
+                                ORDER BY balance DESC, id), '[]'::json) FROM top_wallets)::text AS wallets,
+      today.added, today.spent, wallet_totals.n, wallet_totals.total, actors.users, actors.api_keys
+    FROM today, wallet_totals, actors
     """  # noqa: S608 (constants only)
-)
-
-LIVE_TODAY = text(
-    f"""
-    SELECT coalesce(sum({ADDED_EXPR}), 0)::bigint AS added, coalesce(sum({SPENT_EXPR}), 0)::bigint AS spent
-    FROM ledger_transactions t
-    LEFT JOIN ledger_transactions o ON o.id = t.refund_of
-    WHERE t.project_id = :p AND t.id >= :idfloor AND t.currency = :c
-      AND t.created_at >= :day AND t.created_at <= :now
-    """  # noqa: S608 (constants only)
-)
-
-LIVE_WALLETS = text(
-    f"""
-    SELECT id, name, balance FROM wallets WHERE project_id = :p AND currency = :c
-    ORDER BY balance DESC, id LIMIT {MAX_WALLETS}
-    """  # noqa: S608 (constants only)
-)
-LIVE_WALLET_TOTALS = text(
-    "SELECT count(*) AS n, coalesce(sum(balance), 0)::bigint AS total"
-    " FROM wallets WHERE project_id = :p AND currency = :c"
-)
-
-LIVE_ACTORS = text(
-    """
-    SELECT count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'user') AS users,
-           count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'api_key') AS api_keys
-    FROM (
-      SELECT actor_type, actor_id FROM ledger_transactions
-        WHERE project_id = :p AND id >= :actfloor AND created_at > :since AND created_at <= :now
-      UNION
-      SELECT actor_type, actor_id FROM usage_charges
-        WHERE project_id = :p AND id >= :actfloor AND created_at > :since AND created_at <= :now
-      UNION
-      SELECT actor_type, actor_id FROM audit_log
-        WHERE project_id = :p AND id >= :actfloor AND at > :since AND at <= :now
-      UNION
-      SELECT 'api_key', id FROM api_keys
-        WHERE project_id = :p AND last_used_at > :since AND last_used_at <= :now
-    ) a
-    WHERE a.actor_id IS NOT NULL
-    """
 )
 
 
@@ -149,31 +147,24 @@ async def project_live(db: Database, project_id: uuid.UUID, currency: str, now: 
         "p": project_id,
         "c": currency,
         "now": now,
-        "since": now - USAGE_WINDOW,
+        "usage_since": now - USAGE_WINDOW,
         "day": day,
         "idfloor": id_floor(day),
+        "active_since": active_since,
+        "actfloor": id_floor(active_since),
     }
     async with db.transaction(project_id=project_id) as s:
-        usage_rows = (await s.execute(LIVE_USAGE, params)).all()
-        today = (await s.execute(LIVE_TODAY, params)).one()
-        wallet_rows = (await s.execute(LIVE_WALLETS, params)).all()
-        totals = (await s.execute(LIVE_WALLET_TOTALS, params)).one()
-        actors = (
-            await s.execute(
-                LIVE_ACTORS,
-                {"p": project_id, "now": now, "since": active_since, "actfloor": id_floor(active_since)},
-            )
-        ).one()
+        row = (await s.execute(LIVE_SNAPSHOT, params)).one()
     return ProjectLive(
         project_id=project_id,
         currency=currency,
         at=now,
-        usage=tuple(MetricRate(r.key, r.name, decimal.Decimal(r.units), int(r.events)) for r in usage_rows),
-        spend_today=int(today.spent),
-        credits_added_today=int(today.added),
-        total_balance=int(totals.total),
-        wallet_count=int(totals.n),
-        wallets=tuple(WalletBalance(r.id, r.name, int(r.balance)) for r in wallet_rows),
-        active_users=int(actors.users),
-        active_api_keys=int(actors.api_keys),
+        usage=tuple(MetricRate(u["k"], u["n"], decimal.Decimal(u["u"]), int(u["e"])) for u in json.loads(row.usage)),
+        spend_today=int(row.spent),
+        credits_added_today=int(row.added),
+        total_balance=int(row.total),
+        wallet_count=int(row.n),
+        wallets=tuple(WalletBalance(uuid.UUID(w["id"]), w["n"], int(w["b"])) for w in json.loads(row.wallets)),
+        active_users=int(row.users),
+        active_api_keys=int(row.api_keys),
     )

@@ -1,13 +1,14 @@
 """Recording usage: one event (optionally charged in the same transaction) or a bulk batch.
 
 Idempotency: an event is stored once per (project, idempotencyKey). Its key row in
-`usage_event_keys` is inserted with ON CONFLICT DO NOTHING in the statement that inserts the
-event and updates the rollups, so a duplicate (in the batch, in another batch running at the same
-time, or stored long ago in any partition) is counted and never stored or rolled up twice.
+`usage_event_keys` (one table across all partitions) is inserted by the same statement that inserts
+the event and updates the rollups, so a duplicate (in the batch, in another batch running at the
+same time, or stored long ago in any partition) is counted and never stored or rolled up twice.
 
 Bulk path: validate every event in Python (bad ones are rejected alone, with their index), drop
-duplicates inside the batch, sort by key, then one INSERT ... SELECT FROM unnest(...) statement
-for the whole batch (see store.ingest_sql).
+duplicates inside the batch, sort by key, then one statement for the whole batch: first with plain
+INSERTs under a savepoint, again with ON CONFLICT DO NOTHING only if a key was already stored
+(see `_insert` and store.ingest_sql).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService, WalletRef
 from ledgerx.domain.usage import pricing, store, validate
+from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.domain.usage.types import (
     BatchResult,
     ChargeResult,
     EventRecord,
-    MetricRecord,
     RecordResult,
+    Rejection,
     utcnow,
 )
 from ledgerx.settings import Settings
@@ -62,6 +64,7 @@ async def record_batch(
     *,
     now: dt.datetime | None = None,
     bus: EventBus | None = None,
+    quotas: QuotaPolicy | None = None,
 ) -> BatchResult:
     """recordUsageBatch and POST /v1/usage: store the good events once, reject the bad ones alone.
 
@@ -86,6 +89,10 @@ async def record_batch(
         checked = validate.check_batch(events, store.known_metrics(project_id), window)
     good = checked.good
     rejected = tuple(checked.rejected)
+    overage = 0
+    if quotas is not None and good:
+        good, quota_rejections, overage = await _apply_quotas(quotas, project_id, events, good)
+        rejected = tuple(sorted((*rejected, *quota_rejections), key=lambda r: r.index))
     if not good:
         return BatchResult(0, checked.duplicates, rejected)
     assert checked.earliest is not None
@@ -96,7 +103,27 @@ async def record_batch(
     if bus is not None and fresh:
         keys = tuple(sorted({r[1].key for r in rows})) if not checked.one_metric else (rows[0][1].key,)
         await bus.publish(*topics.usage_recorded(project_id, count=fresh, metric_keys=keys))
-    return BatchResult(fresh, checked.duplicates + len(good) - fresh, rejected)
+    return BatchResult(fresh, checked.duplicates + len(good) - fresh, rejected, overage)
+
+
+async def _apply_quotas(
+    quotas: QuotaPolicy, project_id: uuid.UUID, events: list[Any], good: dict[str, Any]
+) -> tuple[dict[str, Any], list[Rejection], int]:
+    """Drop the events a monthly quota refuses (each rejected alone, at its index)."""
+    first_index: dict[str, int] = {}
+    for i, e in enumerate(events):
+        k = e.get("idempotencyKey") if isinstance(e, dict) else None
+        if isinstance(k, str) and k in good and k not in first_index:
+            first_index[k] = i
+    ordered = sorted(
+        (first_index[k], c.metric, decimal.Decimal(c.units), c.occurred_at)
+        for k, c in good.items()
+        if k in first_index
+    )
+    refused, rejections, overage = await quotas.filter_batch(project_id, ordered)
+    if refused:
+        good = {k: c for k, c in good.items() if first_index.get(k) not in refused}
+    return good, rejections, overage
 
 
 _SEP = "\x1f"  # joins keys: validated printable, so a key never contains it
@@ -203,6 +230,7 @@ async def record_usage(
     wallet: WalletRef | None = None,
     now: dt.datetime | None = None,
     bus: EventBus | None = None,
+    quotas: QuotaPolicy | None = None,
 ) -> RecordResult:
     """recordUsage: store one event once per idempotency key; with `wallet`, also charge it.
 
@@ -221,6 +249,7 @@ async def record_usage(
     await store.ensure_partitions(db, c.occurred_at, c.occurred_at)
 
     charge: ChargeResult | None = None
+    overage = False
     async with db.transaction(project_id=project_id) as session:
         conn = await store.driver(session)
         shape, params = _params(project_id, [c], wallet_id)
@@ -239,6 +268,9 @@ async def record_usage(
                 properties=json.loads(c.properties) if c.properties is not None else None,
             )
             duplicate = False
+            if quotas is not None:
+                # Raising here rolls the insert back: a refused event is not stored.
+                overage = await quotas.admit_one(project_id, c.metric, decimal.Decimal(c.units), c.occurred_at)
         else:
             found = await conn.fetchrow(store.EVENT_BY_KEY, project_id, c.key)
             assert found is not None, "a duplicate key points at a stored event"
@@ -257,7 +289,7 @@ async def record_usage(
         charge = dataclasses.replace(charge, transaction=await pricing.transaction_of(ledger, charge.charge))
     if bus is not None and not duplicate:
         await bus.publish(*topics.usage_recorded(project_id, count=1, metric_keys=(c.metric.key,)))
-    return RecordResult(stored, duplicate, charge)
+    return RecordResult(stored, duplicate, charge, overage)
 
 
 async def get_event(db: Database, project_id: uuid.UUID, idempotency_key: str) -> EventRecord | None:
@@ -266,4 +298,4 @@ async def get_event(db: Database, project_id: uuid.UUID, idempotency_key: str) -
     return event_from_row(row) if row is not None else None
 
 
-__all__ = ["IngestConfig", "MetricRecord", "get_event", "record_batch", "record_usage"]
+__all__ = ["IngestConfig", "get_event", "record_batch", "record_usage"]

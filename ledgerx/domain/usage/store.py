@@ -36,13 +36,17 @@ WIDTHS = "(VALUES (1::smallint, interval '1 minute'), (15::smallint, interval '1
 # do not queue on one bucket row.
 SHARD = "(pg_backend_pid() % 8)::smallint"
 _ROLLUPS = f"""
-roll AS (
+mins AS MATERIALIZED (
+  SELECT metric_id, date_bin(interval '1 minute', occurred_at, {ORIGIN}) AS bucket,
+         count(*) AS n, sum(units) AS s, max(units) AS m
+  FROM kept GROUP BY 1, 2
+), roll AS (
   INSERT INTO usage_rollups AS r (project_id, metric_id, width, bucket, shard, events, units_sum, units_max)
   SELECT $1, g.metric_id, g.width, g.bucket, {SHARD}, g.n, g.s, g.m FROM (
-    SELECT k.metric_id, w.width, date_bin(w.step, k.occurred_at, {ORIGIN}) AS bucket,
-           count(*) AS n, sum(k.units) AS s, max(k.units) AS m
-    FROM kept k CROSS JOIN {WIDTHS}
-    GROUP BY 1, 2, 3
+    SELECT metric_id, 1::smallint AS width, bucket, n, s, m FROM mins
+    UNION ALL
+    SELECT metric_id, 15::smallint, date_bin(interval '15 minutes', bucket, {ORIGIN}), sum(n), sum(s), max(m)
+    FROM mins GROUP BY 1, 3
   ) g
   ORDER BY g.metric_id, g.width, g.bucket
   ON CONFLICT (project_id, metric_id, width, bucket, shard) DO UPDATE
@@ -109,8 +113,6 @@ def ingest_sql(*, one_metric: bool, extras: bool, mode: str) -> str:
   INSERT INTO usage_event_keys (project_id, idempotency_key, event_id, occurred_at)
   SELECT $1, key, id, occurred_at FROM input
   RETURNING 1
-), kept AS (
-  SELECT * FROM input
 )"""
         tail = "SELECT count(*) FROM fresh"
     else:
@@ -134,6 +136,8 @@ WITH input AS MATERIALIZED (
   SELECT id, $1, metric_id, occurred_at, units, key, wallet_id, properties FROM kept
 )
 """  # noqa: S608 (constants and generated placeholders only)
+    if mode == "new":
+        sql = sql.replace("FROM kept", "FROM input")  # every event is new: no need to filter
     return sql + tail
 
 

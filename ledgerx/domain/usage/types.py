@@ -76,6 +76,7 @@ class BatchResult:
     accepted: int
     duplicates: int
     rejected: tuple[Rejection, ...]
+    overage: int = 0  # events accepted past a monthly quota (policy OVERAGE)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class BatchResult:
                 {k: v for k, v in dataclasses.asdict(r).items() if v is not None or k in ("index", "code", "message")}
                 for r in self.rejected
             ],
+            "overage": self.overage,
         }
 
 
@@ -121,6 +123,7 @@ class RecordResult:
     event: EventRecord
     duplicate: bool
     charge: ChargeResult | None = None
+    overage: bool = False  # accepted past a monthly quota (policy OVERAGE)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
