@@ -329,9 +329,35 @@ async def main() -> None:
                 f"median ratio API/raw: {statistics.median(r[0] for r in ratios):.3f}"
                 f"   API/raw idempotent: {statistics.median(r[1] for r in ratios):.3f}"
             )
+        await ratelimit_latency(s.redis_url)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+async def ratelimit_latency(redis_url: str, n: int = 5000, concurrency: int = 16) -> None:
+    """The gateway's token-bucket check (one Lua call in Redis) as the app runs it."""
+    from ledgerx.domain.ratelimit import Limit, RateLimiter
+    from ledgerx.services import make_redis
+
+    redis = make_redis(redis_url)
+    limiter = RateLimiter(redis, prefix=f"bench:{os.getpid()}:")
+    limit = Limit(1_000_000, 100_000.0)
+    lat: list[float] = []
+
+    async def worker(w: int) -> None:
+        for i in range(n // concurrency):
+            t0 = time.perf_counter()
+            await limiter.hit(f"key{(w * 7 + i) % 64}", limit)
+            lat.append(time.perf_counter() - t0)
+
+    try:
+        await asyncio.gather(*[worker(w) for w in range(concurrency)])
+    finally:
+        await redis.aclose()
+    lat.sort()
+    p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+    print(f"rate-limit check (Lua token bucket, {concurrency} concurrent): p50 {p50:.3f} ms   p99 {p99:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ RATELIMIT_FALLBACKS = Counter(
 RATELIMIT_REFUSED = Counter(
     "ledgerx_ratelimit_refused_total", "Requests refused by a limit", ["limit"], registry=REGISTRY
 )
-QUOTA_REFUSED = Counter("ledgerx_quota_refused_total", "Usage events refused by a monthly quota", ["metric"], registry=REGISTRY)
+QUOTA_REFUSED = Counter(
+    "ledgerx_quota_refused_total", "Usage events refused by a monthly quota", ["metric"], registry=REGISTRY
+)
 QUOTA_OVERAGE = Counter(
     "ledgerx_quota_overage_total", "Usage events accepted past a monthly quota (overage)", ["metric"], registry=REGISTRY
 )

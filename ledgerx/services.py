@@ -21,12 +21,12 @@ from ledgerx.domain.billing.rules import BillingPolicy, BillingService
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
-from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
 from ledgerx.domain.payments import PaymentsService
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.domain.tenancy import api_keys
 from ledgerx.domain.tenancy.invites import InviteService
+from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.scheduler import Scheduler
 from ledgerx.settings import Settings
 from ledgerx.webhooks.processor import WebhookProcessor

@@ -76,9 +76,7 @@ def test_selected_days_weekdays_and_month_ends() -> None:
     ]
     assert all(d.weekday() == 0 or d in month_ends for d in days)
     mondays = [d for d in days if d.weekday() == 0]
-    assert mondays[0] == dt.date(2028, 1, 3) and all(
-        (b - a).days == 7 for a, b in itertools.pairwise(mondays)
-    )
+    assert mondays[0] == dt.date(2028, 1, 3) and all((b - a).days == 7 for a, b in itertools.pairwise(mondays))
     assert len(days) == len(set(days))  # a Monday that is also a month end runs once
 
 

@@ -93,7 +93,10 @@ class Database:
                     if self._role:
                         settings["role"] = self._role
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=0, max_size=self._pool_size, server_settings=settings,
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._pool_size,
+                        server_settings=settings,
                         statement_cache_size=512,
                     )
         return self._pool

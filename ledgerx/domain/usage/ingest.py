@@ -116,9 +116,7 @@ async def _apply_quotas(
         if isinstance(k, str) and k in good and k not in first_index:
             first_index[k] = i
     ordered = sorted(
-        (first_index[k], c.metric, decimal.Decimal(c.units), c.occurred_at)
-        for k, c in good.items()
-        if k in first_index
+        (first_index[k], c.metric, decimal.Decimal(c.units), c.occurred_at) for k, c in good.items() if k in first_index
     )
     refused, rejections, overage = await quotas.filter_batch(project_id, ordered)
     if refused:
