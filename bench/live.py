@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._http import free_port, spawn, wait_ready
 
 SUBSCRIPTION = """subscription($p: ID!) { liveMetrics(projectId: $p) {
-  sequence events firstEventAt lastEventAt usage { metricKey units events } spendToday totalBalance activeUsers } }"""
+  at sequence events firstEventAt lastEventAt usage { metricKey units events } spendToday totalBalance activeUsers } }"""
 
 
 def ledgerx_app():  # type: ignore[no-untyped-def]
@@ -109,6 +109,8 @@ class Subscriber:
         self.events = 0
         self.oldest: list[float] = []  # arrival - firstEventAt, per message (ms)
         self.newest: list[float] = []  # arrival - lastEventAt, per message (ms)
+        self.read_wait: list[float] = []  # snapshot read time (`at`) - firstEventAt (ms)
+        self.delivery: list[float] = []  # arrival - snapshot read time (ms)
         self.ws: Any = None
         self.task: asyncio.Task[None] | None = None
         self.error: str | None = None
@@ -153,8 +155,11 @@ class Subscriber:
                 self.events += m["events"]
                 first, last = parse_ts(m["firstEventAt"]), parse_ts(m["lastEventAt"])
                 if first is not None and last is not None and self.recording:
+                    read_at = parse_ts(m["at"]) or now
                     self.oldest.append((now - first) * 1000)
                     self.newest.append((now - last) * 1000)
+                    self.read_wait.append((read_at - first) * 1000)
+                    self.delivery.append((now - read_at) * 1000)
         except websockets.ConnectionClosed as e:
             self.error = f"closed: {e}"
 
@@ -180,6 +185,11 @@ async def main() -> None:
     ap.add_argument("--rate", type=int, default=1000, help="usage events per second")
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--interval-ms", type=int, default=250, help="LIVE_INTERVAL_MS of the server")
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="record usage straight into usage_events (and announce it) instead of POST /v1/usage",
+    )
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (instances on one Redis)")
     ap.add_argument(
         "--no-compression",
@@ -188,10 +198,12 @@ async def main() -> None:
     )
     args = ap.parse_args()
 
+    import asyncpg
     import httpx
     from redis.asyncio import Redis
 
     from ledgerx import ids
+    from ledgerx.db.engine import asyncpg_dsn
     from ledgerx.db.migrate import upgrade
     from ledgerx.domain.analytics import topics
     from ledgerx.services import resolve_urls
@@ -306,18 +318,26 @@ async def main() -> None:
                 return json.dumps({"events": events}, separators=(",", ":")).encode()
 
             headers = {"X-Api-Key": key, "Content-Type": "application/json"}
-            r = await c.post("/v1/usage", content=batch_body(1), headers=headers)
-            assert r.status_code == 200, r.text
+            direct = args.direct
+            if not direct:
+                r = await c.post("/v1/usage", content=batch_body(1), headers=headers)
+                if r.status_code != 200:
+                    print(f"POST /v1/usage answered {r.status_code}: recording straight into usage_events instead")
+                    direct = True
             announced = False
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                if msg is not None:
-                    announced = True
-                    break
+            if not direct:
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                    if msg is not None:
+                        announced = True
+                        break
             await ps.aclose()
-            publisher = "the usage domain" if announced else "the benchmark (the usage domain does not publish yet)"
-            print(f"usage announcements published by {publisher}")
+            if direct:
+                print("usage recorded straight into usage_events (owner connection); announcements by the benchmark")
+            else:
+                who = "the usage domain" if announced else "the benchmark (the usage domain does not publish yet)"
+                print(f"usage recorded through POST /v1/usage; announcements published by {who}")
 
             async def announce(n: int) -> None:
                 if not announced:
@@ -327,17 +347,38 @@ async def main() -> None:
             # Record usage at the rate: a batch every 100 ms.
             ticks = 10
             per_batch = max(1, args.rate // ticks)
-            stats = {"batches": 0, "events": 0, "errors": 0, "post_ms": []}
+            stats: dict[str, Any] = {"batches": 0, "events": 0, "errors": 0, "post_ms": []}
+            owner = await asyncpg.connect(asyncpg_dsn(s.database_url)) if direct else None
+            metric_id = None
+            if owner is not None:
+                metric_id = await owner.fetchval("SELECT id FROM usage_metrics WHERE project_id = $1", pid)
+            owner_lock = asyncio.Lock()
+
+            async def record_direct(n: int) -> int:
+                assert owner is not None
+                async with owner_lock:
+                    await owner.execute(
+                        "INSERT INTO usage_events (id, project_id, metric_id, occurred_at, units, idempotency_key)"
+                        " SELECT gen_random_uuid(), $1, $2, now(), 1, $3 || g FROM generate_series(1, $4::int) g",
+                        pid,
+                        metric_id,
+                        f"d{counter['n']}-",
+                        n,
+                    )
+                counter["n"] += 1
+                return n
 
             async def post_one() -> None:
-                body = batch_body(per_batch)
                 t = time.perf_counter()
-                resp = await c.post("/v1/usage", content=body, headers=headers)
+                if direct:
+                    accepted = await record_direct(per_batch)
+                else:
+                    resp = await c.post("/v1/usage", content=batch_body(per_batch), headers=headers)
+                    if resp.status_code != 200:
+                        stats["errors"] += 1
+                        return
+                    accepted = int(resp.json()["accepted"])
                 stats["post_ms"].append((time.perf_counter() - t) * 1000)
-                if resp.status_code != 200:
-                    stats["errors"] += 1
-                    return
-                accepted = int(resp.json()["accepted"])
                 await announce(accepted)
                 stats["batches"] += 1
                 stats["events"] += accepted
@@ -379,6 +420,8 @@ async def main() -> None:
             own = (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime)
             peak_rss = max(peak_rss, rss_mib(proc.pid))
             prom = (await c.get("/metrics")).text
+            if owner is not None:
+                await owner.close()
             reads = {
                 line.split()[0]: float(line.split()[1])
                 for line in prom.splitlines()
@@ -387,13 +430,15 @@ async def main() -> None:
 
         oldest = [x for sub in subs for x in sub.oldest]
         newest = [x for sub in subs for x in sub.newest]
+        read_wait = [x for sub in subs for x in sub.read_wait]
+        delivery = [x for sub in subs for x in sub.delivery]
         messages = sum(sub.messages for sub in subs)
         errors = [sub.error for sub in subs if sub.error]
         measured = args.seconds
         rate = (stats["events"] - recorded0) / measured
         print(
             f"events recorded: {stats['events'] - recorded0} in {measured:.0f}s ({rate:.0f}/s), "
-            f"POST /v1/usage p50 {pct(stats['post_ms'], 0.5):.1f} ms p99 {pct(stats['post_ms'], 0.99):.1f} ms, "
+            f"{'insert' if direct else 'POST /v1/usage'} p50 {pct(stats['post_ms'], 0.5):.1f} ms p99 {pct(stats['post_ms'], 0.99):.1f} ms, "
             f"errors {stats['errors']}"
         )
         print(
@@ -407,6 +452,10 @@ async def main() -> None:
         print(
             f"latency, newest event in each message:                      p50 {pct(newest, 0.5):.0f} ms   "
             f"p99 {pct(newest, 0.99):.0f} ms   max {max(newest, default=float('nan')):.0f} ms"
+        )
+        print(
+            f"of which: oldest event -> snapshot read p50 {pct(read_wait, 0.5):.0f} ms p99 {pct(read_wait, 0.99):.0f} ms;"
+            f" snapshot read -> subscriber p50 {pct(delivery, 0.5):.0f} ms p99 {pct(delivery, 0.99):.0f} ms"
         )
         print(
             f"server RSS: {base_rss:.0f} MiB at start, {idle_rss:.0f} MiB with {len(subs)} subscribers, "

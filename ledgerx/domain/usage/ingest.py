@@ -110,13 +110,20 @@ async def _apply_quotas(
     quotas: QuotaPolicy, project_id: uuid.UUID, events: list[Any], good: dict[str, Any]
 ) -> tuple[dict[str, Any], list[Rejection], int]:
     """Drop the events a monthly quota refuses (each rejected alone, at its index)."""
+    capped = (await quotas.of(project_id)).limits
+    if not capped:
+        return good, [], 0  # the common case: no quota, no per-event work
+    good_capped = {k for k, c in good.items() if c[1].key in capped}
+    if not good_capped:
+        return good, [], 0
     first_index: dict[str, int] = {}
     for i, e in enumerate(events):
         k = e.get("idempotencyKey") if isinstance(e, dict) else None
-        if isinstance(k, str) and k in good and k not in first_index:
+        if isinstance(k, str) and k in good_capped and k not in first_index:
             first_index[k] = i
+    # Good events are CheckedEvent or plain tuples in its field order: (key, metric, units, occurred_at, …).
     ordered = sorted(
-        (first_index[k], c.metric, decimal.Decimal(c.units), c.occurred_at) for k, c in good.items() if k in first_index
+        (first_index[k], c[1], decimal.Decimal(c[2]), c[3]) for k, c in good.items() if k in first_index
     )
     refused, rejections, overage = await quotas.filter_batch(project_id, ordered)
     if refused:
