@@ -4,6 +4,7 @@ roles, isolation between projects, lastUsedAt without a write per request, audit
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -99,7 +100,9 @@ async def env(gql: GQL) -> Env:
 @pytest.fixture
 async def no_overlap_gql(services: Services) -> AsyncIterator[GQL]:
     """The same database and Redis, served with API_KEY_ROTATION_OVERLAP=0."""
-    svc = dataclasses.replace(services, settings=dataclasses.replace(services.settings, api_key_rotation_overlap=0))
+    # A shallow copy shares every running service; only the settings differ.
+    svc = copy.copy(services)
+    svc.settings = dataclasses.replace(services.settings, api_key_rotation_overlap=0)
     transport = httpx.ASGITransport(app=create_app(svc.settings, svc), client=("203.0.113.8", 5555))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield GQL(c)

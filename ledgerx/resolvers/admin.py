@@ -6,6 +6,7 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.tenancy import projects
+from ledgerx.resolvers import announce
 from ledgerx.resolvers.guards import require_platform_admin
 from ledgerx.schema.info import Info
 from ledgerx.schema.tenancy import ProjectType, SuspendProjectInput
@@ -20,6 +21,7 @@ class Mutation:
         p = await projects.set_suspended(
             info.context.services.db, info.context.actor(), pid, suspended=True, reason=input.reason
         )
+        await announce.access_changed(info, pid, "project.suspend")
         return ProjectType.of(p)
 
     @strawberry.mutation(description="Platform admins: lift a suspension.")
@@ -27,4 +29,5 @@ class Mutation:
         await require_platform_admin(info)
         pid = ids.decode("project", id, "id")
         p = await projects.set_suspended(info.context.services.db, info.context.actor(), pid, suspended=False)
+        await announce.access_changed(info, pid, "project.reactivate")
         return ProjectType.of(p)

@@ -10,6 +10,7 @@ from ledgerx.domain.errors import NotFound
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy import members, projects
 from ledgerx.domain.tenancy.access import Need
+from ledgerx.resolvers import announce
 from ledgerx.resolvers.guards import access_by_uuid, project_access
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, connection
@@ -104,26 +105,19 @@ class Mutation:
     @strawberry.mutation
     async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> MemberType:
         access = await project_access(info, input.project_id, Need.ADMIN, write=True)
+        user_id = ids.decode("user", input.user_id, "userId")
         m = await members.update_role(
-            info.context.services.db,
-            info.context.actor(),
-            access,
-            access.project_id,
-            ids.decode("user", input.user_id, "userId"),
-            input.role.value,
+            info.context.services.db, info.context.actor(), access, access.project_id, user_id, input.role.value
         )
+        await announce.access_changed(info, access.project_id, "member.update_role", user_id)
         return MemberType.of(m)
 
     @strawberry.mutation(description="Remove a member; any member may remove themselves (leave).")
     async def remove_member(self, info: Info, input: RemoveMemberInput) -> bool:
         access = await project_access(info, input.project_id, Need.MEMBER, write=True)
-        await members.remove_member(
-            info.context.services.db,
-            info.context.actor(),
-            access,
-            access.project_id,
-            ids.decode("user", input.user_id, "userId"),
-        )
+        user_id = ids.decode("user", input.user_id, "userId")
+        await members.remove_member(info.context.services.db, info.context.actor(), access, access.project_id, user_id)
+        await announce.access_changed(info, access.project_id, "member.remove", user_id)
         return True
 
     @strawberry.mutation(description="The owner hands the project to another member and becomes ADMIN.")
@@ -133,4 +127,5 @@ class Mutation:
         await members.transfer_ownership(
             ctx.services.db, ctx.actor(), access.project_id, ids.decode("user", input.user_id, "userId")
         )
+        await announce.access_changed(info, access.project_id, "project.transfer_ownership")
         return ProjectType.of(await projects.get_project(ctx.services.db, access.project_id), "ADMIN")

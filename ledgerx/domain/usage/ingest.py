@@ -122,9 +122,7 @@ async def _apply_quotas(
         if isinstance(k, str) and k in good_capped and k not in first_index:
             first_index[k] = i
     # Good events are CheckedEvent or plain tuples in its field order: (key, metric, units, occurred_at, …).
-    ordered = sorted(
-        (first_index[k], c[1], decimal.Decimal(c[2]), c[3]) for k, c in good.items() if k in first_index
-    )
+    ordered = sorted((first_index[k], c[1], decimal.Decimal(c[2]), c[3]) for k, c in good.items() if k in first_index)
     refused, rejections, overage = await quotas.filter_batch(project_id, ordered)
     if refused:
         good = {k: c for k, c in good.items() if first_index.get(k) not in refused}
