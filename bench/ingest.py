@@ -329,7 +329,8 @@ async def main() -> None:
                 f"median ratio API/raw: {statistics.median(r[0] for r in ratios):.3f}"
                 f"   API/raw idempotent: {statistics.median(r[1] for r in ratios):.3f}"
             )
-        await ratelimit_latency(s.redis_url)
+        await ratelimit_latency(s.redis_url, concurrency=1)
+        await ratelimit_latency(s.redis_url, concurrency=16)
     finally:
         proc.terminate()
         proc.wait(10)
