@@ -30,7 +30,7 @@ from ledgerx import gateway, ids
 from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
-from ledgerx.domain.tenancy.access import Need, check, is_platform_admin, load_access
+from ledgerx.domain.tenancy.access import Need, check, load_access
 from ledgerx.domain.usage import ingest, validate
 from ledgerx.services import Services
 
@@ -84,7 +84,6 @@ def _credential(request: Request) -> str | None:
 async def _project(services: Services, principal: Principal, payload: dict[str, Any]) -> uuid.UUID:
     """The project the events are for, once the caller may record usage in it."""
     named = payload.get("projectId")
-    platform_admin = False
     if principal.kind == "api_key":
         assert principal.project_id is not None
         project_id = principal.project_id
@@ -96,9 +95,8 @@ async def _project(services: Services, principal: Principal, payload: dict[str, 
         if not isinstance(named, str):
             raise BadInput("projectId is required when signed in as a user", field="projectId")
         project_id = ids.decode("project", named, "projectId")
-        if principal.user_id is not None:
-            platform_admin = await is_platform_admin(services.db, principal.user_id)
-    access = await load_access(services.db, principal, project_id, platform_admin=platform_admin)
+    # One statement finds the project, the membership and the platform-admin flag.
+    access = await load_access(services.db, principal, project_id)
     check(access, Need.BILLABLE, write=True, scope=SCOPE)
     return project_id
 

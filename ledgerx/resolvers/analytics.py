@@ -107,15 +107,8 @@ class Subscription:
 
         async def recheck() -> None:
             principal = await authenticate(services, credential)
-            admin = False
-            if principal.kind == "user" and principal.user_id is not None:
-                admin = await is_platform_admin(services.db, principal.user_id)
-            check(
-                await load_access(services.db, principal, pid, platform_admin=admin),
-                Need.MEMBER,
-                write=False,
-                scope=READ_SCOPE,
-            )
+            # load_access reads the platform-admin flag in the same statement.
+            check(await load_access(services.db, principal, pid), Need.MEMBER, write=False, scope=READ_SCOPE)
 
         guard = StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
         return _stream(lambda: services.live.project_metrics(pid, cur), services.live.hub.gate, guard, LiveMetrics.of)
