@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ledgerx.background import PollingWorker
 from ledgerx.db.engine import Database
 from ledgerx.db.models import MailOutbox
 from ledgerx.ids import uuid7
@@ -228,71 +229,30 @@ class _Claimed:
     attempts: int
 
 
-class OutboxSender:
+class OutboxSender(PollingWorker):
     """The background loop that delivers the outbox (one per worker instance)."""
 
-    STOP_GRACE = 15.0
+    task_name = "ledgerx-mail-outbox"
 
     def __init__(self, db: Database, transport: Transport, *, mail_from: str, policy: SenderPolicy) -> None:
+        super().__init__(log)
         self.db = db
         self.transport = transport
         self.mail_from = mail_from
         self.policy = policy
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
         domain = email.utils.parseaddr(mail_from)[1].rpartition("@")[2]
         self._msgid_domain = domain or "ledgerx.invalid"
 
-    # -- lifecycle -------------------------------------------------------------------------
+    def _idle_wait(self) -> float:
+        return self.policy.poll_interval
 
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    def start(self) -> None:
-        if self.running:
-            return
-        self._stopping = False
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._loop(), name="ledgerx-mail-outbox")
-
-    async def stop(self) -> None:
-        """Finish the round in flight (up to `STOP_GRACE` seconds), then end the loop."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=self.STOP_GRACE)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def _loop(self) -> None:
-        log.info("mail outbox sender started")
-        while not self._stopping:
-            self._wake.clear()
-            sent_full_batch = False
-            wait = self.policy.poll_interval
-            try:
-                claimed = await self.run_once()
-                sent_full_batch = claimed >= self.policy.batch_size
-                due_in = await self._next_due_in()
-                if due_in is not None:
-                    wait = min(wait, max(due_in, 0.05))
-            except Exception:
-                log.exception("mail outbox sender: a round failed; retrying")
-            if sent_full_batch or self._stopping:
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-        log.info("mail outbox sender stopped")
+    async def _round(self) -> tuple[bool, float]:
+        claimed = await self.run_once()
+        wait = self.policy.poll_interval
+        due_in = await self._next_due_in()
+        if due_in is not None:
+            wait = min(wait, max(due_in, 0.05))
+        return claimed >= self.policy.batch_size, wait
 
     # -- one round -------------------------------------------------------------------------
 
