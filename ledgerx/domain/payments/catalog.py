@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +25,9 @@ from ledgerx.domain.payments import objects
 from ledgerx.domain.payments.money import Money
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
+
+# A catalog model with `id`, `archived_at`, `updated_at` and `stripe_product_id`.
+_Archivable = TypeVar("_Archivable", CreditPack, Plan)
 
 TIERS = ("FREE", "PRO", "ENTERPRISE")
 INTERVALS = ("MONTH", "YEAR")
@@ -393,25 +396,37 @@ async def update_credit_pack(
 
 
 async def archive_credit_pack(svc: PaymentsService, actor: Actor, pack_id: uuid.UUID) -> CreditPack:
+    return await _archive(svc, actor, CreditPack, pack_id, "credit_pack", pack_snapshot)
+
+
+async def _archive(
+    svc: PaymentsService,
+    actor: Actor,
+    model: type[_Archivable],
+    item_id: uuid.UUID,
+    kind: str,
+    snapshot: Callable[[_Archivable], dict[str, Any]],
+) -> _Archivable:
+    """Archive a catalog item once (idempotent): deactivate its Stripe product, audit the change."""
     async with svc.db.transaction(system=True) as s:
-        pack = (await s.execute(select(CreditPack).where(CreditPack.id == pack_id).with_for_update())).scalar()
-        if pack is None:
-            raise NotFound("credit pack not found", field="id")
-        if pack.archived_at is None:
-            before = pack_snapshot(pack)
-            pack.archived_at = pack.updated_at = svc.now()
-            if svc.stripe is not None and pack.stripe_product_id:
-                await svc.stripe.update_product(pack.stripe_product_id, {"active": False})
+        item = (await s.execute(select(model).where(model.id == item_id).with_for_update())).scalar()
+        if item is None:
+            raise NotFound(f"{kind.replace('_', ' ')} not found", field="id")
+        if item.archived_at is None:
+            before = snapshot(item)
+            item.archived_at = item.updated_at = svc.now()
+            if svc.stripe is not None and item.stripe_product_id:
+                await svc.stripe.update_product(item.stripe_product_id, {"active": False})
             await audit.record(
                 s,
                 actor,
-                "catalog.credit_pack.archive",
-                target_type="credit_pack",
-                target_id=ids.encode("credit_pack", pack.id),
+                f"catalog.{kind}.archive",
+                target_type=kind,
+                target_id=ids.encode(kind, item.id),
                 before=before,
-                after=pack_snapshot(pack),
+                after=snapshot(item),
             )
-    return pack
+    return item
 
 
 # -- plans -------------------------------------------------------------------------------------------
@@ -553,24 +568,7 @@ async def update_plan(
 
 async def archive_plan(svc: PaymentsService, actor: Actor, plan_id: uuid.UUID) -> Plan:
     """No new subscriptions; existing ones continue on it until they change or end."""
-    async with svc.db.transaction(system=True) as s:
-        plan = (await s.execute(select(Plan).where(Plan.id == plan_id).with_for_update())).scalar()
-        if plan is None:
-            raise NotFound("plan not found", field="id")
-        if plan.archived_at is None:
-            before = plan_snapshot(plan)
-            plan.archived_at = plan.updated_at = svc.now()
-            if svc.stripe is not None and plan.stripe_product_id:
-                await svc.stripe.update_product(plan.stripe_product_id, {"active": False})
-            await audit.record(
-                s,
-                actor,
-                "catalog.plan.archive",
-                target_type="plan",
-                target_id=ids.encode("plan", plan.id),
-                before=before,
-                after=plan_snapshot(plan),
-            )
+    plan = await _archive(svc, actor, Plan, plan_id, "plan", plan_snapshot)
     svc.forget_plan()
     return plan
 
