@@ -237,21 +237,17 @@ async def credit_wallet(
 ) -> Posted:
     """Money into a wallet from the project's EXTERNAL_FUNDING account (an admin adjustment)."""
     check_amount(amount)
-    return await post_transaction(
+    return await _adjust(
         ledger,
-        Posting(
-            project_id=wallet.project_id,
-            wallet_id=wallet.id,
-            kind=Kind.ADJUSTMENT,
-            currency=wallet.currency,
-            legs=(Leg(amount, wallet_id=wallet.id), Leg(-amount, system=SystemAccount.EXTERNAL_FUNDING)),
-            idempotency_key=idempotency_key,
-            actor=actor,
-            reason=reason,
-            reference=reference,
-            metadata=metadata or {},
-            action="ledger.credit",
-        ),
+        actor,
+        wallet,
+        amount,
+        SystemAccount.EXTERNAL_FUNDING,
+        "ledger.credit",
+        idempotency_key,
+        reason=reason,
+        metadata=metadata,
+        reference=reference,
     )
 
 
@@ -268,6 +264,34 @@ async def debit_wallet(
 ) -> Posted:
     """Money out of a wallet to the project's ADJUSTMENTS account; refused past the credit limit."""
     check_amount(amount)
+    return await _adjust(
+        ledger,
+        actor,
+        wallet,
+        -amount,
+        SystemAccount.ADJUSTMENTS,
+        "ledger.debit",
+        idempotency_key,
+        reason=reason,
+        metadata=metadata,
+        reference=reference,
+    )
+
+
+async def _adjust(
+    ledger: LedgerService,
+    actor: Actor,
+    wallet: WalletRef,
+    signed: int,
+    counterparty: SystemAccount,
+    action: str,
+    idempotency_key: str,
+    *,
+    reason: str | None,
+    metadata: dict[str, Any] | None,
+    reference: str | None,
+) -> Posted:
+    """An ADJUSTMENT of `signed` (already validated) on the wallet against one system account."""
     return await post_transaction(
         ledger,
         Posting(
@@ -275,13 +299,13 @@ async def debit_wallet(
             wallet_id=wallet.id,
             kind=Kind.ADJUSTMENT,
             currency=wallet.currency,
-            legs=(Leg(-amount, wallet_id=wallet.id), Leg(amount, system=SystemAccount.ADJUSTMENTS)),
+            legs=(Leg(signed, wallet_id=wallet.id), Leg(-signed, system=counterparty)),
             idempotency_key=idempotency_key,
             actor=actor,
             reason=reason,
             reference=reference,
             metadata=metadata or {},
-            action="ledger.debit",
+            action=action,
         ),
     )
 
