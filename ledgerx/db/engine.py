@@ -62,6 +62,20 @@ def _settings_sql(project_ids: Sequence[uuid.UUID], user_id: uuid.UUID | None, s
     )
 
 
+class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no stubs
+    """A raw-pool connection that skips asyncpg's reset statement on release.
+
+    The default reset (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL) is one more round trip
+    and a few hundred microseconds of server work on every release. Nothing on this pool leaves
+    session state behind: tenant settings are `SET LOCAL` (gone at COMMIT/ROLLBACK), advisory
+    locks are transaction-scoped, nobody LISTENs here. An open transaction is still rolled back
+    on release (asyncpg does that before consulting the reset query).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class Database:
     """The app's database handle, connected as the app role.
 
@@ -98,6 +112,7 @@ class Database:
                         max_size=self._pool_size,
                         server_settings=settings,
                         statement_cache_size=512,
+                        connection_class=_PooledConnection,
                     )
         return self._pool
 
