@@ -25,6 +25,7 @@ from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, 
 from ledgerx.domain.payments import PaymentsService
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.domain.tenancy import api_keys
+from ledgerx.domain.tenancy.access_cache import AccessCache
 from ledgerx.domain.tenancy.invites import InviteService
 from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.scheduler import Scheduler
@@ -64,6 +65,8 @@ class Services:
     limiter: RateLimiter
     auth: AuthService
     mailer: Mailer = dataclasses.field(default_factory=Mailer)
+    # Members' recent access to projects (a short TTL; see domain/tenancy/access_cache.py).
+    access_cache: AccessCache = dataclasses.field(init=False)
     invites: InviteService = dataclasses.field(init=False)
     # Which rate limit applies to a caller (the gateway asks per request).
     limits: LimitPolicy = dataclasses.field(init=False)
@@ -129,6 +132,7 @@ class Services:
             refresh_ttl=settings.refresh_token_ttl,
         )
         svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+        svc.access_cache = AccessCache(settings.access_cache_ttl)
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
         listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)
         svc.events = EventBus(redis, listen_redis=listen, prefix=settings.redis_prefix)

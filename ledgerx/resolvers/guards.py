@@ -23,9 +23,14 @@ async def access_by_uuid(
     cache: dict[uuid.UUID, Access] = ctx.loaders.setdefault("_access", {})
     access = cache.get(project_id)
     if access is None:
-        access = await load_access(ctx.services.db, principal, project_id)
-        if principal.kind == "user":
-            ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
+        shared = ctx.services.access_cache
+        user_id = principal.user_id if principal.kind == "user" else None
+        access = shared.get(user_id, project_id) if user_id is not None else None
+        if access is None:
+            access = await load_access(ctx.services.db, principal, project_id)
+            if user_id is not None:
+                shared.put(user_id, access)
+                ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
         cache[project_id] = access
     return check(access, need, write=write, scope=scope)
 

@@ -1,0 +1,63 @@
+"""A short-lived, per-instance memory of members' access to projects.
+
+Every project-scoped request needs the caller's access (`load_access`: a database transaction of
+its own). A client hammering one project — a backend charging wallets, a dashboard polling — asks
+the same question many times a second, and that lookup was a quarter of the server-side cost of a
+`debitWallet`. So a signed-in member's access is remembered for `ttl` seconds.
+
+What keeps it safe:
+- Only positive member answers are kept. A caller who is refused, an API key (its revocation
+  must be immediate) and a platform admin acting on a project they are not a member of are
+  always looked up afresh, so gaining access is seen at once.
+- Every change that can narrow access (role change, removal, ownership transfer, suspension)
+  is announced after commit (`resolvers/announce.access_changed`), which first drops the
+  project's entries here: on the instance that made the change it takes effect immediately.
+- Other instances see such a change within `ttl` (default 2 s; `ACCESS_CACHE_TTL_MS=0` turns the
+  cache off). Live streams re-check with `load_access` directly and are unaffected.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+
+from ledgerx.domain.tenancy.access import Access
+
+_MAX_ENTRIES = 50_000
+
+
+class AccessCache:
+    def __init__(self, ttl: float, *, max_entries: int = _MAX_ENTRIES) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple[uuid.UUID, uuid.UUID], tuple[float, Access]] = OrderedDict()
+
+    def get(self, user_id: uuid.UUID, project_id: uuid.UUID) -> Access | None:
+        if self.ttl <= 0:
+            return None
+        key = (user_id, project_id)
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        if hit[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return hit[1]
+
+    def put(self, user_id: uuid.UUID, access: Access) -> None:
+        """Remember `access` if it is a plain membership (see the module notes)."""
+        if self.ttl <= 0 or access.via != "member" or access.is_platform_admin:
+            return
+        key = (user_id, access.project_id)
+        self._entries[key] = (time.monotonic() + self.ttl, access)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget_project(self, project_id: uuid.UUID) -> None:
+        for key in [k for k in self._entries if k[1] == project_id]:
+            del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -1,0 +1,96 @@
+"""The per-instance access cache (domain/tenancy/access_cache.py): what it may and may not remember.
+
+A member's access is remembered for ACCESS_CACHE_TTL_MS; a change made through this instance
+applies at once, one made behind its back within the TTL, and refusals are never remembered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ledgerx import ids
+from ledgerx.services import Services
+from tests.conftest import GQL, sign_up
+from tests.tenancy_helpers import add_member, create_project, make_platform_admin, owner_sql
+
+WALLETS = "query($p: ID!) { wallets(projectId: $p) { edges { node { id } } } }"
+CREATE_WALLET = "mutation($i: CreateWalletInput!) { createWallet(input: $i) { id } }"
+UPDATE_ROLE = "mutation($i: UpdateMemberRoleInput!) { updateMemberRole(input: $i) { role } }"
+REMOVE = "mutation($i: RemoveMemberInput!) { removeMember(input: $i) }"
+SUSPEND = "mutation($i: SuspendProjectInput!) { suspendProject(input: $i) { status } }"
+
+
+async def test_changes_made_through_this_instance_apply_at_once(gql: GQL, services: Services) -> None:
+    services.access_cache.ttl = 3600  # only invalidation can explain what follows
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    admin = await add_member(gql, owner, pid, "ADMIN")
+    await gql.ok(CREATE_WALLET, {"i": {"projectId": pid, "name": "a"}}, token=admin.token)  # cached now
+
+    await gql.ok(UPDATE_ROLE, {"i": {"projectId": pid, "userId": admin.user_id, "role": "VIEWER"}}, token=owner.token)
+    err = await gql.error(CREATE_WALLET, {"i": {"projectId": pid, "name": "b"}}, token=admin.token)
+    assert err["code"] == "FORBIDDEN"
+    await gql.ok(WALLETS, {"p": pid}, token=admin.token)  # a viewer still reads
+    await gql.ok(UPDATE_ROLE, {"i": {"projectId": pid, "userId": admin.user_id, "role": "ADMIN"}}, token=owner.token)
+    await gql.ok(CREATE_WALLET, {"i": {"projectId": pid, "name": "c"}}, token=admin.token)
+
+    await gql.ok(REMOVE, {"i": {"projectId": pid, "userId": admin.user_id}}, token=owner.token)
+    assert (await gql.error(WALLETS, {"p": pid}, token=admin.token))["code"] == "NOT_FOUND"
+
+    platform = await make_platform_admin(gql, services.settings)
+    await gql.ok(CREATE_WALLET, {"i": {"projectId": pid, "name": "d"}}, token=owner.token)
+    await gql.ok(SUSPEND, {"i": {"projectId": pid, "reason": "fraud"}}, token=platform.token)
+    err = await gql.error(CREATE_WALLET, {"i": {"projectId": pid, "name": "e"}}, token=owner.token)
+    assert err["code"] == "PROJECT_SUSPENDED"
+
+
+async def test_a_change_behind_the_instances_back_applies_within_the_ttl(gql: GQL, services: Services) -> None:
+    services.access_cache.ttl = 0.5
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    member = await add_member(gql, owner, pid, "MEMBER")
+    await gql.ok(WALLETS, {"p": pid}, token=member.token)
+
+    # Another instance (here: SQL as the owner) removes the member.
+    await owner_sql(
+        services.settings,
+        "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+        ids.decode("project", pid),
+        ids.decode("user", member.user_id),
+    )
+    await gql.ok(WALLETS, {"p": pid}, token=member.token)  # the documented window
+    await asyncio.sleep(0.6)
+    assert (await gql.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"
+
+
+async def test_refusals_are_never_remembered(gql: GQL, services: Services) -> None:
+    services.access_cache.ttl = 3600
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    stranger = await sign_up(gql)
+    assert (await gql.error(WALLETS, {"p": pid}, token=stranger.token))["code"] == "NOT_FOUND"
+
+    # Added behind the instance's back: seen at once, since NOT_FOUND was not kept.
+    await owner_sql(
+        services.settings,
+        "INSERT INTO project_members (id, project_id, user_id, role) VALUES ($1, $2, $3, 'VIEWER')",
+        ids.uuid7(),
+        ids.decode("project", pid),
+        ids.decode("user", stranger.user_id),
+    )
+    await gql.ok(WALLETS, {"p": pid}, token=stranger.token)
+
+
+async def test_a_zero_ttl_turns_the_cache_off(gql: GQL, services: Services) -> None:
+    services.access_cache.ttl = 0
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    member = await add_member(gql, owner, pid, "MEMBER")
+    await gql.ok(WALLETS, {"p": pid}, token=member.token)
+    await owner_sql(
+        services.settings,
+        "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+        ids.decode("project", pid),
+        ids.decode("user", member.user_id),
+    )
+    assert (await gql.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"
