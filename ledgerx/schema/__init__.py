@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from typing import Any
 
 import strawberry
 from graphql.error import GraphQLError
 from graphql.validation import ASTValidationRule
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaxTokensLimiter,
-    ParserCache,
-    SchemaExtension,
-    ValidationCache,
-)
 from strawberry.extensions.max_aliases import create_validator as aliases_validator
 from strawberry.extensions.query_depth_limiter import create_validator as depth_validator
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from ledgerx.schema.errors import ErrorShaping
+from ledgerx.schema.pipeline import pipeline
 from ledgerx.schema.scalars import SCALAR_MAP
 from ledgerx.settings import Settings
 
@@ -61,27 +52,19 @@ Subscription = merge_types("Subscription", _collect("Subscription"))
 
 class LedgerXSchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
-        # ErrorShaping logs unexpected errors with their traceback; expected ones are not noise.
+        # The pipeline (schema/pipeline.py) logs unexpected errors with their traceback; expected ones are not noise.
         return None
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     s = settings or Settings()
-    # The limit rules are built once: ValidationCache keys on the rule classes, and
+    # The limit rules are built once: the validation cache keys on the rule classes, and
     # QueryDepthLimiter/MaxAliasesLimiter would build new classes per request (a miss every time).
     rules: list[type[ASTValidationRule]] = [
         depth_validator(s.graphql_max_depth, None, None),
         aliases_validator(s.graphql_max_aliases),
     ]
-    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        ErrorShaping,
-        lambda: ParserCache(maxsize=512),
-        lambda: MaxTokensLimiter(max_token_count=s.graphql_max_tokens),
-        lambda: AddValidationRules(rules),
-        lambda: ValidationCache(maxsize=512),
-    ]
-    if not s.graphql_introspection:
-        extensions.append(DisableIntrospection)
+    extensions = [pipeline(max_tokens=s.graphql_max_tokens, rules=rules, introspection=s.graphql_introspection)]
     return LedgerXSchema(
         query=Query,
         mutation=Mutation,

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-from graphql import ExecutionResult as GraphQLExecutionResult
 from graphql.error import GraphQLError
-from strawberry.extensions import SchemaExtension
-from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
 
 from ledgerx import metrics
 from ledgerx.domain.errors import AppError, RateLimited
@@ -48,17 +44,7 @@ def shape(error: GraphQLError, context: Any) -> GraphQLError:
     )
 
 
-class ErrorShaping(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
-            ctx = self.execution_context.context
-            result.errors = [shape(e, ctx) for e in result.errors]
-            _rate_limit_headers(result.errors, ctx)
-
-
-def _rate_limit_headers(errors: list[GraphQLError], ctx: Any) -> None:
+def rate_limit_headers(errors: list[GraphQLError], ctx: Any) -> None:
     response = getattr(ctx, "response", None)
     if response is None:
         return
