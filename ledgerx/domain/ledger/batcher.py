@@ -24,12 +24,22 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+from prometheus_client import Histogram
 
 from ledgerx.domain.errors import AppError
 from ledgerx.domain.ledger import apply, store
 from ledgerx.domain.ledger.types import Posted
+from ledgerx.metrics import REGISTRY
 
 log = logging.getLogger("ledgerx.ledger.batcher")
+
+# How well concurrent postings coalesce: postings per database transaction.
+BATCH_SIZE = Histogram(
+    "ledgerx_ledger_batch_postings",
+    "Postings carried by one ledger database transaction",
+    registry=REGISTRY,
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 
 # Errors after which the same work may succeed when simply run again.
 RETRYABLE = (
@@ -136,6 +146,7 @@ class Batcher:
     async def process(self, batch: list[_Pending]) -> None:
         self.batches += 1
         self.postings += len(batch)
+        BATCH_SIZE.observe(len(batch))
         pool = await self.pool()
         try:
             async with pool.acquire() as conn:
