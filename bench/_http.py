@@ -101,6 +101,32 @@ def spawn(module_app: str, port: int, env: dict[str, str] | None = None) -> subp
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
 
 
+class Instances:
+    """N server processes sharing one port (bench/_serve.py); stopped together."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs = procs
+        self.pid = procs[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            p.terminate()
+
+    def wait(self, timeout: float | None = None) -> None:
+        for p in self.procs:
+            p.wait(timeout)
+
+
+def spawn_instances(factory: str, port: int, count: int, env: dict[str, str]) -> Instances:
+    """`count` processes serving `factory` on `port`, connections spread evenly by the kernel."""
+    cmd = [sys.executable, "-m", "bench._serve", factory, str(port)]
+    return Instances([subprocess.Popen(cmd, env={**os.environ, **env}) for _ in range(max(count, 1))])
+
+
 async def wait_ready(port: int, path: str = "/healthz", timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ afterwards unless --keep-db):
 - raw baseline: CONCURRENCY asyncio tasks, each on its own asyncpg connection, looping
   BEGIN; SELECT balance … FOR UPDATE; UPDATE; INSERT entry; COMMIT on plain tables;
 - API: the same number of keep-alive HTTP clients sending `debitWallet` mutations (a unique
-  idempotency key each) to LedgerX uvicorn worker(s), signed in as the project owner. Every API
+  idempotency key each) to LedgerX process(es) sharing one port, signed in as the project owner. Every API
   debit is a full ledger posting: transaction row, two entries with hash chain, idempotency
   record, audit row, RLS, the credit-limit check.
 
@@ -24,7 +24,6 @@ import json
 import os
 import random
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._http import Result, free_port, request, wait_ready
+from bench._http import Instances, Result, free_port, request, spawn_instances, wait_ready
 
 DEBIT = "mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id balanceAfter } }"
 START_BALANCE = 10**15
@@ -48,35 +47,7 @@ def ledgerx_app():  # type: ignore[no-untyped-def]
     from ledgerx.settings import Settings
 
     logs.configure("WARNING")
-    if os.environ.get("LXBENCH_WHAT_IF_ACCESS_CACHE") == "1":
-        _cache_access_lookups()
     return create_app(Settings.from_env())
-
-
-def _cache_access_lookups() -> None:
-    """What-if (bench only, --what-if-access-cache): memoize the two per-request database lookups
-    of the authorization layer (platform-admin flag, project access) for the whole run, to show
-    what the API would do if they were cached. The app itself never runs this."""
-    from ledgerx.domain.tenancy import access
-    from ledgerx.resolvers import guards
-
-    load, admin = guards.load_access, access.is_platform_admin
-    seen: dict[object, object] = {}
-
-    async def cached_load(db, principal, project_id, *, platform_admin):  # type: ignore[no-untyped-def]
-        key = ("access", principal, project_id, platform_admin)
-        if key not in seen:
-            seen[key] = await load(db, principal, project_id, platform_admin=platform_admin)
-        return seen[key]
-
-    async def cached_admin(db, user_id):  # type: ignore[no-untyped-def]
-        key = ("admin", user_id)
-        if key not in seen:
-            seen[key] = await admin(db, user_id)
-        return seen[key]
-
-    guards.load_access = cached_load  # type: ignore[assignment]
-    access.is_platform_admin = cached_admin  # type: ignore[assignment] # Context imports it lazily from here
 
 
 # -- load generation with a fresh body per request ----------------------------------------------------
@@ -245,10 +216,9 @@ async def wallet_refs(services: object, public_ids: list[str]) -> list[object]:
 # -- the API --------------------------------------------------------------------------------------------
 
 
-def spawn_workers(port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "uvicorn", "bench.ledger:ledgerx_app", "--factory", "--host", "127.0.0.1"]
-    cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
-    return subprocess.Popen(cmd, env={**os.environ, **env})
+def spawn_workers(port: int, workers: int, env: dict[str, str]) -> Instances:
+    """`workers` LedgerX processes on one port, connections spread evenly (bench/_serve.py)."""
+    return spawn_instances("bench.ledger:ledgerx_app", port, workers, env)
 
 
 async def gql(c: object, query: str, variables: dict[str, object], token: str | None = None) -> dict[str, object]:
@@ -354,14 +324,9 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--wallets", type=int, default=1000)
-    ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes for the API")
+    ap.add_argument("--workers", type=int, default=2, help="LedgerX processes serving the API (one port)")
     ap.add_argument("--raw-connections", type=int, default=40, help="connections the raw loop's clients share")
     ap.add_argument("--keep-db", action="store_true")
-    ap.add_argument(
-        "--what-if-access-cache",
-        action="store_true",
-        help="bench-only what-if: cache the per-request authorization lookups inside the API workers",
-    )
     args = ap.parse_args()
 
     from ledgerx.db.engine import asyncpg_dsn
@@ -380,7 +345,7 @@ async def main() -> None:
     base, _, query = s.database_url.partition("?")
     url = base[: base.rfind("/") + 1] + name + ("?" + query if query else "")
     dsn = asyncpg_dsn(url)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: Instances | None = None
     try:
         await asyncio.to_thread(upgrade, url)
         port = free_port()
@@ -397,11 +362,16 @@ async def main() -> None:
             "RATE_LIMIT_BURST": "1000000000",
             "RATE_LIMIT_PER_SECOND": "1000000000",
             "REDIS_PREFIX": f"lxbench:{secrets.token_hex(3)}:",
-            "LXBENCH_WHAT_IF_ACCESS_CACHE": "1" if args.what_if_access_cache else "0",
         }
         proc = spawn_workers(port, args.workers, env)
         await wait_ready(port)
         token, pid, hot_wallet, spread_wallets = await setup_api(port, args.wallets)
+        # A database in service has statistics (autovacuum analyzes tables as they grow); this one
+        # was created seconds ago and has none, and a plan chosen without them stays cached on
+        # the pooled connections (an idempotency lookup by project scan instead of the key index).
+        conn = await asyncpg.connect(dsn)
+        await conn.execute("ANALYZE")
+        await conn.close()
         n, secs = args.concurrency, args.seconds
         print(f"{os.cpu_count()} cores; {n} concurrent clients; {secs:.0f} s per figure; database {name}")
         core = await core_services(url, s.redis_url)
@@ -426,9 +396,9 @@ async def main() -> None:
         ok_debits = api_hot.requests - api_hot.errors + api_spread.requests - api_spread.errors
         summary = await check_after(port, token, pid, dsn, ok_debits)
 
-        if args.what_if_access_cache:
-            print("WHAT-IF RUN: the API workers cache their authorization lookups (not how the app runs)")
-        print(f"API: {args.workers} uvicorn worker(s); every debit is a full posting (2 entries, hash chain,")
+        print(
+            f"API: {args.workers} LedgerX process(es) on one port (SO_REUSEPORT); every debit is a full posting (2 entries, hash chain,"
+        )
         print("     idempotency record, audit row, RLS, credit-limit check) behind JWT auth and the access check")
         print(f"raw: {raw.connections} connections shared by the {n} clients; lock row, update, insert entry, commit")
         print("core: post_transaction called in this process (no HTTP, GraphQL or auth), same postings as the API")
