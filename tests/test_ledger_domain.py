@@ -160,6 +160,34 @@ async def test_one_bad_posting_does_not_fail_its_batch(services: Services) -> No
     assert (await verify_ledger(services.ledger, pid)).ok
 
 
+async def test_a_batch_stuck_on_a_lock_holds_back_only_its_own_wallets(services: Services) -> None:
+    """A row lock held elsewhere (another instance, an operator) stalls the batch that needs it;
+    postings on other wallets go ahead beside it, and the stuck wallet's postings keep their order."""
+    pid = await new_project(services)
+    a = await new_wallet(services, pid)
+    b = await new_wallet(services, pid)
+    await posting.credit_wallet(services.ledger, ACTOR, a, 1, "ca")
+    await posting.credit_wallet(services.ledger, ACTOR, b, 5, "cb")
+    conn = await owner_conn(services)
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE", a.id)
+    try:
+        first = asyncio.create_task(posting.debit_wallet(services.ledger, ACTOR, a, 1, "a1"))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(posting.debit_wallet(services.ledger, ACTOR, a, 1, "a2"))
+        on_b = await asyncio.wait_for(posting.debit_wallet(services.ledger, ACTOR, b, 2, "b1"), 5)
+        assert on_b.transaction.balance_after == 3
+        assert not first.done()
+        assert not second.done()
+    finally:
+        await tx.rollback()
+        await conn.close()
+    assert (await first).transaction.balance_after == 0
+    with pytest.raises(InsufficientFunds):
+        await second  # decided after a1, in arrival order
+
+
 async def test_low_balance_event_once_per_downward_crossing(services: Services) -> None:
     pid = await new_project(services)
     w = await new_wallet(services, pid, low_balance_threshold=10)

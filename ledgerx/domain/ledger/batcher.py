@@ -1,10 +1,16 @@
 """Coalescing of concurrent postings into shared database transactions (TigerBeetle-style).
 
-Postings are routed to a shard by wallet (a transfer by its lowest wallet id). Each shard runs at
-most one database transaction at a time; whatever arrives while it runs forms the next batch, so
-under load one commit (one WAL flush, one round of row locks) carries many postings, and when
-idle a posting goes alone at once. All postings for one wallet go through one shard, in arrival
-order, which is the order INSUFFICIENT_FUNDS is decided in.
+One queue per instance. Normally one batch is in flight: whatever arrives while it runs forms the
+next batch, so under load one commit (one WAL flush, one round of row locks) carries many
+postings, and when idle a posting goes alone at once. Bigger batches are cheaper per posting on
+both sides (measured on 1,000 wallets: 4 fixed shards cost 580 µs of PostgreSQL CPU per posting,
+one queue 210 µs), so the queue is not split up front.
+
+A batch that has been in flight for `stall_s` (waiting on a row lock another instance holds, a
+slow disk) must not hold everything else back, and neither must a full batch with more waiting:
+then another batch may start beside it, up to `max_parallel`, with the postings that touch no
+wallet in flight. Postings of one wallet keep their arrival order (a posting behind one that had
+to wait waits too), which is the order INSUFFICIENT_FUNDS is decided in.
 
 Each posting in a batch keeps every guarantee it would have alone: its own transaction row,
 entries, audit row and idempotency record, and a refused posting writes nothing (`apply` decides
@@ -20,6 +26,7 @@ import collections
 import dataclasses
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -57,6 +64,7 @@ EventSink = Callable[[list[tuple[str, dict[str, Any]]]], None]
 class _Pending:
     item: apply.Prepared
     future: asyncio.Future[Posted]
+    wallets: frozenset[uuid.UUID]
 
 
 async def run_in_transaction(
@@ -73,48 +81,6 @@ async def run_in_transaction(
     return result
 
 
-class _Shard:
-    def __init__(self, owner: Batcher, index: int) -> None:
-        self.owner = owner
-        self.index = index
-        self.queue: collections.deque[_Pending] = collections.deque()
-        self.task: asyncio.Task[None] | None = None
-
-    def push(self, pending: _Pending) -> None:
-        self.queue.append(pending)
-        if self.task is None:
-            self.task = asyncio.create_task(self._drain(), name=f"ledger-shard-{self.index}")
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                if self.owner.linger_s > 0:
-                    await asyncio.sleep(self.owner.linger_s)
-                batch = self._take()
-                if not batch:
-                    continue
-                try:
-                    await self.owner.process(batch)
-                except Exception as exc:  # e.g. no database connection: fail these, keep serving
-                    log.exception("ledger batch failed")
-                    for p in batch:
-                        _settle(p.future, exc)
-        finally:
-            self.task = None
-
-    def fail_all(self, exc: BaseException) -> None:
-        while self.queue:
-            _settle(self.queue.popleft().future, exc)
-
-    def _take(self) -> list[_Pending]:
-        batch: list[_Pending] = []
-        while self.queue and len(batch) < self.owner.max_batch:
-            p = self.queue.popleft()
-            if not p.future.done():  # the caller went away before we started: do not post
-                batch.append(p)
-        return batch
-
-
 class Batcher:
     def __init__(
         self,
@@ -122,16 +88,21 @@ class Batcher:
         *,
         clock: Callable[[], dt.datetime],
         on_events: EventSink,
-        shards: int = 4,
+        max_parallel: int = 4,
         max_batch: int = 200,
-        linger_s: float = 0.0,
+        stall_s: float = 0.02,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.on_events = on_events
+        self.max_parallel = max(max_parallel, 1)
         self.max_batch = max_batch
-        self.linger_s = linger_s
-        self._shards = [_Shard(self, i) for i in range(shards)]
+        self.stall_s = stall_s
+        self._queue: collections.deque[_Pending] = collections.deque()
+        # Batches in flight: when each started and the wallets it holds.
+        self._inflight: dict[asyncio.Task[None], tuple[float, frozenset[uuid.UUID]]] = {}
+        self._backlog = False  # the newest batch was full and postings were left waiting
+        self._timer: asyncio.TimerHandle | None = None
         # Figures for the benchmark and metrics: batches run and postings carried.
         self.batches = 0
         self.postings = 0
@@ -139,9 +110,67 @@ class Batcher:
     async def submit(self, item: apply.Prepared) -> Posted:
         """Queue a posting and wait for its outcome (raises its AppError when refused)."""
         fut: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
-        shard = self._shards[min(item.wallet_ids()).int % len(self._shards)]
-        shard.push(_Pending(item, fut))
+        self._queue.append(_Pending(item, fut, frozenset(item.wallet_ids())))
+        self._kick()
         return await fut
+
+    def _kick(self) -> None:
+        """Start batches while the rules above allow; otherwise a batch's end or the stall timer
+        calls again."""
+        loop = asyncio.get_running_loop()
+        while self._queue and len(self._inflight) < self.max_parallel:
+            if self._inflight and not self._backlog:
+                youngest = max(started for started, _ in self._inflight.values())
+                wait = youngest + self.stall_s - loop.time()
+                if wait > 0:
+                    if self._timer is None:
+                        self._timer = loop.call_later(wait, self._on_timer)
+                    return
+            batch = self._take()
+            if not batch:
+                return  # everything waiting touches a wallet in flight
+            self._backlog = len(batch) >= self.max_batch and bool(self._queue)
+            wallets = frozenset().union(*(p.wallets for p in batch))
+            task = loop.create_task(self._run(batch), name="ledger-batch")
+            self._inflight[task] = (loop.time(), wallets)
+            task.add_done_callback(self._on_done)
+
+    def _take(self) -> list[_Pending]:
+        busy: set[uuid.UUID] = set()
+        for _, wallets in self._inflight.values():
+            busy |= wallets
+        batch: list[_Pending] = []
+        left: collections.deque[_Pending] = collections.deque()
+        while self._queue and len(batch) < self.max_batch:
+            p = self._queue.popleft()
+            if p.future.done():  # the caller went away before we started: do not post
+                continue
+            if p.wallets & busy:
+                busy |= p.wallets  # what comes later on these wallets stays behind it
+                left.append(p)
+                continue
+            batch.append(p)
+        left.extend(self._queue)
+        self._queue = left
+        return batch
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick()
+
+    def _on_done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        if not self._inflight:
+            self._backlog = False
+        self._kick()
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        try:
+            await self.process(batch)
+        except Exception as exc:  # e.g. no database connection: fail these, keep serving
+            log.exception("ledger batch failed")
+            for p in batch:
+                _settle(p.future, exc)
 
     async def process(self, batch: list[_Pending]) -> None:
         self.batches += 1
@@ -181,11 +210,13 @@ class Batcher:
 
     async def close(self, grace_s: float = 10.0) -> None:
         """Refuse what is still queued (shutdown) and let batches already running finish."""
-        for shard in self._shards:
-            shard.fail_all(RuntimeError("the ledger is shutting down"))
-        running = [s.task for s in self._shards if s.task is not None]
-        if running:
-            await asyncio.wait(running, timeout=grace_s)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._queue:
+            _settle(self._queue.popleft().future, RuntimeError("the ledger is shutting down"))
+        if self._inflight:
+            await asyncio.wait(list(self._inflight), timeout=grace_s)
 
     def _deliver(self, batch: list[_Pending], result: apply.Result) -> None:
         for p, outcome in zip(batch, result.outcomes, strict=True):

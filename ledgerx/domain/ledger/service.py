@@ -43,9 +43,9 @@ class LedgerService:
         db: Database,
         bus: EventBus,
         *,
-        shards: int = 4,
+        max_parallel: int = 4,
         max_batch: int = 200,
-        linger_s: float = 0.0,
+        stall_s: float = 0.02,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.db = db
@@ -57,7 +57,12 @@ class LedgerService:
         self._txn_projects: dict[uuid.UUID, uuid.UUID] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.batcher = Batcher(
-            self.pool, clock=self.now, on_events=self.publish, shards=shards, max_batch=max_batch, linger_s=linger_s
+            self.pool,
+            clock=self.now,
+            on_events=self.publish,
+            max_parallel=max_parallel,
+            max_batch=max_batch,
+            stall_s=stall_s,
         )
 
     def now(self) -> dt.datetime:
