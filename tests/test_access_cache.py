@@ -10,7 +10,7 @@ import asyncio
 
 from ledgerx import ids
 from ledgerx.services import Services
-from tests.conftest import GQL, sign_up
+from tests.conftest import GQL, SignedIn, sign_up
 from tests.tenancy_helpers import add_member, create_project, make_platform_admin, owner_sql
 
 WALLETS = "query($p: ID!) { wallets(projectId: $p) { edges { node { id } } } }"
@@ -18,6 +18,25 @@ CREATE_WALLET = "mutation($i: CreateWalletInput!) { createWallet(input: $i) { id
 UPDATE_ROLE = "mutation($i: UpdateMemberRoleInput!) { updateMemberRole(input: $i) { role } }"
 REMOVE = "mutation($i: RemoveMemberInput!) { removeMember(input: $i) }"
 SUSPEND = "mutation($i: SuspendProjectInput!) { suspendProject(input: $i) { status } }"
+
+
+async def member_who_has_read(gql: GQL) -> tuple[str, SignedIn]:
+    """A project and a MEMBER who has just read it (so an enabled cache holds their access)."""
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    member = await add_member(gql, owner, pid, "MEMBER")
+    await gql.ok(WALLETS, {"p": pid}, token=member.token)
+    return pid, member
+
+
+async def remove_behind_the_back(services: Services, project_id: str, member: SignedIn) -> None:
+    """Remove a member as another instance would: in the database, unseen by this one."""
+    await owner_sql(
+        services.settings,
+        "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
+        ids.decode("project", project_id),
+        ids.decode("user", member.user_id),
+    )
 
 
 async def test_changes_made_through_this_instance_apply_at_once(gql: GQL, services: Services) -> None:
@@ -46,18 +65,8 @@ async def test_changes_made_through_this_instance_apply_at_once(gql: GQL, servic
 
 async def test_a_change_behind_the_instances_back_applies_within_the_ttl(gql: GQL, services: Services) -> None:
     services.access_cache.ttl = 0.5
-    owner = await sign_up(gql)
-    pid = await create_project(gql, owner)
-    member = await add_member(gql, owner, pid, "MEMBER")
-    await gql.ok(WALLETS, {"p": pid}, token=member.token)
-
-    # Another instance (here: SQL as the owner) removes the member.
-    await owner_sql(
-        services.settings,
-        "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
-        ids.decode("project", pid),
-        ids.decode("user", member.user_id),
-    )
+    pid, member = await member_who_has_read(gql)
+    await remove_behind_the_back(services, pid, member)
     await gql.ok(WALLETS, {"p": pid}, token=member.token)  # the documented window
     await asyncio.sleep(0.6)
     assert (await gql.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"
@@ -83,14 +92,6 @@ async def test_refusals_are_never_remembered(gql: GQL, services: Services) -> No
 
 async def test_a_zero_ttl_turns_the_cache_off(gql: GQL, services: Services) -> None:
     services.access_cache.ttl = 0
-    owner = await sign_up(gql)
-    pid = await create_project(gql, owner)
-    member = await add_member(gql, owner, pid, "MEMBER")
-    await gql.ok(WALLETS, {"p": pid}, token=member.token)
-    await owner_sql(
-        services.settings,
-        "DELETE FROM project_members WHERE project_id = $1 AND user_id = $2",
-        ids.decode("project", pid),
-        ids.decode("user", member.user_id),
-    )
+    pid, member = await member_who_has_read(gql)
+    await remove_behind_the_back(services, pid, member)
     assert (await gql.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"

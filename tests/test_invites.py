@@ -180,6 +180,16 @@ async def invite(gql: GQL, admin: SignedIn, project_id: str, addr: str, role: st
     return inv
 
 
+async def sent_row(conn: asyncpg.Connection, columns: str, addr: str, *, within: float) -> asyncpg.Record:
+    """The outbox row of `addr` once its `sent_at` is set (polls, bounded; the caller asserts)."""
+    deadline = time.monotonic() + within
+    while True:
+        row = await conn.fetchrow(f"SELECT {columns} FROM mail_outbox WHERE to_addr = $1", addr)
+        if row["sent_at"] is not None or time.monotonic() > deadline:
+            return row
+        await asyncio.sleep(0.02)
+
+
 async def outbox_token(settings: Settings, addr: str) -> str:
     """The newest invitation token mailed to `addr`, read from the (unsent) outbox as the owner."""
     conn = await owner_conn(settings)
@@ -255,14 +265,7 @@ async def test_invitation_lifecycle_through_a_real_smtp_server(mail_app: MailApp
         row = await conn.fetchrow("SELECT token_hash FROM invites WHERE email = $1", addr)
         assert bytes(row["token_hash"]) == hashlib.sha256(token.encode()).digest()
         # The SMTP server has the message before the sender commits `sent_at`: wait (bounded).
-        deadline = time.monotonic() + 10
-        while True:
-            out = await conn.fetchrow(
-                "SELECT attempts, sent_at, body_text, kind FROM mail_outbox WHERE to_addr = $1", addr
-            )
-            if out["sent_at"] is not None or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.02)
+        out = await sent_row(conn, "attempts, sent_at, body_text, kind", addr, within=10)
         assert out["kind"] == "invite"
         assert out["attempts"] == 1
         assert out["sent_at"] is not None
@@ -378,14 +381,7 @@ async def test_failed_sends_are_retried_and_recorded_until_the_server_answers(se
             [msg] = await server.inbox.wait_for(addr)
             _, token = token_in(msg)
             assert len(token) >= 43
-            deadline = time.monotonic() + 5
-            while True:
-                row = await conn.fetchrow(
-                    "SELECT attempts, last_error, sent_at FROM mail_outbox WHERE to_addr = $1", addr
-                )
-                if row["sent_at"] is not None or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.02)
+            row = await sent_row(conn, "attempts, last_error, sent_at", addr, within=5)
             assert row["sent_at"] is not None
             assert row["attempts"] >= 2
             assert row["last_error"]  # the history of the failure stays
