@@ -10,7 +10,9 @@ afterwards unless --keep-db):
   debit is a full ledger posting: transaction row, two entries with hash chain, idempotency
   record, audit row, RLS, the credit-limit check.
 
-Both are measured on one hot wallet and spread over WALLETS wallets. Afterwards verifyLedger must
+Both are measured on one hot wallet and spread over WALLETS wallets. Last, the same clients send
+`{ __typename }` (same auth and rate limit, no resolver): the most requests/s any one-operation
+GraphQL request can reach on this machine, to read the API figures against. Afterwards verifyLedger must
 be clean and the transaction count must equal the successful debits.
 
     .venv/bin/python bench/ledger.py [--seconds 10] [--concurrency 64] [--wallets 1000] [--workers 2]
@@ -276,6 +278,13 @@ async def setup_api(port: int, wallets: int) -> tuple[str, str, str, list[str]]:
     return token, pid, ids[0], list(ids[1:])
 
 
+def typename_request(token: str) -> Callable[[], bytes]:
+    """`{ __typename }` with the same auth and rate limit as a debit: no resolver, no database."""
+    headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")]
+    raw = request("POST", "/graphql", json.dumps({"query": "{ __typename }"}).encode(), headers)
+    return lambda: raw
+
+
 def debit_request(token: str, pick: Callable[[], str], tag: str) -> Callable[[], bytes]:
     headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")]
     counter = iter(range(10**12))
@@ -391,6 +400,9 @@ async def main() -> None:
             core_spread = await load_core(core, core_spread_w, concurrency=n, seconds=secs, tag="core-spread")
             pick = lambda: random.choice(spread_wallets)  # noqa: E731
             api_spread = await load_api(port, debit_request(token, pick, "api-spread"), concurrency=n, seconds=secs)
+            # The ceiling of any one-operation request on this machine: the HTTP, auth, rate-limit
+            # and GraphQL layers with nothing behind them.
+            api_floor = await load_api(port, typename_request(token), concurrency=n, seconds=secs)
         batches = core.ledger.batcher  # type: ignore[attr-defined]
         await core.close()  # type: ignore[attr-defined]
         ok_debits = api_hot.requests - api_hot.errors + api_spread.requests - api_spread.errors
@@ -408,6 +420,7 @@ async def main() -> None:
         print(raw_spread.line(f"raw asyncpg loop, {args.wallets} wallets"))
         print(core_spread.line(f"ledger core, {args.wallets} wallets"))
         print(api_spread.line(f"GraphQL debitWallet, {args.wallets} wallets"))
+        print(api_floor.line("GraphQL { __typename } (ceiling)"))
         print(
             f"ratio API/raw,  hot wallet: {api_hot.rps / raw_hot.rps:.2f}   {args.wallets} wallets: {api_spread.rps / raw_spread.rps:.2f}"
         )
