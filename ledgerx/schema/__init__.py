@@ -16,6 +16,7 @@ from strawberry.types import ExecutionContext
 
 from ledgerx.schema.pipeline import pipeline
 from ledgerx.schema.scalars import SCALAR_MAP
+from ledgerx.schema.shared_results import SharedResultsExecutor
 from ledgerx.settings import Settings
 
 # Each resolver module may define classes named `Query`, `Mutation` and `Subscription`; they are
@@ -71,6 +72,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
+        # Live snapshots are rendered once per document, not once per subscriber (shared_results.py).
+        execution_context_class=SharedResultsExecutor,
     )
 
 

@@ -19,6 +19,7 @@ from ledgerx.domain.analytics.live import ProjectLive
 from ledgerx.domain.analytics.periods import Granularity
 from ledgerx.domain.analytics.revenue import RevenueLive, round_half_up
 from ledgerx.schema import scalars
+from ledgerx.schema.shared_results import SharedResults
 
 if TYPE_CHECKING:  # the scalars are NewTypes of these; mypy checks the plain types
     BigInt = int
@@ -293,11 +294,13 @@ class LiveMetrics:
         description="When the oldest of those events happened (lag = receipt time - firstEventAt)."
     )
     last_event_at: dt.datetime | None
+    # Renders of this message's snapshot, shared by every subscriber of the feed (shared_results.py).
+    shared_results: strawberry.Private[SharedResults | None] = None
 
     @classmethod
     def of(cls, u: Update[ProjectLive]) -> LiveMetrics:
         s = u.snapshot
-        project_id, usage, wallets = _shared(s, _metrics_parts)
+        project_id, usage, wallets, shared = _shared(s, _metrics_parts)
         return cls(
             project_id=project_id,
             currency=s.currency,
@@ -315,10 +318,14 @@ class LiveMetrics:
             events=u.events,
             first_event_at=u.first_event_at,
             last_event_at=u.last_event_at,
+            shared_results=shared,
         )
 
 
-_MetricsParts = tuple[strawberry.ID, list[LiveMetricUsage], list[LiveWalletBalance]]
+# What differs between the messages that subscribers of one feed receive for one snapshot.
+PER_SUBSCRIBER = frozenset({"sequence", "initial", "events", "first_event_at", "last_event_at"})
+
+_MetricsParts = tuple[strawberry.ID, list[LiveMetricUsage], list[LiveWalletBalance], SharedResults]
 
 
 def _metrics_parts(s: ProjectLive) -> _MetricsParts:
@@ -331,6 +338,7 @@ def _metrics_parts(s: ProjectLive) -> _MetricsParts:
             )
             for w in s.wallets
         ],
+        SharedResults(PER_SUBSCRIBER),
     )
 
 
@@ -384,10 +392,12 @@ class LiveRevenue:
     events: int
     first_event_at: dt.datetime | None
     last_event_at: dt.datetime | None
+    shared_results: strawberry.Private[SharedResults | None] = None
 
     @classmethod
     def of(cls, u: Update[RevenueLive]) -> LiveRevenue:
         s = u.snapshot
+        payments, shared = _shared(s, _revenue_parts)
         return cls(
             currency=s.currency,
             at=s.at,
@@ -398,13 +408,18 @@ class LiveRevenue:
             revenue_today=int(s.gross_today - s.refunds_today),
             refunds_today=int(s.refunds_today),
             payments_today=s.payments_today,
-            recent_payments=_shared(s, _payments),
+            recent_payments=payments,
             sequence=u.sequence,
             initial=u.initial,
             events=u.events,
             first_event_at=u.first_event_at,
             last_event_at=u.last_event_at,
+            shared_results=shared,
         )
+
+
+def _revenue_parts(s: RevenueLive) -> tuple[list[LivePayment], SharedResults]:
+    return _payments(s), SharedResults(PER_SUBSCRIBER)
 
 
 def _payments(s: RevenueLive) -> list[LivePayment]:
