@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from ledgerx.domain.analytics import topics
-from ledgerx.domain.analytics.hub import Batch, FeedClosed, Gate, Listen, LiveHub
+from ledgerx.domain.analytics.hub import Batch, FeedClosed, Listen, LiveHub, Pacer, Watcher
 from ledgerx.ids import decode, uuid7
 from ledgerx.services import Services
 from ledgerx.settings import Settings
@@ -278,14 +278,42 @@ async def test_a_failing_read_is_retried_and_does_not_end_the_stream() -> None:
     await hub.close()
 
 
-async def test_gate_permits_come_back_when_the_send_is_done_or_after_the_hold() -> None:
-    gate = Gate(1, hold=0.05)
-    first = await gate.enter()
-    first.release()
-    second = await asyncio.wait_for(gate.enter(), 1)  # released at once
-    # `second` is never released by its holder (a send stuck on a slow socket): the hold frees it.
-    third = await asyncio.wait_for(gate.enter(), 1)
-    second.release()  # late and repeated releases are harmless
-    third.release()
-    third.release()
-    assert gate._sem._value == 1
+async def test_the_pacer_wakes_a_few_subscribers_per_loop_turn_in_order_and_waits_for_no_send() -> None:
+    pacer = Pacer(burst=3)
+    watchers: list[Watcher[FakeSnapshot]] = [Watcher(pacer) for _ in range(8)]
+    woken: list[tuple[int, int]] = []  # (loop turn, watcher)
+    turn = {"n": 0}
+
+    async def count_turns() -> None:
+        while True:
+            await asyncio.sleep(0)
+            turn["n"] += 1
+
+    async def subscriber(i: int, w: Watcher[FakeSnapshot]) -> None:
+        await w.wait()
+        woken.append((turn["n"], i))
+        if i == 0:
+            await asyncio.Event().wait()  # a send stuck on a slow socket: never asks for more
+
+    ticker = asyncio.create_task(count_turns())
+    tasks = [asyncio.create_task(subscriber(i, w)) for i, w in enumerate(watchers)]
+    await asyncio.sleep(0)
+    snap = FakeSnapshot(1)
+    for w in watchers:
+        w.offer(snap)
+        w.offer(snap)  # a second offer before its turn replaces the first; it is woken once
+    await asyncio.wait_for(asyncio.gather(*tasks[1:]), 2)
+    assert [i for _, i in woken] == list(range(8))  # in the order of the offers
+    per_turn: dict[int, int] = {}
+    for t, _ in woken:
+        per_turn[t] = per_turn.get(t, 0) + 1
+    assert max(per_turn.values()) <= 3  # never more than `burst` in one turn of the loop
+    assert len(per_turn) >= 3
+    assert len(pacer) == 0
+    assert all(w.replaced == 1 for w in watchers)
+    # Without a pacer a watcher is woken at once.
+    direct: Watcher[FakeSnapshot] = Watcher()
+    direct.offer(snap)
+    assert (await asyncio.wait_for(direct.next(), 1)).snapshot is snap
+    ticker.cancel()
+    tasks[0].cancel()

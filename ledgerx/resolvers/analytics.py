@@ -21,7 +21,7 @@ from graphql import GraphQLError
 
 from ledgerx.context import authenticate
 from ledgerx.domain.analytics.guard import StreamGuard
-from ledgerx.domain.analytics.hub import FeedClosed, Gate, Snapshot, Update, Watcher
+from ledgerx.domain.analytics.hub import FeedClosed, Snapshot, Update, Watcher
 from ledgerx.domain.analytics.project import normalize_currency, project_analytics
 from ledgerx.domain.analytics.revenue import revenue_analytics
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, Unauthenticated
@@ -111,7 +111,7 @@ class Subscription:
             check(await load_access(services.db, principal, pid), Need.MEMBER, write=False, scope=READ_SCOPE)
 
         guard = StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
-        return _stream(lambda: services.live.project_metrics(pid, cur), services.live.hub.gate, guard, LiveMetrics.of)
+        return _stream(lambda: services.live.project_metrics(pid, cur), guard, LiveMetrics.of)
 
     @strawberry.subscription(
         description="Platform revenue, live (platform admins): MRR, revenue today and payments as they happen."
@@ -134,7 +134,7 @@ class Subscription:
                 raise Forbidden("platform admins only")
 
         guard = StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
-        return _stream(lambda: services.live.revenue(cur), services.live.hub.gate, guard, LiveRevenue.of)
+        return _stream(lambda: services.live.revenue(cur), guard, LiveRevenue.of)
 
 
 def _credential(info: Info) -> tuple[str, float | None]:
@@ -165,34 +165,25 @@ def _graphql_error(exc: AppError) -> GraphQLError:
 
 async def _stream(
     watch: Callable[[], contextlib.AbstractAsyncContextManager[Watcher[S]]],
-    gate: Gate,
     guard: StreamGuard,
     convert: Callable[[Update[S]], T],
 ) -> AsyncGenerator[T, None]:
     """Hold a feed watcher and its guard for the life of the subscription.
 
-    Each message is rendered and sent under a permit of the hub's gate, and the snapshot is taken
-    only once the permit is held: under load subscribers queue on the gate and each sends the
-    newest snapshot when its turn comes, while the event loop stays free for other requests and
-    for the next snapshot read. The permit goes back when strawberry asks for the next message
-    (this one is sent) or after a short hold, so a slow websocket never keeps it.
+    The hub's pacer wakes the watcher when its turn comes (a few subscribers per turn of the event
+    loop); it then takes the newest snapshot, and the message is rendered and sent before this
+    generator is asked for the next one.
     """
     async with watch() as w:
         task = asyncio.create_task(guard.run(w), name="ledgerx-live-guard")
         try:
             while True:
-                await w.wait()
-                permit = await gate.enter()
                 try:
-                    try:
-                        update = w.take()
-                    except FeedClosed:
-                        return
-                    except AppError as exc:
-                        raise _graphql_error(exc) from None
-                    if update is not None:
-                        yield convert(update)
-                finally:
-                    permit.release()
+                    update = await w.next()
+                except FeedClosed:
+                    return
+                except AppError as exc:
+                    raise _graphql_error(exc) from None
+                yield convert(update)
         finally:
             task.cancel()

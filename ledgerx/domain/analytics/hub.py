@@ -15,11 +15,14 @@
 - Delivery never blocks: each watcher has a single slot holding the latest snapshot plus a count
   of the events folded into it. A slow websocket only ever has one snapshot waiting (the newest);
   producers, the feed and other watchers never wait for it.
+- Delivery is paced: a new snapshot reaches every watcher's slot at once, but the watchers are
+  woken (to render and send) a few per turn of the event loop, in order, by the hub's `Pacer`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -113,11 +116,13 @@ class Update(Generic[S]):
 class Watcher(Generic[S]):
     """One subscriber's mailbox: a single slot (drop to latest) and a wake-up event."""
 
-    def __init__(self) -> None:
+    def __init__(self, pacer: Pacer | None = None) -> None:
         self._snapshot: S | None = None
         self._batch = Batch()
         self._ready = asyncio.Event()
         self._error: BaseException | None = None
+        self._pacer = pacer
+        self._queued = False  # waiting for its turn with the pacer
         self.sent = 0
         self.replaced = 0  # snapshots overwritten before this subscriber took them
         # Set by the feed when the project's memberships change: the guard re-checks access.
@@ -130,6 +135,15 @@ class Watcher(Generic[S]):
         self._snapshot = snapshot
         if batch is not None:
             self._batch.merge(batch)
+        if self._pacer is None:
+            self._ready.set()
+        elif not self._queued:
+            self._queued = True
+            self._pacer.enqueue(self)
+
+    def wake(self) -> None:
+        """Its turn (the pacer): the subscriber renders and sends what its slot holds by then."""
+        self._queued = False
         self._ready.set()
 
     def fold(self, batch: Batch) -> None:
@@ -137,7 +151,7 @@ class Watcher(Generic[S]):
         self._batch.merge(batch)
 
     def fail(self, error: BaseException) -> None:
-        """End the stream: the next `next()` raises `error`."""
+        """End the stream: the next `next()` raises `error` (at once, not paced)."""
         if self._error is None:
             self._error = error
         self._ready.set()
@@ -173,33 +187,43 @@ class Watcher(Generic[S]):
                 return update
 
 
-class Gate:
-    """Bounds how many subscribers render and send a message at the same time.
+class Pacer:
+    """Wakes watchers that have a message waiting, `burst` of them per turn of the event loop.
 
-    A permit is released when the subscriber asks for its next message (its send is done) or
-    after `hold` seconds, whichever comes first: a slow websocket whose send is waiting for the
-    network never keeps a permit from the others.
+    A snapshot reaches thousands of watchers at once. Waking them all together would put thousands
+    of render-and-send steps into one turn of the loop, and every other request, the pub/sub reader
+    and the next snapshot read would wait behind all of them. The pacer wakes `burst` watchers, lets
+    the loop turn (I/O is polled, other tasks run), then wakes the next ones, in the order their
+    messages arrived. It never waits for a send, so a slow websocket holds nobody back, and a
+    message costs one wake-up and no timer (thousands of messages a second go through here).
     """
 
-    def __init__(self, permits: int, *, hold: float = 0.05) -> None:
-        self._sem = asyncio.Semaphore(permits)
-        self.hold = hold
+    def __init__(self, burst: int = 32) -> None:
+        self.burst = burst
+        self._queue: collections.deque[Watcher[Any]] = collections.deque()
+        # The loop a turn is scheduled on (None: no turn pending). A turn pending on a loop that
+        # has since gone away must not keep the queue from ever being served.
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
 
-    async def enter(self) -> Permit:
-        await self._sem.acquire()
-        return Permit(self._sem, self.hold)
+    def enqueue(self, w: Watcher[Any]) -> None:
+        self._queue.append(w)
+        loop = asyncio.get_running_loop()
+        if self._turn_loop is not loop:
+            self._turn_loop = loop
+            loop.call_soon(self._turn)
 
+    def _turn(self) -> None:
+        queue = self._queue
+        for _ in range(min(self.burst, len(queue))):
+            queue.popleft().wake()
+        if queue:
+            # Runs in the next turn of the loop, after the watchers woken now have had theirs.
+            asyncio.get_running_loop().call_soon(self._turn)
+        else:
+            self._turn_loop = None
 
-class Permit:
-    def __init__(self, sem: asyncio.Semaphore, hold: float) -> None:
-        self._sem: asyncio.Semaphore | None = sem
-        self._timer = asyncio.get_running_loop().call_later(hold, self.release)
-
-    def release(self) -> None:
-        if self._sem is not None:
-            self._timer.cancel()
-            self._sem.release()
-            self._sem = None
+    def __len__(self) -> int:
+        return len(self._queue)
 
 
 class Source(Protocol):
@@ -355,18 +379,16 @@ class LiveHub:
         interval: float,
         refresh: float,
         clock: Callable[[], dt.datetime] = utcnow,
-        gate: int = 32,
+        burst: int = 32,
     ) -> None:
         self.interval = interval
         self.refresh = refresh
         self.clock = clock
         self.feeds: dict[Hashable, Feed[Any]] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        # At most this many subscribers render and send a message at the same time: with
-        # thousands of subscribers a snapshot would otherwise put thousands of tasks on the
-        # event loop at once, and every other request (and the next snapshot read) would queue
-        # behind them. Waiting subscribers take the newest snapshot when their turn comes.
-        self.gate = Gate(gate)
+        # At most `burst` subscribers render and send per turn of the event loop (see Pacer);
+        # waiting subscribers take the newest snapshot when their turn comes.
+        self.pacer = Pacer(burst)
 
     @contextlib.asynccontextmanager
     async def watch(
@@ -389,7 +411,7 @@ class LiveHub:
             self.feeds[key] = feed
             LIVE_FEEDS.inc()
             feed.start()
-        w: Watcher[S] = Watcher()
+        w: Watcher[S] = Watcher(self.pacer)
         feed.join(w)
         LIVE_SUBSCRIBERS.inc()
         try:
