@@ -19,9 +19,6 @@ import datetime as dt
 import decimal
 import json
 import uuid
-from typing import Any
-
-from sqlalchemy import text
 
 from ledgerx.db.engine import Database
 from ledgerx.domain.analytics.periods import day_start, utc
@@ -35,47 +32,48 @@ ID_MARGIN = dt.timedelta(hours=1)
 MAX_WALLETS = 20
 MAX_METRICS = 100
 
-# One statement (one round trip, one snapshot of the database) for the whole message.
-LIVE_SNAPSHOT = text(
-    f"""
+# One statement (one round trip, one snapshot of the database) for the whole message; positional
+# parameters: $1 project, $2 currency, $3 now, $4 usage since, $5 day start, $6 id floor of the
+# day, $7 active since, $8 id floor of the active window.
+LIVE_SNAPSHOT = f"""
     WITH usage AS (
       SELECT m.key, m.name, coalesce(u.units, 0) AS units, coalesce(u.events, 0) AS events
       FROM usage_metrics m
       LEFT JOIN LATERAL (
         SELECT sum(e.units) AS units, count(*) AS events FROM usage_events e
         WHERE e.project_id = m.project_id AND e.metric_id = m.id
-          AND e.occurred_at > :usage_since AND e.occurred_at <= :now
+          AND e.occurred_at > $4 AND e.occurred_at <= $3
       ) u ON true
-      WHERE m.project_id = :p
+      WHERE m.project_id = $1
       ORDER BY m.key
       LIMIT {MAX_METRICS}
     ), today AS (
       SELECT coalesce(sum({ADDED_EXPR}), 0)::bigint AS added, coalesce(sum({SPENT_EXPR}), 0)::bigint AS spent
       FROM ledger_transactions t
       LEFT JOIN ledger_transactions o ON o.id = t.refund_of
-      WHERE t.project_id = :p AND t.id >= :idfloor AND t.currency = :c
-        AND t.created_at >= :day AND t.created_at <= :now
+      WHERE t.project_id = $1 AND t.id >= $6 AND t.currency = $2
+        AND t.created_at >= $5 AND t.created_at <= $3
     ), top_wallets AS (
-      SELECT id, name, balance FROM wallets WHERE project_id = :p AND currency = :c
+      SELECT id, name, balance FROM wallets WHERE project_id = $1 AND currency = $2
       ORDER BY balance DESC, id LIMIT {MAX_WALLETS}
     ), wallet_totals AS (
       SELECT count(*) AS n, coalesce(sum(balance), 0)::bigint AS total
-      FROM wallets WHERE project_id = :p AND currency = :c
+      FROM wallets WHERE project_id = $1 AND currency = $2
     ), actors AS (
       SELECT count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'user') AS users,
              count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'api_key') AS api_keys
       FROM (
         SELECT actor_type, actor_id FROM ledger_transactions
-          WHERE project_id = :p AND id >= :actfloor AND created_at > :active_since AND created_at <= :now
+          WHERE project_id = $1 AND id >= $8 AND created_at > $7 AND created_at <= $3
         UNION
         SELECT actor_type, actor_id FROM usage_charges
-          WHERE project_id = :p AND id >= :actfloor AND created_at > :active_since AND created_at <= :now
+          WHERE project_id = $1 AND id >= $8 AND created_at > $7 AND created_at <= $3
         UNION
         SELECT actor_type, actor_id FROM audit_log
-          WHERE project_id = :p AND id >= :actfloor AND at > :active_since AND at <= :now
+          WHERE project_id = $1 AND id >= $8 AND at > $7 AND at <= $3
         UNION
         SELECT 'api_key', id FROM api_keys
-          WHERE project_id = :p AND last_used_at > :active_since AND last_used_at <= :now
+          WHERE project_id = $1 AND last_used_at > $7 AND last_used_at <= $3
       ) a
       WHERE a.actor_id IS NOT NULL
     )
@@ -87,7 +85,6 @@ LIVE_SNAPSHOT = text(
       today.added, today.spent, wallet_totals.n, wallet_totals.total, actors.users, actors.api_keys
     FROM today, wallet_totals, actors
     """  # noqa: S608 (constants only)
-)
 
 
 def uuid7_floor(ts: dt.datetime) -> uuid.UUID:
@@ -143,28 +140,32 @@ async def project_live(db: Database, project_id: uuid.UUID, currency: str, now: 
     now = utc(now)
     day = day_start(now)
     active_since = now - ACTIVE_WINDOW
-    params: dict[str, Any] = {
-        "p": project_id,
-        "c": currency,
-        "now": now,
-        "usage_since": now - USAGE_WINDOW,
-        "day": day,
-        "idfloor": id_floor(day),
-        "active_since": active_since,
-        "actfloor": id_floor(active_since),
-    }
-    async with db.transaction(project_id=project_id) as s:
-        row = (await s.execute(LIVE_SNAPSHOT, params)).one()
+    # The raw asyncpg pool (one round trip for BEGIN and the tenant settings, a prepared
+    # statement): a feed reads every interval while it fans out, and each round trip waits for a
+    # turn of a busy event loop.
+    async with db.raw(project_id=project_id) as conn:
+        row = await conn.fetchrow(
+            LIVE_SNAPSHOT,
+            project_id,
+            currency,
+            now,
+            now - USAGE_WINDOW,
+            day,
+            id_floor(day),
+            active_since,
+            id_floor(active_since),
+        )
+    assert row is not None  # aggregates over FROM today, wallet_totals, actors: always one row
     return ProjectLive(
         project_id=project_id,
         currency=currency,
         at=now,
-        usage=tuple(MetricRate(u["k"], u["n"], decimal.Decimal(u["u"]), int(u["e"])) for u in json.loads(row.usage)),
-        spend_today=int(row.spent),
-        credits_added_today=int(row.added),
-        total_balance=int(row.total),
-        wallet_count=int(row.n),
-        wallets=tuple(WalletBalance(uuid.UUID(w["id"]), w["n"], int(w["b"])) for w in json.loads(row.wallets)),
-        active_users=int(row.users),
-        active_api_keys=int(row.api_keys),
+        usage=tuple(MetricRate(u["k"], u["n"], decimal.Decimal(u["u"]), int(u["e"])) for u in json.loads(row["usage"])),
+        spend_today=int(row["spent"]),
+        credits_added_today=int(row["added"]),
+        total_balance=int(row["total"]),
+        wallet_count=int(row["n"]),
+        wallets=tuple(WalletBalance(uuid.UUID(w["id"]), w["n"], int(w["b"])) for w in json.loads(row["wallets"])),
+        active_users=int(row["users"]),
+        active_api_keys=int(row["api_keys"]),
     )
