@@ -5,8 +5,9 @@ one `liveMetrics` subscription each, all on one project), then records `--rate` 
 second through `POST /v1/usage` (an API key, batches every 100 ms) for `--seconds`. Every message a
 subscriber receives says when the oldest and the newest event it folds in happened
 (`firstEventAt`/`lastEventAt`); the difference to the arrival time is the event-to-subscriber
-latency. Prints p50/p99/max of both, messages per subscriber per second, the events recorded and
-the server's memory (RSS) and CPU.
+latency. Prints p50/p99/max of both, messages per subscriber per second, the events recorded,
+the server's memory (RSS) and CPU, and how many messages were executed as GraphQL rather than
+copied from their snapshot's shared execution (ledgerx/schema/shared_results.py).
 
 If the usage domain does not announce recorded usage on the event bus yet, the benchmark publishes
 the announcement itself right after each accepted batch (as the usage domain will after commit),
@@ -463,6 +464,23 @@ async def main() -> None:
             f"({cpu / max(messages, 1) * 1e6:.0f} us per message sent, all work included); "
             f"this client {own / wall * 100:.0f}%; machine load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
         )
+        shared = {
+            how: float(line.split()[1])
+            for line in prom.splitlines()
+            for how in ("executed", "shared")
+            if line.startswith(f'ledgerx_graphql_shared_events_total{{how="{how}"}}')
+        }
+        if shared.get("shared"):
+            total_events = shared["shared"] + shared.get("executed", 0.0)
+            print(
+                f"GraphQL executions: {shared.get('executed', 0.0):.0f} for {total_events:.0f} messages"
+                f" (the others copied a shared execution of their snapshot)"
+            )
+        else:
+            print(
+                "GraphQL executions: one per message (no shared rendering: is the schema built with"
+                " execution_context_class=SharedResultsExecutor?)"
+            )
         count = reads.get("ledgerx_live_snapshot_seconds_count", 0.0)
         if count:
             total_s = reads.get("ledgerx_live_snapshot_seconds_sum", 0.0)
