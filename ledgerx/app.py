@@ -93,9 +93,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         processor = holder["services"].webhook_processor if holder["services"].settings.worker_enabled else None
         if processor is not None:
             processor.start()
+        follower = asyncio.create_task(holder["services"].follow_access_changes(), name="ledgerx-access-changes")
         try:
             yield
         finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
             if processor is not None:
                 await processor.stop()
             if scheduler is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 
 from ledgerx import embedded
 from ledgerx.db.engine import Database, asyncpg_dsn, make_engine
-from ledgerx.domain.analytics import LiveAnalytics
+from ledgerx.domain.analytics import LiveAnalytics, topics
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
@@ -196,6 +197,19 @@ class Services:
     async def authenticate_api_key(self, token: str) -> Principal:
         """A bearer `lx_…` token (context.authenticate hands them here) -> the key's principal."""
         return await api_keys.authenticate(self.db, token)
+
+    async def follow_access_changes(self, retry_s: float = 1.0) -> None:
+        """Keep this instance's access cache in step with access changes announced by any instance
+        (runs for the life of the app; reconnects after Redis errors, the cache's TTL covering the gap)."""
+        while True:
+            try:
+                async with self.live.patterns.subscribe(topics.MEMBERS_PATTERN) as announcements:
+                    await self.access_cache.follow(announcements)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("access changes: subscription lost; retrying", exc_info=True)
+            await asyncio.sleep(retry_s)
 
     async def close(self) -> None:
         await self.scheduler.stop()

@@ -1,15 +1,22 @@
 """The per-instance access cache (domain/tenancy/access_cache.py): what it may and may not remember.
 
 A member's access is remembered for ACCESS_CACHE_TTL_MS; a change made through this instance
-applies at once, one made behind its back within the TTL, and refusals are never remembered.
+applies at once, on another instance as soon as the announcement reaches it, one made behind the
+API's back within the TTL, and refusals are never remembered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+
+import httpx
 
 from ledgerx import ids
+from ledgerx.app import create_app
+from ledgerx.domain.analytics import topics
 from ledgerx.services import Services
+from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
 from tests.tenancy_helpers import add_member, create_project, make_platform_admin, owner_sql
 
@@ -95,3 +102,37 @@ async def test_a_zero_ttl_turns_the_cache_off(gql: GQL, services: Services) -> N
     pid, member = await member_who_has_read(gql)
     await remove_behind_the_back(services, pid, member)
     assert (await gql.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"
+
+
+async def test_another_instance_forgets_as_soon_as_a_change_is_announced(
+    gql: GQL, services: Services, settings: Settings
+) -> None:
+    """Instance B cached a member's access; the member is removed through instance A; B follows
+    the announcement on Redis and refuses at once (its TTL is an hour, so only that can explain it)."""
+    services.access_cache.ttl = 3600
+    other = Services.build(settings)  # instance B: same database, same Redis prefix
+    other.access_cache.ttl = 3600
+    follower = asyncio.create_task(other.follow_access_changes())
+    transport = httpx.ASGITransport(app=create_app(settings, other))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as client_b:
+            gql_b = GQL(client_b)
+            owner = await sign_up(gql)
+            pid = await create_project(gql, owner)
+            member = await add_member(gql, owner, pid, "MEMBER")
+            await gql_b.ok(WALLETS, {"p": pid}, token=member.token)
+            deadline = time.monotonic() + 5
+            while topics.MEMBERS_PATTERN not in other.live.patterns.active_patterns():
+                assert time.monotonic() < deadline, "instance B never subscribed to access changes"
+                await asyncio.sleep(0.01)
+
+            await gql.ok(REMOVE, {"i": {"projectId": pid, "userId": member.user_id}}, token=owner.token)
+            deadline = time.monotonic() + 5
+            while "errors" not in await gql_b(WALLETS, {"p": pid}, token=member.token):
+                assert time.monotonic() < deadline, "instance B kept the removed member's access"
+                await asyncio.sleep(0.01)
+            assert (await gql_b.error(WALLETS, {"p": pid}, token=member.token))["code"] == "NOT_FOUND"
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await other.close()

@@ -45,6 +45,10 @@ def project_members(project_id: uuid.UUID) -> str:
     return f"project:{project_id}:members"
 
 
+# Every project's membership/access announcements (the access caches of all instances follow it).
+MEMBERS_PATTERN = "project:*:members"
+
+
 def project_topics(project_id: uuid.UUID) -> tuple[str, ...]:
     """What a project's live metrics listen to (members: access re-checks, not data)."""
     return (project_transactions(project_id), project_usage(project_id), project_members(project_id))

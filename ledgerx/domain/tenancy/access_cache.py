@@ -12,8 +12,10 @@ What keeps it safe:
 - Every change that can narrow access (role change, removal, ownership transfer, suspension)
   is announced after commit (`resolvers/announce.access_changed`), which first drops the
   project's entries here: on the instance that made the change it takes effect immediately.
-- Other instances see such a change within `ttl` (default 2 s; `ACCESS_CACHE_TTL_MS=0` turns the
-  cache off). Live streams re-check with `load_access` directly and are unaffected.
+- Other instances follow those announcements (Redis pub/sub, `follow`) and drop the project's
+  entries as soon as one arrives; `ttl` (default 2 s; `ACCESS_CACHE_TTL_MS=0` turns the cache
+  off) bounds what a lost announcement, a Redis outage or a change made outside the API (SQL, an
+  operator script) can leave behind. Live streams re-check with `load_access` directly.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ledgerx.domain.tenancy.access import Access
 
@@ -61,3 +65,11 @@ class AccessCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    async def follow(self, announcements: AsyncIterator[dict[str, Any]]) -> None:
+        """Forget a project's entries whenever a change of its access is announced (any instance)."""
+        async for event in announcements:
+            try:
+                self.forget_project(uuid.UUID(str(event.get("projectId"))))
+            except ValueError:
+                continue
