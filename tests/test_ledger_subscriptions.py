@@ -10,8 +10,9 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import GQL, LiveServer, sign_up
-from tests.tenancy_helpers import create_project
+from tests.tenancy_helpers import add_member, create_project
 from tests.test_ledger_api import CREDIT, DEBIT, key, new_wallet
+from tests.test_live_support import REMOVE_MEMBER, WsClient, ends_with
 
 WALLET_UPDATED = """
 subscription($w: ID!) { walletUpdated(walletId: $w) {
@@ -113,3 +114,32 @@ async def test_subscribing_to_another_projects_wallet_is_not_found(live_server: 
         finally:
             await ws.close()
     assert seen == {"w": "wallet not found", "p": "project not found"}
+
+
+async def test_a_removed_members_ledger_streams_end(live_server: LiveServer) -> None:
+    """Access is checked for the life of the streams, not only when they start: removing the member
+    ends both with NOT_FOUND (the removal is announced; the guard re-checks at once)."""
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        gql = GQL(http)
+        owner = await sign_up(gql)
+        pid = await create_project(gql, owner)
+        wid = await new_wallet(gql, owner.token, pid)
+        member = await add_member(gql, owner, pid, "MEMBER")
+        ws = await WsClient.connect(live_server.ws_url, member.token)
+        try:
+            w = await ws.subscribe(WALLET_UPDATED, {"w": wid})
+            p = await ws.subscribe(TXN_POSTED, {"p": pid})
+            await _wait_topics(live_server, 3)  # the wallet, the project's transactions, its members
+            await gql.ok(CREDIT, {"i": {"walletId": wid, "amount": 5, "idempotencyKey": key()}}, token=owner.token)
+            assert (await ws.next_data(w, "walletUpdated"))["wallet"]["balance"] == "5"
+            assert (await ws.next_data(p, "transactionPosted"))["amount"] == "5"
+
+            await gql.ok(REMOVE_MEMBER, {"i": {"projectId": pid, "userId": member.user_id}}, token=owner.token)
+            await ends_with(ws, w, "NOT_FOUND")
+            await ends_with(ws, p, "NOT_FOUND")
+            await gql.ok(CREDIT, {"i": {"walletId": wid, "amount": 1, "idempotencyKey": key()}}, token=owner.token)
+            await asyncio.sleep(0.2)
+            assert ws.pending(w) == []
+            assert ws.pending(p) == []
+        finally:
+            await ws.close()

@@ -9,25 +9,20 @@ from ledgerx.ids import decode
 from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, sign_up
 from tests.tenancy_helpers import add_member, make_platform_admin, owner_sql
-from tests.test_live_support import LIVE_METRICS, LIVE_REVENUE, REMOVE_MEMBER, WsClient, live_project, live_settings
+from tests.test_live_support import (
+    LIVE_METRICS,
+    LIVE_REVENUE,
+    REMOVE_MEMBER,
+    WsClient,
+    ends_with,
+    live_project,
+    live_settings,
+)
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return live_settings(settings)
-
-
-async def _ends_with(ws: WsClient, op: str, code: str, wait: float = 10) -> None:
-    """Skip data messages; the stream must end with an error carrying `code`, then complete."""
-    while True:
-        msg = await ws.recv(op, wait)
-        if msg["type"] == "next" and not msg["payload"].get("errors"):
-            continue
-        break
-    assert msg["type"] == "next", msg
-    assert msg["payload"]["data"] is None
-    assert msg["payload"]["errors"][0]["extensions"]["code"] == code
-    assert (await ws.recv(op, wait))["type"] == "complete"
 
 
 async def test_stream_ends_when_the_member_is_removed(gql: GQL, live_server: LiveServer) -> None:
@@ -42,7 +37,7 @@ async def test_stream_ends_when_the_member_is_removed(gql: GQL, live_server: Liv
         assert (await ws.next_data(op, "liveMetrics"))["sequence"] == 1
         assert (await owner_ws.next_data(owner_op, "liveMetrics"))["sequence"] == 1
         await gql.ok(REMOVE_MEMBER, {"i": {"projectId": p.project_id, "userId": member.user_id}}, token=owner.token)
-        await _ends_with(ws, op, "NOT_FOUND")
+        await ends_with(ws, op, "NOT_FOUND")
         # The connection stays open (other operations may continue); the owner's stream goes on.
         assert ws.closed is None
         assert owner_ws.pending(owner_op) == [] or all(m["type"] == "next" for m in owner_ws.pending(owner_op))
@@ -73,7 +68,7 @@ async def test_a_membership_event_ends_the_stream_without_waiting_for_the_rechec
         # What the tenancy domain publishes after commit (see docs/analytics.md).
         pid = decode("project", p.project_id)
         await live_server.services.events.publish(*topics.members_changed(pid, user_id=decode("user", member.user_id)))
-        await _ends_with(ws, op, "NOT_FOUND", wait=20)
+        await ends_with(ws, op, "NOT_FOUND", wait=20)
     finally:
         await ws.close()
 
@@ -94,7 +89,7 @@ async def test_suspending_the_project_ends_a_members_stream(
             {"i": {"projectId": p.project_id, "reason": "test"}},
             token=admin.token,
         )
-        await _ends_with(ws, op, "PROJECT_SUSPENDED")
+        await ends_with(ws, op, "PROJECT_SUSPENDED")
     finally:
         await ws.close()
 
@@ -117,7 +112,7 @@ async def test_stream_ends_when_the_token_expires(gql: GQL, settings: Settings, 
     try:
         op = await ws.subscribe(LIVE_METRICS, {"p": p.project_id})
         await ws.next_data(op, "liveMetrics")
-        await _ends_with(ws, op, "UNAUTHENTICATED", wait=10)
+        await ends_with(ws, op, "UNAUTHENTICATED", wait=10)
     finally:
         await ws.close()
 
@@ -131,6 +126,6 @@ async def test_live_revenue_ends_when_the_admin_is_demoted(
         op = await ws.subscribe(LIVE_REVENUE, {"c": "USD"})
         await ws.next_data(op, "liveRevenue")
         await owner_sql(settings, "UPDATE users SET is_platform_admin = false WHERE email = $1", admin.email)
-        await _ends_with(ws, op, "FORBIDDEN")
+        await ends_with(ws, op, "FORBIDDEN")
     finally:
         await ws.close()

@@ -160,6 +160,19 @@ RECORD = "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { __typename 
 REMOVE_MEMBER = "mutation($i: RemoveMemberInput!) { removeMember(input: $i) }"
 
 
+async def ends_with(ws: WsClient, op: str, code: str, wait: float = 10) -> None:
+    """Skip data messages; the stream must end with an error carrying `code`, then complete."""
+    while True:
+        msg = await ws.recv(op, wait)
+        if msg["type"] == "next" and not msg["payload"].get("errors"):
+            continue
+        break
+    assert msg["type"] == "next", msg
+    assert msg["payload"]["data"] is None
+    assert msg["payload"]["errors"][0]["extensions"]["code"] == code
+    assert (await ws.recv(op, wait))["type"] == "complete"
+
+
 async def live_project(
     gql: GQL, owner: SignedIn, *, credit: int = 1000, metrics: tuple[str, ...] = ("api_calls",)
 ) -> LiveProject:

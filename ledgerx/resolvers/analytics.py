@@ -14,10 +14,9 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import strawberry
-from graphql import GraphQLError
 
 from ledgerx.context import authenticate
 from ledgerx.domain.analytics.guard import StreamGuard
@@ -25,8 +24,9 @@ from ledgerx.domain.analytics.hub import FeedClosed, Snapshot, Update, Watcher
 from ledgerx.domain.analytics.project import normalize_currency, project_analytics
 from ledgerx.domain.analytics.revenue import revenue_analytics
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, Unauthenticated
-from ledgerx.domain.tenancy.access import Need, check, is_platform_admin, load_access
+from ledgerx.domain.tenancy.access import Need, is_platform_admin
 from ledgerx.resolvers.guards import project_access, require_platform_admin
+from ledgerx.resolvers.streams import graphql_error, member_guard, stream_credential
 from ledgerx.schema.analytics import AnalyticsGranularity, LiveMetrics, LiveRevenue, ProjectAnalytics, RevenueAnalytics
 from ledgerx.schema.info import Info
 
@@ -99,18 +99,11 @@ class Subscription:
         try:
             access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
             cur = normalize_currency(currency)
-            credential, expires_at = _credential(info)
+            guard = member_guard(info, access.project_id, READ_SCOPE)
         except AppError as exc:
-            raise _graphql_error(exc) from None
+            raise graphql_error(exc) from None
         services = info.context.services
         pid = access.project_id
-
-        async def recheck() -> None:
-            principal = await authenticate(services, credential)
-            # load_access reads the platform-admin flag in the same statement.
-            check(await load_access(services.db, principal, pid), Need.MEMBER, write=False, scope=READ_SCOPE)
-
-        guard = StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
         return _stream(lambda: services.live.project_metrics(pid, cur), guard, LiveMetrics.of)
 
     @strawberry.subscription(
@@ -121,9 +114,9 @@ class Subscription:
         try:
             await require_platform_admin(info)
             cur = _iso_currency(currency)
-            credential, expires_at = _credential(info)
+            credential, expires_at = stream_credential(info)
         except AppError as exc:
-            raise _graphql_error(exc) from None
+            raise graphql_error(exc) from None
         services = info.context.services
 
         async def recheck() -> None:
@@ -135,32 +128,6 @@ class Subscription:
 
         guard = StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
         return _stream(lambda: services.live.revenue(cur), guard, LiveRevenue.of)
-
-
-def _credential(info: Info) -> tuple[str, float | None]:
-    """The credential the websocket connected with, and when it stops being valid (a token's `exp`)."""
-    ctx = info.context
-    params: dict[str, Any] = ctx.connection_params or {}
-    credential = params.get("authorization") or params.get("Authorization")
-    if not credential and params.get("apiKey"):
-        credential = "Bearer " + str(params["apiKey"])
-    if not credential:
-        credential = ctx.request.headers.get("authorization")
-    if not credential and ctx.request.headers.get("x-api-key"):
-        credential = "Bearer " + ctx.request.headers["x-api-key"]
-    if not isinstance(credential, str) or not credential.strip():
-        raise Unauthenticated("sign in or send an API key")
-    token = credential.strip()
-    if token.lower().startswith("bearer "):
-        token = token[7:].strip()
-    if token.startswith("lx_"):
-        return credential, None
-    exp = ctx.services.tokens.verify(token).get("exp")
-    return credential, float(exp) if isinstance(exp, int | float) else None
-
-
-def _graphql_error(exc: AppError) -> GraphQLError:
-    return GraphQLError(exc.message, extensions=exc.extensions)
 
 
 async def _stream(
@@ -183,7 +150,7 @@ async def _stream(
                 except FeedClosed:
                     return
                 except AppError as exc:
-                    raise _graphql_error(exc) from None
+                    raise graphql_error(exc) from None
                 yield convert(update)
         finally:
             task.cancel()

@@ -20,6 +20,7 @@ from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy.access import Access, Need
 from ledgerx.resolvers.guards import access_by_uuid, project_access
+from ledgerx.resolvers.streams import guarded_events, member_guard
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import (
     CreateWalletInput,
@@ -196,20 +197,28 @@ class Mutation:
 
 @strawberry.type
 class Subscription:
-    @strawberry.subscription(description="Every transaction that changes the wallet, after it commits.")
+    @strawberry.subscription(
+        description="Every transaction that changes the wallet, after it commits. Ends when the caller loses"
+        " access to the wallet's project or the token expires."
+    )
     async def wallet_updated(self, info: Info, wallet_id: strawberry.ID) -> AsyncGenerator[WalletUpdate, None]:
         ref = await _wallet(info, wallet_id, write=False)
-        async with info.context.services.events.subscribe(f"wallet:{ref.id}") as events:
-            async for event in events:
-                yield WalletUpdate(
-                    wallet=WalletType.of(codec.wallet_from_json(event["wallet"])),
-                    transaction=TransactionType_.of(codec.txn_from_json(event["transaction"])),
-                    low_balance=bool(event.get("lowBalance")),
-                )
+        guard = member_guard(info, ref.project_id, READ_SCOPE)
+        services = info.context.services
+        async for event in guarded_events(services, f"wallet:{ref.id}", ref.project_id, guard):
+            yield WalletUpdate(
+                wallet=WalletType.of(codec.wallet_from_json(event["wallet"])),
+                transaction=TransactionType_.of(codec.txn_from_json(event["transaction"])),
+                low_balance=bool(event.get("lowBalance")),
+            )
 
-    @strawberry.subscription(description="Every transaction posted in the project, after it commits.")
+    @strawberry.subscription(
+        description="Every transaction posted in the project, after it commits. Ends when the caller loses"
+        " access to the project or the token expires."
+    )
     async def transaction_posted(self, info: Info, project_id: strawberry.ID) -> AsyncGenerator[TransactionType_, None]:
         access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
-        async with info.context.services.events.subscribe(f"project:{access.project_id}:transactions") as events:
-            async for event in events:
-                yield TransactionType_.of(codec.txn_from_json(event["transaction"]))
+        guard = member_guard(info, access.project_id, READ_SCOPE)
+        topic = f"project:{access.project_id}:transactions"
+        async for event in guarded_events(info.context.services, topic, access.project_id, guard):
+            yield TransactionType_.of(codec.txn_from_json(event["transaction"]))

@@ -15,12 +15,20 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Protocol
 
-from ledgerx.domain.analytics.hub import Watcher
 from ledgerx.domain.errors import AppError, Unauthenticated
 
 log = logging.getLogger("ledgerx.analytics.live")
+
+
+class Guarded(Protocol):
+    """What a guard watches over: a stream it can end, and an event that asks for a re-check now
+    (a live feed's `Watcher`, a ledger subscription's `GuardedStream`)."""
+
+    recheck: asyncio.Event
+
+    def fail(self, error: BaseException) -> None: ...
 
 
 class StreamGuard:
@@ -41,7 +49,7 @@ class StreamGuard:
     def _expired(self) -> bool:
         return self.expires_at is not None and self.wall() >= self.expires_at
 
-    async def run(self, w: Watcher[Any]) -> None:
+    async def run(self, w: Guarded) -> None:
         while True:
             if self._expired():
                 w.fail(Unauthenticated("the access token expired; sign in again and resubscribe"))

@@ -1,0 +1,106 @@
+"""Subscriptions stay authorized for their whole life: live analytics and the ledger's streams.
+
+The resolver checks access when a subscription starts. The credential the websocket connected with
+is kept, and a `StreamGuard` re-checks it every LIVE_RECHECK seconds and at once when the
+project's access changes are announced (removal, demotion, suspension, key revocation); a token's
+`exp` ends the stream at that instant. A failed re-check ends the stream with the error's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from graphql import GraphQLError
+
+from ledgerx.context import authenticate
+from ledgerx.domain.analytics import topics
+from ledgerx.domain.analytics.guard import StreamGuard
+from ledgerx.domain.errors import AppError, Unauthenticated
+from ledgerx.domain.tenancy.access import Need, check, load_access
+from ledgerx.schema.info import Info
+from ledgerx.services import Services
+
+
+def stream_credential(info: Info) -> tuple[str, float | None]:
+    """The credential the websocket connected with, and when it stops being valid (a token's `exp`)."""
+    ctx = info.context
+    params: dict[str, Any] = ctx.connection_params or {}
+    credential = params.get("authorization") or params.get("Authorization")
+    if not credential and params.get("apiKey"):
+        credential = "Bearer " + str(params["apiKey"])
+    if not credential:
+        credential = ctx.request.headers.get("authorization")
+    if not credential and ctx.request.headers.get("x-api-key"):
+        credential = "Bearer " + ctx.request.headers["x-api-key"]
+    if not isinstance(credential, str) or not credential.strip():
+        raise Unauthenticated("sign in or send an API key")
+    token = credential.strip()
+    if token.lower().startswith("bearer "):
+        token = token[7:].strip()
+    if token.startswith("lx_"):
+        return credential, None
+    exp = ctx.services.tokens.verify(token).get("exp")
+    return credential, float(exp) if isinstance(exp, int | float) else None
+
+
+def graphql_error(exc: AppError) -> GraphQLError:
+    return GraphQLError(exc.message, extensions=exc.extensions)
+
+
+def member_guard(info: Info, project_id: uuid.UUID, scope: str) -> StreamGuard:
+    """A guard that keeps the caller a reader of `project_id` (any role, or a key with `scope`)."""
+    services = info.context.services
+    credential, expires_at = stream_credential(info)
+
+    async def recheck() -> None:
+        principal = await authenticate(services, credential)
+        # load_access reads the platform-admin flag in the same statement; never the access cache.
+        check(await load_access(services.db, principal, project_id), Need.MEMBER, write=False, scope=scope)
+
+    return StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
+
+
+class GuardedStream:
+    """The side of a ledger subscription a guard acts on: `recheck` to wake it, `fail` to end it."""
+
+    def __init__(self) -> None:
+        self.recheck = asyncio.Event()
+        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.failed.done():
+            self.failed.set_result(error)
+
+
+async def guarded_events(
+    services: Services, topic: str, project_id: uuid.UUID, guard: StreamGuard
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The events of `topic` on the bus until the guard ends the stream (raised as a GraphQL error)."""
+    stream = GuardedStream()
+    members = topics.project_members(project_id)
+    async with services.events.subscribe(topic) as events, services.events.subscribe(members) as changes:
+        relay = asyncio.create_task(_relay(changes, stream.recheck), name="ledgerx-stream-recheck")
+        watch = asyncio.create_task(guard.run(stream), name="ledgerx-stream-guard")
+        try:
+            while True:
+                nxt: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+                waiting: set[asyncio.Future[Any]] = {nxt, stream.failed}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if stream.failed.done():
+                    nxt.cancel()
+                    error = stream.failed.result()
+                    if isinstance(error, AppError):
+                        raise graphql_error(error)
+                    raise error
+                yield nxt.result()
+        finally:
+            relay.cancel()
+            watch.cancel()
+
+
+async def _relay(changes: AsyncIterator[dict[str, Any]], recheck: asyncio.Event) -> None:
+    async for _ in changes:
+        recheck.set()
