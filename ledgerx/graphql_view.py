@@ -19,7 +19,7 @@ from strawberry.http.types import HTTPMethod
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.unset import UNSET, UnsetType
 
-from ledgerx import gateway
+from ledgerx import gateway, jsonenc
 from ledgerx.context import Context, authenticate
 from ledgerx.domain.actor import RequestMeta
 from ledgerx.domain.auth.principal import Principal
@@ -92,6 +92,10 @@ class GraphQLView(GraphQL[Context, None]):
         if decision is not None and isinstance(response, Response):
             gateway.apply_headers(response.headers, decision)
         return response
+
+    def encode_json(self, data: object) -> str:
+        # Every response and websocket message goes through here (a str: websocket frames must be text).
+        return jsonenc.dumps(data)
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
         response = super().create_response(response_data, sub_response)

@@ -27,6 +27,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ledgerx import jsonenc
+
 log = logging.getLogger("ledgerx.events")
 
 Event = dict[str, Any]
@@ -96,7 +98,7 @@ class EventBus:
             for i in range(0, len(events), MAX_EVENTS_PER_CALL):
                 args: list[str] = []
                 for topic, event in events[i : i + MAX_EVENTS_PER_CALL]:
-                    args += (self.channel(topic), json.dumps(event, separators=(",", ":")))
+                    args += (self.channel(topic), jsonenc.dumps(event))
                 await self._publish_all(keys=[], args=args)
         except Exception:
             log.exception("could not publish %d events", len(events))

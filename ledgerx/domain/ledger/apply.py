@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from ledgerx import ids
+from ledgerx import ids, jsonenc
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
 from ledgerx.domain.ledger import hashing, store
@@ -473,8 +472,8 @@ def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
         p.action,
         "transaction",
         ids.encode("transaction", rec.id),
-        json.dumps(before),
-        json.dumps(after),
+        jsonenc.dumps(before),
+        jsonenc.dumps(after),
         p.actor.meta.request_id,
         p.actor.meta.ip,
     )
