@@ -15,6 +15,8 @@ import httpx
 from ledgerx import ids
 from ledgerx.app import create_app
 from ledgerx.domain.analytics import topics
+from ledgerx.domain.tenancy.access import Access
+from ledgerx.domain.tenancy.access_cache import AccessCache
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
@@ -136,3 +138,16 @@ async def test_another_instance_forgets_as_soon_as_a_change_is_announced(
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
         await other.close()
+
+
+def test_an_answer_loaded_across_an_announced_change_is_not_kept() -> None:
+    """A lookup that started before a removal was announced may have read the old membership."""
+    cache = AccessCache(ttl=3600)
+    user, project = ids.uuid7(), ids.uuid7()
+    member = Access(project, "member", "ADMIN", suspended=False)
+    started = cache.epoch
+    cache.forget_project(project)  # the removal is announced while the lookup runs
+    cache.put(user, member, loaded_at_epoch=started)
+    assert cache.get(user, project) is None
+    cache.put(user, member, loaded_at_epoch=cache.epoch)
+    assert cache.get(user, project) == member

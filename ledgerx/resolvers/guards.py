@@ -27,10 +27,12 @@ async def access_by_uuid(
         user_id = principal.user_id if principal.kind == "user" else None
         access = shared.get(user_id, project_id) if user_id is not None else None
         if access is None:
+            epoch = shared.epoch
             access = await load_access(ctx.services.db, principal, project_id)
             if user_id is not None:
-                shared.put(user_id, access)
-                ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
+                shared.put(user_id, access, loaded_at_epoch=epoch)
+        if user_id is not None:
+            ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
         cache[project_id] = access
     return check(access, need, write=write, scope=scope)
 

@@ -36,6 +36,9 @@ class AccessCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[tuple[uuid.UUID, uuid.UUID], tuple[float, Access]] = OrderedDict()
+        # Bumped by every forget: an answer loaded across a forget may predate the change and is
+        # not kept (`put` with the epoch read before the load).
+        self.epoch = 0
 
     def get(self, user_id: uuid.UUID, project_id: uuid.UUID) -> Access | None:
         if self.ttl <= 0:
@@ -49,9 +52,10 @@ class AccessCache:
             return None
         return hit[1]
 
-    def put(self, user_id: uuid.UUID, access: Access) -> None:
-        """Remember `access` if it is a plain membership (see the module notes)."""
-        if self.ttl <= 0 or access.via != "member" or access.is_platform_admin:
+    def put(self, user_id: uuid.UUID, access: Access, *, loaded_at_epoch: int) -> None:
+        """Remember `access` if it is a plain membership (see the module notes) and no change was
+        announced while it was being loaded."""
+        if self.ttl <= 0 or access.via != "member" or access.is_platform_admin or loaded_at_epoch != self.epoch:
             return
         key = (user_id, access.project_id)
         self._entries[key] = (time.monotonic() + self.ttl, access)
@@ -60,10 +64,12 @@ class AccessCache:
             self._entries.popitem(last=False)
 
     def forget_project(self, project_id: uuid.UUID) -> None:
+        self.epoch += 1
         for key in [k for k in self._entries if k[1] == project_id]:
             del self._entries[key]
 
     def clear(self) -> None:
+        self.epoch += 1
         self._entries.clear()
 
     async def follow(self, announcements: AsyncIterator[dict[str, Any]]) -> None:
