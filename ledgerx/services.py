@@ -140,8 +140,6 @@ class Services:
         svc.live = LiveAnalytics(
             db,
             svc.events,
-            listen,
-            prefix=settings.redis_prefix,
             interval=settings.live_interval,
             refresh=settings.live_refresh,
             recheck=settings.live_recheck,
@@ -203,7 +201,7 @@ class Services:
         (runs for the life of the app; reconnects after Redis errors, the cache's TTL covering the gap)."""
         while True:
             try:
-                async with self.live.patterns.subscribe(topics.MEMBERS_PATTERN) as announcements:
+                async with self.events.subscribe(topics.MEMBERS_PATTERN, pattern=True) as announcements:
                     await self.access_cache.follow(announcements)
             except asyncio.CancelledError:
                 raise

@@ -124,7 +124,7 @@ async def test_another_instance_forgets_as_soon_as_a_change_is_announced(
             member = await add_member(gql, owner, pid, "MEMBER")
             await gql_b.ok(WALLETS, {"p": pid}, token=member.token)
             deadline = time.monotonic() + 5
-            while topics.MEMBERS_PATTERN not in other.live.patterns.active_patterns():
+            while topics.MEMBERS_PATTERN not in other.events.active_patterns():
                 assert time.monotonic() < deadline, "instance B never subscribed to access changes"
                 await asyncio.sleep(0.01)
 

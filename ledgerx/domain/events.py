@@ -74,8 +74,9 @@ class EventBus:
         self.prefix = prefix + "ev:"
         self.queue_size = queue_size
         self._publish_all = redis.register_script(_PUBLISH_ALL)
-        self._subs: dict[str, set[Subscription]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
+        # Keyed by (is a pattern, topic or pattern).
+        self._subs: dict[tuple[bool, str], set[Subscription]] = {}
+        self._confirmed: dict[tuple[bool, str], asyncio.Event] = {}
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -106,51 +107,69 @@ class EventBus:
     # -- subscribing --------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, topic: str, *, confirm_timeout: float = 5.0) -> AsyncIterator[Subscription]:
-        """Receive the topic's events while the block runs (returns once Redis confirmed)."""
+    async def subscribe(
+        self, topic: str, *, pattern: bool = False, confirm_timeout: float = 5.0
+    ) -> AsyncIterator[Subscription]:
+        """Receive the topic's events while the block runs (returns once Redis confirmed).
+
+        With `pattern`, `topic` is a Redis glob (`project:*:payments`) and the events of every
+        matching topic arrive (one PSUBSCRIBE per pattern per instance)."""
         sub = Subscription(topic, self.queue_size)
-        await self._add(sub, confirm_timeout)
+        key = (pattern, topic)
+        await self._add(key, sub, confirm_timeout)
         try:
             yield sub
         finally:
-            await self._remove(sub)
+            await self._remove(key, sub)
 
     def active_topics(self) -> set[str]:
         """Topics this instance is subscribed to (confirmed by Redis); tests wait on this."""
-        return {t for t, e in self._confirmed.items() if e.is_set() and self._subs.get(t)}
+        return {t for (p, t), e in self._confirmed.items() if not p and e.is_set() and self._subs.get((p, t))}
 
-    async def _add(self, sub: Subscription, confirm_timeout: float) -> None:
+    def active_patterns(self) -> set[str]:
+        """Patterns this instance is subscribed to (confirmed by Redis)."""
+        return {t for (p, t), e in self._confirmed.items() if p and e.is_set() and self._subs.get((p, t))}
+
+    async def _add(self, key: tuple[bool, str], sub: Subscription, confirm_timeout: float) -> None:
+        pattern, topic = key
         async with self._lock:
-            first = not self._subs.get(sub.topic)
-            self._subs.setdefault(sub.topic, set()).add(sub)
+            first = not self._subs.get(key)
+            self._subs.setdefault(key, set()).add(sub)
             if first:
-                self._confirmed[sub.topic] = asyncio.Event()
+                self._confirmed[key] = asyncio.Event()
                 if self._pubsub is None:
                     self._pubsub = self.listen_redis.pubsub()
-                await self._pubsub.subscribe(self.channel(sub.topic))
+                if pattern:
+                    await self._pubsub.psubscribe(self.channel(topic))
+                else:
+                    await self._pubsub.subscribe(self.channel(topic))
                 if self._reader is None or self._reader.done():
                     self._reader = asyncio.create_task(self._read(), name="ledgerx-events-reader")
-            confirmed = self._confirmed[sub.topic]
+            confirmed = self._confirmed[key]
         try:
             await asyncio.wait_for(confirmed.wait(), confirm_timeout)
         except TimeoutError:
-            log.warning("redis did not confirm the subscription to %s in time", sub.topic)
+            log.warning("redis did not confirm the subscription to %s in time", topic)
 
-    async def _remove(self, sub: Subscription) -> None:
+    async def _remove(self, key: tuple[bool, str], sub: Subscription) -> None:
+        pattern, topic = key
         async with self._lock:
-            subs = self._subs.get(sub.topic)
+            subs = self._subs.get(key)
             if subs is None:
                 return
             subs.discard(sub)
             if subs:
                 return
-            del self._subs[sub.topic]
-            self._confirmed.pop(sub.topic, None)
+            del self._subs[key]
+            self._confirmed.pop(key, None)
             if self._pubsub is not None and not self._closed:
                 try:
-                    await self._pubsub.unsubscribe(self.channel(sub.topic))
+                    if pattern:
+                        await self._pubsub.punsubscribe(self.channel(topic))
+                    else:
+                        await self._pubsub.unsubscribe(self.channel(topic))
                 except Exception:  # the connection is gone; nothing left to unsubscribe
-                    log.debug("unsubscribe from %s failed", sub.topic, exc_info=True)
+                    log.debug("unsubscribe from %s failed", topic, exc_info=True)
 
     async def _read(self) -> None:
         """Fan messages out to local subscribers until closed; reconnects after Redis errors
@@ -168,26 +187,30 @@ class EventBus:
                 self._dispatch(msg)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
-        channel = msg.get("channel")
-        if isinstance(channel, bytes):
-            channel = channel.decode()
-        if not isinstance(channel, str) or not channel.startswith(self.prefix):
-            return
-        topic = channel[len(self.prefix) :]
         kind = msg.get("type")
-        if kind == "subscribe":
-            confirmed = self._confirmed.get(topic)
+        pattern = kind in ("psubscribe", "pmessage")
+        # A pattern's messages name it in `pattern`; confirmations of either kind in `channel`.
+        name = msg.get("pattern") if kind == "pmessage" else msg.get("channel")
+        if isinstance(name, bytes):
+            name = name.decode()
+        if not isinstance(name, str) or not name.startswith(self.prefix):
+            return
+        key = (pattern, name[len(self.prefix) :])
+        if kind in ("subscribe", "psubscribe"):
+            confirmed = self._confirmed.get(key)
             if confirmed is not None:
                 confirmed.set()
             return
-        if kind != "message":
+        if kind not in ("message", "pmessage"):
             return
         try:
             event = json.loads(msg["data"])
         except (ValueError, TypeError):
-            log.warning("undecodable event on %s", topic)
+            log.warning("undecodable event on %s", key[1])
             return
-        for sub in list(self._subs.get(topic, ())):
+        if not isinstance(event, dict):
+            return
+        for sub in list(self._subs.get(key, ())):
             sub.offer(event)
 
     async def close(self) -> None:

@@ -7,7 +7,7 @@
 - Every app instance holds at most one feed per key (a project's metrics in a currency, the
   platform's revenue in a currency), created by the first local subscriber and closed with the
   last. The feed listens to its topics through the event bus (which holds one Redis subscription
-  per channel per instance) or, for patterns, through `PatternBus` (one PSUBSCRIBE per pattern).
+  per channel per instance, and one PSUBSCRIBE per pattern).
 - An event only marks the feed dirty. The feed re-reads its snapshot from the database at most
   once per `interval` (leading edge: an event after a quiet spell is sent at once), so a burst of
   thousands of events costs a handful of reads and messages. While nothing happens it re-reads
@@ -26,13 +26,11 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
-from redis.asyncio import Redis
 
 from ledgerx.domain.analytics.topics import Event, event_count, event_time
 from ledgerx.domain.events import EventBus
@@ -227,7 +225,7 @@ class Pacer:
 
 
 class Source(Protocol):
-    """Where a feed's events come from (the event bus, or a pattern bus)."""
+    """Where a feed's events come from (the event bus, by topic or by pattern)."""
 
     def subscribe(self, topic: str) -> contextlib.AbstractAsyncContextManager[AsyncIterator[Event]]: ...
 
@@ -444,131 +442,14 @@ class LiveHub:
 
 
 class BusSource:
-    """The event bus as a feed source (one Redis SUBSCRIBE per topic per instance)."""
+    """The event bus as a feed source: one Redis SUBSCRIBE per topic per instance, or with
+    `pattern` one PSUBSCRIBE per pattern."""
 
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, *, pattern: bool = False) -> None:
         self.bus = bus
+        self.pattern = pattern
 
     @contextlib.asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[AsyncIterator[Event]]:
-        async with self.bus.subscribe(topic) as sub:
+        async with self.bus.subscribe(topic, pattern=self.pattern) as sub:
             yield sub
-
-
-class _PatternSub:
-    def __init__(self, pattern: str, maxsize: int) -> None:
-        self.pattern = pattern
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
-        self.dropped = 0
-
-    def offer(self, event: Event) -> None:
-        if self.queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self.queue.get_nowait()
-            self.dropped += 1
-        self.queue.put_nowait(event)
-
-    def __aiter__(self) -> _PatternSub:
-        return self
-
-    async def __anext__(self) -> Event:
-        return await self.queue.get()
-
-
-class PatternBus:
-    """Pattern subscriptions (PSUBSCRIBE) on the event bus's channels, which `EventBus` lacks:
-    one Redis pattern subscription per pattern per instance, fanned out in process through
-    bounded queues (a slow reader loses its oldest events, never blocks the reader)."""
-
-    def __init__(self, redis: Redis, *, prefix: str, queue_size: int = 256) -> None:
-        self.redis = redis
-        self.prefix = prefix + "ev:"  # the event bus's channel prefix
-        self.queue_size = queue_size
-        self._subs: dict[str, set[_PatternSub]] = {}
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._pubsub: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
-        self._closed = False
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, pattern: str, *, confirm_timeout: float = 5.0) -> AsyncIterator[AsyncIterator[Event]]:
-        sub = _PatternSub(pattern, self.queue_size)
-        async with self._lock:
-            first = not self._subs.get(pattern)
-            self._subs.setdefault(pattern, set()).add(sub)
-            if first:
-                self._confirmed[pattern] = asyncio.Event()
-                if self._pubsub is None:
-                    self._pubsub = self.redis.pubsub()
-                await self._pubsub.psubscribe(self.prefix + pattern)
-                if self._reader is None or self._reader.done():
-                    self._reader = asyncio.create_task(self._read(), name="ledgerx-live-patterns")
-            confirmed = self._confirmed[pattern]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(confirmed.wait(), confirm_timeout)
-        try:
-            yield sub
-        finally:
-            async with self._lock:
-                subs = self._subs.get(pattern)
-                if subs is not None:
-                    subs.discard(sub)
-                    if not subs:
-                        del self._subs[pattern]
-                        self._confirmed.pop(pattern, None)
-                        if self._pubsub is not None and not self._closed:
-                            with contextlib.suppress(Exception):
-                                await self._pubsub.punsubscribe(self.prefix + pattern)
-
-    def active_patterns(self) -> set[str]:
-        return {p for p, e in self._confirmed.items() if e.is_set() and self._subs.get(p)}
-
-    async def _read(self) -> None:
-        while not self._closed:
-            try:
-                msg = await self._pubsub.get_message(timeout=1.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("pattern bus connection lost; reconnecting", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            if msg is not None:
-                self._dispatch(msg)
-
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        pattern = msg.get("pattern")
-        if isinstance(pattern, bytes):
-            pattern = pattern.decode()
-        kind = msg.get("type")
-        if kind == "psubscribe":
-            # For psubscribe confirmations redis-py puts the pattern in `channel`.
-            channel = msg.get("channel")
-            if isinstance(channel, bytes):
-                channel = channel.decode()
-            if isinstance(channel, str) and channel.startswith(self.prefix):
-                confirmed = self._confirmed.get(channel[len(self.prefix) :])
-                if confirmed is not None:
-                    confirmed.set()
-            return
-        if kind != "pmessage" or not isinstance(pattern, str) or not pattern.startswith(self.prefix):
-            return
-        try:
-            event = json.loads(msg["data"])
-        except (ValueError, TypeError):
-            return
-        if not isinstance(event, dict):
-            return
-        for sub in list(self._subs.get(pattern[len(self.prefix) :], ())):
-            sub.offer(event)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
-        if self._pubsub is not None:
-            with contextlib.suppress(Exception):
-                await self._pubsub.aclose()

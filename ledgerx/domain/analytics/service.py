@@ -7,11 +7,9 @@ import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-from redis.asyncio import Redis
-
 from ledgerx.db.engine import Database
 from ledgerx.domain.analytics import topics
-from ledgerx.domain.analytics.hub import BusSource, Listen, LiveHub, PatternBus, Watcher, utcnow
+from ledgerx.domain.analytics.hub import BusSource, Listen, LiveHub, Watcher, utcnow
 from ledgerx.domain.analytics.live import ProjectLive, project_live
 from ledgerx.domain.analytics.revenue import RevenueLive, revenue_live
 from ledgerx.domain.events import EventBus
@@ -26,9 +24,7 @@ class LiveAnalytics:
         self,
         db: Database,
         bus: EventBus,
-        listen_redis: Redis,
         *,
-        prefix: str,
         interval: float = 0.25,
         refresh: float = 5.0,
         recheck: float = 30.0,
@@ -38,8 +34,8 @@ class LiveAnalytics:
         self.bus = bus
         self.recheck = recheck
         self.hub = LiveHub(interval=interval, refresh=refresh, clock=clock)
-        self.patterns = PatternBus(listen_redis, prefix=prefix)
         self._bus_source = BusSource(bus)
+        self._pattern_source = BusSource(bus, pattern=True)
 
     @property
     def clock(self) -> Callable[[], dt.datetime]:
@@ -59,7 +55,7 @@ class LiveAnalytics:
 
     def revenue_listens(self) -> list[Listen]:
         return [Listen(self._bus_source, topics.PLATFORM_REVENUE)] + [
-            Listen(self.patterns, p) for p in REVENUE_PATTERNS
+            Listen(self._pattern_source, p) for p in REVENUE_PATTERNS
         ]
 
     @contextlib.asynccontextmanager
@@ -82,4 +78,3 @@ class LiveAnalytics:
 
     async def close(self) -> None:
         await self.hub.close()
-        await self.patterns.close()
