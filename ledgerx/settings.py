@@ -157,6 +157,8 @@ class Settings:
     # Invitations and the mail outbox (seconds unless noted).
     invite_ttl: int = 7 * 86400
     invite_resend_cooldown: int = 60
+    # How long a mailed email-verification link works (seconds).
+    email_verification_ttl: int = 48 * 3600
     smtp_timeout: float = 10.0
     mail_batch_size: int = 20
     mail_poll_interval: float = 2.0
@@ -264,6 +266,7 @@ class Settings:
             api_key_rotation_overlap=_duration_or_zero(e, "API_KEY_ROTATION_OVERLAP", 24 * 3600),
             invite_ttl=_duration(e, "INVITE_TTL", 7 * 86400),
             invite_resend_cooldown=_duration_or_zero(e, "INVITE_RESEND_COOLDOWN", 60),
+            email_verification_ttl=_duration(e, "EMAIL_VERIFICATION_TTL", 48 * 3600),
             mail_max_attempts=_int(e, "MAIL_MAX_ATTEMPTS", 10, minimum=1),
             stripe_webhook_tolerance=_duration(e, "STRIPE_WEBHOOK_TOLERANCE", 300),
             subscription_grace_period=_duration_or_zero(e, "SUBSCRIPTION_GRACE_PERIOD", 7 * 86400),
