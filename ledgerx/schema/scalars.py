@@ -1,45 +1,122 @@
-"""Scalars: money as BigInt (string of digits out; string or int in), Decimal for prices and units."""
+"""Scalars: money as BigInt (string of digits out; string or int in), Decimal for prices and units.
+
+Input is strict on purpose. Python's `int()` and `decimal.Decimal()` accept surrounding spaces,
+underscores, exponents, NaN/Infinity and every Unicode decimal digit (Arabic-Indic, full-width, ...); an amount must be
+exactly what a client typed in ASCII, so both scalars match a regular expression before any
+conversion:
+
+- BigInt: `-?[0-9]+` as a string, or an integer (a JSON integer or a GraphQL Int literal; never a
+  boolean or a float), within signed 64 bits.
+- Decimal: `-?[0-9]+(\\.[0-9]+)?` as a string or a GraphQL literal (exact: the literal's text is
+  read, not a float), or a JSON number (an integer exactly; a float as decoded, finite).
+
+Every refusal raises BadInput, on both of graphql-core's paths: `parse_value` (variables) and
+`parse_literal` (values written in the query text). A plain ValueError would do for variables,
+but on the literal path graphql-core's validation keeps the ValueError as the error's
+`original_error`, which error shaping masks as INTERNAL; BadInput carries BAD_USER_INPUT there
+(graphql-core copies its `extensions`, schema/errors.py keeps its message).
+
+Output: BigInt serializes any integer as a string of digits, with no 64-bit limit. Stored amounts
+and balances are 64-bit, but aggregates over them (a project's total balance, credits added over
+a range) can exceed 2^63, and a total must still be reported exactly; input stays 64-bit because
+every input is a single amount.
+"""
 
 from __future__ import annotations
 
 import decimal
 import re
-from typing import TYPE_CHECKING, NewType
+from typing import TYPE_CHECKING, Any, NewType
 
 import strawberry
+from graphql.language import FloatValueNode, IntValueNode, StringValueNode, ValueNode, VariableNode
 from strawberry.types.scalar import ScalarDefinition
 
-_DIGITS = re.compile(r"^-?\d{1,19}$")
-_INT64 = (-(2**63), 2**63 - 1)
+from ledgerx.domain.errors import BadInput
+
+# ASCII only: `\d` would match every Unicode decimal digit. Lengths are capped so a megabyte of
+# digits is refused by the pattern, before any conversion work.
+_BIGINT_TEXT = re.compile(r"-?[0-9]{1,64}")
+_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,64}(?:\.[0-9]{1,64})?")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Decimal inputs are prices and unit counts: 64 digits either side of the point is far beyond any
+# real value; the same bound applies to JSON integers (by bit length, without formatting them).
+_DECIMAL_INT_BITS = 212  # 2**212 has 64 decimal digits
 
 
-def _parse_bigint(value: object) -> int:
-    if isinstance(value, bool):
-        raise ValueError("BigInt must be an integer, not a boolean")
-    if isinstance(value, int):
-        n = value
-    elif isinstance(value, str) and _DIGITS.match(value.strip()):
-        n = int(value.strip())
-    else:
-        raise ValueError(f"BigInt must be an integer or a string of digits, got {value!r}")
-    if not _INT64[0] <= n <= _INT64[1]:
-        raise ValueError("BigInt out of the 64-bit range")
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bigint_from_text(text: str, shown: object) -> int:
+    if _BIGINT_TEXT.fullmatch(text) is None:
+        raise BadInput(f"BigInt must be an integer or a string of ASCII digits (-?[0-9]+), got {_show(shown)}")
+    return _int64(int(text))
+
+
+def _int64(n: int) -> int:
+    if not INT64_MIN <= n <= INT64_MAX:
+        raise BadInput("BigInt is out of the signed 64-bit range")
     return n
 
 
-def _parse_decimal(value: object) -> decimal.Decimal:
+def parse_bigint(value: object) -> int:
+    """A variable's value (decoded JSON)."""
     if isinstance(value, bool):
-        raise ValueError("Decimal must be a number, not a boolean")
+        raise BadInput("BigInt must be an integer, not a boolean")
+    if isinstance(value, int):
+        return _int64(value)
+    if isinstance(value, str):
+        return _bigint_from_text(value, value)
+    raise BadInput(f"BigInt must be an integer or a string of ASCII digits (-?[0-9]+), got {_show(value)}")
+
+
+def parse_bigint_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> int:
+    """A value written in the query: an Int literal or a string; a Float literal is refused."""
+    if isinstance(node, VariableNode):
+        return parse_bigint((variables or {}).get(node.name.value))
+    if isinstance(node, IntValueNode | StringValueNode):
+        return _bigint_from_text(node.value, node.value)
+    raise BadInput("BigInt must be an integer or a string of ASCII digits (-?[0-9]+)")
+
+
+def _decimal_from_text(text: str, shown: object) -> decimal.Decimal:
+    if _DECIMAL_TEXT.fullmatch(text) is None:
+        raise BadInput(
+            f"Decimal must be a plain decimal number in ASCII (-?[0-9]+ with an optional .[0-9]+), got {_show(shown)}"
+        )
+    d = decimal.Decimal(text)
+    return d.copy_abs() if d.is_zero() else d  # "-0" is zero, as PostgreSQL stores it
+
+
+def parse_decimal(value: object) -> decimal.Decimal:
+    """A variable's value (decoded JSON): a string, or a JSON number."""
+    if isinstance(value, bool):
+        raise BadInput("Decimal must be a number, not a boolean")
+    if isinstance(value, int):
+        if value.bit_length() > _DECIMAL_INT_BITS:
+            raise BadInput("Decimal has too many digits")
+        return decimal.Decimal(value)
     if isinstance(value, float):
-        # Floats arrive from JSON numbers; go through repr so 0.1 stays 0.1.
-        value = repr(value)
-    try:
-        d = decimal.Decimal(str(value).strip())
-    except (decimal.InvalidOperation, ValueError):
-        raise ValueError(f"Decimal must be a decimal number, got {value!r}") from None
-    if not d.is_finite():
-        raise ValueError("Decimal must be finite")
-    return d
+        # A JSON number with a fraction or exponent arrives decoded as a float; its shortest repr
+        # is the number the client sent (0.1 stays 0.1). 1e999 decodes as inf: refused.
+        d = decimal.Decimal(repr(value)) if value == value and abs(value) != float("inf") else None
+        if d is None:
+            raise BadInput("Decimal must be finite")
+        return d
+    if isinstance(value, str):
+        return _decimal_from_text(value, value)
+    raise BadInput(f"Decimal must be a string or a number, got {_show(value)}")
+
+
+def parse_decimal_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> decimal.Decimal:
+    """A value written in the query: read from the literal's text, so no float rounding."""
+    if isinstance(node, VariableNode):
+        return parse_decimal((variables or {}).get(node.name.value))
+    if isinstance(node, IntValueNode | FloatValueNode | StringValueNode):
+        return _decimal_from_text(node.value, node.value)
+    raise BadInput("Decimal must be a string or a number")
 
 
 if TYPE_CHECKING:
@@ -56,13 +133,18 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
     BigInt: strawberry.scalar(
         name="BigInt",
         serialize=lambda v: str(int(v)),
-        parse_value=_parse_bigint,
-        description="A 64-bit integer amount in minor units, serialized as a string of digits.",
+        parse_value=parse_bigint,
+        parse_literal=parse_bigint_literal,
+        description="An integer amount in minor units, serialized as a string of digits. Input: a string"
+        " matching -?[0-9]+ or an integer, within signed 64 bits. Output: any size (totals over many"
+        " amounts may exceed 64 bits).",
     ),
     Decimal: strawberry.scalar(
         name="Decimal",
         serialize=lambda v: format(decimal.Decimal(v), "f"),
-        parse_value=_parse_decimal,
-        description="An exact decimal number, serialized as a string; accepts a string or a number.",
+        parse_value=parse_decimal,
+        parse_literal=parse_decimal_literal,
+        description="An exact decimal number, serialized as a string. Input: a string like -12.345 (ASCII"
+        " digits, no exponent) or a number.",
     ),
 }
