@@ -4,22 +4,21 @@ Nothing is processed here (Stripe wants an answer within seconds and retries oth
 processor loop does the work. Refused with 400 and nothing stored: a missing or bad signature
 (checked with the SDK against every configured secret, so secrets can rotate), a timestamp older
 than the tolerance (300 s) or as far in the future, a body altered after signing, or a body that
-is not a Stripe event.
+is not a Stripe event or cannot be stored as one (`event_json`: too deep, a NUL in its id, NaN...),
+each with its reason in `{"error": ...}`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import stripe
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ledgerx.domain.payments import inbox
+from ledgerx.domain.payments import event_json, inbox
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.stripe")
@@ -55,20 +54,6 @@ def verify(payload: bytes, header: str | None, secrets: tuple[str, ...], toleran
     return False
 
 
-def _event(payload: bytes) -> dict[str, Any] | None:
-    try:
-        body = json.loads(payload)
-    except ValueError:
-        return None
-    if not isinstance(body, dict) or body.get("object", "event") != "event":
-        return None
-    if not isinstance(body.get("id"), str) or not body["id"] or not isinstance(body.get("type"), str):
-        return None
-    if not isinstance(body.get("created"), int) or not isinstance(body.get("data"), dict):
-        return None
-    return body
-
-
 async def receive(payments: PaymentsService, request: Request, notify: Callable[[], None] | None = None) -> Response:
     """The route's work; `notify` wakes the local processor after a new event was stored."""
     settings = payments.settings
@@ -84,9 +69,12 @@ async def receive(payments: PaymentsService, request: Request, notify: Callable[
     header = request.headers.get("stripe-signature")
     if not verify(payload, header, settings.stripe_webhook_secrets, settings.stripe_webhook_tolerance):
         return _refuse("invalid signature")
-    event = _event(payload)
-    if event is None:
-        return _refuse("not a Stripe event")
+    # Parsed only once the signature holds: an anonymous caller never reaches the JSON parser.
+    try:
+        event = event_json.parse(payload)
+    except event_json.Refused as exc:
+        log.warning("a signed Stripe webhook was refused: %s", exc.reason)
+        return _refuse(exc.reason)
     stored = await inbox.store(payments, event)
     if stored.created and notify is not None:
         notify()

@@ -26,7 +26,7 @@ from ledgerx.db.models import WebhookAttempt, WebhookEvent
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, Conflict, NotFound
-from ledgerx.domain.payments import handlers, objects
+from ledgerx.domain.payments import event_json, handlers, objects
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -43,7 +43,9 @@ class Stored:
 
 
 async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str = "WEBHOOK") -> Stored:
-    """Insert the event once by its Stripe id (a redelivery finds the first row)."""
+    """Insert the event once by its Stripe id (a redelivery finds the first row). The payload is
+    stored as `event_json.clean` makes it (raises `event_json.Refused` for what cannot be stored)."""
+    payload = event_json.clean(dict(payload))
     event_id = str(payload["id"])
     event_type = str(payload.get("type") or "")
     known = handlers.handles(event_type)
@@ -58,7 +60,7 @@ async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str
                     created=objects.ts(payload.get("created")) or handlers.EPOCH,
                     livemode=bool(payload.get("livemode")),
                     api_version=str(payload.get("api_version") or "") or None,
-                    payload=dict(payload),
+                    payload=payload,
                     source=source,
                     status="PENDING" if known else "IGNORED",
                     result=None if known else f"ignored: {event_type} is not handled",

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from ledgerx.db.models import Payment
-from ledgerx.domain.payments import inbox, objects
+from ledgerx.domain.payments import event_json, inbox, objects
 from ledgerx.domain.payments.service import PaymentsService
 
 
@@ -61,7 +61,18 @@ async def reconcile(svc: PaymentsService, since: dt.datetime) -> Report:
     report = Report(since)
     async for event in stripe.list_events(objects.unix(since)):
         report.events_seen += 1
-        stored = await inbox.store(svc, event, source="RECONCILE")
+        try:
+            stored = await inbox.store(svc, event, source="RECONCILE")
+        except event_json.Refused as exc:
+            report.events_outstanding.append(
+                {
+                    "id": str(event.get("id"))[:80],
+                    "type": str(event.get("type"))[:80],
+                    "status": "REFUSED",
+                    "error": exc.reason,
+                }
+            )
+            continue
         row = stored.event
         if stored.created and row.status == "PENDING":
             status = await _process_now(svc, row.id)

@@ -1,0 +1,114 @@
+"""Issue #12, payments: hostile webhook bodies get a 4xx (or are stored harmlessly), provider and
+"not configured" failures get stable codes, a failed Price leaves no orphan Product, an event
+naming a missing credit pack fails once with a readable reason, and checkout redirects stay on
+our own origins in production."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from ledgerx.domain.payments import inbox
+from ledgerx.services import Services
+from ledgerx.settings import Settings
+from tests.fake_stripe import (
+    SECRETS,
+    FakeStripe,
+    sign,
+    stripe_settings,
+)
+from tests.tenancy_helpers import owner_sql
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStripe]:
+    f = FakeStripe()
+    await f.start()
+    yield f
+    await f.stop()
+
+
+@pytest.fixture
+def settings(settings: Settings, fake: FakeStripe) -> Settings:
+    return stripe_settings(settings, fake, webhook_max_attempts=5, webhook_retry_base=0.01, webhook_retry_max=0.05)
+
+
+async def post_signed(client: httpx.AsyncClient, payload: str, secret: str = SECRETS[0]) -> httpx.Response:
+    return await client.post(
+        "/webhooks/stripe",
+        content=payload.encode("utf-8", "surrogatepass"),
+        headers={"Stripe-Signature": sign(payload, secret), "Content-Type": "application/json"},
+    )
+
+
+async def stored(settings: Settings, event_id: str) -> list[dict[str, Any]]:
+    rows = await owner_sql(
+        settings,
+        "SELECT status, attempts, last_error, payload FROM webhook_events WHERE stripe_event_id = $1",
+        event_id,
+    )
+    return [dict(r) for r in rows]
+
+
+def event_json(event_id: str, obj: str) -> str:
+    """A Stripe event envelope around a hand-written `data.object` (so it can be hostile JSON)."""
+    return (
+        f'{{"id":{event_id},"object":"event","api_version":"2025-01-27.acacia","created":1764900000,'
+        f'"livemode":false,"type":"checkout.session.completed","data":{{"object":{obj}}}}}'
+    )
+
+
+# -- 1. hostile webhook bodies --------------------------------------------------------------------------
+
+
+async def test_hostile_webhook_bodies_get_a_clear_4xx_after_the_signature_check(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    deep = "[" * 50_000 + "]" * 50_000
+    cases = {
+        "nested 50k deep": (event_json('"evt_deep_1"', '{"id":"cs_1","deep":' + deep + "}"), "nested"),
+        "nested 300 deep": (
+            event_json('"evt_deep_2"', '{"id":"cs_2","deep":' + '{"a":' * 300 + "1" + "}" * 300 + "}"),
+            "nested",
+        ),
+        "NUL in the id": (event_json('"evt_nul\\u0000"', '{"id":"cs_3"}'), "NUL"),
+        "NaN amount": (event_json('"evt_nan"', '{"id":"cs_4","amount_total":NaN}'), "not a Stripe event"),
+    }
+    for name, (payload, reason) in cases.items():
+        # Unsigned (or signed with someone else's secret): refused for that, before anything is parsed.
+        bad = await post_signed(client, payload, "whsec_someone_else")
+        assert (bad.status_code, bad.json()) == (400, {"error": "invalid signature"}), name
+        r = await post_signed(client, payload)
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        assert reason in r.json()["error"], (name, r.json())
+    for event_id in ("evt_deep_1", "evt_deep_2", "evt_nul\x00", "evt_nan"):
+        if "\x00" not in event_id:
+            assert await stored(settings, event_id) == []
+    rows = await owner_sql(settings, "SELECT count(*) AS n FROM webhook_events WHERE stripe_event_id LIKE 'evt_nul%'")
+    assert rows[0]["n"] == 0
+
+
+async def test_nul_and_lone_surrogates_inside_an_event_are_stored_harmlessly(
+    client: httpx.AsyncClient, services: Services, settings: Settings
+) -> None:
+    # Customer-typed text (a name, a custom field) may hold anything; the payment must not be lost
+    # for it. PostgreSQL refuses \u0000 in jsonb and text, and UTF-8 has no lone surrogates: both
+    # are stored as U+FFFD, everything else as Stripe sent it.
+    payload = event_json(
+        '"evt_text_1"',
+        '{"id":"cs_t1","object":"checkout.session","mode":"payment","payment_status":"unpaid",'
+        '"customer_details":{"name":"Ada\\u0000Lovelace","note\\u0000":"x\\ud800y"}}',
+    )
+    r = await post_signed(client, payload)
+    assert (r.status_code, r.json()) == (200, {"received": True, "duplicate": False})
+    await inbox.drain(services.payments)
+    (row,) = await stored(settings, "evt_text_1")
+    assert row["status"] == "PROCESSED"
+    details = json.loads(row["payload"])["data"]["object"]["customer_details"]
+    assert details == {"name": "Ada\ufffdLovelace", "note\ufffd": "x\ufffdy"}
