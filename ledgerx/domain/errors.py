@@ -54,6 +54,15 @@ class Conflict(AppError):
     http_status = 409
 
 
+class InvitationSent(AppError):
+    """`addMember` for an address without a verified account: nothing was added, an invitation was
+    mailed instead (extensions carry `inviteId`). Not a failure of the request; the address joins
+    when its owner accepts."""
+
+    code = "INVITATION_SENT"
+    http_status = 202
+
+
 class IdempotencyConflict(AppError):
     code = "IDEMPOTENCY_CONFLICT"
     http_status = 409
