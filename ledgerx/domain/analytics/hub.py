@@ -335,6 +335,7 @@ class Feed(Generic[S]):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in ready)), timeout=5)
         last = -float("inf")
+        failures = 0
         while True:
             if self.latest is not None:
                 # Without events, an idle refresh: rolling windows move on their own.
@@ -352,11 +353,19 @@ class Feed(Generic[S]):
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("live feed %s: reading the snapshot failed", self.key)
+                # A read that keeps failing (the database away, a bug) is retried with a growing
+                # pause, and logged with its traceback the first time and then every 64th retry,
+                # not once a second for as long as anyone watches.
+                failures += 1
+                if failures == 1 or failures % 64 == 0:
+                    log.exception("live feed %s: reading the snapshot failed (%d in a row)", self.key, failures)
                 self._pending.merge(batch)
                 self._dirty.set()
-                await asyncio.sleep(max(self.interval, 1.0))
+                await asyncio.sleep(min(max(self.interval, 1.0) * 2 ** min(failures - 1, 5), 30.0))
                 continue
+            if failures:
+                log.info("live feed %s: reading works again after %d failures", self.key, failures)
+                failures = 0
             self.builds += 1
             LIVE_SNAPSHOT_SECONDS.observe(loop.time() - started)
             changed = self.latest is None or not snapshot.same_figures(self.latest)

@@ -32,6 +32,7 @@ ID_MARGIN = dt.timedelta(hours=1)
 MAX_WALLETS = 20
 MAX_METRICS = 100
 
+# Sums stay NUMERIC (as in project.py): a project's balances may total more than 2^63.
 # One statement (one round trip, one snapshot of the database) for the whole message; positional
 # parameters: $1 project, $2 currency, $3 now, $4 usage since, $5 day start, $6 id floor of the
 # day, $7 active since, $8 id floor of the active window.
@@ -48,7 +49,7 @@ LIVE_SNAPSHOT = f"""
       ORDER BY m.key
       LIMIT {MAX_METRICS}
     ), today AS (
-      SELECT coalesce(sum({ADDED_EXPR}), 0)::bigint AS added, coalesce(sum({SPENT_EXPR}), 0)::bigint AS spent
+      SELECT coalesce(sum({ADDED_EXPR}), 0) AS added, coalesce(sum({SPENT_EXPR}), 0) AS spent
       FROM ledger_transactions t
       LEFT JOIN ledger_transactions o ON o.id = t.refund_of
       WHERE t.project_id = $1 AND t.id >= $6 AND t.currency = $2
@@ -57,7 +58,7 @@ LIVE_SNAPSHOT = f"""
       SELECT id, name, balance FROM wallets WHERE project_id = $1 AND currency = $2
       ORDER BY balance DESC, id LIMIT {MAX_WALLETS}
     ), wallet_totals AS (
-      SELECT count(*) AS n, coalesce(sum(balance), 0)::bigint AS total
+      SELECT count(*) AS n, coalesce(sum(balance), 0) AS total
       FROM wallets WHERE project_id = $1 AND currency = $2
     ), actors AS (
       SELECT count(DISTINCT a.actor_id) FILTER (WHERE a.actor_type = 'user') AS users,

@@ -30,6 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledgerx.db.engine import Database
 from ledgerx.domain.analytics.periods import Granularity, check_range, utc
 
+# Sums are NUMERIC end to end (PostgreSQL's sum(bigint) is numeric; never cast back to bigint) and
+# Python ints after: each amount and balance fits in 64 bits, but a sum over many of them (a
+# project's balances, a day of credits) may not. BigInt output carries any size (schema/scalars.py).
+
 # Kinds that move credits without adding or spending them (transfers stay inside the project;
 # disputes hold and expirations void credits); refunds are netted against what they reverse.
 NEUTRAL_KINDS = ("TRANSFER", "REFUND", "DISPUTE", "EXPIRATION")
@@ -48,8 +52,8 @@ SPENT_EXPR = f"""CASE
 CREDITS_SERIES = text(
     f"""
     SELECT date_trunc(CAST(:g AS text), t.created_at, 'UTC') AS bucket,
-           coalesce(sum({ADDED_EXPR}), 0)::bigint AS added,
-           coalesce(sum({SPENT_EXPR}), 0)::bigint AS spent
+           coalesce(sum({ADDED_EXPR}), 0) AS added,
+           coalesce(sum({SPENT_EXPR}), 0) AS spent
     FROM ledger_transactions t
     LEFT JOIN ledger_transactions o ON o.id = t.refund_of
     WHERE t.project_id = :p AND t.currency = :c AND t.created_at >= :from AND t.created_at < :to
@@ -60,7 +64,7 @@ CREDITS_SERIES = text(
 SPEND_BY_METRIC = text(
     """
     SELECT m.key, m.name, coalesce(sum(c.units), 0) AS units, count(*) AS charges,
-           coalesce(sum(c.amount), 0)::bigint AS amount
+           coalesce(sum(c.amount), 0) AS amount
     FROM usage_charges c
     JOIN usage_metrics m ON m.id = c.metric_id
     JOIN wallets w ON w.id = c.wallet_id
@@ -81,11 +85,11 @@ BALANCES = text(
       WHERE e.created_at >= :from AND e.created_at < :to
       GROUP BY 1
     )
-    SELECT (SELECT coalesce(sum(balance), 0) FROM w)::bigint AS now_total,
+    SELECT (SELECT coalesce(sum(balance), 0) FROM w) AS now_total,
            (SELECT coalesce(sum(e.amount), 0) FROM ledger_entries e JOIN w ON w.id = e.wallet_id
-             WHERE e.created_at >= :to)::bigint AS after_to,
+             WHERE e.created_at >= :to) AS after_to,
            coalesce((SELECT array_agg(bucket ORDER BY bucket) FROM d), '{}') AS buckets,
-           coalesce((SELECT array_agg(delta::bigint ORDER BY bucket) FROM d), '{}') AS deltas
+           coalesce((SELECT array_agg(delta ORDER BY bucket) FROM d), '{}') AS deltas
     """
 )
 

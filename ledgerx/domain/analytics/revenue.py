@@ -75,7 +75,7 @@ PAID_BEFORE = text(
 )
 REVENUE = text(
     """
-    SELECT bucket, sum(gross)::bigint AS gross, sum(refunds)::bigint AS refunds, sum(n)::bigint AS payments
+    SELECT bucket, sum(gross) AS gross, sum(refunds) AS refunds, sum(n) AS payments
     FROM (
       SELECT date_trunc(CAST(:g AS text), created_at, 'UTC') AS bucket, amount AS gross, 0 AS refunds, 1 AS n
       FROM payments WHERE upper(currency) = :c AND created_at >= :from AND created_at < :to
