@@ -6,9 +6,10 @@ the event and updates the rollups, so a duplicate (in the batch, in another batc
 same time, or stored long ago in any partition) is counted and never stored or rolled up twice.
 
 Bulk path: validate every event in Python (bad ones are rejected alone, with their index), drop
-duplicates inside the batch, sort by key, then one statement for the whole batch: first with plain
-INSERTs under a savepoint, again with ON CONFLICT DO NOTHING only if a key was already stored
-(see `_insert` and store.ingest_sql).
+duplicates inside the batch, sort by key, then one statement for the whole batch with ON CONFLICT
+DO NOTHING on the keys (see `_insert` and store.ingest_sql): a key already stored is a normal
+outcome, counted as a duplicate, never a database error. Events of a metric with a monthly quota
+are decided in the same transaction, under the quota's lock (quotas.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import datetime as dt
 import decimal
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -30,7 +31,8 @@ from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService, WalletRef
 from ledgerx.domain.usage import pricing, store, validate
-from ledgerx.domain.usage.quotas import QuotaPolicy
+from ledgerx.domain.usage.quotas import Candidate, QuotaPolicy
+from ledgerx.domain.usage.quotas import month as quota_month
 from ledgerx.domain.usage.types import (
     BatchResult,
     ChargeResult,
@@ -89,44 +91,49 @@ async def record_batch(
         checked = validate.check_batch(events, store.known_metrics(project_id), window)
     good = checked.good
     rejected = tuple(checked.rejected)
-    overage = 0
-    if quotas is not None and good:
-        good, quota_rejections, overage = await _apply_quotas(quotas, project_id, events, good)
-        rejected = tuple(sorted((*rejected, *quota_rejections), key=lambda r: r.index))
     if not good:
         return BatchResult(0, checked.duplicates, rejected)
     assert checked.earliest is not None
     assert checked.latest is not None
-    await store.ensure_partitions(db, checked.earliest, checked.latest)
     rows = [good[k] for k in sorted(good)]
-    fresh = await _insert(db, project_id, rows, one_metric=checked.one_metric, extras=checked.extras)
+    gate = await _quota_gate(quotas, project_id, events, rows)
+    await store.ensure_partitions(db, checked.earliest, checked.latest)
+    fresh, stored, refusals, overage = await _insert(
+        db, project_id, rows, one_metric=checked.one_metric, extras=checked.extras, gate=gate
+    )
+    if refusals:
+        rejected = tuple(sorted((*rejected, *refusals), key=lambda r: r.index))
     if bus is not None and fresh:
-        keys = tuple(sorted({r[1].key for r in rows})) if not checked.one_metric else (rows[0][1].key,)
+        keys = tuple(sorted({r[1].key for r in stored})) if not checked.one_metric else (stored[0][1].key,)
         await bus.publish(*topics.usage_recorded(project_id, count=fresh, metric_keys=keys))
-    return BatchResult(fresh, checked.duplicates + len(good) - fresh, rejected, overage)
+    return BatchResult(fresh, checked.duplicates + len(stored) - fresh, rejected, overage)
 
 
-async def _apply_quotas(
-    quotas: QuotaPolicy, project_id: uuid.UUID, events: list[Any], good: dict[str, Any]
-) -> tuple[dict[str, Any], list[Rejection], int]:
-    """Drop the events a monthly quota refuses (each rejected alone, at its index)."""
-    capped = (await quotas.of(project_id)).limits
-    if not capped:
-        return good, [], 0  # the common case: no quota, no per-event work
-    good_capped = {k for k, c in good.items() if c[1].key in capped}
-    if not good_capped:
-        return good, [], 0
+Gate = Callable[[asyncpg.Connection], Awaitable[tuple[set[str], list[Rejection], int]]]
+
+
+async def _quota_gate(
+    quotas: QuotaPolicy | None, project_id: uuid.UUID, events: list[Any], rows: Sequence[Any]
+) -> Gate | None:
+    """What the batch's transaction runs before its insert when a monthly quota caps some of its
+    events (None otherwise: the common case pays nothing): QuotaPolicy.reserve_batch."""
+    if quotas is None:
+        return None
+    q = await quotas.of(project_id)
+    if not q.limits or not any(quotas.cap(q, r[1]) is not None for r in rows):
+        return None
     first_index: dict[str, int] = {}
     for i, e in enumerate(events):
         k = e.get("idempotencyKey") if isinstance(e, dict) else None
-        if isinstance(k, str) and k in good_capped and k not in first_index:
+        if isinstance(k, str) and k not in first_index:
             first_index[k] = i
-    # Good events are CheckedEvent or plain tuples in its field order: (key, metric, units, occurred_at, …).
-    ordered = sorted((first_index[k], c[1], decimal.Decimal(c[2]), c[3]) for k, c in good.items() if k in first_index)
-    refused, rejections, overage = await quotas.filter_batch(project_id, ordered)
-    if refused:
-        good = {k: c for k, c in good.items() if first_index.get(k) not in refused}
-    return good, rejections, overage
+    # Rows are CheckedEvent or plain tuples in its field order: (key, metric, units, occurred_at, …).
+    candidates = [Candidate(first_index[r[0]], r[0], r[1], decimal.Decimal(r[2]), r[3]) for r in rows]
+
+    async def gate(conn: asyncpg.Connection) -> tuple[set[str], list[Rejection], int]:
+        return await quotas.reserve_batch(conn, project_id, q, candidates)
+
+    return gate
 
 
 _SEP = "\x1f"  # joins keys: validated printable, so a key never contains it
@@ -166,26 +173,37 @@ def _params(
     return {"one_metric": one_metric, "extras": extras}, params
 
 
-async def _insert(db: Database, project_id: uuid.UUID, rows: Sequence[Any], *, one_metric: bool, extras: bool) -> int:
-    """Store a batch in one transaction; returns how many events were new.
+async def _insert(
+    db: Database,
+    project_id: uuid.UUID,
+    rows: Sequence[Any],
+    *,
+    one_metric: bool,
+    extras: bool,
+    gate: Gate | None = None,
+) -> tuple[int, Sequence[Any], list[Rejection], int]:
+    """Store a batch in one transaction with ON CONFLICT DO NOTHING on the keys, so a key already
+    stored (a retry, a concurrent batch) is skipped, never a database error. `gate` runs first in
+    the same transaction and names the keys a quota refuses. Returns (how many events were new, the
+    rows offered to the insert, the quota's rejections, how many are overage).
 
-    Optimistic: the whole batch is inserted with plain INSERTs under a savepoint (the usual case:
-    clients retry rarely). If one key was already stored, the unique violation rolls back to the
-    savepoint and the batch goes again with ON CONFLICT DO NOTHING, storing only the new events.
     Partitions were ensured by the caller; one that vanished (detached) is created and retried.
     """
-    shape, params = _params(project_id, rows, None, one_metric=one_metric, extras=extras)
     for attempt in range(2):
         try:
-            async with store.project_tx(db, project_id, savepoint="ingest") as conn:
-                try:
-                    n = await conn.fetchval(store.ingest_sql(**shape, mode="new"), *params)
-                except asyncpg.UniqueViolationError as exc:
-                    if exc.constraint_name != "pk_usage_event_keys":
-                        raise
-                    await conn.execute("ROLLBACK TO SAVEPOINT ingest")
-                    n = await conn.fetchval(store.ingest_sql(**shape, mode="dedupe"), *params)
-                return int(n)
+            async with store.project_tx(db, project_id) as conn:
+                offered: Sequence[Any] = rows
+                refusals: list[Rejection] = []
+                overage = 0
+                if gate is not None:
+                    refused, refusals, overage = await gate(conn)
+                    offered = [r for r in rows if r[0] not in refused] if refused else rows
+                if not offered:
+                    return 0, offered, refusals, overage
+                one = one_metric if len(offered) == len(rows) else None
+                shape, params = _params(project_id, offered, None, one_metric=one, extras=extras)
+                n = await conn.fetchval(store.ingest_sql(**shape, mode="dedupe"), *params)
+                return int(n), offered, refusals, overage
         except Exception as exc:
             if attempt == 0 and store.is_missing_partition(exc):
                 store.forget_partitions(db)
@@ -253,8 +271,15 @@ async def record_usage(
 
     charge: ChargeResult | None = None
     overage = False
+    # The project's quotas when one caps this event's metric, else None (no lock, no check).
+    q = await quotas.of(project_id) if quotas is not None else None
+    if quotas is not None and q is not None and quotas.cap(q, c.metric) is None:
+        q = None
     async with db.transaction(project_id=project_id) as session:
         conn = await store.driver(session)
+        if q is not None:
+            # Held to the commit: writers of this metric-month take turns (see quotas.py).
+            await QuotaPolicy.lock(conn, project_id, [(c.metric.id, quota_month(c.occurred_at))])
         shape, params = _params(project_id, [c], wallet_id)
         row = await conn.fetchrow(store.ingest_sql(**shape, mode="single"), *params)
         if row is not None:
@@ -271,9 +296,9 @@ async def record_usage(
                 properties=json.loads(c.properties) if c.properties is not None else None,
             )
             duplicate = False
-            if quotas is not None:
-                # Raising here rolls the insert back: a refused event is not stored.
-                overage = await quotas.admit_one(project_id, c.metric, decimal.Decimal(c.units), c.occurred_at)
+            if quotas is not None and q is not None:
+                # Reads the month with this event in it; raising rolls the insert back.
+                overage = await quotas.admit_stored(conn, q, c.metric, c.occurred_at)
         else:
             found = await conn.fetchrow(store.EVENT_BY_KEY, project_id, c.key)
             assert found is not None, "a duplicate key points at a stored event"

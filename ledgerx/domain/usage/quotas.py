@@ -5,8 +5,14 @@ of events for COUNT metrics (MAX and UNIQUE metrics take no quota). Past it, rec
 with QUOTA_EXCEEDED (policy BLOCK, the default) or accepted and flagged as overage (policy OVERAGE,
 set per project in `projects.overrides.quotaPolicy`).
 
-The check reads the month's total from the rollups before the insert, so it is a soft cap under
-concurrency: requests in flight at the same moment can pass it together by their own size.
+Exact under any concurrency, across instances: the transaction that stores capped events first
+takes a transaction-scoped advisory lock per (project, metric, month) (`lock`), then reads the
+month's total from the rollups on the same connection, decides, inserts and commits; the lock is
+released by the commit or rollback. The next writer of that month reads after the commit, so the
+total it sees includes every accepted event, never a refused or rolled-back one (rollups are
+written by the same statement as the events), and a replayed key (already stored) is not counted
+again. Only capped metrics pay for this: the lock serializes writers of one capped metric-month
+(one extra round trip each), nothing else.
 """
 
 from __future__ import annotations
@@ -16,18 +22,49 @@ import datetime as dt
 import decimal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import asyncpg
 
 from ledgerx import metrics as prom
 from ledgerx.db.engine import Database
 from ledgerx.domain.errors import QuotaExceeded
-from ledgerx.domain.usage.summary import monthly_total
 from ledgerx.domain.usage.types import Aggregation, MetricRecord, Rejection
 
 QuotaLookup = Callable[[uuid.UUID], Awaitable[Mapping[str, int]]]
 CACHE_SECONDS = 30.0
 _CAPPED = (Aggregation.SUM, Aggregation.COUNT)
+
+Slot = tuple[uuid.UUID, dt.datetime]  # (metric id, first instant of the UTC month)
+Used = tuple[decimal.Decimal, int]  # (units, events)
+
+# One 64-bit advisory lock per (project, metric, month), released at COMMIT/ROLLBACK.
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n)"
+# The months' totals from the 15-minute rollups (a month is whole 15-minute buckets); every slot
+# gets a row, zeros when nothing was recorded.
+_USED = """
+SELECT s.metric_id, s.month, coalesce(sum(r.units_sum), 0) AS units, coalesce(sum(r.events), 0) AS events
+FROM unnest($2::uuid[], $3::timestamptz[], $4::timestamptz[]) AS s(metric_id, month, next_month)
+LEFT JOIN usage_rollups r
+  ON r.project_id = $1 AND r.metric_id = s.metric_id AND r.width = 15
+ AND r.bucket >= s.month AND r.bucket < s.next_month
+GROUP BY s.metric_id, s.month
+"""
+_STORED_KEYS = (
+    "SELECT idempotency_key FROM usage_event_keys WHERE project_id = $1 AND idempotency_key = ANY($2::text[])"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Candidate:
+    """A valid event of a batch, before its insert."""
+
+    index: int  # its first position in the request
+    key: str
+    metric: MetricRecord
+    units: decimal.Decimal
+    occurred_at: dt.datetime
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -36,9 +73,17 @@ class ProjectQuotas:
     block: bool
 
 
-def _month(t: dt.datetime) -> dt.datetime:
+def month(t: dt.datetime) -> dt.datetime:
     t = t.astimezone(dt.UTC)
     return dt.datetime(t.year, t.month, 1, tzinfo=dt.UTC)
+
+
+def _next_month(t: dt.datetime) -> dt.datetime:
+    return dt.datetime(t.year + (t.month == 12), t.month % 12 + 1, 1, tzinfo=dt.UTC)
+
+
+def _aggregation(candidates: Iterable[Candidate], slot: Slot) -> Aggregation:
+    return next(c.metric.aggregation for c in candidates if c.metric.id == slot[0])
 
 
 def _weight(metric: MetricRecord, units: decimal.Decimal) -> decimal.Decimal:
@@ -74,52 +119,82 @@ class QuotaPolicy:
             value = json.loads(value)
         return value if isinstance(value, dict) else None
 
-    async def admit_one(
-        self, project_id: uuid.UUID, metric: MetricRecord, units: decimal.Decimal, occurred_at: dt.datetime
-    ) -> bool:
-        """Check one event; True when it is accepted as overage, QUOTA_EXCEEDED when blocked."""
-        q = await self.of(project_id)
-        cap = q.limits.get(metric.key)
-        if cap is None or metric.aggregation not in _CAPPED:
-            return False
-        used = await self._used(metric, occurred_at)
-        if used + _weight(metric, units) <= cap:
-            return False
-        return self._over(q, metric, cap)
+    def cap(self, q: ProjectQuotas, metric: MetricRecord) -> int | None:
+        """The metric's monthly quota, or None when it has none (or takes none: MAX, UNIQUE)."""
+        if metric.aggregation not in _CAPPED:
+            return None
+        return q.limits.get(metric.key)
 
-    async def filter_batch(
-        self, project_id: uuid.UUID, ordered: Iterable[tuple[int, MetricRecord, decimal.Decimal, dt.datetime]]
-    ) -> tuple[set[int], list[Rejection], int]:
-        """For events in batch order: (indexes refused, their rejections, how many are overage)."""
-        q = await self.of(project_id)
-        refused: set[int] = set()
+    @staticmethod
+    async def lock(conn: asyncpg.Connection, project_id: uuid.UUID, slots: Iterable[Slot]) -> None:
+        """Hold the slots' advisory locks until the transaction ends (in one global order: no deadlocks)."""
+        names = sorted(
+            {f"ledgerx:quota:{project_id}:{metric_id}:{month.date().isoformat()}" for metric_id, month in slots}
+        )
+        await conn.execute(_LOCK, names)
+
+    @staticmethod
+    async def used(conn: asyncpg.Connection, project_id: uuid.UUID, slots: Iterable[Slot]) -> dict[Slot, Used]:
+        """The months' (units, events) as this transaction sees them (its own inserts included)."""
+        wanted = sorted(set(slots))
+        rows = await conn.fetch(
+            _USED,
+            project_id,
+            [m for m, _ in wanted],
+            [t for _, t in wanted],
+            [_next_month(t) for _, t in wanted],
+        )
+        return {(r["metric_id"], r["month"]): (r["units"], int(r["events"])) for r in rows}
+
+    async def admit_stored(
+        self, conn: asyncpg.Connection, q: ProjectQuotas, metric: MetricRecord, occurred_at: dt.datetime
+    ) -> bool:
+        """After one new event was inserted in a transaction holding its slot's lock: True when it is
+        overage; QUOTA_EXCEEDED (the caller rolls the insert back) when blocked."""
+        cap = self.cap(q, metric)
+        if cap is None:
+            return False
+        slot = (metric.id, month(occurred_at))
+        units, events = (await self.used(conn, metric.project_id, [slot]))[slot]
+        total = decimal.Decimal(events) if metric.aggregation == Aggregation.COUNT else units
+        return total > cap and self._over(q, metric, cap)
+
+    async def reserve_batch(
+        self, conn: asyncpg.Connection, project_id: uuid.UUID, q: ProjectQuotas, candidates: Sequence[Candidate]
+    ) -> tuple[set[str], list[Rejection], int]:
+        """Inside the batch's transaction, before its insert: lock the months of the capped events,
+        then decide them in batch order. Returns (keys refused, their rejections, how many are
+        overage). Keys already stored are duplicates: neither counted nor refused."""
+        capped = [c for c in candidates if self.cap(q, c.metric) is not None]
+        if not capped:
+            return set(), [], 0
+        slots = {(c.metric.id, month(c.occurred_at)) for c in capped}
+        await self.lock(conn, project_id, slots)
+        stored = {r["idempotency_key"] for r in await conn.fetch(_STORED_KEYS, project_id, [c.key for c in capped])}
+        running = {
+            slot: (decimal.Decimal(events) if _aggregation(capped, slot) == Aggregation.COUNT else units)
+            for slot, (units, events) in (await self.used(conn, project_id, slots)).items()
+        }
+        refused: set[str] = set()
         rejections: list[Rejection] = []
         overage = 0
-        running: dict[tuple[uuid.UUID, dt.datetime], decimal.Decimal] = {}
-        for index, metric, units, occurred_at in ordered:
-            cap = q.limits.get(metric.key)
-            if cap is None or metric.aggregation not in _CAPPED:
+        for c in sorted(capped, key=lambda c: c.index):
+            if c.key in stored:
                 continue
-            slot = (metric.id, _month(occurred_at))
-            if slot not in running:
-                running[slot] = await self._used(metric, occurred_at)
-            after = running[slot] + _weight(metric, units)
-            if after <= cap:
-                running[slot] = after
-                continue
-            try:
-                self._over(q, metric, cap)
-            except QuotaExceeded as exc:
-                refused.add(index)
-                rejections.append(Rejection(index, exc.code, exc.message, "units"))
-                continue
+            cap = self.cap(q, c.metric)
+            assert cap is not None
+            slot = (c.metric.id, month(c.occurred_at))
+            after = running[slot] + _weight(c.metric, c.units)
+            if after > cap:
+                try:
+                    self._over(q, c.metric, cap)
+                except QuotaExceeded as exc:
+                    refused.add(c.key)
+                    rejections.append(Rejection(c.index, exc.code, exc.message, "units"))
+                    continue
+                overage += 1
             running[slot] = after
-            overage += 1
         return refused, rejections, overage
-
-    async def _used(self, metric: MetricRecord, occurred_at: dt.datetime) -> decimal.Decimal:
-        units, events = await monthly_total(self.db, metric, _month(occurred_at))
-        return decimal.Decimal(events) if metric.aggregation == Aggregation.COUNT else units
 
     @staticmethod
     def _over(q: ProjectQuotas, metric: MetricRecord, cap: int) -> bool:

@@ -78,11 +78,9 @@ def ingest_sql(*, one_metric: bool, extras: bool, mode: str) -> str:
     order and never deadlock.
 
     Modes:
-    - "new": every key is expected to be new. Plain INSERTs (an ON CONFLICT insert costs about
-      twice a plain one); a key already stored raises a unique violation, and the caller rolls
-      back to its savepoint and runs "dedupe". Returns the number of events.
     - "dedupe": keys already stored are skipped (ON CONFLICT DO NOTHING); only new events are
-      stored and rolled up. Returns the number of new events.
+      stored and rolled up. Returns the number of new events. (There is no plain-INSERT mode: a
+      repeated key must not be a database error, which PostgreSQL logs with the statement.)
     - "single": "dedupe" for one event; returns its id and receipt time (no row for a duplicate).
     """
     cols = [
@@ -108,15 +106,8 @@ def ingest_sql(*, one_metric: bool, extras: bool, mode: str) -> str:
     # data-modifying CTEs in reverse order of appearance: events, UNIQUE values, rollups last. So
     # every mode takes key locks, then value and rollup rows (never a cycle), and the rollup rows,
     # the ones concurrent batches share, are held only from their update to the commit.
-    if mode == "new":
-        keys = """fresh AS (
-  INSERT INTO usage_event_keys (project_id, idempotency_key, event_id, occurred_at)
-  SELECT $1, key, id, occurred_at FROM input
-  RETURNING 1
-)"""
-        tail = "SELECT count(*) FROM fresh"
-    else:
-        keys = """fresh AS (
+    assert mode in ("dedupe", "single"), mode
+    keys = """fresh AS (
   INSERT INTO usage_event_keys (project_id, idempotency_key, event_id, occurred_at)
   SELECT $1, key, id, occurred_at FROM input
   ON CONFLICT DO NOTHING
@@ -124,7 +115,7 @@ def ingest_sql(*, one_metric: bool, extras: bool, mode: str) -> str:
 ), kept AS MATERIALIZED (
   SELECT * FROM input WHERE id IN (SELECT event_id FROM fresh)
 )"""
-        tail = "SELECT event_id, now() AS received_at FROM fresh" if mode == "single" else "SELECT count(*) FROM fresh"
+    tail = "SELECT event_id, now() AS received_at FROM fresh" if mode == "single" else "SELECT count(*) FROM fresh"
     sql = f"""
 WITH input AS MATERIALIZED (
   SELECT t.id, t.key, {metric} AS metric_id, {EPOCH} + t.micros * interval '1 microsecond' AS occurred_at,
@@ -136,8 +127,6 @@ WITH input AS MATERIALIZED (
   SELECT id, $1, metric_id, occurred_at, units, key, wallet_id, properties FROM kept
 )
 """  # noqa: S608 (constants and generated placeholders only)
-    if mode == "new":
-        sql = sql.replace("FROM kept", "FROM input")  # every event is new: no need to filter
     return sql + tail
 
 
@@ -162,19 +151,12 @@ def _settings_sql(project_id: uuid.UUID) -> str:
 
 
 @contextlib.asynccontextmanager
-async def project_tx(
-    db: Database, project_id: uuid.UUID, *, savepoint: str | None = None
-) -> AsyncIterator[asyncpg.Connection]:
-    """A raw asyncpg connection from the app's pool, inside one transaction scoped to the project
-    (opened with a savepoint of that name when asked: it travels with BEGIN, no extra round trip)."""
+async def project_tx(db: Database, project_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
+    """A raw asyncpg connection from the app's pool, inside one transaction scoped to the project."""
     async with db.engine.connect() as sa_conn:
         fairy = await sa_conn.get_raw_connection()
         conn = cast(asyncpg.Connection, fairy.driver_connection)
-        begin = _settings_sql(project_id)
-        if savepoint is not None:
-            assert savepoint.isidentifier()
-            begin += "; SAVEPOINT " + savepoint
-        await conn.execute(begin)
+        await conn.execute(_settings_sql(project_id))
         try:
             yield conn
         except BaseException:
