@@ -124,6 +124,19 @@ class Call:
     path: str
     params: dict[str, Any]
     idempotency_key: str | None
+    request_id: str = ""
+
+
+@dataclasses.dataclass
+class Failure:
+    """An error Stripe answers instead of doing the call (see `FakeStripe.fail_next`)."""
+
+    method: str
+    prefix: str
+    status: int
+    body: Obj
+    times: int
+    retry: bool
 
 
 class FakeStripe:
@@ -136,6 +149,7 @@ class FakeStripe:
         self._counter = itertools.count(1)
         self.now: int | None = None  # pinned Stripe time (unix seconds); None: the wall clock
         self.decline_payments = False
+        self.failures: list[Failure] = []
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -200,26 +214,66 @@ class FakeStripe:
 
     # -- HTTP --------------------------------------------------------------------------------------------
 
+    def fail_next(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 500,
+        kind: str = "api_error",
+        message: str = "An unknown error occurred",
+        code: str | None = None,
+        times: int = 1,
+        retry: bool = False,
+    ) -> None:
+        """Answer the next `times` calls of `method` to a path starting with `path` (after `/v1/`,
+        e.g. "prices" or "checkout/sessions") with this Stripe error, doing nothing. Like Stripe, the
+        error carries a `Request-Id`, is not kept for the idempotency key (a retry does the call),
+        and says `Stripe-Should-Retry: false` unless `retry` (so the SDK does not retry it itself)."""
+        body: Obj = {"error": {"type": kind, "message": message, "code": code}}
+        self.failures.append(Failure(method.upper(), path.strip("/"), status, body, times, retry))
+
+    def _forced(self, method: str, path: str) -> Failure | None:
+        for f in self.failures:
+            if f.method == method and path.strip("/").startswith(f.prefix):
+                f.times -= 1
+                if f.times <= 0:
+                    self.failures.remove(f)
+                return f
+        return None
+
     async def _dispatch(self, request: Request) -> Response:
+        request_id = f"req_{secrets.token_hex(7)}"
+        headers = {"Request-Id": request_id}
         if request.headers.get("authorization") != f"Bearer {API_KEY}":
-            return self._error(401, "invalid_request_error", "Invalid API Key provided")
+            return self._error(401, "invalid_request_error", "Invalid API Key provided", headers=headers)
         path = request.path_params["path"]
         raw = (await request.body()).decode() if request.method == "POST" else request.url.query
         params = decode_form(raw)
         key = request.headers.get("idempotency-key")
-        self.calls.append(Call(request.method, path, params, key))
+        self.calls.append(Call(request.method, path, params, key, request_id))
+        forced = self._forced(request.method, path)
+        if forced is not None:
+            headers["Stripe-Should-Retry"] = "true" if forced.retry else "false"
+            return JSONResponse(forced.body, status_code=forced.status, headers=headers)
         if key is not None and request.method == "POST":
             cached = self._idem.get(key)
             if cached is not None:
-                return JSONResponse(cached[1], status_code=cached[0])
+                return JSONResponse(
+                    cached[1], status_code=cached[0], headers={**headers, "Idempotent-Replayed": "true"}
+                )
         status, body = self._route(request.method, path.strip("/").split("/"), params)
         if key is not None and request.method == "POST" and status < 500:
             self._idem[key] = (status, body)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @staticmethod
-    def _error(status: int, kind: str, message: str, code: str | None = None) -> Response:
-        return JSONResponse({"error": {"type": kind, "message": message, "code": code}}, status_code=status)
+    def _error(
+        status: int, kind: str, message: str, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> Response:
+        return JSONResponse(
+            {"error": {"type": kind, "message": message, "code": code}}, status_code=status, headers=headers
+        )
 
     def _route(self, method: str, parts: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
         head = parts[0]
@@ -291,6 +345,18 @@ class FakeStripe:
                 "created": self.time(),
             }
         )
+
+    def _delete_products(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        prod = self.objects[rest[0]]
+        if any(o.get("object") == "price" and o["product"] == prod["id"] for o in self.objects.values()):
+            return 400, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": "This product cannot be deleted because it has one or more user-created prices.",
+                }
+            }
+        del self.objects[prod["id"]]
+        return 200, {"id": prod["id"], "object": "product", "deleted": True}
 
     def _post_prices(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
         if rest:

@@ -15,13 +15,9 @@ import pytest
 from ledgerx.domain.payments import inbox
 from ledgerx.services import Services
 from ledgerx.settings import Settings
-from tests.fake_stripe import (
-    SECRETS,
-    FakeStripe,
-    sign,
-    stripe_settings,
-)
-from tests.tenancy_helpers import owner_sql
+from tests.conftest import GQL, sign_up
+from tests.fake_stripe import CHECKOUT, SECRETS, FakeStripe, checkout, create_pack, sign, stripe_settings
+from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
@@ -112,3 +108,71 @@ async def test_nul_and_lone_surrogates_inside_an_event_are_stored_harmlessly(
     assert row["status"] == "PROCESSED"
     details = json.loads(row["payload"])["data"]["object"]["customer_details"]
     assert details == {"name": "Ada\ufffdLovelace", "note\ufffd": "x\ufffdy"}
+
+
+# -- 2. provider and configuration failures have stable codes ---------------------------------------------
+
+
+def checkout_input(project_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "i": {
+            "projectId": project_id,
+            "successUrl": "https://app.example.com/ok",
+            "cancelUrl": "https://app.example.com/no",
+            **extra,
+        }
+    }
+
+
+async def test_payments_not_configured_has_its_own_code(gql: GQL, services: Services, settings: Settings) -> None:
+    services.payments.stripe = None  # as on a server without STRIPE_API_KEY
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin)  # the catalog works without Stripe
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    err = await gql.error(CHECKOUT, checkout_input(pid, creditPackId=pack), token=owner.token)
+    assert err["code"] == "PAYMENTS_NOT_CONFIGURED", err
+    assert "STRIPE_API_KEY" in err["message"]
+
+
+async def test_provider_errors_carry_the_providers_message_and_request_id(
+    gql: GQL, settings: Settings, fake: FakeStripe
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin)
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+
+    fake.fail_next(
+        "POST",
+        "checkout/sessions",
+        status=400,
+        kind="invalid_request_error",
+        message="Not a valid URL",
+        code="url_invalid",
+    )
+    err = await gql.error(CHECKOUT, checkout_input(pid, creditPackId=pack), token=owner.token)
+    call = fake.calls_to("POST", "checkout/sessions")[-1]
+    assert err["code"] == "PAYMENT_PROVIDER_ERROR", err
+    assert err["message"] == "the payment provider failed to create a checkout session: Not a valid URL"
+    assert (err["providerMessage"], err["providerCode"], err["providerStatus"]) == (
+        "Not a valid URL",
+        "url_invalid",
+        400,
+    )
+    assert err["providerRequestId"] == call.request_id and call.request_id.startswith("req_")
+    assert err["retryable"] is False
+
+    # Stripe down (a 500 it says not to retry): the same code, marked as worth retrying later.
+    fake.fail_next("POST", "checkout/sessions", status=500, message="An unknown error occurred")
+    err = await gql.error(CHECKOUT, checkout_input(pid, creditPackId=pack), token=owner.token)
+    assert (err["code"], err["providerStatus"], err["retryable"]) == ("PAYMENT_PROVIDER_ERROR", 500, True)
+    assert err["providerRequestId"] == fake.calls_to("POST", "checkout/sessions")[-1].request_id
+
+    # A key Stripe refuses: the operator's problem, told as such.
+    fake.fail_next("POST", "checkout/sessions", status=401, kind="invalid_request_error", message="Invalid API Key")
+    err = await gql.error(CHECKOUT, checkout_input(pid, creditPackId=pack), token=owner.token)
+    assert err["code"] == "PAYMENTS_NOT_CONFIGURED", err
+
+    # The next call goes through: the failures were Stripe's answers, not a broken state.
+    await checkout(gql, owner, pid, creditPackId=pack)

@@ -90,3 +90,18 @@ class RateLimited(AppError):
 class ProjectSuspended(AppError):
     code = "PROJECT_SUSPENDED"
     http_status = 403
+
+
+class PaymentsNotConfigured(AppError):
+    """The server cannot take payments until an operator acts (no STRIPE_API_KEY, or Stripe refuses it)."""
+
+    code = "PAYMENTS_NOT_CONFIGURED"
+    http_status = 503
+
+
+class PaymentProviderError(AppError):
+    """The payment provider failed or refused a call for a reason that is not the caller's input;
+    `extensions` carry its message and request id (`providerMessage`, `providerRequestId`)."""
+
+    code = "PAYMENT_PROVIDER_ERROR"
+    http_status = 502

@@ -13,21 +13,13 @@ from typing import Any
 
 import stripe
 
-from ledgerx.domain.errors import AppError, Conflict
+from ledgerx.domain.errors import AppError, Conflict, PaymentProviderError, PaymentsNotConfigured
 
 log = logging.getLogger("ledgerx.payments.stripe")
 
-
-class PaymentProviderError(AppError):
-    """Stripe refused or failed a call for a reason that is not the caller's input."""
-
-    code = "INTERNAL"
-    http_status = 502
-
-
-class StripeNotConfigured(AppError):
-    code = "INTERNAL"
-    http_status = 503
+# The names other modules (and older code) use for the two payments error codes.
+StripeNotConfigured = PaymentsNotConfigured
+__all__ = ["PaymentProviderError", "StripeGateway", "StripeNotConfigured", "translate"]
 
 
 def _plain(value: Any) -> dict[str, Any]:
@@ -42,14 +34,46 @@ def _any(params: Mapping[str, Any]) -> Any:
     return dict(params)
 
 
-def _translate(exc: Exception, what: str) -> AppError:
+def _provider(exc: stripe.StripeError) -> dict[str, Any]:
+    """What a client (and support) needs to find the call at Stripe: its message, code, status and
+    request id. Stripe writes its messages for developers; they name no secrets (keys are masked)."""
+    status = exc.http_status
+    return {
+        "providerMessage": (exc.user_message or "")[:500] or None,
+        "providerCode": exc.code,
+        "providerStatus": status,
+        "providerRequestId": exc.request_id,
+        # Worth trying again later: Stripe unreachable, overloaded, rate limiting or a conflict.
+        "retryable": isinstance(exc, stripe.APIConnectionError | stripe.RateLimitError)
+        or (status is not None and (status >= 500 or status == 409)),
+    }
+
+
+def translate(exc: Exception, what: str) -> AppError:
+    """The one place where the stripe SDK's error classes become LedgerX errors (stable codes):
+    a declined card is CONFLICT with `reason: PAYMENT_FAILED` (the customer's to fix); a key Stripe
+    refuses is PAYMENTS_NOT_CONFIGURED (the operator's); everything else Stripe answers or fails
+    is PAYMENT_PROVIDER_ERROR with the provider's message and request id."""
+    if not isinstance(exc, stripe.StripeError):
+        log.warning("stripe %s failed: %r", what, exc)
+        return PaymentProviderError(f"the payment provider failed to {what}", retryable=True)
+    ext = _provider(exc)
     if isinstance(exc, stripe.CardError):
-        return Conflict(f"the payment was declined: {exc.user_message or 'card declined'}", reason="PAYMENT_FAILED")
-    if isinstance(exc, stripe.StripeError):
-        log.warning("stripe %s failed: %s", what, exc)
-        status = getattr(exc, "http_status", None)
-        return PaymentProviderError(f"the payment provider failed to {what} (HTTP {status or 'error'})")
-    return PaymentProviderError(f"the payment provider failed to {what}")
+        return Conflict(
+            f"the payment was declined: {exc.user_message or 'card declined'}",
+            reason="PAYMENT_FAILED",
+            providerRequestId=exc.request_id,
+        )
+    log.warning("stripe %s failed: %r (request %s)", what, exc, exc.request_id)
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return PaymentsNotConfigured(
+            "payments are not configured on this server: the payment provider refused its STRIPE_API_KEY",
+            providerRequestId=exc.request_id,
+        )
+    if isinstance(exc, stripe.APIConnectionError):
+        return PaymentProviderError(f"the payment provider could not be reached to {what}", **ext)
+    detail = ext["providerMessage"] or f"HTTP {ext['providerStatus'] or 'error'}"
+    return PaymentProviderError(f"the payment provider failed to {what}: {detail}", **ext)
 
 
 class StripeGateway:
@@ -68,7 +92,7 @@ class StripeGateway:
         try:
             return _plain(await coro)
         except stripe.StripeError as exc:
-            raise _translate(exc, what) from exc
+            raise translate(exc, what) from exc
 
     @staticmethod
     def _opts(idempotency_key: str | None) -> Any:
@@ -187,7 +211,7 @@ class StripeGateway:
         except stripe.InvalidRequestError as exc:
             log.info("subscription schedule %s not released: %s", schedule_id, exc)
         except stripe.StripeError as exc:
-            raise _translate(exc, "release a subscription schedule") from exc
+            raise translate(exc, "release a subscription schedule") from exc
 
     async def charge_now(
         self,
@@ -250,7 +274,7 @@ class StripeGateway:
             async for item in page.auto_paging_iter():
                 yield _plain(item)
         except stripe.StripeError as exc:
-            raise _translate(exc, "list events") from exc
+            raise translate(exc, "list events") from exc
 
     async def list_checkout_sessions(self, created_gte: int) -> AsyncIterator[dict[str, Any]]:
         try:
@@ -260,4 +284,4 @@ class StripeGateway:
             async for item in page.auto_paging_iter():
                 yield _plain(item)
         except stripe.StripeError as exc:
-            raise _translate(exc, "list checkout sessions") from exc
+            raise translate(exc, "list checkout sessions") from exc
