@@ -81,4 +81,29 @@ class AccessTokens:
             raise Unauthenticated("access token expired", reason="expired") from None
         except jwt.PyJWTError:
             raise Unauthenticated("invalid access token") from None
+        if not _registered_types_ok(claims):
+            raise Unauthenticated("invalid access token")
         return claims
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _registered_types_ok(claims: dict[str, Any]) -> bool:
+    """RFC 7519's registered claims with the types it gives them.
+
+    PyJWT compares `int(claims["exp"])`, so `"exp": "99999999999"` (a string) or `true` passed;
+    whatever reads the claims later (a cache keyed on `exp`, a stream's expiry timer) would then
+    trust a value of the wrong type. Our tokens always carry integers and strings.
+    """
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _is_int(claims[name]):
+            return False
+    aud = claims.get("aud")
+    if not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud))):
+        return False
+    # `sid` (the session, checked against revocations) is ours, and a string when present.
+    return all(isinstance(claims.get(name), str) for name in ("iss", "sub", "jti")) and isinstance(
+        claims.get("sid", ""), str
+    )
