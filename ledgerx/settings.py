@@ -191,6 +191,10 @@ class Settings:
     # How long an instance remembers a member's access to a project (domain/tenancy/access_cache.py):
     # changes made elsewhere take effect here within this many seconds; 0 turns the cache off.
     access_cache_ttl: float = 2.0
+    # graphql-transport-ws keep-alive: the server pings every `ws_ping_interval` seconds (0: never)
+    # and closes (4408) a connection that has not answered with a pong `ws_pong_timeout` later.
+    ws_ping_interval: float = 15.0
+    ws_pong_timeout: float = 10.0
     # Billing rules and their scheduler: the delays between attempts of a run that met
     # insufficient funds (seconds after the 1st, 2nd, … failure), the grace period after which such
     # a rule is paused, rules per scheduler transaction and workers, the lease, the poll interval.
@@ -279,6 +283,8 @@ class Settings:
             live_refresh=float(_duration(e, "LIVE_REFRESH", 5)),
             live_recheck=float(_duration(e, "LIVE_RECHECK", 30)),
             access_cache_ttl=_int(e, "ACCESS_CACHE_TTL_MS", 2000) / 1000,
+            ws_ping_interval=float(_duration_or_zero(e, "WS_PING_INTERVAL", 15)),
+            ws_pong_timeout=float(_duration(e, "WS_PONG_TIMEOUT", 10)),
             billing_retry_delays=_duration_list(e, "BILLING_RETRY_DELAYS", (3600, 6 * 3600, 24 * 3600)),
             billing_grace_period=_duration_or_zero(e, "BILLING_GRACE_PERIOD", 3 * 86400),
             scheduler_batch_size=_int(e, "SCHEDULER_BATCH_SIZE", 200, minimum=1),
