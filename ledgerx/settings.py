@@ -137,6 +137,10 @@ class Settings:
     graphql_max_depth: int = 12
     graphql_max_tokens: int = 4000
     graphql_max_aliases: int = 30
+    # Fields a document may expand to (fragments spread out, pages counted: schema/cost.py), and
+    # the largest /graphql request body in bytes (413 beyond it).
+    graphql_max_cost: int = 20_000
+    graphql_max_body: int = 1024 * 1024
     db_app_role: str = "ledgerx_app"
     db_pool_size: int = 20
     redis_prefix: str = "lx:"
@@ -257,6 +261,8 @@ class Settings:
             scheduler_enabled=_bool(e, "SCHEDULER_ENABLED", True),
             worker_enabled=_bool(e, "WORKER_ENABLED", True),
             graphql_introspection=_bool(e, "GRAPHQL_INTROSPECTION", not production),
+            graphql_max_cost=_int(e, "GRAPHQL_MAX_COST", 20_000, minimum=1),
+            graphql_max_body=_int(e, "GRAPHQL_MAX_BODY", 1024 * 1024, minimum=1024),
             db_app_role=role,
             db_pool_size=_int(e, "DB_POOL_SIZE", 20, minimum=1),
             redis_prefix=e.get("REDIS_PREFIX") or "lx:",
