@@ -4,14 +4,62 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import re
 import secrets
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from ledgerx import logs
+from ledgerx import embedded, logs
 from ledgerx.settings import Settings, SettingsError
+
+
+class _Fatal(Exception):
+    """A start-up failure the user can act on: printed as one line, exit status 1."""
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT arrived. Raised from the signal handler so that every `finally` runs on
+    the way out, and main() stops the embedded servers (the default SIGTERM action would kill the
+    process without running atexit hooks, leaving PostgreSQL and Redis behind)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# Signals that arrived while held (None: not holding). Starting or stopping an embedded server is
+# not interrupted halfway (a PostgreSQL started by a killed pg_ctl would have no handle to stop it).
+_held: list[int] | None = None
+
+
+def _on_signal(signum: int, _frame: FrameType | None) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    global _held
+    if _held is not None:  # nested: the outer block delivers them
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        pending, _held = _held, None
+        if pending:
+            raise _Stopped(pending[0])
 
 
 def _settings() -> Settings:
@@ -23,9 +71,72 @@ def _settings() -> Settings:
 
 
 def _resolved() -> Settings:
+    """Settings with the database and Redis URLs filled in (starting the embedded servers when
+    they are unset) and both checked to answer, so a wrong URL is one line, not a traceback."""
     from ledgerx.services import resolve_urls
 
-    return resolve_urls(_settings())
+    s = _settings()
+    logs.configure(s.log_level)  # before the embedded servers start, so their lines appear
+    with _signals_held():
+        try:
+            resolved = resolve_urls(s)
+        except embedded.EmbeddedError as exc:
+            raise _Fatal(str(exc)) from None
+    _check_reachable(
+        resolved,
+        db_label="DATABASE_URL" if s.database_url else "embedded PostgreSQL",
+        redis_label="REDIS_URL" if s.redis_url else "embedded Redis",
+    )
+    return resolved
+
+
+def _check_reachable(s: Settings, *, db_label: str, redis_label: str) -> None:
+    import asyncpg
+    from redis.asyncio import Redis
+    from sqlalchemy.engine import make_url
+
+    from ledgerx.db.engine import asyncpg_dsn
+
+    assert s.database_url
+    assert s.redis_url
+    db_url, redis_url = s.database_url, s.redis_url
+
+    async def probe() -> list[str]:
+        problems: list[str] = []
+        try:
+            conn = await asyncpg.connect(asyncpg_dsn(db_url), timeout=5)
+        except Exception as exc:
+            shown = make_url(db_url).render_as_string(hide_password=True)
+            problems.append(f"{db_label}: cannot connect to {shown}: {_reason(exc)}")
+        else:
+            await conn.close()
+        client = Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            await client.ping()
+        except Exception as exc:
+            problems.append(f"{redis_label}: cannot connect to {_redact(redis_url)}: {_reason(exc)}")
+        finally:
+            await client.aclose()
+        return problems
+
+    problems = asyncio.run(probe())
+    if problems:
+        raise _Fatal("\n".join(problems))
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within 5 s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (nothing listens there)"
+    text = " ".join(str(exc).split())
+    # asyncpg tries every address a host name resolves to and joins the errors.
+    text = text.removeprefix("Multiple exceptions: ")
+    return text or type(exc).__name__
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -44,13 +155,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ledgerx.app import create_app
     from ledgerx.db.migrate import upgrade
 
+    raw = _settings()
     s = _resolved()
-    logs.configure(s.log_level)
     assert s.database_url
     upgrade(s.database_url)
     logs.configure(s.log_level)  # alembic's fileConfig-free run may have touched logging
     app = create_app(s)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -58,9 +169,52 @@ def cmd_serve(args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=args.forwarded_allow_ips,
         ws_max_size=1 << 20,
-        access_log=False,
+        access_log=False,  # RequestContext writes one line per request
     )
+    banner = _banner(s, args.host, args.port, embedded_db=not raw.database_url, embedded_redis=not raw.redis_url)
+    _run_server(config, banner)
     return 0
+
+
+def _run_server(config: Any, banner: str) -> None:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # Printed once it listens, not before: the port may be taken.
+            if self.started and not self.should_exit:
+                print(banner, flush=True)
+
+    Server(config).run()
+
+
+def _banner(s: Settings, host: str, port: int, *, embedded_db: bool, embedded_redis: bool) -> str:
+    from ledgerx import __version__
+
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host  # noqa: S104
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    base = f"http://{shown}:{port}"
+    ide = "  (GraphiQL: open it in a browser)" if not s.production else ""
+    if embedded_db and embedded_redis:
+        servers = "embedded PostgreSQL and Redis"
+    elif embedded_db:
+        servers = "embedded PostgreSQL; Redis from REDIS_URL"
+    elif embedded_redis:
+        servers = "embedded Redis; PostgreSQL from DATABASE_URL"
+    else:
+        servers = "DATABASE_URL and REDIS_URL (no embedded servers)"
+    lines = [
+        f"LedgerX {__version__} is up ({'production' if s.production else 'development'})",
+        f"  GraphQL    {base}/graphql{ide}",
+        f"  Dashboard  {base}/dashboard",
+        f"  Data       {s.data_dir.resolve()}  ({servers})",
+        "  Admin      ledgerx create-admin EMAIL   (makes EMAIL a platform admin)",
+    ]
+    if not s.production:
+        lines.append("  Demo data  ledgerx demo   (a project with wallets, usage, rules and a plan)")
+    return "\n".join(lines)
 
 
 def cmd_scheduler(_: argparse.Namespace) -> int:
@@ -179,6 +333,7 @@ def cmd_export_schema(args: argparse.Namespace) -> int:
 
 def cmd_create_admin(args: argparse.Namespace) -> int:
     """Promote (or create) a platform admin. Runs as the database owner: an explicit admin path."""
+    s = _resolved()
 
     async def run() -> int:
         from sqlalchemy import text
@@ -188,7 +343,6 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
         from ledgerx.domain.auth.service import normalize_email
         from ledgerx.ids import uuid7
 
-        s = _resolved()
         assert s.database_url
         email = normalize_email(args.email)
         engine = make_engine(s.database_url, role=None, pool_size=1)
@@ -254,11 +408,36 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_create_admin)
 
     args = parser.parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    stopped: int | None = None
     try:
         return int(args.func(args))
     except SettingsError as exc:
         print(f"ledgerx: configuration error: {exc}", file=sys.stderr)
         return 2
+    except _Fatal as exc:
+        for line in str(exc).splitlines():
+            print(f"ledgerx: {line}", file=sys.stderr)
+        return 1
+    except _Stopped as exc:
+        stopped = exc.signum
+        return 128 + exc.signum
+    finally:
+        try:
+            with _signals_held():
+                embedded.stop_all()
+        except _Stopped as exc:
+            stopped = stopped or exc.signum
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stopped is not None and argv is None:
+            # Stopped by a signal: end by that signal, as the default action would have (systemd
+            # and shells read it as a requested stop, not a failure), now that cleanup is done.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(stopped, signal.SIG_DFL)
+            os.kill(os.getpid(), stopped)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,28 @@ from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
+# What the request being served did, for the one line the middleware logs when it ends. A mutable
+# holder: a value noted in a task the request spawned (websocket operations run in their own
+# tasks, which copy the context) still reaches the middleware.
+request_info_var: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("request_info", default=None)
+
+_MAX_NAME = 100  # operation names come from clients
+_MAX_NAMES = 20  # distinct names kept per websocket
+
+
+def note_operation(name: str | None) -> None:
+    """The GraphQL layer reports each operation's name (None for an anonymous one)."""
+    info = request_info_var.get()
+    if info is None:
+        return
+    info["count"] = info.get("count", 0) + 1
+    if name:
+        names: list[str] = info.setdefault("names", [])
+        name = name[:_MAX_NAME]
+        if name not in names and len(names) < _MAX_NAMES:
+            names.append(name)
+
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
 
 
@@ -39,7 +61,7 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # uvicorn installs its own handlers; route them through ours.
     for name in ("uvicorn", "uvicorn.error"):

@@ -1,19 +1,25 @@
-"""Pure ASGI middleware: request ids, security headers and request metrics.
+"""Pure ASGI middleware: request ids, security headers, request metrics and the request log.
 
 Pure ASGI (not BaseHTTPMiddleware) so websockets pass through and responses are not buffered.
+Each request is logged once, as JSON, when it ends (a websocket when it closes); uvicorn's own
+access log stays off.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgerx import metrics
-from ledgerx.logs import request_id_var
+from ledgerx.logs import request_id_var, request_info_var
+
+access_log = logging.getLogger("ledgerx.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 
@@ -39,15 +45,19 @@ class RequestContext:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(rid)
+        info: dict[str, Any] = {}
+        info_token = request_info_var.set(info)
         https = scope.get("scheme") in ("https", "wss")
         route = scope.get("path", "")
         route = route if route in _KNOWN_ROUTES else "other"
         started = time.perf_counter()
         status = 0
+        close_code: int | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
+            nonlocal status, close_code
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
                 h = MutableHeaders(scope=message)
                 h["X-Request-Id"] = rid
@@ -55,15 +65,58 @@ class RequestContext:
                     h.setdefault(k, v)
                 if https:
                     h.setdefault("Strict-Transport-Security", HSTS)
+            elif kind == "websocket.accept":
+                status = 101
+            elif kind == "websocket.close":
+                close_code = message.get("code", 1000)
+                status = status or 403  # closed before accepting: the handshake was refused
             await send(message)
 
+        async def receive_wrapper() -> Message:
+            nonlocal close_code
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and close_code is None:
+                close_code = message.get("code", 1005)
+            return message
+
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper if scope["type"] == "websocket" else receive, send_wrapper)
+        except BaseException:
+            status = status or 500  # what uvicorn answers for an exception before the response started
+            raise
         finally:
+            elapsed = time.perf_counter() - started
+            _log_request(scope, status, elapsed, info, close_code)
+            request_info_var.reset(info_token)
             request_id_var.reset(token)
             if scope["type"] == "http":
                 metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-                metrics.HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+                metrics.HTTP_LATENCY.labels(route).observe(elapsed)
+
+
+def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any], close_code: int | None) -> None:
+    """One JSON line per request (the formatter adds the request id). The path without its query
+    string: a GET /graphql carries variables there, and they may hold secrets."""
+    fields: dict[str, Any] = {
+        "method": scope.get("method", "GET") if scope["type"] == "http" else "WS",
+        "path": scope.get("path", ""),
+        "status": status,
+        "duration_ms": round(elapsed * 1000, 2),
+    }
+    client = scope.get("client")
+    if client:
+        fields["client"] = client[0]
+    names: list[str] = info.get("names", [])
+    if scope["type"] == "http":
+        if names:
+            fields["operation"] = names[0]
+    else:
+        fields["close_code"] = close_code
+        fields["operations"] = info.get("count", 0)
+        if names:
+            fields["operation_names"] = names
+    level = logging.ERROR if status >= 500 else logging.INFO
+    access_log.log(level, "request" if scope["type"] == "http" else "websocket", extra=fields)
 
 
 _KNOWN_ROUTES = {
