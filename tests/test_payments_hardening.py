@@ -12,11 +12,22 @@ from typing import Any
 import httpx
 import pytest
 
+from ledgerx import ids
 from ledgerx.domain.payments import inbox
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, sign_up
-from tests.fake_stripe import CHECKOUT, SECRETS, FakeStripe, checkout, create_pack, sign, stripe_settings
+from tests.fake_stripe import (
+    CHECKOUT,
+    CREATE_PACK,
+    CREATE_PLAN,
+    SECRETS,
+    FakeStripe,
+    checkout,
+    create_pack,
+    sign,
+    stripe_settings,
+)
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -176,3 +187,70 @@ async def test_provider_errors_carry_the_providers_message_and_request_id(
 
     # The next call goes through: the failures were Stripe's answers, not a broken state.
     await checkout(gql, owner, pid, creditPackId=pack)
+
+
+# -- 3. no orphan Stripe products ----------------------------------------------------------------------
+
+
+def active_products(fake: FakeStripe) -> list[dict[str, Any]]:
+    return [p for p in fake.of_type("product") if p["active"]]
+
+
+async def test_a_failed_price_leaves_no_product_on_sale_and_a_retry_works(
+    gql: GQL, services: Services, settings: Settings, fake: FakeStripe
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack_input = {"i": {"name": "Starter", "credits": "100", "price": {"amount": 500, "currency": "usd"}}}
+    plan_input = {
+        "i": {
+            "name": "Pro",
+            "tier": "PRO",
+            "interval": "MONTH",
+            "price": {"amount": 2000, "currency": "USD"},
+            "features": ["api"],
+        }
+    }
+    for mutation, variables, field in (
+        (CREATE_PACK, pack_input, "createCreditPack"),
+        (CREATE_PLAN, plan_input, "createPlan"),
+    ):
+        fake.fail_next("POST", "prices", status=400, kind="invalid_request_error", message="Invalid currency")
+        err = await gql.error(mutation, variables, token=admin.token)
+        assert err["code"] == "PAYMENT_PROVIDER_ERROR", err
+        # The Product made for it is gone (it had no Price yet, so Stripe deletes it).
+        assert active_products(fake) == [], field
+        assert fake.calls_to("DELETE", "products"), field
+        # Retrying works and makes exactly one Product, owning the Price LedgerX saved.
+        item = (await gql.ok(mutation, variables, token=admin.token))[field]
+        (product,) = active_products(fake)
+        price = fake.get(item["stripePriceId"])
+        assert (price["product"], price["active"]) == (product["id"], True)
+        assert item["id"] in product["metadata"].values()
+        product["active"] = False  # out of the way for the next round
+
+    # Input LedgerX refuses is refused before Stripe is asked: no Product at all.
+    before = len(fake.of_type("product"))
+    bad = {"i": {**plan_input["i"], "name": "Too many", "features": [f"f{i}" for i in range(60)]}}
+    assert (await gql.error(CREATE_PLAN, bad, token=admin.token))["code"] == "BAD_USER_INPUT"
+    assert len(fake.of_type("product")) == before
+
+    # A pack saved while Stripe was not configured gets its Product when it first needs a Price
+    # (at checkout): a failed Price leaves that Product with the pack, and the retry reuses it.
+    gateway, services.payments.stripe = services.payments.stripe, None
+    pack = await create_pack(gql, admin, credits=50, amount=300)
+    services.payments.stripe = gateway
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    fake.fail_next("POST", "prices", status=500)
+    err = await gql.error(CHECKOUT, checkout_input(pid, creditPackId=pack), token=owner.token)
+    assert err["code"] == "PAYMENT_PROVIDER_ERROR"
+    (product,) = active_products(fake)
+    rows = await owner_sql(
+        settings,
+        "SELECT stripe_product_id, stripe_price_id FROM credit_packs WHERE id = $1",
+        ids.decode("credit_pack", pack),
+    )
+    assert (rows[0]["stripe_product_id"], rows[0]["stripe_price_id"]) == (product["id"], None)
+    await checkout(gql, owner, pid, creditPackId=pack)
+    (again,) = active_products(fake)
+    assert again["id"] == product["id"]

@@ -8,6 +8,7 @@ created on first checkout once Stripe is configured.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -20,11 +21,13 @@ from ledgerx import ids
 from ledgerx.db.models import CatalogPrice, CreditPack, Plan
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.errors import AppError, BadInput, NotFound
 from ledgerx.domain.payments import objects
 from ledgerx.domain.payments.money import Money
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
+
+log = logging.getLogger("ledgerx.payments.catalog")
 
 # A catalog model with `id`, `archived_at`, `updated_at` and `stripe_product_id`.
 _Archivable = TypeVar("_Archivable", CreditPack, Plan)
@@ -196,19 +199,81 @@ async def _stripe_price(
     interval: str | None,
     nonce: str,
 ) -> tuple[str, str] | None:
-    """Create (or reuse) the Product and create a Price; None when Stripe is not configured."""
+    """Create (or reuse) the Product and create a Price; None when Stripe is not configured.
+
+    A Product made here whose Price then fails is removed again (`discard`): the caller saves
+    nothing, so nothing would ever refer to it. Its idempotency key holds the call's `nonce`, so a
+    later attempt never gets the removed Product back from Stripe's idempotency cache. Callers that
+    keep the item (`ensure_*_price`) save the Product first instead, and reuse it."""
     stripe = svc.stripe
     if stripe is None:
         return None
-    public = ids.encode(kind, item_id)
-    meta = {objects.META_PLAN if kind == "plan" else objects.META_PACK: public}
+    made = product_id is None
     if product_id is None:
-        product = await stripe.create_product(name, meta, f"ledgerx:{public}:product")
-        product_id = str(product["id"])
-    created = await stripe.create_price(
-        product_id, price.amount, price.currency, interval, meta, f"ledgerx:{public}:price:{nonce}"
+        product_id = await _stripe_product(svc, kind=kind, item_id=item_id, name=name, nonce=nonce)
+    try:
+        price_id = await _create_price(svc, kind, item_id, product_id, price, interval, nonce)
+    except BaseException:
+        if made:
+            await discard(svc, product_id=product_id, price_id=None)
+        raise
+    return product_id, price_id
+
+
+def _meta(kind: str, item_id: uuid.UUID) -> dict[str, str]:
+    return {objects.META_PLAN if kind == "plan" else objects.META_PACK: ids.encode(kind, item_id)}
+
+
+async def _stripe_product(
+    svc: PaymentsService, *, kind: str, item_id: uuid.UUID, name: str, nonce: str | None = None
+) -> str:
+    public = ids.encode(kind, item_id)
+    key = f"ledgerx:{public}:product" + (f":{nonce}" if nonce else "")
+    product = await svc.require_stripe().create_product(name, _meta(kind, item_id), key)
+    return str(product["id"])
+
+
+async def _create_price(
+    svc: PaymentsService,
+    kind: str,
+    item_id: uuid.UUID,
+    product_id: str,
+    price: Money,
+    interval: str | None,
+    nonce: str,
+) -> str:
+    public = ids.encode(kind, item_id)
+    created = await svc.require_stripe().create_price(
+        product_id, price.amount, price.currency, interval, _meta(kind, item_id), f"ledgerx:{public}:price:{nonce}"
     )
-    return product_id, str(created["id"])
+    return str(created["id"])
+
+
+async def discard(svc: PaymentsService, *, product_id: str | None, price_id: str | None) -> None:
+    """Undo Stripe objects made for a catalog change that was not saved, so no orphan stays on sale:
+    the Price is archived, the Product deleted (or archived when it has a Price, which Stripe keeps).
+    Never raises: the caller is already failing with the error that matters; what could not be
+    undone is logged with its id for an operator."""
+    stripe = svc.stripe
+    if stripe is None:
+        return
+    if price_id is not None:
+        try:
+            await stripe.deactivate_price(price_id)
+        except AppError:
+            log.error("could not archive the unsaved Stripe price %s; archive it in the dashboard", price_id)
+    if product_id is None:
+        return
+    if price_id is None:
+        try:
+            await stripe.delete_product(product_id)
+            return
+        except AppError:
+            log.info("Stripe product %s could not be deleted; archiving it", product_id)
+    try:
+        await stripe.update_product(product_id, {"active": False})
+    except AppError:
+        log.error("could not archive the unsaved Stripe product %s; archive it in the dashboard", product_id)
 
 
 async def _record_price(
@@ -246,54 +311,46 @@ async def ensure_plan_price(svc: PaymentsService, plan: Plan) -> Plan:
     if plan.stripe_price_id is not None:
         return plan
     svc.require_stripe()
+    await _ensure_product(svc, Plan, "plan", plan.id)
     async with svc.db.transaction(system=True) as s:
         row = (await s.execute(select(Plan).where(Plan.id == plan.id).with_for_update())).scalar_one()
         if row.stripe_price_id is None:
-            created = await _stripe_price(
-                svc,
-                kind="plan",
-                item_id=row.id,
-                name=row.name,
-                product_id=row.stripe_product_id,
-                price=Money(row.price_amount, row.currency),
-                interval=row.interval,
-                nonce=f"{row.price_amount}:{row.currency}:{row.interval}",
+            assert row.stripe_product_id is not None
+            price = Money(row.price_amount, row.currency)
+            nonce = f"{row.price_amount}:{row.currency}:{row.interval}"
+            row.stripe_price_id = await _create_price(
+                svc, "plan", row.id, row.stripe_product_id, price, row.interval, nonce
             )
-            assert created is not None
-            row.stripe_product_id, row.stripe_price_id = created
             await _record_price(
-                s,
-                created[1],
-                plan_id=row.id,
-                pack_id=None,
-                price=Money(row.price_amount, row.currency),
-                interval=row.interval,
+                s, row.stripe_price_id, plan_id=row.id, pack_id=None, price=price, interval=row.interval
             )
         return row
+
+
+async def _ensure_product(svc: PaymentsService, model: type[_Archivable], kind: str, item_id: uuid.UUID) -> None:
+    """Give a saved catalog item its Stripe Product, committed before any Price is made: a Price
+    that then fails leaves a Product the item owns (reused by the retry), never an orphan."""
+    async with svc.db.transaction(system=True) as s:
+        row = (await s.execute(select(model).where(model.id == item_id).with_for_update())).scalar_one()
+        if row.stripe_product_id is None:
+            row.stripe_product_id = await _stripe_product(svc, kind=kind, item_id=row.id, name=row.name)
 
 
 async def ensure_pack_price(svc: PaymentsService, pack: CreditPack) -> CreditPack:
     if pack.stripe_price_id is not None:
         return pack
     svc.require_stripe()
+    await _ensure_product(svc, CreditPack, "credit_pack", pack.id)
     async with svc.db.transaction(system=True) as s:
         row = (await s.execute(select(CreditPack).where(CreditPack.id == pack.id).with_for_update())).scalar_one()
         if row.stripe_price_id is None:
-            created = await _stripe_price(
-                svc,
-                kind="credit_pack",
-                item_id=row.id,
-                name=row.name,
-                product_id=row.stripe_product_id,
-                price=Money(row.price_amount, row.currency),
-                interval=None,
-                nonce=f"{row.price_amount}:{row.currency}",
+            assert row.stripe_product_id is not None
+            price = Money(row.price_amount, row.currency)
+            nonce = f"{row.price_amount}:{row.currency}"
+            row.stripe_price_id = await _create_price(
+                svc, "credit_pack", row.id, row.stripe_product_id, price, None, nonce
             )
-            assert created is not None
-            row.stripe_product_id, row.stripe_price_id = created
-            await _record_price(
-                s, created[1], plan_id=None, pack_id=row.id, price=Money(row.price_amount, row.currency), interval=None
-            )
+            await _record_price(s, row.stripe_price_id, plan_id=None, pack_id=row.id, price=price, interval=None)
         return row
 
 
@@ -327,20 +384,25 @@ async def create_credit_pack(
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
-    async with svc.db.transaction(system=True) as s:
-        s.add(pack)
-        await s.flush()
+    try:
+        async with svc.db.transaction(system=True) as s:
+            s.add(pack)
+            await s.flush()
+            if stripe_ids:
+                await _record_price(s, stripe_ids[1], plan_id=None, pack_id=pack_id, price=price, interval=None)
+            await audit.record(
+                s,
+                actor,
+                "catalog.credit_pack.create",
+                target_type="credit_pack",
+                target_id=ids.encode("credit_pack", pack_id),
+                after=pack_snapshot(pack),
+            )
+            await s.refresh(pack)
+    except BaseException:
         if stripe_ids:
-            await _record_price(s, stripe_ids[1], plan_id=None, pack_id=pack_id, price=price, interval=None)
-        await audit.record(
-            s,
-            actor,
-            "catalog.credit_pack.create",
-            target_type="credit_pack",
-            target_id=ids.encode("credit_pack", pack_id),
-            after=pack_snapshot(pack),
-        )
-        await s.refresh(pack)
+            await discard(svc, product_id=stripe_ids[0], price_id=stripe_ids[1])
+        raise
     return pack
 
 
@@ -352,6 +414,25 @@ async def update_credit_pack(
     name: str | None = None,
     credits: int | None = None,
     price: Money | None = None,
+) -> CreditPack:
+    fresh: list[tuple[str | None, str]] = []  # Stripe objects made here, undone if the change fails
+    try:
+        return await _update_credit_pack(svc, actor, pack_id, name=name, credits=credits, price=price, fresh=fresh)
+    except BaseException:
+        for product_id, price_id in fresh:
+            await discard(svc, product_id=product_id, price_id=price_id)
+        raise
+
+
+async def _update_credit_pack(
+    svc: PaymentsService,
+    actor: Actor,
+    pack_id: uuid.UUID,
+    *,
+    name: str | None,
+    credits: int | None,
+    price: Money | None,
+    fresh: list[tuple[str | None, str]],
 ) -> CreditPack:
     async with svc.db.transaction(system=True) as s:
         pack = (await s.execute(select(CreditPack).where(CreditPack.id == pack_id).with_for_update())).scalar()
@@ -377,6 +458,8 @@ async def update_credit_pack(
                 interval=None,
                 nonce=uuid7().hex,
             )
+            if created:
+                fresh.append((None if pack.stripe_product_id else created[0], created[1]))
             await _retire_price(svc, s, pack.stripe_price_id)
             pack.price_amount, pack.currency = price.amount, price.currency
             pack.stripe_product_id, pack.stripe_price_id = created if created else (pack.stripe_product_id, None)
@@ -446,10 +529,14 @@ async def create_plan(
     features: Sequence[str] = (),
     trial_days: int = 0,
 ) -> Plan:
+    # Every check before Stripe is asked, so refused input never leaves Stripe objects behind.
     clean = _name(name)
     _tier(tier, price)
     _interval(interval)
     _positive(included_credits, "includedCredits", allow_zero=True)
+    quotas = quotas_json(monthly_quotas or {})
+    feature_list = _features(features)
+    trial = _trial_days(trial_days)
     plan_id = uuid7()
     stripe_ids = None
     if price.amount > 0:
@@ -472,26 +559,31 @@ async def create_plan(
         currency=price.currency,
         included_credits=included_credits,
         rate_limit=rate_limit,
-        monthly_quotas=quotas_json(monthly_quotas or {}),
-        features=_features(features),
-        trial_days=_trial_days(trial_days),
+        monthly_quotas=quotas,
+        features=feature_list,
+        trial_days=trial,
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
-    async with svc.db.transaction(system=True) as s:
-        s.add(plan)
-        await s.flush()
+    try:
+        async with svc.db.transaction(system=True) as s:
+            s.add(plan)
+            await s.flush()
+            if stripe_ids:
+                await _record_price(s, stripe_ids[1], plan_id=plan_id, pack_id=None, price=price, interval=interval)
+            await audit.record(
+                s,
+                actor,
+                "catalog.plan.create",
+                target_type="plan",
+                target_id=ids.encode("plan", plan_id),
+                after=plan_snapshot(plan),
+            )
+            await s.refresh(plan)
+    except BaseException:
         if stripe_ids:
-            await _record_price(s, stripe_ids[1], plan_id=plan_id, pack_id=None, price=price, interval=interval)
-        await audit.record(
-            s,
-            actor,
-            "catalog.plan.create",
-            target_type="plan",
-            target_id=ids.encode("plan", plan_id),
-            after=plan_snapshot(plan),
-        )
-        await s.refresh(plan)
+            await discard(svc, product_id=stripe_ids[0], price_id=stripe_ids[1])
+        raise
     svc.forget_plan()
     return plan
 
@@ -513,6 +605,41 @@ async def update_plan(
     trial_days: int | None = None,
 ) -> Plan:
     """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs."""
+    fresh: list[tuple[str | None, str]] = []  # Stripe objects made here, undone if the change fails
+    try:
+        return await _update_plan(
+            svc,
+            actor,
+            plan_id,
+            name=name,
+            price=price,
+            included_credits=included_credits,
+            rate_limit=rate_limit,
+            monthly_quotas=monthly_quotas,
+            features=features,
+            trial_days=trial_days,
+            fresh=fresh,
+        )
+    except BaseException:
+        for product_id, price_id in fresh:
+            await discard(svc, product_id=product_id, price_id=price_id)
+        raise
+
+
+async def _update_plan(
+    svc: PaymentsService,
+    actor: Actor,
+    plan_id: uuid.UUID,
+    *,
+    name: str | None,
+    price: Money | None,
+    included_credits: int | None,
+    rate_limit: dict[str, Any] | None,
+    monthly_quotas: Mapping[str, int] | None,
+    features: Sequence[str] | None,
+    trial_days: int | None,
+    fresh: list[tuple[str | None, str]],
+) -> Plan:
     async with svc.db.transaction(system=True) as s:
         plan = (await s.execute(select(Plan).where(Plan.id == plan_id).with_for_update())).scalar()
         if plan is None:
@@ -546,6 +673,8 @@ async def update_plan(
                     interval=plan.interval,
                     nonce=uuid7().hex,
                 )
+                if created:
+                    fresh.append((None if plan.stripe_product_id else created[0], created[1]))
             await _retire_price(svc, s, plan.stripe_price_id)
             plan.price_amount, plan.currency = price.amount, price.currency
             plan.stripe_price_id = None

@@ -107,6 +107,10 @@ class StripeGateway:
             v1.products.create_async({"name": name, "metadata": dict(meta)}, self._opts(idempotency_key)),
         )
 
+    async def delete_product(self, product_id: str) -> None:
+        """Stripe deletes only a product without prices (else: archive it with `update_product`)."""
+        await self._call("delete a product", self.client.v1.products.delete_async(product_id))
+
     async def update_product(self, product_id: str, params: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("update a product", self.client.v1.products.update_async(product_id, _any(params)))
 
