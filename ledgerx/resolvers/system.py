@@ -9,7 +9,10 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from ledgerx import __version__
+from ledgerx.domain.health import system_health
+from ledgerx.resolvers.guards import require_platform_admin
 from ledgerx.schema.info import Info
+from ledgerx.schema.system_health import SystemHealth
 
 
 @strawberry.type
@@ -17,6 +20,14 @@ class Query:
     @strawberry.field(description="The server's version.")
     def version(self) -> str:
         return __version__
+
+    @strawberry.field(
+        description="Database, read replica, Redis, billing scheduler, webhook inbox, outbound deliveries and mail"
+        " outbox, as seen from this instance (platform admins)."
+    )
+    async def system_health(self, info: Info) -> SystemHealth:
+        await require_platform_admin(info)
+        return SystemHealth.of(await system_health(info.context.services))
 
 
 @strawberry.type
