@@ -41,16 +41,27 @@ return #ARGV / 2
 """
 
 
+_END: Event = {}  # the end-of-stream marker a closed subscription's queue ends with (compared by identity)
+
+
 class Subscription:
-    """One local subscriber: an async iterator over the events of one topic."""
+    """One local subscriber: an async iterator over the events of one topic.
+
+    Closed when its `subscribe` block exits or the bus closes: iteration then ends, and tasks
+    still waiting on it (helpers such as `asyncio.ensure_future(anext(sub))`, a relay task) are
+    cancelled and awaited, so none is left pending for the garbage collector to destroy."""
 
     def __init__(self, topic: str, maxsize: int) -> None:
         self.topic = topic
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
+        self.closed = False
+        self._waiters: set[asyncio.Task[Any]] = set()
 
     def offer(self, event: Event) -> None:
         """Enqueue without ever blocking the reader; on overflow drop the oldest event."""
+        if self.closed:
+            return
         if self.queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
@@ -59,11 +70,40 @@ class Subscription:
                 log.warning("slow subscriber on %s: %d events dropped", self.topic, self.dropped)
         self.queue.put_nowait(event)
 
+    async def close(self) -> None:
+        """End the iteration; cancel and await the other tasks waiting for an event."""
+        if not self.closed:
+            self.closed = True
+            if self.queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self.queue.get_nowait()
+            self.queue.put_nowait(_END)
+        me = asyncio.current_task()
+        waiting = {t for t in self._waiters if t is not me and not t.done()}
+        for t in waiting:
+            t.cancel()
+        if waiting:
+            await asyncio.wait(waiting)
+
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        return await self.queue.get()
+        if self.queue.empty():
+            task = asyncio.current_task()
+            if task is not None:
+                self._waiters.add(task)
+            try:
+                event = await self.queue.get()
+            finally:
+                if task is not None:
+                    self._waiters.discard(task)
+        else:
+            event = self.queue.get_nowait()
+        if event is _END:
+            self.queue.put_nowait(_END)  # every later call ends too
+            raise StopAsyncIteration
+        return event
 
 
 class EventBus:
@@ -153,6 +193,7 @@ class EventBus:
 
     async def _remove(self, key: tuple[bool, str], sub: Subscription) -> None:
         pattern, topic = key
+        await sub.close()
         async with self._lock:
             subs = self._subs.get(key)
             if subs is None:
@@ -214,7 +255,12 @@ class EventBus:
             sub.offer(event)
 
     async def close(self) -> None:
+        """Stop the reader and end every local subscription (their waiting tasks are cancelled and
+        awaited), then close the pub/sub connection."""
         self._closed = True
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                await sub.close()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
