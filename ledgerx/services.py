@@ -18,6 +18,7 @@ from ledgerx.domain.auth.passwords import Passwords
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.auth.service import AuthService, LoginLimits
 from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.auth.verification import EmailVerifier
 from ledgerx.domain.billing.rules import BillingPolicy, BillingService
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService
@@ -113,6 +114,7 @@ class Services:
         )
         limiter = RateLimiter(redis, prefix=settings.redis_prefix)
         refill = 1.0 / settings.login_limit_refill_seconds
+        mailer = Mailer()
         auth = AuthService(
             db=db,
             passwords=passwords,
@@ -131,8 +133,11 @@ class Services:
                 prefix=settings.redis_prefix,
             ),
             refresh_ttl=settings.refresh_token_ttl,
+            verifier=EmailVerifier(
+                db, mailer, limiter, ttl=settings.email_verification_ttl, public_url=settings.public_url
+            ),
         )
-        svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth)
+        svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth, mailer=mailer)
         svc.access_cache = AccessCache(settings.access_cache_ttl)
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
         listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)

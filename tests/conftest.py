@@ -44,6 +44,11 @@ def redis_url() -> str:
     return url or embedded.start_redis(TEST_DATA)
 
 
+# This session's database URL, for helpers that read what only a mailbox would show (the tokens of
+# mailed links, from the outbox table); set by the `database_url` fixture.
+SESSION: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 async def database_url(admin_database_url: str) -> AsyncIterator[str]:
     """A fresh database for this session, schema from the migrations (never create_all)."""
@@ -57,6 +62,7 @@ async def database_url(admin_database_url: str) -> AsyncIterator[str]:
     path_start = base[0].rfind("/")
     url = base[0][: path_start + 1] + name + ("?" + base[1] if len(base) > 1 else "")
     await asyncio.to_thread(upgrade, url)
+    SESSION["database_url"] = url
     yield url
     admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
     try:

@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import asyncpg
 
 from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.settings import Settings
-from tests.conftest import GQL, SignedIn, sign_up
+from tests.conftest import GQL, SESSION, SignedIn, sign_up
 
 CREATE_PROJECT = """
 mutation($i: CreateProjectInput!) { createProject(input: $i) { id name externalKey status viewerRole } }
 """
 ADD_MEMBER = "mutation($i: AddMemberInput!) { addMember(input: $i) { id role user { id email } } }"
+VERIFY_EMAIL = "mutation($t: String!) { verifyEmail(token: $t) { id emailVerified } }"
+VERIFY_LINK = re.compile(r"https?://\S+/verify-email\?token=([A-Za-z0-9_-]+)")
+
+
+async def mailed_verification_token(email: str) -> str:
+    """The token of the newest verification link mailed to `email`, read from the outbox as the
+    table owner (what the user would find in their inbox; tests without SMTP read it here)."""
+    conn = await asyncpg.connect(asyncpg_dsn(SESSION["database_url"]))
+    try:
+        body = await conn.fetchval(
+            "SELECT body_text FROM mail_outbox WHERE lower(to_addr) = lower($1) AND kind = 'email_verification'"
+            " ORDER BY id DESC LIMIT 1",
+            email,
+        )
+    finally:
+        await conn.close()
+    m = VERIFY_LINK.search(body or "")
+    assert m, f"no verification link mailed to {email}: {body!r}"
+    return m.group(1)
+
+
+async def verify_email(gql: GQL, user: SignedIn) -> None:
+    """Open the user's mailed verification link, as they would."""
+    data = await gql.ok(VERIFY_EMAIL, {"t": await mailed_verification_token(user.email)})
+    assert data["verifyEmail"] == {"id": user.user_id, "emailVerified": True}
+
+
+async def sign_up_verified(gql: GQL, email: str | None = None) -> SignedIn:
+    user = await sign_up(gql, email)
+    await verify_email(gql, user)
+    return user
 
 
 async def create_project(gql: GQL, owner: SignedIn, name: str = "Acme", external_key: str | None = None) -> str:
@@ -23,7 +55,8 @@ async def create_project(gql: GQL, owner: SignedIn, name: str = "Acme", external
 
 
 async def add_member(gql: GQL, admin: SignedIn, project_id: str, role: str) -> SignedIn:
-    user = await sign_up(gql)
+    """A new user who verified their address, added with `role` (addMember adds verified accounts)."""
+    user = await sign_up_verified(gql)
     await gql.ok(ADD_MEMBER, {"i": {"projectId": project_id, "email": user.email, "role": role}}, token=admin.token)
     return user
 

@@ -16,6 +16,7 @@ from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, free_port, new_email, sign_up
 from tests.fake_oidc import Account, FakeOidc
+from tests.tenancy_helpers import owner_sql
 
 REDIRECT = "https://app.example.com/auth/callback"
 AUTH_URL = "mutation($r: String!) { googleAuthUrl(redirectUri: $r) { url state } }"
@@ -164,3 +165,41 @@ async def test_bad_redirect_uri_input(google: Google) -> None:
 async def test_google_not_configured(gql: GQL) -> None:
     err = await gql.error(AUTH_URL, {"r": REDIRECT})
     assert err["code"] == "BAD_USER_INPUT"
+
+
+LOG_IN = "mutation($i: LogInInput!) { logIn(input: $i) { accessToken } }"
+REFRESH = "mutation($t: String) { refreshSession(refreshToken: $t) { accessToken } }"
+ME = "{ me { id emailVerified } }"
+
+
+async def test_linking_an_unverified_account_drops_the_unproven_password(google: Google) -> None:
+    # Someone signed up with this address and never proved holding it: maybe its real owner,
+    # maybe an attacker waiting for the owner to arrive through Google.
+    squatter = await sign_up(google.gql)
+    google.provider.account = Account(sub="g-owner", email=squatter.email, email_verified=True)
+    code, state = await google.start()
+    data = await google.gql.ok(SIGN_IN, {"c": code, "s": state, "r": REDIRECT})
+    assert data["googleSignIn"]["user"] == {"id": squatter.user_id, "email": squatter.email, "emailVerified": True}
+    # The password set by whoever signed up, and that sign-up's session, no longer open the account.
+    err = await google.gql.error(LOG_IN, {"i": {"email": squatter.email, "password": squatter.password}})
+    assert err["code"] == "UNAUTHENTICATED"
+    assert (await google.gql.error(REFRESH, {"t": squatter.refresh}))["code"] == "UNAUTHENTICATED"
+
+
+async def test_google_verifies_only_when_it_says_so(google: Google, settings: Settings) -> None:
+    google.provider.account = Account(sub="g-legacy", email=new_email("g"), email_verified=True)
+    code, state = await google.start()
+    user = (await google.gql.ok(SIGN_IN, {"c": code, "s": state, "r": REDIRECT}))["googleSignIn"]["user"]
+    # An account from before Google's word was recorded (or whose claim was withdrawn).
+    await owner_sql(settings, "UPDATE users SET email_verified = false WHERE email = $1", user["email"])
+
+    google.provider.account = dataclasses.replace(google.provider.account, email_verified=False)
+    code, state = await google.start()
+    again = (await google.gql.ok(SIGN_IN, {"c": code, "s": state, "r": REDIRECT}))["googleSignIn"]
+    assert again["user"]["emailVerified"] is False
+    assert (await google.gql.ok(ME, token=again["accessToken"]))["me"]["emailVerified"] is False
+
+    google.provider.account = dataclasses.replace(google.provider.account, email_verified=True)
+    code, state = await google.start()
+    third = (await google.gql.ok(SIGN_IN, {"c": code, "s": state, "r": REDIRECT}))["googleSignIn"]
+    assert third["user"]["emailVerified"] is True

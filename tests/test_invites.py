@@ -30,6 +30,7 @@ from ledgerx.domain.mail import SmtpConfig, redact
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, free_port, new_email, sign_up
+from tests.tenancy_helpers import sign_up_verified
 
 CREATE_PROJECT = "mutation($i: CreateProjectInput!) { createProject(input: $i) { id name } }"
 ADD_MEMBER = "mutation($i: AddMemberInput!) { addMember(input: $i) { id role } }"
@@ -195,7 +196,8 @@ async def outbox_token(settings: Settings, addr: str) -> str:
     conn = await owner_conn(settings)
     try:
         body = await conn.fetchval(
-            "SELECT body_text FROM mail_outbox WHERE to_addr = $1 ORDER BY id DESC LIMIT 1", addr.lower()
+            "SELECT body_text FROM mail_outbox WHERE to_addr = $1 AND kind = 'invite' ORDER BY id DESC LIMIT 1",
+            addr.lower(),
         )
     finally:
         await conn.close()
@@ -226,7 +228,7 @@ async def audit_actions(settings: Settings, target_id: str) -> list[str]:
 
 
 async def add_member(gql: GQL, owner: SignedIn, project_id: str, role: str) -> SignedIn:
-    u = await sign_up(gql)
+    u = await sign_up_verified(gql)
     await gql.ok(ADD_MEMBER, {"i": {"projectId": project_id, "email": u.email, "role": role}}, token=owner.token)
     return u
 
@@ -358,7 +360,8 @@ async def test_failed_sends_are_retried_and_recorded_until_the_server_answers(se
 
         sender = svc.mail_sender
         assert sender is not None
-        assert await sender.run_once() == 1  # claimed, and the connection is refused
+        # The invitation and the owner's sign-up verification mail: claimed, the connection refused.
+        assert await sender.run_once() == 2
         conn = await owner_conn(settings)
         try:
             row = await conn.fetchrow(
@@ -529,7 +532,7 @@ async def test_invite_conflicts_and_input_rules(gql: GQL, services: Services) ->
 
     # Someone who joined by another way after the invitation: accepting is a CONFLICT.
     token = await outbox_token(services.settings, addr)
-    joined = await sign_up(gql, addr)
+    joined = await sign_up_verified(gql, addr)
     await gql.ok(ADD_MEMBER, {"i": {"projectId": pid, "email": addr, "role": "VIEWER"}}, token=owner.token)
     assert (await gql.error(ACCEPT, {"t": token}, token=joined.token))["code"] == "CONFLICT"
     assert await member_of(gql, pid, owner, joined) == "VIEWER"
@@ -670,3 +673,56 @@ async def test_a_suspended_projects_invitation_cannot_be_accepted(gql: GQL, serv
         CREATE_INVITE, {"i": {"projectId": pid, "email": new_email(), "role": "VIEWER"}}, token=owner.token
     )
     assert err["code"] == "PROJECT_SUSPENDED"
+
+
+ROLE = "mutation($i: UpdateMemberRoleInput!) { updateMemberRole(input: $i) { role } }"
+REMOVE = "mutation($i: RemoveMemberInput!) { removeMember(input: $i) }"
+TRANSFER = "mutation($i: TransferOwnershipInput!) { transferOwnership(input: $i) { id } }"
+
+
+async def test_invitations_die_when_their_inviter_loses_the_right_to_invite(gql: GQL, services: Services) -> None:
+    owner = await sign_up(gql)
+    pid = await new_project(gql, owner)
+    demoted, removed, leaving, heir = [await add_member(gql, owner, pid, "ADMIN") for _ in range(4)]
+    by = {}
+    for who, name in ((owner, "owner"), (demoted, "demoted"), (removed, "removed"), (leaving, "leaving")):
+        addr = new_email(f"by-{name}")
+        by[name] = (await invite(gql, who, pid, addr), await outbox_token(services.settings, addr))
+
+    async def status(name: str) -> str:
+        listed = (await gql.ok(INVITES, {"p": pid, "first": 50}, token=owner.token))["invites"]["edges"]
+        return str({e["node"]["id"]: e["node"]["status"] for e in listed}[by[name][0]["id"]])
+
+    # Role lowered below ADMIN: that admin's open invitation is revoked with the change.
+    await gql.ok(ROLE, {"i": {"projectId": pid, "userId": demoted.user_id, "role": "MEMBER"}}, token=owner.token)
+    assert await status("demoted") == "REVOKED"
+    assert (await gql.error(PEEK, {"t": by["demoted"][1]}))["code"] == "NOT_FOUND"
+    # Removed, and left by themselves: the same.
+    await gql.ok(REMOVE, {"i": {"projectId": pid, "userId": removed.user_id}}, token=owner.token)
+    assert await status("removed") == "REVOKED"
+    await gql.ok(REMOVE, {"i": {"projectId": pid, "userId": leaving.user_id}}, token=leaving.token)
+    assert await status("leaving") == "REVOKED"
+    invitee = await sign_up_verified(gql, by["leaving"][0]["email"])
+    assert (await gql.error(ACCEPT, {"t": by["leaving"][1]}, token=invitee.token))["code"] == "NOT_FOUND"
+    assert await status("owner") == "PENDING"  # nobody else's invitation was touched
+
+    # Ownership transferred away: the old owner stays ADMIN, who may invite, so theirs stands...
+    await gql.ok(TRANSFER, {"i": {"projectId": pid, "userId": heir.user_id}}, token=owner.token)
+    assert await status("owner") == "PENDING"
+    # ...until the new owner lowers them.
+    await gql.ok(ROLE, {"i": {"projectId": pid, "userId": owner.user_id, "role": "VIEWER"}}, token=heir.token)
+    listed = (await gql.ok(INVITES, {"p": pid, "first": 50}, token=heir.token))["invites"]["edges"]
+    assert {e["node"]["id"]: e["node"]["status"] for e in listed}[by["owner"][0]["id"]] == "REVOKED"
+
+    # Each revocation is audited with its reason, in the change's transaction.
+    conn = await owner_conn(services.settings)
+    try:
+        rows = await conn.fetch(
+            "SELECT target_id, after->>'reason' AS reason FROM audit_log WHERE action = 'invite.revoke'"
+            " AND project_id = (SELECT project_id FROM invites WHERE email = $1)",
+            by["owner"][0]["email"],
+        )
+    finally:
+        await conn.close()
+    assert {r["target_id"] for r in rows} == {by[n][0]["id"] for n in ("demoted", "removed", "leaving", "owner")}
+    assert {r["reason"] for r in rows} == {"inviter_lost_access"}

@@ -40,8 +40,8 @@ from ledgerx.ids import uuid7
 
 log = logging.getLogger("ledgerx.mail")
 
-# Secrets that travel only in mail bodies (invitation tokens in links) are blanked in the stored
-# copy once the mail has left, so the outbox does not keep live credentials around.
+# Secrets that travel only in mail bodies (invitation and email-verification tokens in links) are
+# blanked in the stored copy once the mail has left, so the outbox does not keep live credentials.
 _SECRET_PARAM = re.compile(r"([?&]token=)[^\s&#]+")
 
 
@@ -52,6 +52,22 @@ def redact(body: str) -> str:
 def _one_line(value: str) -> str:
     """Header values never carry line breaks (no header injection through names or subjects)."""
     return " ".join(value.split())
+
+
+def verification_mail(*, name: str, email: str, link: str, expires_at: dt.datetime) -> tuple[str, str]:
+    """Subject and body of the email-verification mail (sign-up and `resendVerification`)."""
+    greeting = f"Hi {_one_line(name)}," if name.strip() else "Hi,"
+    expires = expires_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = (
+        f"{greeting}\n"
+        "\n"
+        f"Confirm that {email} is your address on LedgerX:\n{link}\n"
+        "\n"
+        f"The link works once and expires on {expires}.\n"
+        "If you did not sign up for LedgerX with this address, do not open the link (it would confirm\n"
+        "the address for whoever signed up with it); ignore this mail instead.\n"
+    )
+    return "Confirm your email address for LedgerX", body
 
 
 class Mailer:

@@ -1,4 +1,5 @@
-"""Identity fields: signUp, logIn, refreshSession, logOut, me, googleAuthUrl, googleSignIn."""
+"""Identity fields: signUp, logIn, refreshSession, logOut, me, verifyEmail, resendVerification,
+googleAuthUrl, googleSignIn."""
 
 from __future__ import annotations
 
@@ -74,6 +75,23 @@ class Mutation:
         if ctx.response is not None:
             ctx.response.delete_cookie(REFRESH_COOKIE, path="/graphql")
         return done
+
+    @strawberry.mutation(
+        description="Confirm an email address with the token of a mailed link (no sign-in needed; single use)."
+    )
+    async def verify_email(self, info: Info, token: str) -> UserType:
+        ctx = info.context
+        return UserType.of(await ctx.services.auth.verify_email(token, ctx.actor()))
+
+    @strawberry.mutation(
+        description="Mail the signed-in user a new verification link (older links stop working); rate limited."
+    )
+    async def resend_verification(self, info: Info) -> bool:
+        ctx = info.context
+        p = ctx.require_user()
+        assert p.user_id is not None
+        await ctx.services.auth.resend_verification(p.user_id, ctx.actor())
+        return True
 
     @strawberry.mutation
     async def google_auth_url(self, info: Info, redirect_uri: str) -> GoogleAuthUrl:

@@ -94,11 +94,22 @@ class Mutation:
         )
         return ProjectType.of(p, access.role)
 
-    @strawberry.mutation(description="Add an existing user by email (others get an invitation).")
+    @strawberry.mutation(
+        description=(
+            "Add the account of a verified email address. Any other address gets an invitation instead: the"
+            " answer is then the error INVITATION_SENT with extensions.inviteId (nothing was added yet)."
+        )
+    )
     async def add_member(self, info: Info, input: AddMemberInput) -> MemberType:
         access = await project_access(info, input.project_id, Need.ADMIN, write=True)
+        services = info.context.services
         m = await members.add_member(
-            info.context.services.db, info.context.actor(), access.project_id, email=input.email, role=input.role.value
+            services.db,
+            info.context.actor(),
+            access.project_id,
+            services.invites,
+            email=input.email,
+            role=input.role.value,
         )
         return MemberType.of(m)
 

@@ -2,7 +2,7 @@
 
 from ledgerx.db.models.base import Base
 from ledgerx.db.models.billing import BillingRule, BillingRun, BillingTestClock, SchedulerLease
-from ledgerx.db.models.identity import AuditLog, RefreshToken, User
+from ledgerx.db.models.identity import AuditLog, EmailVerification, RefreshToken, User
 from ledgerx.db.models.ledger import LedgerEntry, LedgerSystemAccount, LedgerTransaction, Wallet
 from ledgerx.db.models.payments import (
     CatalogPrice,
@@ -40,6 +40,7 @@ __all__ = [
     "BillingTestClock",
     "CatalogPrice",
     "CreditPack",
+    "EmailVerification",
     "Invite",
     "Invoice",
     "InvoiceLine",

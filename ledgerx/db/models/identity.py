@@ -29,6 +29,27 @@ class User(Base):
     last_login_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class EmailVerification(Base):
+    """A mailed email-verification link (migration 0007): single use, expiring, stored as a hash.
+
+    `email` is the address the link went to: verifying proves that address only, so a link sent
+    before the account's email changed cannot verify the new one.
+    """
+
+    __tablename__ = "email_verifications"
+
+    id: Mapped[uuid.UUID] = pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True)
+    email: Mapped[str] = mapped_column(Text, nullable=False)
+    # SHA-256 of the token: the token itself travels only in the mailed link.
+    token_hash: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, unique=True)
+    created_at: Mapped[dt.datetime] = ts_now()
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a newer link replaces this one, or the address got verified another way.
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class RefreshToken(Base):
     """One refresh token; tokens of one sign-in share a `family_id` (the session)."""
 

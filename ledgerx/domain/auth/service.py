@@ -11,13 +11,15 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledgerx.db.engine import Database
-from ledgerx.db.models import User
+from ledgerx.db.models import RefreshToken, User
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth import sessions
+from ledgerx.domain.auth.login_limits import Bucket, LoginThrottle, fold_email
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords, check_policy
 from ledgerx.domain.auth.tokens import AccessTokens
+from ledgerx.domain.auth.verification import EmailVerifier, mark_verified
 from ledgerx.domain.errors import BadInput, Conflict, RateLimited, Unauthenticated
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.ids import encode, uuid7
@@ -46,6 +48,12 @@ class AuthResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoginLimits:
+    """LOGIN_LIMIT_PER_EMAIL / LOGIN_LIMIT_PER_IP as buckets (capacity, refill per second).
+
+    Log-in: failures per (email, client IP) and per client IP (login_limits.py; the email over
+    all clients gets 10x the first). Sign-up: attempts per email and per IP.
+    """
+
     per_email: Limit
     per_ip: Limit
 
@@ -61,6 +69,7 @@ class AuthService:
         limits: LoginLimits,
         oidc: OidcClient,
         refresh_ttl: int,
+        verifier: EmailVerifier,
     ) -> None:
         self.db = db
         self.passwords = passwords
@@ -69,9 +78,16 @@ class AuthService:
         self.limits = limits
         self.oidc = oidc
         self.refresh_ttl = refresh_ttl
+        self.verifier = verifier
+        self.login_throttle = LoginThrottle(
+            limiter.redis,
+            prefix=limiter.prefix,
+            pair=Bucket(limits.per_email.capacity, limits.per_email.per_second),
+            per_ip=Bucket(limits.per_ip.capacity, limits.per_ip.per_second),
+        )
 
     async def _throttle(self, action: str, email: str, actor: Actor) -> None:
-        """Per email and per IP buckets; both are spent so neither can be probed around."""
+        """Sign-up: per email and per IP buckets; both are spent so neither can be probed around."""
         keys = [(f"{action}:email:{email}", self.limits.per_email)]
         if actor.meta.ip:
             keys.append((f"{action}:ip:{actor.meta.ip}", self.limits.per_ip))
@@ -97,9 +113,11 @@ class AuthService:
         hashed = await self.passwords.hash(password)
         user = User(id=uuid7(), email=email, name=name, password_hash=hashed, email_verified=False)
         try:
-            async with self.db.transaction() as s:
+            # The system path: the verification link and its mail belong to no project.
+            async with self.db.transaction(system=True) as s:
                 s.add(user)
                 await s.flush()
+                await self.verifier.issue(s, user)
                 await audit.record(
                     s,
                     Actor("user", user.id, actor.meta),
@@ -110,20 +128,32 @@ class AuthService:
                 )
         except IntegrityError:
             raise Conflict("an account with this email already exists", field="email") from None
+        self.verifier.mailer.kick()
         return await self._issue(user, actor)
 
     async def log_in(self, email: str, password: str, actor: Actor) -> AuthResult:
+        # Failures are counted per case-folded address (whatever the spelling), before it is
+        # judged valid: a malformed one costs the guesser as much as a real one.
+        folded = fold_email(email[:320])
         try:
             email = normalize_email(email)
         except BadInput:
             email = email.strip().lower()[:254]
-        await self._throttle("login", email, actor)
+        refused = await self.login_throttle.attempt(folded, actor.meta.ip)
+        if refused is not None:
+            raise RateLimited(
+                f"too many failed log-in attempts; retry in {refused.retry_after_s}s",
+                retry_after=refused.retry_after_s,
+                scope=refused.scope,
+            )
         async with self.db.transaction() as s:
             user = (await s.execute(select(User).where(func.lower(User.email) == email))).scalar_one_or_none()
         # Unknown emails verify against a dummy hash: same work, same answer.
         ok, rehash = await self.passwords.verify(user.password_hash if user else None, password)
         if user is None or not ok:
+            # The attempt's reserved failure stays counted.
             raise Unauthenticated("email or password is incorrect", reason="bad_credentials")
+        await self.login_throttle.succeeded(folded, actor.meta.ip)
         new_hash = await self.passwords.hash(password) if rehash else None
         async with self.db.transaction() as s:
             values: dict[str, object] = {"last_login_at": dt.datetime.now(dt.UTC)}
@@ -159,11 +189,32 @@ class AuthService:
     async def google_auth_url(self, redirect_uri: str) -> tuple[str, str]:
         return await self.oidc.authorization_url(redirect_uri)
 
+    async def verify_email(self, token: str, actor: Actor) -> User:
+        return await self.verifier.verify(actor, token)
+
+    async def resend_verification(self, user_id: uuid.UUID, actor: Actor) -> None:
+        await self.verifier.resend(actor, user_id)
+
     async def google_sign_in(self, code: str, state: str, redirect_uri: str, actor: Actor) -> AuthResult:
         ident = await self.oidc.exchange(code, state, redirect_uri)
-        async with self.db.transaction() as s:
-            user = (await s.execute(select(User).where(User.google_sub == ident.subject))).scalar_one_or_none()
+        now = dt.datetime.now(dt.UTC)
+        # The system path: marking the address verified retires its verification links.
+        async with self.db.transaction(system=True) as s:
+            user = (
+                await s.execute(select(User).where(User.google_sub == ident.subject).with_for_update())
+            ).scalar_one_or_none()
             action = "user.log_in"
+            after: dict[str, object] = {"method": "google"}
+            # Google vouches for the address only when it says so, and only for that address.
+            if (
+                user is not None
+                and ident.email_verified
+                and ident.email == user.email.lower()
+                and not user.email_verified
+            ):
+                await mark_verified(s, user.id, now)
+                user.email_verified = True
+                after["emailVerified"] = True
             if user is None:
                 if not ident.email_verified:
                     # Linking or creating on an unverified address would let anyone claim it.
@@ -174,7 +225,20 @@ class AuthService:
                 if user is not None:
                     if user.google_sub is not None:
                         raise Conflict("this account is linked to another Google identity", field="email")
+                    if not user.email_verified and user.password_hash is not None:
+                        # Nobody proved holding the address when this password was set: it may be
+                        # an attacker's, who signed up first to wait for the real owner. The
+                        # owner (proven by Google now) keeps the account; the password and its
+                        # sessions go.
+                        user.password_hash = None
+                        await s.execute(
+                            update(RefreshToken)
+                            .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
+                            .values(revoked_at=now, revoke_reason="unverified_password_dropped")
+                        )
+                        after["unverifiedPasswordDropped"] = True
                     user.google_sub = ident.subject
+                    await mark_verified(s, user.id, now)
                     user.email_verified = True
                     action = "user.google_linked"
                 else:
@@ -187,7 +251,7 @@ class AuthService:
                     )
                     s.add(user)
                     action = "user.sign_up"
-            user.last_login_at = dt.datetime.now(dt.UTC)
+            user.last_login_at = now
             await s.flush()
             await audit.record(
                 s,
@@ -195,6 +259,6 @@ class AuthService:
                 action,
                 target_type="user",
                 target_id=encode("user", user.id),
-                after={"method": "google"},
+                after=after,
             )
         return await self._issue(user, actor)

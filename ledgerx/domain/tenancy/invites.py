@@ -12,6 +12,12 @@ Rules:
 - `acceptInvite` takes a signed-in user whose email matches the invitation (case-insensitively;
   otherwise FORBIDDEN). It is single use even under concurrent accepts (the row is locked), adds
   the membership in the same transaction, and is a CONFLICT for someone who is already a member.
+  The token reached only the invited mailbox, so accepting also marks that address verified.
+- An invitation lives only as long as its inviter may invite there: when the inviter's role
+  drops below ADMIN or they leave or are removed, their open invitations are revoked in the same
+  transaction (`revoke_issued_by`, called by the member changes). Platform admins keep theirs.
+- `addMember` for an address without a verified account sends an invitation through `invite_in`
+  (inside addMember's transaction), or reports the one already open.
 - Token lookups (peek, accept) run on the explicit system path, since the project is not known
   before the token is; every change writes an audit row in its own transaction.
 """
@@ -26,7 +32,7 @@ import secrets
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,11 +41,14 @@ from ledgerx.db.models import Invite, Project, ProjectMember, User
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.service import normalize_email
+from ledgerx.domain.auth.verification import mark_verified
 from ledgerx.domain.errors import BadInput, Conflict, Forbidden, NotFound, ProjectSuspended, RateLimited
 from ledgerx.domain.mail import Mailer
 from ledgerx.ids import encode, uuid7
 
 ASSIGNABLE = ("ADMIN", "MEMBER", "VIEWER")
+# The roles that may invite (and add members); an invitation dies when its inviter leaves them.
+CAN_INVITE = ("OWNER", "ADMIN")
 TOKEN_BYTES = 32
 _MAX_TOKEN_LEN = 128  # token_urlsafe(32) is 43 characters; anything much longer is not ours
 
@@ -71,6 +80,44 @@ def snapshot(invite: Invite) -> dict[str, object]:
         "expiresAt": invite.expires_at.isoformat(),
         "resendCount": invite.resend_count,
     }
+
+
+async def revoke_issued_by(
+    s: AsyncSession, actor: Actor, project_id: uuid.UUID, inviter: uuid.UUID, *, role_after: str | None
+) -> list[uuid.UUID]:
+    """In the transaction that changes `inviter`'s membership: revoke their open invitations
+    when the new role (None: no longer a member) may not invite. Returns the revoked ids."""
+    if role_after in CAN_INVITE:
+        return []
+    if (await s.execute(select(User.is_platform_admin).where(User.id == inviter))).scalar():
+        return []  # platform admins invite anywhere, member or not
+    now = utcnow()
+    rows = (
+        await s.execute(
+            update(Invite)
+            .where(
+                Invite.project_id == project_id,
+                Invite.invited_by == inviter,
+                Invite.accepted_at.is_(None),
+                Invite.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+            .returning(Invite.id, Invite.expires_at)
+            .execution_options(synchronize_session=False)
+        )
+    ).all()
+    for invite_id, expires_at in rows:
+        await audit.record(
+            s,
+            actor,
+            "invite.revoke",
+            project_id=project_id,
+            target_type="invite",
+            target_id=encode("invite", invite_id),
+            before={"status": "PENDING" if expires_at > now else "EXPIRED"},
+            after={"status": "REVOKED", "reason": "inviter_lost_access"},
+        )
+    return [r[0] for r in rows]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -148,6 +195,50 @@ class InviteService:
                 "role must be ADMIN, MEMBER or VIEWER (ownership moves with transferOwnership)", field="role"
             )
         address = normalize_email(email)
+        try:
+            async with self.db.transaction(project_id=project_id) as s:
+                await self._refuse_member(s, project_id, address)
+                superseded = await self._close_expired_open(s, project_id, address, self.clock())
+                invite = await self._insert(s, actor, project_id, address, role, superseded=superseded)
+        except IntegrityError:
+            # Only the open-invitation index can refuse this insert: a concurrent create won.
+            raise Conflict("an open invitation for this email already exists; resend it", field="email") from None
+        self.mailer.kick()
+        return invite
+
+    async def invite_in(
+        self, s: AsyncSession, actor: Actor, project_id: uuid.UUID, address: str, role: str
+    ) -> tuple[Invite, bool]:
+        """Inside the caller's project transaction: the open invitation of `address` if one is
+        pending (False), else a new one, mailed (True). The caller checked membership, and calls
+        `self.mailer.kick()` after commit."""
+        now = self.clock()
+        try:
+            superseded = await self._close_expired_open(s, project_id, address, now)
+        except Conflict:
+            pending = (
+                await s.execute(
+                    select(Invite).where(
+                        Invite.project_id == project_id,
+                        func.lower(Invite.email) == address,
+                        Invite.accepted_at.is_(None),
+                        Invite.revoked_at.is_(None),
+                    )
+                )
+            ).scalar_one()
+            return pending, False
+        return await self._insert(s, actor, project_id, address, role, superseded=superseded), True
+
+    async def _insert(
+        self,
+        s: AsyncSession,
+        actor: Actor,
+        project_id: uuid.UUID,
+        address: str,
+        role: str,
+        *,
+        superseded: uuid.UUID | None,
+    ) -> Invite:
         now = self.clock()
         token = secrets.token_urlsafe(TOKEN_BYTES)
         invite = Invite(
@@ -162,27 +253,19 @@ class InviteService:
             last_sent_at=now,
             resend_count=0,
         )
-        try:
-            async with self.db.transaction(project_id=project_id) as s:
-                await self._refuse_member(s, project_id, address)
-                superseded = await self._close_expired_open(s, project_id, address, now)
-                s.add(invite)
-                await s.flush()
-                await self._mail(s, invite, token)
-                await audit.record(
-                    s,
-                    actor,
-                    "invite.create",
-                    project_id=project_id,
-                    target_type="invite",
-                    target_id=encode("invite", invite.id),
-                    before={"supersededInvite": encode("invite", superseded)} if superseded else None,
-                    after=snapshot(invite),
-                )
-        except IntegrityError:
-            # Only the open-invitation index can refuse this insert: a concurrent create won.
-            raise Conflict("an open invitation for this email already exists; resend it", field="email") from None
-        self.mailer.kick()
+        s.add(invite)
+        await s.flush()
+        await self._mail(s, invite, token)
+        await audit.record(
+            s,
+            actor,
+            "invite.create",
+            project_id=project_id,
+            target_type="invite",
+            target_id=encode("invite", invite.id),
+            before={"supersededInvite": encode("invite", superseded)} if superseded else None,
+            after=snapshot(invite),
+        )
         return invite
 
     async def resend(self, actor: Actor, project_id: uuid.UUID, invite_id: uuid.UUID) -> Invite:
@@ -305,6 +388,8 @@ class InviteService:
                 inv.accepted_at = now
                 inv.accepted_by = user_id
                 await s.flush()
+                # The token reached only the invited mailbox: its holder holds the address.
+                newly_verified = await mark_verified(s, user_id, now)
                 await audit.record(
                     s,
                     actor,
@@ -315,6 +400,15 @@ class InviteService:
                     before={"status": "PENDING"},
                     after={"status": "ACCEPTED", "userId": encode("user", user_id), "role": inv.role},
                 )
+                if newly_verified:
+                    await audit.record(
+                        s,
+                        actor,
+                        "user.email_verified",
+                        target_type="user",
+                        target_id=encode("user", user_id),
+                        after={"email": inv.email, "method": "invite"},
+                    )
         except IntegrityError:
             # The membership appeared concurrently (addMember or another invitation).
             raise Conflict("you are already a member of this project") from None

@@ -1,4 +1,14 @@
-"""Members and roles. Exactly one OWNER at all times: it changes only through `transfer_ownership`."""
+"""Members and roles. Exactly one OWNER at all times: it changes only through `transfer_ownership`.
+
+`add_member` adds only accounts whose address is verified. Any other address (no account, or an
+account nobody proved holds the address: someone may have signed up with a colleague's address
+before the colleague did) gets an invitation instead, mailed to the address, and the call answers
+INVITATION_SENT with the invitation's id; unknown and unverified addresses get the same answer,
+so addMember does not tell whether an address has an account.
+
+A member whose role drops below ADMIN, or who leaves or is removed, loses the right to invite:
+their open invitations are revoked in the same transaction (invites.revoke_issued_by).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx.db.engine import Database
-from ledgerx.db.models import ProjectMember, User
+from ledgerx.db.models import Invite, ProjectMember, User
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import BadInput, Conflict, Forbidden, NotFound
+from ledgerx.domain.auth.service import normalize_email
+from ledgerx.domain.errors import BadInput, Conflict, Forbidden, InvitationSent, NotFound
 from ledgerx.domain.tenancy.access import RANK, Access
+from ledgerx.domain.tenancy.invites import InviteService, revoke_issued_by
 from ledgerx.ids import encode, uuid7
 
 ASSIGNABLE = ("ADMIN", "MEMBER", "VIEWER")
@@ -31,31 +43,63 @@ def _target(user_id: uuid.UUID) -> str:
     return encode("user", user_id)
 
 
-async def add_member(db: Database, actor: Actor, project_id: uuid.UUID, *, email: str, role: str) -> ProjectMember:
+async def add_member(
+    db: Database, actor: Actor, project_id: uuid.UUID, invites: InviteService, *, email: str, role: str
+) -> ProjectMember:
+    """Add a verified account; otherwise mail an invitation and raise InvitationSent (after commit)."""
     role = _assignable(role)
-    async with db.read() as s:
-        user_id = (
-            await s.execute(select(User.id).where(func.lower(User.email) == email.strip().lower()))
-        ).scalar_one_or_none()
-    if user_id is None:
-        raise NotFound("no account has this email; send an invitation instead", field="email")
-    member = ProjectMember(id=uuid7(), project_id=project_id, user_id=user_id, role=role)
+    address = normalize_email(email)
+    member: ProjectMember | None = None
+    invite: Invite | None = None
+    created = False
     try:
         async with db.transaction(project_id=project_id) as s:
-            s.add(member)
-            await s.flush()
-            await audit.record(
-                s,
-                actor,
-                "member.add",
-                project_id=project_id,
-                target_type="user",
-                target_id=_target(user_id),
-                after={"role": role},
-            )
+            row = (
+                await s.execute(select(User.id, User.email_verified).where(func.lower(User.email) == address))
+            ).first()
+            if row is not None:
+                existing = (
+                    await s.execute(
+                        select(ProjectMember.id).where(
+                            ProjectMember.project_id == project_id, ProjectMember.user_id == row.id
+                        )
+                    )
+                ).scalar()
+                if existing is not None:
+                    raise Conflict("this user is already a member of the project", field="email")
+            if row is not None and row.email_verified:
+                member = ProjectMember(id=uuid7(), project_id=project_id, user_id=row.id, role=role)
+                s.add(member)
+                await s.flush()
+                await audit.record(
+                    s,
+                    actor,
+                    "member.add",
+                    project_id=project_id,
+                    target_type="user",
+                    target_id=_target(row.id),
+                    after={"role": role},
+                )
+            else:
+                invite, created = await invites.invite_in(s, actor, project_id, address, role)
     except IntegrityError:
-        raise Conflict("this user is already a member of the project", field="email") from None
-    return member
+        # A concurrent addMember (the membership) or invitation (the open-invitation index) won.
+        raise Conflict("this address was added or invited concurrently; reload the members", field="email") from None
+    if member is not None:
+        return member
+    assert invite is not None
+    if created:
+        invites.mailer.kick()
+    raise InvitationSent(
+        "no verified account has this address, so nothing was added: an invitation was mailed to it"
+        " instead; it joins the project when its owner accepts"
+        if created
+        else "no verified account has this address, so nothing was added: an invitation to it is already"
+        " open (resendInvite mails a new link)",
+        field="email",
+        inviteId=encode("invite", invite.id),
+        inviteCreated=created,
+    )
 
 
 async def _locked_member(s: AsyncSession, project_id: uuid.UUID, user_id: uuid.UUID) -> ProjectMember:
@@ -95,6 +139,7 @@ async def update_role(
             before={"role": before},
             after={"role": role},
         )
+        await revoke_issued_by(s, actor, project_id, user_id, role_after=role)
     return m
 
 
@@ -120,6 +165,7 @@ async def remove_member(db: Database, actor: Actor, access: Access, project_id: 
             target_id=_target(user_id),
             before={"role": m.role},
         )
+        await revoke_issued_by(s, actor, project_id, user_id, role_after=None)
 
 
 async def transfer_ownership(db: Database, actor: Actor, project_id: uuid.UUID, new_owner: uuid.UUID) -> None:
@@ -168,6 +214,9 @@ async def transfer_ownership(db: Database, actor: Actor, project_id: uuid.UUID, 
             before={"owner": _target(actor.id), "newOwnerRole": previous},
             after={"owner": _target(new_owner), "previousOwnerRole": "ADMIN"},
         )
+        # The previous owner stays ADMIN and may still invite, so this revokes nothing today; it
+        # keeps transfers on the one rule should the role they land in ever change.
+        await revoke_issued_by(s, actor, project_id, actor.id, role_after=current.role)
 
 
 async def get_member(db: Database, project_id: uuid.UUID, user_id: uuid.UUID) -> ProjectMember:
