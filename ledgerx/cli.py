@@ -319,6 +319,36 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_demo(_: argparse.Namespace) -> int:
+    """Seed a demo project (idempotent) and print how to sign in to it."""
+    from ledgerx import demo
+    from ledgerx.db.migrate import upgrade
+    from ledgerx.domain.errors import AppError
+    from ledgerx.services import Services
+
+    s = _resolved()
+    if s.production:
+        raise _Fatal("demo: the demo account has a published password; not in production (LEDGERX_ENV)")
+    assert s.database_url
+    upgrade(s.database_url)
+    logs.configure(s.log_level)
+
+    async def run() -> demo.DemoReport:
+        services = Services.build(s)
+        try:
+            return await demo.seed(services)
+        except demo.DemoError as exc:
+            raise _Fatal(f"demo: {exc}") from None
+        except AppError as exc:
+            raise _Fatal(f"demo: {exc.message}") from None
+        finally:
+            await services.close()
+
+    for line in asyncio.run(run()).lines():
+        print(line)
+    return 0
+
+
 def cmd_export_schema(args: argparse.Namespace) -> int:
     from ledgerx.schema import schema_sdl
 
@@ -398,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reconcile", help="match Stripe's recent events and payments with the books")
     p.add_argument("--since", default="24h", help="a duration back from now (24h, 7d) or an ISO date (default 24h)")
     p.set_defaults(func=cmd_reconcile)
+
+    sub.add_parser(
+        "demo", help="seed a demo project (wallets, usage, billing rules, a plan); running it again adds nothing"
+    ).set_defaults(func=cmd_demo)
 
     p = sub.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     p.add_argument("--output", "-o", default="-")
