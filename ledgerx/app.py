@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from ledgerx import metrics
@@ -69,7 +69,17 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
 
-    async def metrics_route(_: Request) -> Response:
+    async def metrics_route(request: Request) -> Response:
+        # METRICS_TOKEN (bearer) guards the route; in production it is off (404) without one.
+        allowed = metrics.scrape_status(
+            request.headers.get("authorization"), settings.metrics_token, production=settings.production
+        )
+        if allowed == 404:
+            return PlainTextResponse("Not Found", status_code=404)
+        if allowed == 401:
+            challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+            return PlainTextResponse("unauthorized", status_code=401, headers=challenge)
+        await metrics.refresh(svc())  # pools and backlogs are read at scrape time
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     async def jwks(_: Request) -> Response:

@@ -17,6 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgerx import metrics
+from ledgerx.dashboard import ASSETS as DASHBOARD_ASSETS
 from ledgerx.logs import request_id_var, request_info_var
 
 access_log = logging.getLogger("ledgerx.access")
@@ -128,4 +129,8 @@ _KNOWN_ROUTES = {
     "/webhooks/stripe",
     "/v1/usage",
     "/dashboard",
+    # The dashboard's assets and the icon browsers ask for on their own (a 404 today), so they
+    # are told apart from unknown paths, whose label is "other".
+    *(f"/dashboard/{name}" for name in DASHBOARD_ASSETS),
+    "/favicon.ico",
 }

@@ -84,6 +84,13 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
+def _token(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name) or None
+    if raw is not None and (len(raw) < 16 or not raw.isascii() or not raw.isprintable() or " " in raw):
+        raise SettingsError(f"{name}: expected at least 16 printable ASCII characters without spaces")
+    return raw
+
+
 def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -141,6 +148,8 @@ class Settings:
     # the largest /graphql request body in bytes (413 beyond it).
     graphql_max_cost: int = 20_000
     graphql_max_body: int = 1024 * 1024
+    # Bearer token for GET /metrics; unset: open in development, 404 in production.
+    metrics_token: str | None = None
     db_app_role: str = "ledgerx_app"
     db_pool_size: int = 20
     redis_prefix: str = "lx:"
@@ -180,6 +189,9 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_lease_seconds: int = 120
     dunning_interval: float = 60.0
+    # Origins Checkout's successUrl/cancelUrl may point to in production (CHECKOUT_REDIRECT_ORIGINS);
+    # empty: the origin of LEDGERX_PUBLIC_URL plus CORS_ORIGINS (see `checkout_origins`).
+    checkout_redirect_origins: tuple[str, ...] = ()
     # Usage metering: events older than the late window or further ahead than the future skew are
     # refused (seconds); bulk ingestion takes at most `usage_max_batch` events and body bytes.
     usage_late_window: int = 35 * 86400
@@ -213,6 +225,14 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def checkout_origins(self) -> tuple[str, ...]:
+        """Where Stripe Checkout may send a customer back to (enforced in production only)."""
+        if self.checkout_redirect_origins:
+            return self.checkout_redirect_origins
+        own = (self.public_url,) if self.public_url else ()
+        return own + tuple(o for o in self.cors_origins if o != "*")
 
     @property
     def jwt_issuer(self) -> str:
@@ -263,6 +283,7 @@ class Settings:
             graphql_introspection=_bool(e, "GRAPHQL_INTROSPECTION", not production),
             graphql_max_cost=_int(e, "GRAPHQL_MAX_COST", 20_000, minimum=1),
             graphql_max_body=_int(e, "GRAPHQL_MAX_BODY", 1024 * 1024, minimum=1024),
+            metrics_token=_token(e, "METRICS_TOKEN"),
             db_app_role=role,
             db_pool_size=_int(e, "DB_POOL_SIZE", 20, minimum=1),
             redis_prefix=e.get("REDIS_PREFIX") or "lx:",
@@ -279,6 +300,7 @@ class Settings:
             email_verification_ttl=_duration(e, "EMAIL_VERIFICATION_TTL", 48 * 3600),
             mail_max_attempts=_int(e, "MAIL_MAX_ATTEMPTS", 10, minimum=1),
             stripe_webhook_tolerance=_duration(e, "STRIPE_WEBHOOK_TOLERANCE", 300),
+            checkout_redirect_origins=_list(e, "CHECKOUT_REDIRECT_ORIGINS"),
             subscription_grace_period=_duration_or_zero(e, "SUBSCRIPTION_GRACE_PERIOD", 7 * 86400),
             webhook_max_attempts=_int(e, "WEBHOOK_MAX_ATTEMPTS", 12, minimum=1),
             usage_late_window=_duration(e, "USAGE_LATE_WINDOW", 35 * 86400),
@@ -301,6 +323,12 @@ class Settings:
         for origin in s.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):
                 raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com")
+        for origin in s.checkout_redirect_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise SettingsError(
+                    f"CHECKOUT_REDIRECT_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+                )
         if production:
             s.check_production()
         return s

@@ -303,7 +303,7 @@ def pool_stats(db: Database) -> list[PoolStats]:
     with contextlib.suppress(Exception):
         size = int(pool.size()) + int(getattr(pool, "_max_overflow", 0))
         in_use = int(pool.checkedout())
-        waiting = _waiters(getattr(pool, "_pool", None))
+        waiting = _waiters(getattr(getattr(pool, "_pool", None), "_queue", None))  # its asyncio.Queue
         out.append(PoolStats("orm", size, in_use + int(pool.checkedin()), in_use, waiting))
     raw: Any = getattr(db, "_pool", None)  # created lazily by Database.pool(); None until then
     if raw is None:
