@@ -9,6 +9,7 @@ same work with a fifth of that overhead.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any
@@ -20,6 +21,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
 
+from ledgerx import metrics
 from ledgerx.schema.errors import rate_limit_headers, shape
 
 # Bounded: distinct query texts come from clients, and a public endpoint must not let them grow
@@ -47,10 +49,13 @@ class Pipeline(SchemaExtension):
         self.rules = rules
 
     def on_operation(self) -> Iterator[None]:
+        started = time.perf_counter()
         ec = self.execution_context
         ec.parse_options["max_tokens"] = self.max_tokens
         ec.validation_rules = ec.validation_rules + self.rules
         yield
+        # Latency per operation name (bounded labels; subscriptions are not timed: metrics.py).
+        metrics.observe_operation(ec.graphql_document, ec.operation_name, time.perf_counter() - started)
         result = ec.result
         if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
             result.errors = [shape(e, ec.context) for e in result.errors]
