@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint typecheck pytest schema bench clean
+.PHONY: run demo test lint typecheck pytest schema bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(PY)
 
 run: $(VENV)/.installed-run
 	$(VENV)/bin/ledgerx serve --host $(HOST) --port $(PORT)
+
+# A demo project (wallets, usage, billing rules, a plan) in the same data; prints how to sign in.
+demo: $(VENV)/.installed-run
+	$(VENV)/bin/ledgerx demo
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
