@@ -27,9 +27,13 @@ async def _admin_key(info: Info, key_public_id: str) -> tuple[uuid.UUID, uuid.UU
     info.context.require_principal()
     key_id = ids.decode("api_key", key_public_id)
     project_id = await api_keys.project_of(info.context.services.db, key_id)
+    # Another project's key and a made-up one get the same answer: the id leaks nothing.
     if project_id is None:
-        raise NotFound("API key not found")
-    await access_by_uuid(info, project_id, Need.ADMIN, write=True)
+        raise NotFound("API key not found", field="id")
+    try:
+        await access_by_uuid(info, project_id, Need.ADMIN, write=True)
+    except NotFound:
+        raise NotFound("API key not found", field="id") from None
     return project_id, key_id
 
 

@@ -190,8 +190,8 @@ async def create(
 async def project_of(db: Database, key_id: uuid.UUID) -> uuid.UUID | None:
     """The project a key belongs to, found on the explicit system path (the caller checks access next).
 
-    The answer is only used to authorize against that project, which answers NOT_FOUND to outsiders,
-    so it leaks nothing by itself.
+    The answer is only used to authorize against that project; the caller must answer an outsider
+    exactly as it answers a key that does not exist ("API key not found"), or the id leaks.
     """
     async with db.transaction(system=True) as s:
         return (await s.execute(select(ApiKey.project_id).where(ApiKey.id == key_id))).scalar_one_or_none()
@@ -203,7 +203,7 @@ async def get(db: Database, project_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
             await s.execute(select(ApiKey).where(ApiKey.id == key_id, ApiKey.project_id == project_id))
         ).scalar_one_or_none()
     if key is None:
-        raise NotFound("API key not found")
+        raise NotFound("API key not found", field="id")
     return key
 
 
@@ -218,7 +218,7 @@ async def revoke(
             )
         ).scalar_one_or_none()
         if key is None:
-            raise NotFound("API key not found")
+            raise NotFound("API key not found", field="id")
         if key.revoked_at is not None:
             return key
         before = snapshot(key)
@@ -260,7 +260,7 @@ async def rotate(
             )
         ).scalar_one_or_none()
         if key is None:
-            raise NotFound("API key not found")
+            raise NotFound("API key not found", field="id")
         if key.revoked_at is not None:
             raise Conflict("a revoked API key cannot be rotated; create a new key", field="id")
         before = snapshot(key)
