@@ -5,17 +5,21 @@ our own origins in production."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from ledgerx import ids
-from ledgerx.domain.payments import inbox
+from ledgerx.db.engine import asyncpg_dsn
+from ledgerx.domain.payments import handlers, inbox
+from ledgerx.ids import uuid7
 from ledgerx.services import Services
-from ledgerx.settings import Settings
+from ledgerx.settings import Settings, SettingsError
 from tests.conftest import GQL, sign_up
 from tests.fake_stripe import (
     CHECKOUT,
@@ -25,6 +29,7 @@ from tests.fake_stripe import (
     FakeStripe,
     checkout,
     create_pack,
+    deliver,
     sign,
     stripe_settings,
 )
@@ -254,3 +259,144 @@ async def test_a_failed_price_leaves_no_product_on_sale_and_a_retry_works(
     await checkout(gql, owner, pid, creditPackId=pack)
     (again,) = active_products(fake)
     assert again["id"] == product["id"]
+
+
+# -- 4. events naming what is not there fail once, readably ------------------------------------------------
+
+
+async def test_an_event_naming_a_missing_credit_pack_fails_once_with_a_readable_reason(
+    gql: GQL, client: httpx.AsyncClient, services: Services, settings: Settings, fake: FakeStripe
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin, credits=100, amount=100)
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    missing_pack = ids.encode("credit_pack", uuid7())
+    missing_project = ids.encode("project", uuid7())
+    # The last case has no check of its own: PostgreSQL refuses the amount (BIGINT), and the
+    # inbox still stores a summary, not the statement, and knows that retrying cannot help.
+    cases: dict[str, Any] = {
+        "ledgerx_credit_pack_id": missing_pack,
+        "ledgerx_project_id": missing_project,
+        "amount_total": 10**30,
+    }
+    for key, missing in cases.items():
+        (event,) = fake.complete_checkout(await checkout(gql, owner, pid, creditPackId=pack))
+        if key == "amount_total":
+            event["data"]["object"][key] = missing
+        else:
+            event["data"]["object"]["metadata"][key] = missing
+        assert (await deliver(client, event)).status_code == 200
+        for _ in range(3):  # the processor keeps running: the event is not taken again
+            await inbox.drain(services.payments)
+        (row,) = await stored(settings, str(event["id"]))
+        assert (row["status"], row["attempts"]) == ("DEAD", 1), row
+        attempts = await owner_sql(
+            settings,
+            "SELECT a.error FROM webhook_attempts a JOIN webhook_events e ON e.id = a.event_id"
+            " WHERE e.stripe_event_id = $1",
+            event["id"],
+        )
+        assert [a["error"] for a in attempts] == [row["last_error"]]
+        for raw in ("INSERT", "SELECT", "[SQL", "asyncpg", "sqlalchemy", "parameters"):
+            assert raw not in row["last_error"], row["last_error"]
+        if key == "ledgerx_credit_pack_id":
+            assert row["last_error"] == f"credit pack {missing_pack} not found"
+        elif key == "ledgerx_project_id":
+            assert row["last_error"] == f"project {missing_project} not found"
+        else:
+            assert row["last_error"].startswith("database error 22000: invalid input for query argument")
+            assert "out of int64 range" in row["last_error"]
+    wallets = await owner_sql(settings, "SELECT balance FROM wallets WHERE project_id = $1", ids.decode("project", pid))
+    assert [w["balance"] for w in wallets] in ([], [0])
+
+
+async def test_database_and_network_failures_are_retried_and_bad_data_is_not(settings: Settings) -> None:
+    """The processor's classification, on errors raised for real (no storage is faked)."""
+    assert settings.database_url
+
+    async def timed_out() -> None:
+        conn = await asyncpg.connect(asyncpg_dsn(settings.database_url or ""))
+        try:
+            await conn.execute("SET statement_timeout = 10")
+            await conn.fetch("SELECT pg_sleep(1)")
+        finally:
+            await conn.close()
+
+    failures: list[inbox.Failure] = []
+    for attempt in (
+        asyncpg.connect("postgresql://127.0.0.1:1/none", timeout=2),  # PostgreSQL unreachable
+        timed_out(),  # 57014, e.g. a busy database
+        owner_sql(settings, "SELECT 1/0"),
+        owner_sql(settings, "INSERT INTO webhook_attempts (id) VALUES (NULL)"),
+    ):
+        try:
+            await attempt
+        except Exception as exc:
+            failures.append(inbox.classify(exc))
+    assert [f.permanent for f in failures] == [False, False, True, True], failures
+    assert all("INSERT" not in f.message and "SELECT" not in f.message for f in failures), failures
+    assert inbox.classify(handlers.NotReady("later")).permanent is False
+    assert inbox.classify(handlers.Permanent("credit pack pck_x not found")).message == "credit pack pck_x not found"
+
+
+# -- 5. checkout redirects stay on our origins in production ------------------------------------------------
+
+
+async def test_checkout_redirects_only_to_our_origins_in_production(
+    gql: GQL, services: Services, settings: Settings, fake: FakeStripe
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin)
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+
+    async def attempt(success: str, cancel: str = "https://app.example.com/no") -> dict[str, Any]:
+        variables = {"i": {"projectId": pid, "creditPackId": pack, "successUrl": success, "cancelUrl": cancel}}
+        return await gql(CHECKOUT, variables, token=owner.token)
+
+    # Development: any http(s) URL (local front ends come and go).
+    assert "errors" not in await attempt("https://elsewhere.example.net/ok")
+
+    # Production: the origin of LEDGERX_PUBLIC_URL and CORS_ORIGINS by default.
+    services.payments.settings = dataclasses.replace(
+        settings,
+        env="production",
+        public_url="https://ledger.example.com/api",
+        cors_origins=("https://App.example.com",),
+    )
+    for ok in (
+        "https://app.example.com/ok?session={CHECKOUT_SESSION_ID}",
+        "https://APP.example.com:443/ok",
+        "https://ledger.example.com/billing/done",
+    ):
+        assert "errors" not in await attempt(ok), ok
+    sessions = len(fake.calls_to("POST", "checkout/sessions"))
+    for success, cancel, field in (
+        ("https://evil.example.net/ok", "https://app.example.com/no", "successUrl"),
+        ("https://app.example.com/ok", "https://app.example.com.evil.net/no", "cancelUrl"),
+        ("https://app.example.com@evil.example.net/ok", "https://app.example.com/no", "successUrl"),
+        ("http://app.example.com/ok", "https://app.example.com/no", "successUrl"),
+        ("https://app.example.com:8443/ok", "https://app.example.com/no", "successUrl"),
+    ):
+        body = await attempt(success, cancel)
+        (error,) = body["errors"]
+        assert (error["extensions"]["code"], error["extensions"]["field"]) == ("BAD_USER_INPUT", field), success
+    assert len(fake.calls_to("POST", "checkout/sessions")) == sessions  # Stripe never asked
+
+    # CHECKOUT_REDIRECT_ORIGINS, when set, is the whole list.
+    services.payments.settings = dataclasses.replace(
+        services.payments.settings, checkout_redirect_origins=("https://shop.example.org",)
+    )
+    assert "errors" not in await attempt("https://shop.example.org/thanks", "https://shop.example.org/back")
+    assert (await attempt("https://app.example.com/ok"))["errors"][0]["extensions"]["field"] == "successUrl"
+
+
+def test_checkout_redirect_origins_setting() -> None:
+    s = Settings.from_env({"CHECKOUT_REDIRECT_ORIGINS": "https://a.example.com, https://b.example.com:8443"})
+    assert s.checkout_origins == ("https://a.example.com", "https://b.example.com:8443")
+    s = Settings.from_env({"LEDGERX_PUBLIC_URL": "https://x.example.com/base", "CORS_ORIGINS": "https://y.example.com"})
+    assert s.checkout_origins == ("https://x.example.com/base", "https://y.example.com")
+    for bad in ("https://a.example.com/path", "*", "ftp://a.example.com"):
+        with pytest.raises(SettingsError, match="CHECKOUT_REDIRECT_ORIGINS"):
+            Settings.from_env({"CHECKOUT_REDIRECT_ORIGINS": bad})

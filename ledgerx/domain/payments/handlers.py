@@ -35,6 +35,7 @@ from ledgerx.db.models import (
     PaymentRefund,
     Plan,
     PlanSubscription,
+    Project,
 )
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
@@ -56,6 +57,11 @@ INVOICE_RANK = {"DRAFT": 0, "OPEN": 1, "UNCOLLECTIBLE": 2, "PAID": 3, "VOID": 3}
 
 class NotReady(Exception):
     """The event refers to something LedgerX has not recorded yet: retry later."""
+
+
+class Permanent(Exception):
+    """The event can never apply as it is (it names a credit pack, plan or project LedgerX does not
+    have): fail it once with this readable reason, no retries (the inbox keeps it as DEAD)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,6 +111,9 @@ async def _project_for(
     for m in metas:
         found = objects.decode_meta(m, objects.META_PROJECT, "project")
         if found is not None:
+            async with svc.db.transaction(system=True) as s:
+                if await s.scalar(select(Project.id).where(Project.id == found)) is None:
+                    raise Permanent(f"project {m[objects.META_PROJECT]} not found")
             return found
     async with svc.db.transaction(system=True) as s:
         if stripe_subscription_id:
@@ -120,6 +129,11 @@ async def _project_for(
                 select(PaymentCustomer.project_id).where(PaymentCustomer.stripe_customer_id == customer)
             )
     return None
+
+
+async def _require_plan(s: AsyncSession, plan_id: uuid.UUID) -> None:
+    if await s.scalar(select(Plan.id).where(Plan.id == plan_id)) is None:
+        raise Permanent(f"plan {ids.encode('plan', plan_id)} not found")
 
 
 async def _subscription_row(s: AsyncSession, stripe_subscription_id: str | None) -> PlanSubscription | None:
@@ -173,10 +187,13 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
     pack_id = objects.decode_meta(meta, objects.META_PACK, "credit_pack")
     if pack_id is None:
         return Outcome("ignored: no credit pack in the session metadata", project_id, ignored=True)
+    async with svc.db.read() as s:
+        pack_credits = await s.scalar(select(CreditPack.credits).where(CreditPack.id == pack_id))
+    if pack_credits is None:
+        raise Permanent(f"credit pack {meta[objects.META_PACK]} not found")
     credits = objects.integer(meta.get(objects.META_CREDITS))
     if credits <= 0:
-        async with svc.db.read() as s:
-            credits = int(await s.scalar(select(CreditPack.credits).where(CreditPack.id == pack_id)) or 0)
+        credits = int(pack_credits)
     if credits <= 0:
         return Outcome("ignored: unknown credit pack", project_id, ignored=True)
     wallet_id = await grants.wallet_for(svc, project_id, objects.decode_meta(meta, objects.META_WALLET, "wallet"))
@@ -241,6 +258,7 @@ async def _subscription_checkout(
     if stripe_sub is None or plan_id is None:
         return Outcome("ignored: no subscription or plan in the session", project_id, ignored=True)
     async with svc.db.transaction(system=True) as s:
+        await _require_plan(s, plan_id)
         sub = await subscriptions.ensure_row(
             s,
             stripe_subscription_id=stripe_sub,
@@ -278,6 +296,7 @@ async def on_subscription(svc: PaymentsService, ev: Event) -> Outcome:
             )
             if plan_id is None:
                 return Outcome("ignored: the subscription's price is not a LedgerX plan", project_id, ignored=True)
+            await _require_plan(s, plan_id)
             sub = await subscriptions.ensure_row(
                 s,
                 stripe_subscription_id=stripe_sub,

@@ -3,7 +3,9 @@ lease, processed, retried with backoff, every attempt recorded.
 
 Statuses: PENDING (waiting), PROCESSING (claimed; the lease `locked_until` lets another worker take
 it over if this one dies), PROCESSED, FAILED (will retry at `next_attempt_at`), DEAD (gave up after
-`webhook_max_attempts`; a platform admin can replay it), IGNORED (not a type or object LedgerX acts
+`webhook_max_attempts`, or at the first attempt when the failure is permanent (`classify`: the
+event names what LedgerX does not have, or data the database refuses); a platform admin can
+replay it), IGNORED (not a type or object LedgerX acts
 on; stored and acknowledged all the same).
 """
 
@@ -18,6 +20,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -25,7 +29,7 @@ from ledgerx import ids
 from ledgerx.db.models import WebhookAttempt, WebhookEvent
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import AppError, Conflict, NotFound
+from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, NotFound
 from ledgerx.domain.payments import event_json, handlers, objects
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
@@ -106,21 +110,80 @@ def backoff(settings_base: float, settings_max: float, attempts: int) -> float:
     return base * random.uniform(0.8, 1.2)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt failed, as stored in `last_error` (a readable summary, never SQL), and
+    whether trying again can help."""
+
+    message: str
+    permanent: bool
+
+
+# SQLSTATE classes of the data itself (22 data exception, 23 integrity violation) and of statements
+# that cannot work (42 syntax or access rule): the same event fails the same way every time.
+# Everything else (08 connection, 40 serialization/deadlock, 53 resources, 55 lock not available,
+# 57 shutdown or statement timeout) may pass on a later attempt.
+_PERMANENT_SQLSTATE = ("22", "23", "42")
+# Python errors that mean the payload does not have the shape the handler relies on.
+_PERMANENT_TYPES = (LookupError, TypeError, ValueError, ArithmeticError, AttributeError)
+_MAX_ERROR = 500
+
+
+def _readable(text_: str) -> str:
+    """The first line of a message, without SQLAlchemy's statement, parameters and doc link."""
+    for cut in ("\n", "[SQL:", "[parameters:", "(Background on this error"):
+        text_ = text_.split(cut, 1)[0]
+    return text_.strip()[:_MAX_ERROR]
+
+
+def classify(exc: BaseException) -> Failure:
+    """Permanent (bad data: fail now, no retries) or transient (database, network, not yet)."""
+    if isinstance(exc, handlers.NotReady):
+        return Failure(f"not ready: {exc}", permanent=False)
+    if isinstance(exc, handlers.Permanent):
+        return Failure(str(exc)[:_MAX_ERROR], permanent=True)
+    if isinstance(exc, AppError):
+        # Refusals of the data (unknown ids, bad values, a reused key) stay refusals; a conflict,
+        # missing funds or a provider failure may clear.
+        return Failure(
+            f"{exc.code}: {exc.message}"[:_MAX_ERROR],
+            permanent=isinstance(exc, BadInput | NotFound | IdempotencyConflict),
+        )
+    if isinstance(exc, sa_exc.DBAPIError | asyncpg.PostgresError):
+        # SQLAlchemy wraps the driver's error, whose message and detail name no statement.
+        orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
+        driver = orig.__cause__ if orig is not None and orig.__cause__ is not None else orig
+        state = str(getattr(orig, "sqlstate", None) or getattr(driver, "sqlstate", None) or "")
+        message = str(getattr(driver, "message", None) or "") or _readable(str(driver or exc)).split(">: ", 1)[-1]
+        detail = getattr(driver, "detail", None)
+        summary = f"database error{f' {state}' if state else ''}: {_readable(message)}"
+        if detail:
+            summary += f" ({_readable(str(detail))})"
+        return Failure(summary[:_MAX_ERROR], permanent=state[:2] in _PERMANENT_SQLSTATE)
+    if isinstance(exc, sa_exc.SQLAlchemyError | OSError | TimeoutError):
+        return Failure(f"{type(exc).__name__}: {_readable(str(exc))}"[:_MAX_ERROR], permanent=False)
+    return Failure(
+        f"{type(exc).__name__}: {_readable(str(exc))}"[:_MAX_ERROR], permanent=isinstance(exc, _PERMANENT_TYPES)
+    )
+
+
 async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WORKER") -> WebhookEvent:
-    """Run the event's handler and record the attempt; the row must be claimed (PROCESSING)."""
+    """Run the event's handler and record the attempt; the row must be claimed (PROCESSING).
+
+    A failure is retried with backoff while it may pass (`classify`); a permanent one (the event's
+    data can never apply) goes to DEAD at once, where a platform admin sees it and can replay it."""
     started = dt.datetime.now(dt.UTC)
     outcome: handlers.Outcome | None = None
-    error: str | None = None
+    failure: Failure | None = None
     try:
         outcome = await handlers.handle(svc, row.payload)
-    except handlers.NotReady as exc:
-        error = f"not ready: {exc}"
-    except AppError as exc:
-        error = f"{exc.code}: {exc.message}"
-        log.warning("stripe event %s (%s) failed: %s", row.stripe_event_id, row.type, error)
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}"[:2000]
-        log.exception("stripe event %s (%s) failed", row.stripe_event_id, row.type)
+        failure = classify(exc)
+        if isinstance(exc, handlers.NotReady | AppError | handlers.Permanent):
+            log.warning("stripe event %s (%s) failed: %s", row.stripe_event_id, row.type, failure.message)
+        else:
+            log.exception("stripe event %s (%s) failed", row.stripe_event_id, row.type)
+    error = failure.message if failure is not None else None
     s_ = svc.settings
     values: dict[str, Any] = {"locked_until": None}
     if outcome is not None:
@@ -133,7 +196,7 @@ async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WO
         if outcome.project_id is not None:
             values["project_id"] = outcome.project_id
     else:
-        dead = row.attempts >= s_.webhook_max_attempts
+        dead = (failure is not None and failure.permanent) or row.attempts >= s_.webhook_max_attempts
         values.update(
             status="DEAD" if dead else "FAILED",
             last_error=error,
