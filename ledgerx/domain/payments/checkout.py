@@ -18,6 +18,7 @@ from ledgerx.domain.errors import BadInput, Conflict, NotFound
 from ledgerx.domain.ledger.types import CREDITS
 from ledgerx.domain.payments import catalog, objects, subscriptions
 from ledgerx.domain.payments.service import PaymentsService
+from ledgerx.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -26,11 +27,36 @@ class CheckoutSession:
     url: str
 
 
-def _url(value: str, field: str) -> str:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` as a browser compares origins (case-folded, default port dropped)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    return f"{scheme}://{parts.hostname}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
+
+
+def _url(value: str, field: str, settings: Settings) -> str:
+    """A URL Stripe Checkout may send the customer back to. In production only to our own
+    origins (`checkout_origins`): anything else would make our Checkout an open redirect that
+    lends a phishing page the trust of a real payment."""
     v = (value or "").strip()
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.netloc or len(v) > 2048:
         raise BadInput("expected an http(s) URL", field=field)
+    if parts.username is not None or parts.password is not None:
+        raise BadInput("the URL must not hold a user name or password", field=field)
+    if settings.production:
+        allowed = {o for o in map(origin_of, settings.checkout_origins) if o is not None}
+        if origin_of(v) not in allowed:
+            raise BadInput(f"{field} must be on one of this server's origins (CHECKOUT_REDIRECT_ORIGINS)", field=field)
     return v
 
 
@@ -85,8 +111,8 @@ async def create_checkout_session(
 ) -> CheckoutSession:
     if (credit_pack_id is None) == (plan_id is None):
         raise BadInput("give exactly one of creditPackId and planId", field="creditPackId")
-    success = _url(success_url, "successUrl")
-    cancel = _url(cancel_url, "cancelUrl")
+    success = _url(success_url, "successUrl", svc.settings)
+    cancel = _url(cancel_url, "cancelUrl", svc.settings)
     stripe = svc.require_stripe()
     project_public = ids.encode("project", project_id)
     meta: dict[str, str] = {objects.META_PROJECT: project_public}
