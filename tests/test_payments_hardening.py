@@ -261,6 +261,31 @@ async def test_a_failed_price_leaves_no_product_on_sale_and_a_retry_works(
     assert again["id"] == product["id"]
 
 
+async def test_a_price_change_leaves_one_price_on_sale_whatever_stripe_answers(
+    gql: GQL, settings: Settings, fake: FakeStripe
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin, credits=10, amount=100)
+    update = "mutation($i: UpdateCreditPackInput!) { updateCreditPack(input: $i) { price { amount } stripePriceId } }"
+    (old,) = fake.of_type("price")
+
+    # The new Price fails: nothing changes anywhere.
+    fake.fail_next("POST", "prices", status=500)
+    err = await gql.error(update, {"i": {"id": pack, "price": {"amount": 200, "currency": "usd"}}}, token=admin.token)
+    assert err["code"] == "PAYMENT_PROVIDER_ERROR"
+    assert [p["id"] for p in fake.of_type("price") if p["active"]] == [old["id"]]
+
+    # Archiving the old Price fails after the new one was made: the change is saved all the same
+    # (the old Price is archived at Stripe only after the save, so a failed save never leaves the
+    # pack with a Price Stripe stopped selling, nor a new Price nobody uses).
+    fake.fail_next("POST", f"prices/{old['id']}", status=500)
+    data = await gql.ok(update, {"i": {"id": pack, "price": {"amount": 300, "currency": "usd"}}}, token=admin.token)
+    new_id = data["updateCreditPack"]["stripePriceId"]
+    assert data["updateCreditPack"]["price"]["amount"] == "300"
+    assert (fake.get(new_id)["active"], fake.get(new_id)["unit_amount"]) == (True, 300)
+    assert len(fake.of_type("price")) == 2
+
+
 # -- 4. events naming what is not there fail once, readably ------------------------------------------------
 
 

@@ -8,6 +8,7 @@ created on first checkout once Stripe is configured.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
@@ -298,12 +299,35 @@ async def _record_price(
     )
 
 
-async def _retire_price(svc: PaymentsService, s: AsyncSession, price_id: str | None) -> None:
+@dataclasses.dataclass(slots=True)
+class _StripeChanges:
+    """Stripe work of one catalog change: Prices (and Products) made for it, undone if the change
+    is not saved; replaced Prices, archived at Stripe only once the change is saved (archived
+    earlier, a failed save would leave the item with a Price Stripe no longer sells)."""
+
+    made: list[tuple[str | None, str]] = dataclasses.field(default_factory=list)
+    retired: list[str] = dataclasses.field(default_factory=list)
+
+    async def undo(self, svc: PaymentsService) -> None:
+        for product_id, price_id in self.made:
+            await discard(svc, product_id=product_id, price_id=price_id)
+
+    async def finish(self, svc: PaymentsService) -> None:
+        for price_id in self.retired:
+            if svc.stripe is None:
+                return
+            try:
+                await svc.stripe.deactivate_price(price_id)
+            except AppError:
+                # Saved already: LedgerX sells the new Price whatever Stripe says about the old one.
+                log.error("could not archive the replaced Stripe price %s; archive it in the dashboard", price_id)
+
+
+async def _retire_price(s: AsyncSession, price_id: str | None, changes: _StripeChanges) -> None:
     if price_id is None:
         return
     await s.execute(update(CatalogPrice).where(CatalogPrice.stripe_price_id == price_id).values(active=False))
-    if svc.stripe is not None:
-        await svc.stripe.deactivate_price(price_id)
+    changes.retired.append(price_id)
 
 
 async def ensure_plan_price(svc: PaymentsService, plan: Plan) -> Plan:
@@ -415,13 +439,14 @@ async def update_credit_pack(
     credits: int | None = None,
     price: Money | None = None,
 ) -> CreditPack:
-    fresh: list[tuple[str | None, str]] = []  # Stripe objects made here, undone if the change fails
+    changes = _StripeChanges()
     try:
-        return await _update_credit_pack(svc, actor, pack_id, name=name, credits=credits, price=price, fresh=fresh)
+        pack = await _update_credit_pack(svc, actor, pack_id, name=name, credits=credits, price=price, changes=changes)
     except BaseException:
-        for product_id, price_id in fresh:
-            await discard(svc, product_id=product_id, price_id=price_id)
+        await changes.undo(svc)
         raise
+    await changes.finish(svc)
+    return pack
 
 
 async def _update_credit_pack(
@@ -432,7 +457,7 @@ async def _update_credit_pack(
     name: str | None,
     credits: int | None,
     price: Money | None,
-    fresh: list[tuple[str | None, str]],
+    changes: _StripeChanges,
 ) -> CreditPack:
     async with svc.db.transaction(system=True) as s:
         pack = (await s.execute(select(CreditPack).where(CreditPack.id == pack_id).with_for_update())).scalar()
@@ -459,8 +484,8 @@ async def _update_credit_pack(
                 nonce=uuid7().hex,
             )
             if created:
-                fresh.append((None if pack.stripe_product_id else created[0], created[1]))
-            await _retire_price(svc, s, pack.stripe_price_id)
+                changes.made.append((None if pack.stripe_product_id else created[0], created[1]))
+            await _retire_price(s, pack.stripe_price_id, changes)
             pack.price_amount, pack.currency = price.amount, price.currency
             pack.stripe_product_id, pack.stripe_price_id = created if created else (pack.stripe_product_id, None)
             if created:
@@ -605,9 +630,9 @@ async def update_plan(
     trial_days: int | None = None,
 ) -> Plan:
     """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs."""
-    fresh: list[tuple[str | None, str]] = []  # Stripe objects made here, undone if the change fails
+    changes = _StripeChanges()
     try:
-        return await _update_plan(
+        plan = await _update_plan(
             svc,
             actor,
             plan_id,
@@ -618,12 +643,13 @@ async def update_plan(
             monthly_quotas=monthly_quotas,
             features=features,
             trial_days=trial_days,
-            fresh=fresh,
+            changes=changes,
         )
     except BaseException:
-        for product_id, price_id in fresh:
-            await discard(svc, product_id=product_id, price_id=price_id)
+        await changes.undo(svc)
         raise
+    await changes.finish(svc)
+    return plan
 
 
 async def _update_plan(
@@ -638,7 +664,7 @@ async def _update_plan(
     monthly_quotas: Mapping[str, int] | None,
     features: Sequence[str] | None,
     trial_days: int | None,
-    fresh: list[tuple[str | None, str]],
+    changes: _StripeChanges,
 ) -> Plan:
     async with svc.db.transaction(system=True) as s:
         plan = (await s.execute(select(Plan).where(Plan.id == plan_id).with_for_update())).scalar()
@@ -674,8 +700,8 @@ async def _update_plan(
                     nonce=uuid7().hex,
                 )
                 if created:
-                    fresh.append((None if plan.stripe_product_id else created[0], created[1]))
-            await _retire_price(svc, s, plan.stripe_price_id)
+                    changes.made.append((None if plan.stripe_product_id else created[0], created[1]))
+            await _retire_price(s, plan.stripe_price_id, changes)
             plan.price_amount, plan.currency = price.amount, price.currency
             plan.stripe_price_id = None
             if created:
