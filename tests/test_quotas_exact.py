@@ -16,7 +16,7 @@ from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
 from tests.tenancy_helpers import create_project, make_platform_admin
-from tests.test_quotas import BATCH, OVERRIDE, RECORD, _batch_event, _event, _project_with_quota
+from tests.test_quotas import BATCH, DEFINE, OVERRIDE, RECORD, _batch_event, _event, _project_with_quota
 from tests.test_usage_helpers import api_key, define, owner_fetch, pid, wallet
 
 CONCURRENT = 50
@@ -180,6 +180,9 @@ async def test_repeated_usage_keys_are_not_database_errors(settings: Settings) -
             mixed = [*batch, _batch_event("1")]
             r = await c.post("/v1/usage", json={"events": mixed}, headers={"Authorization": f"Bearer {secret}"})
             assert r.json()["accepted"] == 1 and r.json()["duplicates"] == 3
+            # Defining a metric key twice is the caller's CONFLICT, not a database error either.
+            again = {"projectId": project, "key": "api_calls", "name": "x", "aggregation": "SUM", "unitPrice": "0"}
+            assert (await gql.error(DEFINE, {"i": again}, token=token))["code"] == "CONFLICT"
             assert errors() == []
     finally:
         await svc.close()

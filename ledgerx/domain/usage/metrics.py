@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert
 
 from ledgerx.db.engine import Database
 from ledgerx.db.models import UsageMetric
@@ -54,38 +53,37 @@ async def define_metric(
         raise BadInput("uniqueProperty is only for UNIQUE metrics", field="uniqueProperty")
 
     metric_id = uuid7()
-    try:
-        async with db.transaction(project_id=project_id) as session:
-            row = (
-                await session.execute(
-                    insert(UsageMetric)
-                    .values(
-                        id=metric_id,
-                        project_id=project_id,
-                        key=key,
-                        name=name,
-                        aggregation=agg.value,
-                        unique_property=prop,
-                        unit_price=price,
-                        created_by=actor.id if actor.type == "user" else None,
-                    )
-                    .returning(UsageMetric.created_at)
+    async with db.transaction(project_id=project_id) as session:
+        # ON CONFLICT: a key already defined is the caller's mistake (CONFLICT), not a database error.
+        row = (
+            await session.execute(
+                insert(UsageMetric)
+                .values(
+                    id=metric_id,
+                    project_id=project_id,
+                    key=key,
+                    name=name,
+                    aggregation=agg.value,
+                    unique_property=prop,
+                    unit_price=price,
+                    created_by=actor.id if actor.type == "user" else None,
                 )
-            ).one()
-            metric = MetricRecord(metric_id, project_id, key, name, agg, prop, price, row.created_at)
-            await audit.record(
-                session,
-                actor,
-                "usage.metric.define",
-                project_id=project_id,
-                target_type="metric",
-                target_id=encode("metric", metric_id),
-                after=audit_json(metric),
+                .on_conflict_do_nothing(constraint="uq_usage_metrics_project_key")
+                .returning(UsageMetric.created_at)
             )
-    except IntegrityError as exc:
-        if "uq_usage_metrics_project_key" in str(exc.orig):
-            raise Conflict(f"a metric with the key {key!r} already exists in this project", field="key") from None
-        raise
+        ).one_or_none()
+        if row is None:
+            raise Conflict(f"a metric with the key {key!r} already exists in this project", field="key")
+        metric = MetricRecord(metric_id, project_id, key, name, agg, prop, price, row.created_at)
+        await audit.record(
+            session,
+            actor,
+            "usage.metric.define",
+            project_id=project_id,
+            target_type="metric",
+            target_id=encode("metric", metric_id),
+            after=audit_json(metric),
+        )
     store.remember_metric(metric)
     return metric
 
