@@ -98,6 +98,9 @@ class RequestContext:
 def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any], close_code: int | None) -> None:
     """One JSON line per request (the formatter adds the request id). The path without its query
     string: a GET /graphql carries variables there, and they may hold secrets."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if not access_log.isEnabledFor(level):  # LOG_LEVEL=WARNING turns the request log off
+        return
     fields: dict[str, Any] = {
         "method": scope.get("method", "GET") if scope["type"] == "http" else "WS",
         "path": scope.get("path", ""),
@@ -116,7 +119,6 @@ def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any]
         fields["operations"] = info.get("count", 0)
         if names:
             fields["operation_names"] = names
-    level = logging.ERROR if status >= 500 else logging.INFO
     access_log.log(level, "request" if scope["type"] == "http" else "websocket", extra=fields)
 
 
