@@ -22,6 +22,7 @@ from strawberry.schema.schema import validate_document
 from strawberry.types.execution import ExecutionResult as StrawberryExecutionResult
 
 from ledgerx import metrics
+from ledgerx.logs import note_operation
 from ledgerx.schema.errors import rate_limit_headers, shape
 
 # Bounded: distinct query texts come from clients, and a public endpoint must not let them grow
@@ -56,6 +57,7 @@ class Pipeline(SchemaExtension):
         yield
         # Latency per operation name (bounded labels; subscriptions are not timed: metrics.py).
         metrics.observe_operation(ec.graphql_document, ec.operation_name, time.perf_counter() - started)
+        note_operation(ec.operation_name)  # for the request's log line (middleware.py)
         result = ec.result
         if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
             result.errors = [shape(e, ec.context) for e in result.errors]
