@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -248,4 +249,10 @@ def test_editable_install_prints_nothing(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout + result.stderr == ""
+    # A machine's pip configuration may name package indexes that lack a package; not ours to fix.
+    lines = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if not re.match(r"WARNING: Location '.*' is ignored", line)
+    ]
+    assert lines == []
