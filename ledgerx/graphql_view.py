@@ -1,22 +1,33 @@
-"""The strawberry ASGI view: context, websocket authentication, GET and content-type rules."""
+"""The strawberry ASGI view: context, websocket authentication, GET and content-type rules.
+
+Request bodies are read through ledgerx/http/jsonbody.py (capped at GRAPHQL_MAX_BODY, bounded
+nesting); a body that cannot be used is a JSON error with `BAD_USER_INPUT`, 400 or 413. With
+`Accept: application/graphql-response+json`, a request error (the document does not parse or
+validate, variables do not coerce: nothing was executed) is a 400 without a `data` entry, as the
+GraphQL-over-HTTP specification says; with `application/json` it stays a 200.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import strawberry
-from cross_web import HTTPException
+from cross_web import HTTPException, StarletteRequestAdapter
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.http.types import HTTPMethod
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ledgerx import gateway, jsonenc
@@ -24,6 +35,7 @@ from ledgerx.context import Context, authenticate
 from ledgerx.domain.actor import RequestMeta
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError
+from ledgerx.http import jsonbody
 from ledgerx.logs import request_id_var
 from ledgerx.services import Services
 
@@ -33,6 +45,19 @@ _wants_graphql_response: contextvars.ContextVar[bool] = contextvars.ContextVar("
 
 def _client_ip(conn: Request | WebSocket) -> str | None:
     return conn.client.host if conn.client else None
+
+
+class _CappedBodyAdapter(StarletteRequestAdapter):
+    """Strawberry reads the body through its request adapter: this one stops at `max_body`."""
+
+    max_body = 1024 * 1024  # each view sets its own (GraphQLView.__init__)
+
+    def __init__(self, request: Request) -> None:
+        super().__init__(request)
+        self.starlette_request = request
+
+    async def get_body(self) -> bytes:
+        return await jsonbody.read_body(self.starlette_request, self.max_body)
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -50,6 +75,11 @@ class GraphQLView(GraphQL[Context, None]):
             allowed_origins=tuple(o for o in s.cors_origins),
         )
         self.services = services
+
+        class Adapter(_CappedBodyAdapter):
+            max_body = s.graphql_max_body
+
+        self.request_adapter_class = Adapter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -83,6 +113,8 @@ class GraphQLView(GraphQL[Context, None]):
                 return gateway.refused(decision)
         try:
             response = await super().run(request, context, root_value)
+        except jsonbody.BodyError as exc:
+            response = _body_error(exc)
         except _MethodNotAllowed:
             response = PlainTextResponse(
                 "mutations and subscriptions are not allowed over GET; use POST",
@@ -93,6 +125,51 @@ class GraphQLView(GraphQL[Context, None]):
             gateway.apply_headers(response.headers, decision)
         return response
 
+    async def parse_http_body(self, request_adapter: Any) -> GraphQLRequestData | list[GraphQLRequestData]:
+        content_type, _ = parse_content_type(request_adapter.content_type or "")
+        if request_adapter.method != "POST" or "application/json" not in content_type:
+            return await super().parse_http_body(request_adapter)
+        data = self.parse_json(await request_adapter.get_body())
+        # Strawberry's own checks, as JSON errors; and a body that is not an object (null, a
+        # string, a list: batches are not enabled) is refused here instead of failing inside it.
+        if not isinstance(data, dict):
+            raise jsonbody.BodyError(400, 'the body must be one JSON object: {"query": "…", "variables": {…}}')
+        for key, kinds, expected in (
+            ("query", (str,), "a string"),
+            ("operationName", (str,), "a string"),
+            ("variables", (dict,), "an object"),
+            ("extensions", (dict,), "an object"),
+        ):
+            if data.get(key) is not None and not isinstance(data[key], kinds):
+                raise jsonbody.BodyError(400, f"`{key}` must be {expected} or null", (key,))
+        return GraphQLRequestData(
+            query=data.get("query"),
+            variables=data.get("variables"),
+            operation_name=data.get("operationName"),
+            extensions=data.get("extensions"),
+            protocol="http",
+        )
+
+    def parse_json(self, data: str | bytes) -> Any:
+        # HTTP bodies and GET's `variables`/`extensions`: bounded nesting, errors as JSON 400s.
+        # Strings are checked for NUL and lone surrogates later, as GraphQL variables
+        # (schema/pipeline.py), for HTTP and websockets alike.
+        return jsonbody.loads(data, check_text=False)
+
+    def decode_json(self, data: str | bytes) -> object:
+        # Websocket messages: the same nesting bound; strawberry closes the socket (4400) on
+        # a message that does not decode.
+        try:
+            return jsonbody.loads(data, check_text=False)
+        except jsonbody.BodyError as exc:
+            raise json.JSONDecodeError(exc.message, data if isinstance(data, str) else "", 0) from None
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        response = await super().process_result(request, result)
+        if _wants_graphql_response.get() and _is_request_error(result):
+            del response["data"]  # "the server SHOULD NOT include a data entry" (create_response: 400)
+        return response
+
     def encode_json(self, data: object) -> str:
         # Every response and websocket message goes through here (a str: websocket frames must be text).
         return jsonenc.dumps(data)
@@ -101,6 +178,8 @@ class GraphQLView(GraphQL[Context, None]):
         response = super().create_response(response_data, sub_response)
         if _wants_graphql_response.get():
             response.headers["content-type"] = _GRAPHQL_RESPONSE
+            if isinstance(response_data, dict) and "data" not in response_data:
+                response.status_code = 400  # a request error (process_result)
         return response
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
@@ -154,3 +233,18 @@ async def authenticate_http(services: Services, request: Request) -> tuple[Princ
 
 class _MethodNotAllowed(Exception):
     pass
+
+
+def _is_request_error(result: ExecutionResult) -> bool:
+    """Nothing was executed: the document did not parse or validate, or the variables did not
+    coerce. Such errors have no path; a field error always has one, even when data is null."""
+    return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or ())
+
+
+def _body_error(exc: jsonbody.BodyError) -> Response:
+    extensions: dict[str, object] = {"code": "BAD_USER_INPUT"}
+    if exc.field:
+        extensions["field"] = exc.field
+    media_type = _GRAPHQL_RESPONSE if _wants_graphql_response.get() else "application/json"
+    body = {"errors": [{"message": exc.message, "extensions": extensions}]}
+    return Response(jsonenc.dumps(body), status_code=exc.status, media_type=media_type)

@@ -32,6 +32,7 @@ from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
 from ledgerx.domain.tenancy.access import Need, check, load_access
 from ledgerx.domain.usage import ingest, validate
+from ledgerx.http import jsonbody
 from ledgerx.services import Services
 
 log = logging.getLogger("ledgerx.http.usage")
@@ -57,21 +58,6 @@ def error_response(exc: AppError, status: int | None = None) -> Response:
 
 def _too_large(message: str) -> Response:
     return error_response(BadInput(message, field="events", reason=validate.BATCH_TOO_LARGE), 413)
-
-
-async def _body(request: Request, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than `limit` bytes (stops reading there)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _credential(request: Request) -> str | None:
@@ -140,16 +126,17 @@ async def _ingest(svc: Services, principal: Principal, request: Request) -> Resp
         if principal.kind == "api_key" and SCOPE not in principal.scopes:
             # Refuse before reading (up to USAGE_MAX_BODY_BYTES of) a body that will not be used.
             raise Forbidden(f"this API key lacks the scope {SCOPE}", scope=SCOPE)
+        # The edge's shared reader (http/jsonbody.py, as /graphql): capped, bounded nesting, and
+        # no string PostgreSQL cannot store (NUL, lone surrogates) gets past it.
         try:
-            raw = await _body(request, settings.usage_max_body_bytes)
+            raw = await jsonbody.read_body(request, settings.usage_max_body_bytes)
+            payload = jsonbody.loads(raw, parse_float=decimal.Decimal)
         except ClientDisconnect:
             return Response(status_code=400)
-        if raw is None:
-            return _too_large(f"the body is larger than {settings.usage_max_body_bytes} bytes; split the batch")
-        try:
-            payload = json.loads(raw, parse_float=decimal.Decimal)
-        except (ValueError, UnicodeDecodeError):
-            raise BadInput('the body must be JSON: {"events": [...]}', field="events") from None
+        except jsonbody.BodyError as exc:
+            if exc.status == 413:
+                return _too_large(f"{exc.message}; split the batch")
+            raise BadInput(f'{exc.message} (expected {{"events": [...]}})', field=exc.field or "events") from None
         if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
             raise BadInput("the body must be a JSON object with an events list", field="events")
         project_id = await _project(svc, principal, payload)

@@ -14,9 +14,8 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
-from ledgerx.schema.pipeline import pipeline
+from ledgerx.schema.pipeline import executor_class, pipeline
 from ledgerx.schema.scalars import SCALAR_MAP
-from ledgerx.schema.shared_results import SharedResultsExecutor
 from ledgerx.settings import Settings
 
 # Each resolver module may define classes named `Query`, `Mutation` and `Subscription`; they are
@@ -65,7 +64,14 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         depth_validator(s.graphql_max_depth, None, None),
         aliases_validator(s.graphql_max_aliases),
     ]
-    extensions = [pipeline(max_tokens=s.graphql_max_tokens, rules=rules, introspection=s.graphql_introspection)]
+    extensions = [
+        pipeline(
+            max_tokens=s.graphql_max_tokens,
+            max_cost=s.graphql_max_cost,
+            rules=rules,
+            introspection=s.graphql_introspection,
+        )
+    ]
     return LedgerXSchema(
         query=Query,
         mutation=Mutation,
@@ -73,7 +79,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALAR_MAP),
         # Live snapshots are rendered once per document, not once per subscriber (shared_results.py).
-        execution_context_class=SharedResultsExecutor,
+        # (Without introspection, its variable-coercion errors suggest no names either.)
+        execution_context_class=executor_class(introspection=s.graphql_introspection),
     )
 
 
