@@ -114,7 +114,8 @@ async def test_nul_is_refused_once_at_the_edge(gql: GQL) -> None:
     login = "mutation($i: LogInInput!) { logIn(input: $i) { accessToken } }"
     err = await gql.error(login, {"i": {"email": "a\x00@example.com", "password": "a long passphrase"}})
     assert err["code"] == "BAD_USER_INPUT"
-    assert err["field"] == "i.email"
+    assert err["field"] == "email"
+    assert "$i.email" in err["message"]
     assert "NUL" in err["message"]
     err = await gql.error(
         'mutation { logIn(input: {email: "a\\u0000@example.com", password: "pw pw pw pw"}) { accessToken } }'
@@ -127,7 +128,7 @@ async def test_nul_is_refused_once_at_the_edge(gql: GQL) -> None:
     for field in ("name", "externalKey"):
         values = {"name": "Acme", "externalKey": "acme-nul", field: "bad\x00value"}
         err = await gql.error(create, {"i": values}, token=user.token)
-        assert (err["code"], err["field"]) == ("BAD_USER_INPUT", f"i.{field}"), err
+        assert (err["code"], err["field"]) == ("BAD_USER_INPUT", field), err
     project = (await gql.ok(create, {"i": {"name": "Acme"}}, token=user.token))["createProject"]["id"]
     wallet = (
         await gql.ok(
@@ -140,7 +141,7 @@ async def test_nul_is_refused_once_at_the_edge(gql: GQL) -> None:
     err = await gql.error(
         credit, {"i": {"walletId": wallet, "amount": "5", "idempotencyKey": "k\x00"}}, token=user.token
     )
-    assert (err["code"], err["field"]) == ("BAD_USER_INPUT", "i.idempotencyKey")
+    assert (err["code"], err["field"]) == ("BAD_USER_INPUT", "idempotencyKey")
     # Nothing was written.
     balance = await gql.ok("query($id: ID!) { wallet(id: $id) { balance } }", {"id": wallet}, token=user.token)
     assert balance["wallet"]["balance"] == "0"

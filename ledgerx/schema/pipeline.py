@@ -173,8 +173,11 @@ class Pipeline(SchemaExtension):
         if problem is None:
             return []
         path, reason = problem
-        name = ".".join(str(p) for p in path)
-        return [GraphQLError(f"Variable ${name} {reason}", extensions={"code": "BAD_USER_INPUT", "field": name})]
+        # `field` names the input field, as the domain's own BAD_USER_INPUT errors do; the message
+        # gives the whole path inside the variable.
+        field = next((str(p) for p in reversed(path) if isinstance(p, str)), None)
+        where = ".".join(str(p) for p in path)
+        return [GraphQLError(f"Variable ${where} {reason}", extensions={"code": "BAD_USER_INPUT", "field": field})]
 
 
 class StorableTextRule(ASTValidationRule):
