@@ -117,13 +117,38 @@ def seed(url: str) -> tuple[dict[str, list[str]], dict[str, str]]:
         "mutation($i: CreateInviteInput!) { createInvite(input: $i) { id } }",
         {"i": {"projectId": project, "email": f"fuzz-invitee-{secrets.token_hex(3)}@example.com", "role": "VIEWER"}},
     )
+    # A test-mode project too (its own clock: advanceTestClock), with a wallet and a rule.
+    sandbox = gql(
+        "mutation($i: CreateProjectInput!) { createProject(input: $i) { id } }",
+        {"i": {"name": "Fuzz sandbox", "testMode": True}},
+    )["createProject"]["id"]
+    sandbox_wallet = gql(
+        "mutation($i: CreateWalletInput!) { createWallet(input: $i) { id } }",
+        {"i": {"projectId": sandbox, "name": "test"}},
+    )["createWallet"]["id"]
+    gql(
+        "mutation($i: CreateBillingRuleInput!) { createBillingRule(input: $i) { id } }",
+        {"i": {"walletId": sandbox_wallet, "name": "monthly", "mode": "MONTHLY_FLAT", "amount": "10"}},
+    )
     ids += [project, *wallets, txn, m["defineMetric"]["id"], k["createApiKey"]["apiKey"]["id"], rule, run]
+    ids += [sandbox, sandbox_wallet]
     ids.append(inv["createInvite"]["id"])
     strings = ["api_calls", ext, email, "fuzz-topup", "fuzz-use-1", "UTC", "Europe/Paris", "CREDITS", "USD"]
-    return {"ids": ids, "strings": strings}, {"url": url, "email": email, "password": PASSWORD}
+    by_name = {
+        "metricKey": ["api_calls"],
+        "key": ["api_calls"],
+        "externalKey": [ext],
+        "email": [email],
+        "idempotencyKey": ["fuzz-topup", "fuzz-use-1"],
+        "timezone": ["UTC", "Europe/Paris", "Pacific/Kiritimati", "America/St_Johns"],
+        "currency": ["CREDITS", "USD", "usd"],
+    }
+    known = {"ids": ids, "strings": strings, "by_name": by_name}
+    return known, {"url": url, "email": email, "password": PASSWORD}
 
 
-def run_schemathesis(url: str, mode: str, env: dict[str, str], args: argparse.Namespace) -> int:
+def run_schemathesis(url: str, mode: str, env: dict[str, str], args: argparse.Namespace) -> tuple[int, int]:
+    """Runs one pass; returns (schemathesis' exit code, requests that errored: timeouts, resets)."""
     cmd = [
         str(BIN / "schemathesis"),
         "run",
@@ -142,9 +167,14 @@ def run_schemathesis(url: str, mode: str, env: dict[str, str], args: argparse.Na
         "--continue-on-failure",
         "--warnings",
         "off",
+        # A request that does not finish is a failure too (schemathesis reports it as an error).
+        "--request-timeout",
+        str(args.request_timeout),
     ]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
+    for name in args.operation or ():
+        cmd += ["--include-name", name]
     print(f"== schemathesis as {mode}", flush=True)
     out = subprocess.run(  # noqa: S603 - our own command line
         cmd, env=env, cwd=env["FUZZ_WORKDIR"], capture_output=True, text=True, check=False
@@ -152,9 +182,16 @@ def run_schemathesis(url: str, mode: str, env: dict[str, str], args: argparse.Na
     # The summary: operations and test-case counts (the failures are reported from our own file).
     tail = [ln for ln in out.stdout.splitlines() if re.search(r"Selected:|Tested:|generated|passed|failed|error", ln)]
     print("\n".join(tail[-6:]), flush=True)
-    if out.returncode not in (0, 1):
-        print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
-    return out.returncode
+    (Path(env["FUZZ_WORKDIR"]) / f"schemathesis-{mode}.txt").write_text(out.stdout + out.stderr, encoding="utf-8")
+    if os.environ.get("FUZZ_VERBOSE") or out.returncode not in (0, 1):
+        print(out.stdout[-6000:], out.stderr[-3000:], sep="\n")
+    # A request that hung past --request-timeout or lost its connection is an "error" to
+    # schemathesis, not a check failure: print those cases (with their curl line) and count them.
+    errors = re.search(r"=+ ERRORS =+\n(.*?)\n=+ SUMMARY =+", out.stdout, re.S)
+    if errors:
+        print(errors[1].strip()[:6000], flush=True)
+    errored = re.search(r"(\d+) errored", out.stdout)
+    return out.returncode, int(errored[1]) if errored else 0
 
 
 def _shape(message: str) -> str:
@@ -162,14 +199,36 @@ def _shape(message: str) -> str:
     return re.sub(r"[0-9a-f]{8,}|\d+", "#", message)[:160]
 
 
-def report(path: Path) -> int:
+def causes(server_log: Path) -> dict[str, str]:
+    """Request id -> the exception behind an INTERNAL answer, from the server's JSON log lines."""
+    found: dict[str, str] = {}
+    if not server_log.exists():
+        return found
+    for line in server_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        exc = entry.get("exc") if isinstance(entry, dict) else None
+        if entry.get("request_id") and isinstance(exc, str):
+            raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit)\b.*)$", exc, re.M)
+            found[entry["request_id"]] = (raised[0] if raised else exc.strip().splitlines()[-1])[:200]
+    return found
+
+
+def report(path: Path, server_log: Path | None = None) -> int:
     lines = (
         [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()] if path.exists() else []
     )
+    why = causes(server_log) if server_log else {}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
     for f in lines:
         first = f["errors"][0] if f["errors"] else {}
-        groups[(f["operation"], f"HTTP {f['status']}: " + _shape(str(first.get("message", ""))))].append(f)
+        message = str(first.get("message", ""))
+        request_id = (first.get("extensions") or {}).get("requestId")
+        cause = why.get(request_id) if request_id else None
+        key = f"HTTP {f['status']}: " + _shape(cause or message)
+        groups[(f["operation"], key)].append(f)
     print(f"== {len(lines)} failing requests, {len(groups)} distinct (operation, error)")
     for (op, err), items in sorted(groups.items()):
         ex = items[0]
@@ -266,6 +325,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int)
     p.add_argument("--anonymous-only", action="store_true", help="skip the signed-in run")
+    p.add_argument("--operation", action="append", help="only this operation, e.g. Query.usageSummary (repeatable)")
+    p.add_argument("--request-timeout", type=float, default=30.0, help="seconds before a request counts as hung")
     args = p.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="ledgerx-fuzz-"))
@@ -281,17 +342,20 @@ def main() -> int:
                 FUZZ_FAILURES=str(failures),
                 FUZZ_WORKDIR=str(workdir),
             )
-            codes = []
+            runs = []
             if not args.anonymous_only:
-                codes.append(
+                runs.append(
                     run_schemathesis(url, "user", {**env, "FUZZ_MODE": "user", "FUZZ_LOGIN": json.dumps(login)}, args)
                 )
-            codes.append(run_schemathesis(url, "anonymous", {**env, "FUZZ_MODE": "anonymous"}, args))
-        count = report(failures)
-        if any(c not in (0, 1) for c in codes):
+            runs.append(run_schemathesis(url, "anonymous", {**env, "FUZZ_MODE": "anonymous"}, args))
+        count = report(failures, workdir / "server.log" if args.serve else None)
+        if any(code not in (0, 1) for code, _ in runs):
             print("schemathesis itself failed (see above)")
             return 2
-        return 1 if count else 0
+        errored = sum(n for _, n in runs)
+        if errored:
+            print(f"== {errored} requests errored (hung past --request-timeout or the connection dropped): see above")
+        return 1 if count or errored else 0
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -7,7 +7,8 @@ ids of the fuzzing user's project, so resolvers get past id parsing and into the
 adds the one check that matters here: no 5xx and no error whose `extensions.code` is `INTERNAL`.
 
 Environment (set by scripts/fuzz_schema.py):
-- FUZZ_KNOWN: JSON {"ids": [...], "strings": [...]} — real ids and values (metric keys, emails) to mix in.
+- FUZZ_KNOWN: JSON {"ids": [...], "strings": [...], "by_name": {argument: [...]}}: real ids and
+  values (metric keys, emails) to mix in; ids go to the arguments of their kind (projectId: prj_…).
 - FUZZ_FAILURES: a file where every failing request is appended as one JSON line.
 - FUZZ_MODE: a label ("user", "anonymous") written into each failure line.
 - FUZZ_LOGIN: JSON {"url", "email", "password"}: when set, requests carry a fresh access token
@@ -132,9 +133,20 @@ schemathesis.graphql.scalar("Decimal", _decimal)
 _iso = st.datetimes(timezones=st.sampled_from([None, __import__("datetime").UTC])).map(
     lambda d: d.isoformat().replace("+00:00", "Z")
 )
+_DATETIME_EDGES = [
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59.999999Z",
+    "9999-12-31T23:59:59-01:00",
+    "1970-01-01T00:00:00Z",
+    "2026-02-30T00:00:00Z",
+]
 _datetime = _weighted(
     (4, _iso.map(nodes.String)),
-    (1, st.sampled_from(["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2026-02-30T00:00:00Z"]).map(nodes.String)),
+    # The ends of Python's datetime range: shifting them overflows, and the exact minimum and
+    # maximum reach PostgreSQL as -infinity/infinity (asyncpg's mapping).
+    (2, st.sampled_from(_DATETIME_EDGES).map(nodes.String)),
     (1, st.text(max_size=30).map(nodes.String)),
     (1, st.integers().map(nodes.Int)),
 )
@@ -167,6 +179,110 @@ _json_values = st.recursive(
     max_leaves=12,
 )
 schemathesis.graphql.scalar("JSON", _json_values.map(_json_node))
+
+# --- Real values by argument name ---------------------------------------------------------------
+# A scalar strategy does not know which argument it fills, so a random id rarely names the right
+# kind of object and resolvers stop at NOT_FOUND. This body hook puts, in most generated queries,
+# a real id of the kind the argument takes (projectId -> the project) and a real metric key,
+# time zone or idempotency key, so the domain code behind each operation gets exercised.
+
+_BY_PREFIX: dict[str, list[str]] = {}
+for _known_id in _KNOWN.get("ids", []):
+    _BY_PREFIX.setdefault(_known_id.split("_", 1)[0], []).append(_known_id)
+_ARG_KIND = {
+    "projectId": "prj",
+    "walletId": "wal",
+    "fromWalletId": "wal",
+    "toWalletId": "wal",
+    "transactionId": "txn",
+    "userId": "usr",
+    "ownerUserId": "usr",
+    "ruleId": "rul",
+    "planId": "pln",
+    "creditPackId": "pck",
+}
+# For an argument named `id`, the kind follows the root field (first match wins).
+_ID_KIND = [
+    ("BillingRun", "run"),
+    ("billingRun", "run"),
+    ("BillingRule", "rul"),
+    ("billingRule", "rul"),
+    ("ApiKey", "key"),
+    ("Invite", "inv"),
+    ("CreditPack", "pck"),
+    ("Plan", "pln"),
+    ("WebhookEvent", "whe"),
+    ("webhookEvent", "whe"),
+    ("Wallet", "wal"),
+    ("wallet", "wal"),
+    ("ransaction", "txn"),
+    ("Project", "prj"),
+    ("project", "prj"),
+]
+_BY_NAME: dict[str, list[str]] = dict(_KNOWN.get("by_name", {}))
+
+
+def _pick(options: list[str], seed: str) -> str | None:
+    # Deterministic in the generated value (hypothesis maps must be), yet spread: 3 in 4 replaced.
+    h = sum(map(ord, seed)) * 2654435761
+    return options[h % len(options)] if options and h % 4 else None
+
+
+def _real_value(name: str, root: str, current: str) -> str | None:
+    kind = _ARG_KIND.get(name)
+    if name == "id":
+        kind = next((k for marker, k in _ID_KIND if marker in root), None)
+    if kind:
+        return _pick(_BY_PREFIX.get(kind, []), current + name)
+    return _pick(_BY_NAME.get(name, []), current + name)
+
+
+def _rewrite(node: Any, name: str, root: str) -> Any:
+    if isinstance(node, graphql.StringValueNode):
+        value = _real_value(name, root, node.value)
+        return node if value is None else graphql.StringValueNode(value=value)
+    if isinstance(node, graphql.ObjectValueNode):
+        fields = [
+            graphql.ObjectFieldNode(name=f.name, value=_rewrite(f.value, f.name.value, root)) for f in node.fields
+        ]
+        return graphql.ObjectValueNode(fields=tuple(fields))
+    if isinstance(node, graphql.ListValueNode):
+        return graphql.ListValueNode(values=tuple(_rewrite(v, name, root) for v in node.values))
+    return node
+
+
+@schemathesis.hook
+def map_body(ctx: Any, body: Any) -> Any:
+    if not isinstance(body, graphql.DocumentNode) or not (_BY_PREFIX or _BY_NAME):
+        return body
+    definitions = []
+    for op in body.definitions:
+        if isinstance(op, graphql.OperationDefinitionNode):
+            selections = []
+            for sel in op.selection_set.selections:
+                if isinstance(sel, graphql.FieldNode) and sel.arguments:
+                    args = tuple(
+                        graphql.ArgumentNode(name=a.name, value=_rewrite(a.value, a.name.value, sel.name.value))
+                        for a in sel.arguments
+                    )
+                    sel = graphql.FieldNode(
+                        alias=sel.alias,
+                        name=sel.name,
+                        arguments=args,
+                        directives=sel.directives,
+                        selection_set=sel.selection_set,
+                    )
+                selections.append(sel)
+            op = graphql.OperationDefinitionNode(
+                operation=op.operation,
+                name=op.name,
+                variable_definitions=op.variable_definitions,
+                directives=op.directives,
+                selection_set=graphql.SelectionSetNode(selections=tuple(selections)),
+            )
+        definitions.append(op)
+    return graphql.DocumentNode(definitions=tuple(definitions))
+
 
 # --- Authentication: a fresh access token for the fuzzing user ----------------------------------
 
