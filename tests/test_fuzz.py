@@ -20,7 +20,7 @@ async def test_schema_fuzz_finds_no_internal_error_and_no_5xx(live_server: LiveS
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGERX_", "SCHEMATHESIS_"))}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts" / "fuzz_schema.py"),
-        "--url", f"{live_server.url}/graphql", "--max-examples", "3", "--seed", "12", "--workers", "1",
+        "--url", f"{live_server.url}/graphql", "--max-examples", "6", "--seed", "12", "--workers", "1",
         "--request-timeout", "20",
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
