@@ -89,3 +89,31 @@ async def authenticate(services: Services, credential: str | None) -> Principal:
     except AppError:
         raise Unauthenticated("invalid access token") from None
     return Principal(kind="user", user_id=user_id, session_id=claims.get("sid"))
+
+
+async def authenticate_now(services: Services, credential: str | None) -> Principal:
+    """`authenticate`, and the token's session must not have been revoked since it was issued.
+
+    For credentials that outlive a request (open websockets, live streams): HTTP requests get the
+    revocation check from the gateway's rate-limit call instead (no extra round trip there).
+    """
+    principal = await authenticate(services, credential)
+    revocations = services.tokens.revocations
+    if principal.session_id and revocations is not None and await revocations.is_revoked(principal.session_id):
+        raise session_revoked()
+    return principal
+
+
+def session_revoked() -> Unauthenticated:
+    """What a caller whose session was revoked gets (the code of an expired token)."""
+    return Unauthenticated("the session was signed out or revoked; sign in again", reason="revoked")
+
+
+def connection_credential(params: dict[str, Any] | None) -> str | None:
+    """The credential of a websocket's `connection_init` payload: {"authorization": "Bearer …"}
+    (or {"apiKey": "lx_…"})."""
+    p = params or {}
+    credential = p.get("authorization") or p.get("Authorization")
+    if not credential and p.get("apiKey"):
+        credential = "Bearer " + str(p["apiKey"])
+    return credential if isinstance(credential, str) and credential else None

@@ -31,13 +31,14 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
 from ledgerx import gateway, jsonenc
-from ledgerx.context import Context, authenticate
+from ledgerx.context import Context, authenticate, authenticate_now
 from ledgerx.domain.actor import RequestMeta
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError
 from ledgerx.http import jsonbody
 from ledgerx.logs import request_id_var
 from ledgerx.services import Services
+from ledgerx.ws import TransportWSHandler
 
 _GRAPHQL_RESPONSE = "application/graphql-response+json"
 _wants_graphql_response: contextvars.ContextVar[bool] = contextvars.ContextVar("wants_gql_resp", default=False)
@@ -61,6 +62,10 @@ class _CappedBodyAdapter(StarletteRequestAdapter):
 
 
 class GraphQLView(GraphQL[Context, None]):
+    # graphql-transport-ws: each operation authorized as it arrives, the socket closed when its
+    # credential dies, server pings (ledgerx/ws.py).
+    graphql_transport_ws_handler_class = TransportWSHandler
+
     def __init__(self, services: Services, schema: strawberry.Schema) -> None:
         s = services.settings
         super().__init__(
@@ -107,8 +112,11 @@ class GraphQLView(GraphQL[Context, None]):
         if isinstance(request, Request):
             # Authenticate once, then spend one token of the caller's bucket before any work.
             principal, auth_error = await authenticate_http(self.services, request)
-            request.state.lx_auth = (principal, auth_error)
             decision = await gateway.admit(self.services, principal, _client_ip(request))
+            if decision.flagged:
+                # The token verifies but its session was revoked (read by the same Redis call).
+                principal, auth_error = None, gateway.session_revoked()
+            request.state.lx_auth = (principal, auth_error)
             if not decision.allowed:
                 return gateway.refused(decision)
         try:
@@ -211,7 +219,7 @@ class GraphQLView(GraphQL[Context, None]):
                 {"code": "UNAUTHENTICATED", "message": "connection_init needs authorization"}
             )
         try:
-            context.principal = await authenticate(self.services, credential)
+            context.principal = await authenticate_now(self.services, credential)
         except AppError as exc:
             raise ConnectionRejectionError({"code": exc.code, "message": exc.message}) from None
         unset: UnsetType = UNSET

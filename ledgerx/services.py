@@ -17,6 +17,7 @@ from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.auth.service import AuthService, LoginLimits
+from ledgerx.domain.auth.sessions import Revocations
 from ledgerx.domain.auth.tokens import AccessTokens
 from ledgerx.domain.auth.verification import EmailVerifier
 from ledgerx.domain.billing.rules import BillingPolicy, BillingService
@@ -142,6 +143,7 @@ class Services:
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
         listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)
         svc.events = EventBus(redis, listen_redis=listen, prefix=settings.redis_prefix)
+        tokens.revocations = Revocations(redis, db, svc.events, prefix=settings.redis_prefix, ttl=tokens.max_lifetime)
         svc.live = LiveAnalytics(
             db,
             svc.events,
@@ -222,6 +224,8 @@ class Services:
         await api_keys.flush_last_used()
         await self.ledger.close()
         await self.live.close()
+        if self.tokens.revocations is not None:
+            await self.tokens.revocations.close()
         await self.events.close()
         await self.http.aclose()
         await self.redis.aclose()

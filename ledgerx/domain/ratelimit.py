@@ -21,8 +21,11 @@ from ledgerx import metrics
 
 log = logging.getLogger("ledgerx.ratelimit")
 
-# KEYS[1] bucket; ARGV: capacity, refill tokens per second, cost, now in ms (-1: Redis' clock).
-# Returns {allowed, tokens left (string: Lua numbers are truncated on return), retry ms, reset ms}.
+# KEYS[1] bucket, KEYS[2] (optional) a flag key whose existence the caller wants to know in the
+# same round trip (the gateway: "was this session revoked?"); ARGV: capacity, refill tokens per
+# second, cost, now in ms (-1: Redis' clock).
+# Returns {allowed, tokens left (string: Lua numbers are truncated on return), retry ms, reset ms,
+# flag exists (0/1)}.
 _TOKEN_BUCKET = """
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -53,7 +56,11 @@ else
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
 redis.call('PEXPIRE', KEYS[1], math.ceil(capacity * 1000 / rate) + 1000)
-return {allowed, tostring(tokens), retry, math.ceil((capacity - tokens) * 1000 / rate)}
+local flagged = 0
+if #KEYS > 1 then
+  flagged = redis.call('EXISTS', KEYS[2])
+end
+return {allowed, tostring(tokens), retry, math.ceil((capacity - tokens) * 1000 / rate), flagged}
 """
 
 
@@ -75,6 +82,8 @@ class Decision:
     retry_after_ms: int
     reset_ms: int
     degraded: bool = False
+    # Whether the `flag` key given to `hit` exists (always False when degraded: Redis was not asked).
+    flagged: bool = False
 
     @property
     def retry_after_s(self) -> int:
@@ -101,18 +110,23 @@ class RateLimiter:
     def degraded(self) -> bool:
         return self._down_since is not None
 
-    async def hit(self, key: str, limit: Limit, cost: int = 1) -> Decision:
+    async def hit(self, key: str, limit: Limit, cost: int = 1, *, flag: str | None = None) -> Decision:
+        """Spend `cost` tokens of `key`'s bucket. `flag`: a full Redis key whose existence is
+        reported as `Decision.flagged`, read by the same script call (no extra round trip)."""
         now_ms = int(self.clock() * 1000) if self.clock else -1
         if self._down_since is None or time.monotonic() >= self._next_try:
+            keys = [self.prefix + key] if flag is None else [self.prefix + key, flag]
             try:
-                allowed, tokens, retry, reset = await self._script(
-                    keys=[self.prefix + key], args=[limit.capacity, limit.per_second, cost, now_ms]
+                allowed, tokens, retry, reset, flagged = await self._script(
+                    keys=keys, args=[limit.capacity, limit.per_second, cost, now_ms]
                 )
             except (RedisError, OSError) as exc:
                 self._mark_down(exc)
             else:
                 self._mark_up()
-                return Decision(bool(allowed), limit.capacity, int(float(tokens)), int(retry), int(reset))
+                return Decision(
+                    bool(allowed), limit.capacity, int(float(tokens)), int(retry), int(reset), flagged=bool(flagged)
+                )
         metrics.RATELIMIT_FALLBACKS.inc()
         return self._local_hit(key, limit, cost, now_ms)
 

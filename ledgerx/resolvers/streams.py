@@ -15,7 +15,7 @@ from typing import Any
 
 from graphql import GraphQLError
 
-from ledgerx.context import authenticate
+from ledgerx.context import authenticate_now
 from ledgerx.domain.analytics import topics
 from ledgerx.domain.analytics.guard import StreamGuard
 from ledgerx.domain.errors import AppError, Unauthenticated
@@ -56,7 +56,8 @@ def member_guard(info: Info, project_id: uuid.UUID, scope: str) -> StreamGuard:
     credential, expires_at = stream_credential(info)
 
     async def recheck() -> None:
-        principal = await authenticate(services, credential)
+        # Also refuses a session revoked since (log-out, refresh-token reuse).
+        principal = await authenticate_now(services, credential)
         # load_access reads the platform-admin flag in the same statement; never the access cache.
         check(await load_access(services.db, principal, project_id), Need.MEMBER, write=False, scope=scope)
 

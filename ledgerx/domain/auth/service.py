@@ -171,7 +171,7 @@ class AuthService:
         return await self._issue(user, actor)
 
     async def refresh(self, token: str, actor: Actor) -> AuthResult:
-        rotated = await sessions.rotate(self.db, token, actor, self.refresh_ttl)
+        rotated = await sessions.rotate(self.db, token, actor, self.refresh_ttl, revocations=self.tokens.revocations)
         user = await self.get_user(rotated.user_id)
         if user is None:
             raise Unauthenticated("account no longer exists")
@@ -179,7 +179,7 @@ class AuthService:
         return AuthResult(user, access, rotated.refresh_token, self.tokens.ttl)
 
     async def log_out(self, token: str, actor: Actor) -> bool:
-        return await sessions.revoke(self.db, token, actor)
+        return await sessions.revoke(self.db, token, actor, revocations=self.tokens.revocations)
 
     async def get_user(self, user_id: uuid.UUID) -> User | None:
         # Every `me` and token refresh reads this: one raw statement, then a detached model.

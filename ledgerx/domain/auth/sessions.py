@@ -1,13 +1,27 @@
-"""Refresh-token sessions: opaque, stored as hashes, single use, rotated, reuse revokes the family."""
+"""Refresh-token sessions: opaque, stored as hashes, single use, rotated, reuse revokes the family.
+
+A session is a refresh-token family; its id (`family_id`) is the `sid` claim of every access token
+issued for it. Revoking a session (log-out, a detected refresh-token reuse) also ends its access
+tokens before they expire: `Revocations` marks the session in Redis (a key living as long as an
+access token can, read by the gateway's rate-limit script, so the check costs no round trip) and
+announces it on the event bus (open websockets of the session close at once). The database row's
+`revoked_at` stays the truth: it answers when Redis cannot.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import uuid
+from collections.abc import Iterable
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,9 +30,95 @@ from ledgerx.db.models import RefreshToken
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import Unauthenticated
+from ledgerx.domain.events import EventBus
 from ledgerx.ids import uuid7
 
+log = logging.getLogger("ledgerx.sessions")
+
 TOKEN_PREFIX = "lxr_"
+# Bus topic of session revocations: {"type": "auth.session_revoked", "sessionId": "<family uuid>"}.
+REVOKED_TOPIC = "auth:sessions_revoked"
+_REVOKED_IN_DB = (
+    "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NOT NULL) AS revoked"
+)
+
+
+class Revocations:
+    """Sessions whose access tokens must stop working before they expire (see the module doc)."""
+
+    RETRY_S = 1.0
+
+    def __init__(self, redis: Redis, db: Database, bus: EventBus | None, *, prefix: str, ttl: int) -> None:
+        self.redis = redis
+        self.db = db
+        self.bus = bus
+        self.prefix = prefix + "sess:revoked:"
+        # The longest an access token lives (TTL plus verification leeway): after that, the
+        # tokens of a revoked session are refused by their own `exp`, and the mark can go.
+        self.ttl = ttl
+        # Marks Redis did not take (it was down): this instance still refuses these sessions and
+        # keeps writing them until Redis answers (other instances ask the database meanwhile).
+        self.pending: set[str] = set()
+        self._retry: asyncio.Task[None] | None = None
+
+    def key(self, session_id: str) -> str:
+        return self.prefix + session_id
+
+    async def mark(self, family_ids: Iterable[uuid.UUID]) -> None:
+        """After the revocation committed: mark and announce. Never raises (it is committed)."""
+        sids = [str(f) for f in family_ids]
+        if not sids:
+            return
+        if not await self._write(sids):
+            self.pending.update(sids)
+            if self._retry is None or self._retry.done():
+                self._retry = asyncio.create_task(self._write_pending(), name="ledgerx-session-revocations")
+        if self.bus is not None:
+            await self.bus.publish_many(
+                [(REVOKED_TOPIC, {"type": "auth.session_revoked", "sessionId": sid}) for sid in sids]
+            )
+
+    async def _write(self, sids: list[str]) -> bool:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in sids:
+                    pipe.set(self.key(sid), b"1", ex=self.ttl)
+                await pipe.execute()
+        except (RedisError, OSError):
+            log.warning("could not mark %d revoked sessions in redis; retrying", len(sids), exc_info=True)
+            return False
+        return True
+
+    async def _write_pending(self) -> None:
+        while self.pending:
+            await asyncio.sleep(self.RETRY_S)
+            batch = list(self.pending)
+            if await self._write(batch):
+                self.pending.difference_update(batch)
+
+    async def revoked_in_db(self, session_id: str) -> bool:
+        """The database's answer (Redis is down): one indexed read of the session's rows."""
+        try:
+            family = uuid.UUID(session_id)
+        except ValueError:
+            return True  # not a session id we issued
+        row = await self.db.fetchrow(_REVOKED_IN_DB, family)
+        return bool(row and row["revoked"])
+
+    async def is_revoked(self, session_id: str) -> bool:
+        """For checks outside the gateway (open websockets, streams): Redis, else the database."""
+        if session_id in self.pending:
+            return True
+        try:
+            return bool(await self.redis.exists(self.key(session_id)))
+        except (RedisError, OSError):
+            return await self.revoked_in_db(session_id)
+
+    async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
 
 
 def _hash(token: str) -> bytes:
@@ -56,12 +156,14 @@ async def start(db: Database, user_id: uuid.UUID, actor: Actor, ttl: int) -> Rot
     return Rotated(user_id, family, token)
 
 
-async def rotate(db: Database, token: str, actor: Actor, ttl: int) -> Rotated:
+async def rotate(
+    db: Database, token: str, actor: Actor, ttl: int, *, revocations: Revocations | None = None
+) -> Rotated:
     """Spend `token` and return its successor in the same family.
 
     The spend is one conditional UPDATE, so of two concurrent uses exactly one wins. A token that
     was already spent (or belongs to a revoked family) means it leaked: the whole family is
-    revoked and the reuse goes to the audit log.
+    revoked (its access tokens too, through `revocations`) and the reuse goes to the audit log.
     """
     h = _hash(token)
     now = dt.datetime.now(dt.UTC)
@@ -119,6 +221,8 @@ async def rotate(db: Database, token: str, actor: Actor, ttl: int) -> Rotated:
                 after={"family_revoked": True},
             )
     if row.used_at is not None:
+        if revocations is not None:
+            await revocations.mark([row.family_id])
         raise Unauthenticated("refresh token already used; the session has been revoked", reason="reused")
     raise Unauthenticated("refresh token expired or revoked")
 
@@ -131,8 +235,8 @@ async def _revoke_family(s: AsyncSession, family_id: uuid.UUID, reason: str, now
     )
 
 
-async def revoke(db: Database, token: str, actor: Actor) -> bool:
-    """Log out: revoke the token's whole family. Returns False for an unknown token."""
+async def revoke(db: Database, token: str, actor: Actor, *, revocations: Revocations | None = None) -> bool:
+    """Log out: revoke the token's whole family and its access tokens. False for an unknown token."""
     now = dt.datetime.now(dt.UTC)
     async with db.transaction() as s:
         row = (
@@ -150,4 +254,6 @@ async def revoke(db: Database, token: str, actor: Actor) -> bool:
             target_type="session",
             target_id=str(row.family_id),
         )
+    if revocations is not None:
+        await revocations.mark([row.family_id])
     return True

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from ledgerx.domain.auth.sessions import Revocations
 
 LEEWAY_SECONDS = 30
 _CACHE_SIZE = 10_000
@@ -22,6 +25,15 @@ class AccessTokens:
         self.audience = audience
         self.ttl = ttl
         self._verified: dict[str, dict[str, Any]] = {}
+        # Sessions revoked before their tokens expire (log-out, refresh-token reuse); set by
+        # Services once Redis and the event bus exist. A signature says nothing about revocation:
+        # the gateway and open websockets consult this for the token's `sid`.
+        self.revocations: Revocations | None = None
+
+    @property
+    def max_lifetime(self) -> int:
+        """The longest a token verifies: its TTL plus the leeway allowed on `exp`."""
+        return self.ttl + LEEWAY_SECONDS
 
     def issue(self, subject: str, *, session_id: str | None = None, now: float | None = None) -> str:
         t = int(now if now is not None else time.time())
