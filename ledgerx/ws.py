@@ -150,6 +150,13 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
         except AppError as exc:
             await self.close(close_code(exc), exc.message)
             return
+        except Exception:
+            # The credential could not be checked (the database is away): refuse this operation
+            # as an HTTP request would be refused, and keep the socket.
+            log.exception("websocket: could not authorize an operation")
+            error = GraphQLError("internal error", extensions={"code": "INTERNAL"})
+            await self.send_message({"id": op_id, "type": "error", "payload": [error.formatted]})
+            return
         fresh = dataclasses.replace(base, principal=principal, auth_error=None, loaders={})
         token = _operation_context.set(fresh)
         try:
