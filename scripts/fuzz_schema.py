@@ -187,7 +187,7 @@ def run_schemathesis(url: str, mode: str, env: dict[str, str], args: argparse.Na
         print(out.stdout[-6000:], out.stderr[-3000:], sep="\n")
     # A request that hung past --request-timeout or lost its connection is an "error" to
     # schemathesis, not a check failure: print those cases (with their curl line) and count them.
-    errors = re.search(r"=+ ERRORS =+\n(.*?)\n=+ SUMMARY =+", out.stdout, re.S)
+    errors = re.search(r"=+ ERRORS =+\n(.*?)\n=+ [A-Z]+ =+", out.stdout, re.S)
     if errors:
         print(errors[1].strip()[:6000], flush=True)
     errored = re.search(r"(\d+) errored", out.stdout)
