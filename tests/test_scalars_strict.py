@@ -178,3 +178,56 @@ async def test_a_decimal_in_ascii_or_a_json_number_is_accepted(gql: GQL, price: 
     q = "mutation($i: DefineMetricInput!) { defineMetric(input: $i) { unitPrice } }"
     data = await gql.ok(q, {"i": i}, token=p.owner.token)
     assert data["defineMetric"]["unitPrice"] == expected
+
+
+SUMMARY = """query($i: UsageSummaryInput!) { usageSummary(input: $i) { bucket units } }"""
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        # Both overflow when shifted to UTC: INTERNAL before.
+        ("0001-01-01T00:00:00+01:00", "0001-01-02T00:00:00+01:00"),
+        ("9999-12-30T00:00:00Z", "9999-12-31T23:59:59-01:00"),
+        ("1969-12-31T00:00:00Z", "1970-01-01T00:00:00Z"),
+        ("2026-01-01T00:00:00Z", "9000-01-01T00:00:00Z"),
+        ("2026-01-01T00:00:00Z", "not a date"),
+        ("", "2026-01-01T00:00:00Z"),
+    ],
+)
+async def test_a_datetime_outside_the_billing_calendar_is_bad_input(gql: GQL, start: str, end: str) -> None:
+    p = await _project(gql)
+    metric = {"projectId": p.project_id, "key": "calls", "name": "Calls", "aggregation": "SUM", "unitPrice": "1"}
+    await gql.ok(DEFINE_METRIC, {"i": metric}, token=p.owner.token)
+    good = {"projectId": p.project_id, "metricKey": "calls", "granularity": "DAY"}
+    err = await gql.error(SUMMARY, {"i": {**good, "from": start, "to": end}}, token=p.owner.token)
+    assert err["code"] == "BAD_USER_INPUT", err
+    literal = (
+        f'{{ usageSummary(input: {{projectId: "{p.project_id}", metricKey: "calls", granularity: DAY,'
+        f' from: "{start}", to: "{end}"}}) {{ bucket }} }}'
+    )
+    err = await gql.error(literal, token=p.owner.token)
+    assert err["code"] == "BAD_USER_INPUT", err
+
+
+async def test_a_datetime_inside_the_calendar_is_accepted(gql: GQL) -> None:
+    p = await _project(gql)
+    await gql.ok(
+        DEFINE_METRIC,
+        {"i": {"projectId": p.project_id, "key": "calls", "name": "Calls", "aggregation": "SUM", "unitPrice": "1"}},
+        token=p.owner.token,
+    )
+    data = await gql.ok(
+        SUMMARY,
+        {
+            "i": {
+                "projectId": p.project_id,
+                "metricKey": "calls",
+                "granularity": "DAY",
+                "from": "1970-01-01T00:00:00Z",
+                "to": "1970-01-03T00:00:00+00:00",
+            }
+        },
+        token=p.owner.token,
+    )
+    assert [x["units"] for x in data["usageSummary"]] == ["0", "0"]

@@ -24,6 +24,7 @@ every input is a single amount.
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import re
 from typing import TYPE_CHECKING, Any, NewType
@@ -119,6 +120,40 @@ def parse_decimal_literal(node: ValueNode, variables: dict[str, Any] | None = No
     raise BadInput("Decimal must be a string or a number")
 
 
+# Instants a billing system can mean. The calendar's two ends are not: asyncpg sends datetime.min
+# and datetime.max as -infinity/infinity (a usage summary then walks a series towards infinity),
+# and an instant near either end overflows when shifted to UTC or a rule's time zone, or when a
+# period is added to it. Years 1970 to 8999 leave every computation room on both sides.
+DATETIME_MIN = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+DATETIME_MAX = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
+def parse_datetime(value: object) -> dt.datetime:
+    """ISO 8601 (Python's reading of it), within [1970-01-01, 9000-01-01) UTC."""
+    if not isinstance(value, str):
+        raise BadInput(f"DateTime must be an ISO 8601 string, got {_show(value)}")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise BadInput(f"DateTime must be an ISO 8601 string, got {_show(value)}") from None
+    try:
+        instant = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+        in_range = DATETIME_MIN <= instant < DATETIME_MAX
+    except OverflowError:  # comparing converts to UTC, which can leave the calendar
+        in_range = False
+    if not in_range:
+        raise BadInput("DateTime must be between 1970-01-01 and 9000-01-01 (UTC)")
+    return parsed
+
+
+def parse_datetime_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> dt.datetime:
+    if isinstance(node, VariableNode):
+        return parse_datetime((variables or {}).get(node.name.value))
+    if isinstance(node, StringValueNode):
+        return parse_datetime(node.value)
+    raise BadInput("DateTime must be an ISO 8601 string")
+
+
 if TYPE_CHECKING:
     # For the type checker these are the plain Python types resolvers hand over.
     BigInt = int
@@ -130,6 +165,13 @@ else:
 
 # Registered on the schema with StrawberryConfig(scalar_map=SCALAR_MAP).
 SCALAR_MAP: dict[object, ScalarDefinition] = {
+    dt.datetime: strawberry.scalar(
+        name="DateTime",
+        serialize=lambda v: v.isoformat(),
+        parse_value=parse_datetime,
+        parse_literal=parse_datetime_literal,
+        description="Date with time (ISO 8601, e.g. 2026-12-05T10:30:00Z), between 1970-01-01 and 9000-01-01 UTC.",
+    ),
     BigInt: strawberry.scalar(
         name="BigInt",
         serialize=lambda v: str(int(v)),
