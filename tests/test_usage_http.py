@@ -234,3 +234,16 @@ async def test_recorded_batches_are_announced_after_commit(env: Env) -> None:
         assert r.json()["accepted"] == 7
         event = await asyncio.wait_for(sub.__anext__(), 5)
     assert (event["type"], event["count"], event["metricKeys"]) == ("usage.recorded", 7, ["api_calls"])
+
+
+@pytest.mark.parametrize("units", [" 5", "5 ", "٣", "５", "1e3", "1_0", "NaN", "Infinity", "+5", ".5", ""])
+async def test_post_usage_units_as_text_are_plain_ascii_decimals(env: Env, units: str) -> None:
+    """The same rule as the GraphQL Decimal scalar: Python's Decimal() would take all of these."""
+    r = await post(env, {"events": [{"metricKey": "api_calls", "units": units, "idempotencyKey": "t1"}]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["accepted"] == 0
+    assert [(x["index"], x["code"], x.get("field")) for x in out["rejected"]] == [(0, "BAD_USER_INPUT", "units")]
+    assert await stored(env) == 0
+    ok = await post(env, {"events": [{"metricKey": "api_calls", "units": "2.50", "idempotencyKey": "t2"}]})
+    assert ok.json()["accepted"] == 1

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import re
 from typing import TYPE_CHECKING, Any, NewType
 
 import strawberry
@@ -34,11 +33,10 @@ from graphql.language import FloatValueNode, IntValueNode, StringValueNode, Valu
 from strawberry.types.scalar import ScalarDefinition
 
 from ledgerx.domain.errors import BadInput
+from ledgerx.domain.numbers import DECIMAL_TEXT, INTEGER_TEXT
 
-# ASCII only: `\d` would match every Unicode decimal digit. Lengths are capped so a megabyte of
-# digits is refused by the pattern, before any conversion work.
-_BIGINT_TEXT = re.compile(r"-?[0-9]{1,64}")
-_DECIMAL_TEXT = re.compile(r"-?[0-9]{1,64}(?:\.[0-9]{1,64})?")
+_BIGINT_TEXT = INTEGER_TEXT
+_DECIMAL_TEXT = DECIMAL_TEXT
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Decimal inputs are prices and unit counts: 64 digits either side of the point is far beyond any
 # real value; the same bound applies to JSON integers (by bit length, without formatting them).

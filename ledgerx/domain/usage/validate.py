@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from ledgerx.domain.errors import AppError, BadInput, NotFound
+from ledgerx.domain.numbers import DECIMAL_TEXT
 from ledgerx.domain.usage.types import Aggregation, MetricRecord, Rejection
 
 METRIC_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -123,10 +124,15 @@ def units_text(value: Any, field: str = "units") -> str:
 def _decimal(value: Any, field: str, name: str) -> decimal.Decimal:
     if isinstance(value, bool) or value is None:
         raise BadInput(f"{name} must be a number", field=field)
+    if isinstance(value, str) and DECIMAL_TEXT.fullmatch(value) is None:
+        # As the GraphQL Decimal scalar: no spaces, exponents or non-ASCII digits in text.
+        raise BadInput(
+            f"{name} must be a plain decimal number in ASCII (-?[0-9]+ with an optional .[0-9]+)", field=field
+        )
     try:
         if isinstance(value, float):
             value = repr(value)  # floats come from JSON; repr keeps 0.1 as 0.1
-        d = value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value).strip())
+        d = value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
     except (decimal.InvalidOperation, ValueError, TypeError):
         raise BadInput(f"{name} must be a decimal number", field=field) from None
     if not d.is_finite():
