@@ -168,9 +168,12 @@ async def test_failures_retry_with_backoff_and_record_every_attempt(
     # Dead events stay for a platform admin to look at and replay.
     admin = await make_platform_admin(gql, settings)
     data = await gql.ok(
-        "query { webhookEvents(status: DEAD) { edges { node { id stripeEventId attempts } } } }", token=admin.token
+        "query { webhookEvents(status: DEAD, first: 100) { edges { node { id stripeEventId attempts } } } }",
+        token=admin.token,
     )
-    assert [e["node"]["stripeEventId"] for e in data["webhookEvents"]["edges"]] == [event["id"]]
+    # Other tests of the session leave dead events of their own in the shared inbox.
+    dead = {e["node"]["stripeEventId"]: e["node"]["attempts"] for e in data["webhookEvents"]["edges"]}
+    assert dead.get(event["id"]) == 3
 
 
 async def test_claims_are_disjoint_and_leases_expire(services: Services, settings: Settings, fake: FakeStripe) -> None:
