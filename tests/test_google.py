@@ -184,6 +184,8 @@ async def test_linking_an_unverified_account_drops_the_unproven_password(google:
     err = await google.gql.error(LOG_IN, {"i": {"email": squatter.email, "password": squatter.password}})
     assert err["code"] == "UNAUTHENTICATED"
     assert (await google.gql.error(REFRESH, {"t": squatter.refresh}))["code"] == "UNAUTHENTICATED"
+    # Nor does that session's access token, which has not expired yet.
+    assert (await google.gql.error(ME, token=squatter.token))["code"] == "UNAUTHENTICATED"
 
 
 async def test_google_verifies_only_when_it_says_so(google: Google, settings: Settings) -> None:

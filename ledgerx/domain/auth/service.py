@@ -198,6 +198,7 @@ class AuthService:
     async def google_sign_in(self, code: str, state: str, redirect_uri: str, actor: Actor) -> AuthResult:
         ident = await self.oidc.exchange(code, state, redirect_uri)
         now = dt.datetime.now(dt.UTC)
+        dropped_sessions: set[uuid.UUID] = set()
         # The system path: marking the address verified retires its verification links.
         async with self.db.transaction(system=True) as s:
             user = (
@@ -231,11 +232,13 @@ class AuthService:
                         # owner (proven by Google now) keeps the account; the password and its
                         # sessions go.
                         user.password_hash = None
-                        await s.execute(
+                        dropped = await s.execute(
                             update(RefreshToken)
                             .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
                             .values(revoked_at=now, revoke_reason="unverified_password_dropped")
+                            .returning(RefreshToken.family_id)
                         )
+                        dropped_sessions.update(dropped.scalars())
                         after["unverifiedPasswordDropped"] = True
                     user.google_sub = ident.subject
                     await mark_verified(s, user.id, now)
@@ -261,4 +264,7 @@ class AuthService:
                 target_id=encode("user", user.id),
                 after=after,
             )
+        if dropped_sessions and self.tokens.revocations is not None:
+            # After commit, as logOut: the dropped password's access tokens die now, not at `exp`.
+            await self.tokens.revocations.mark(dropped_sessions)
         return await self._issue(user, actor)
