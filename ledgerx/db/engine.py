@@ -12,6 +12,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import cast
 
 import asyncpg
 from sqlalchemy import text
@@ -60,6 +61,13 @@ def _settings_sql(project_ids: Sequence[uuid.UUID], user_id: uuid.UUID | None, s
         f" set_config('ledgerx.user_id', '{user}', true),"
         f" set_config('ledgerx.scope', '{'system' if system else ''}', true)"
     )
+
+
+async def driver(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under a SQLAlchemy session (same transaction, same RLS settings)."""
+    conn = await session.connection()
+    raw = await conn.get_raw_connection()
+    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no stubs

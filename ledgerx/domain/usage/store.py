@@ -20,9 +20,9 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx.db.engine import Database
+from ledgerx.db.engine import driver as driver  # moved to db.engine; re-exported until its importers switch
 from ledgerx.domain.usage.types import Aggregation, MetricRecord
 
 METRIC_COLS = "id, project_id, key, name, aggregation, unique_property, unit_price, created_at"
@@ -171,13 +171,6 @@ async def project_tx(db: Database, project_id: uuid.UUID) -> AsyncIterator[async
         except BaseException:
             await sa_conn.invalidate()
             raise
-
-
-async def driver(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy session (same transaction, same RLS settings)."""
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
 
 
 _VARIANT = bytes(0x80 | (b & 0x3F) for b in range(256))
