@@ -1,21 +1,103 @@
-"""The audit log: one row per state change, written in the caller's transaction."""
+"""The audit log: one row per state change, written in the caller's transaction.
+
+This module is the one definition of an audit row: `COLUMNS` (and their types) and `values()`
+(actor, action, target, before/after, and always the request id and client IP from the actor's
+meta). Three ways in, all built from that definition:
+
+- `record(tx, ...)`: one row, one statement, on an ORM session (through `driver`, so the same
+  transaction) or an asyncpg connection.
+- `record_many(tx, entries)`: N rows in one statement (the scheduler's batches).
+- `unnest(first)`: the rows as `unnest($first::uuid[], ...)`, for a caller that writes its audit
+  rows inside a larger statement (the ledger's batch write: one round trip per batch); it fills
+  those parameters, one array per column, with `values()`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+import asyncpg
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ledgerx.db.engine import Database
+from ledgerx import jsonenc
+from ledgerx.db.engine import Database, driver
 from ledgerx.db.models import AuditLog
 from ledgerx.domain.actor import Actor
 from ledgerx.ids import uuid7
 
+# The row as written (`at` is the database's `now()` unless a statement supplies it).
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "uuid"),
+    ("project_id", "uuid"),
+    ("actor_type", "text"),
+    ("actor_id", "uuid"),
+    ("action", "text"),
+    ("target_type", "text"),
+    ("target_id", "text"),
+    ("before", "jsonb"),
+    ("after", "jsonb"),
+    ("request_id", "text"),
+    ("ip", "inet"),
+)
+COLUMN_NAMES = ", ".join(name for name, _ in COLUMNS)
+
+
+def unnest(first: int) -> str:
+    """`unnest($first::uuid[], ...)`: audit rows from one array parameter per column of `COLUMNS`
+    (in order, starting at `$first`), as `record_many` passes them."""
+    return "unnest(" + ", ".join(f"${first + i}::{kind}[]" for i, (_, kind) in enumerate(COLUMNS)) + ")"
+
+
+_INSERT_ONE = (
+    f"INSERT INTO audit_log ({COLUMN_NAMES}) VALUES "  # noqa: S608 (constants only)
+    + "("
+    + ", ".join(f"${i + 1}::{kind}" for i, (_, kind) in enumerate(COLUMNS))
+    + ")"
+)
+_INSERT_MANY = f"INSERT INTO audit_log ({COLUMN_NAMES}) SELECT * FROM {unnest(1)}"  # noqa: S608 (constants only)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """One audit row to write (see `record` for the fields)."""
+
+    actor: Actor
+    action: str
+    project_id: uuid.UUID | None = None
+    target_type: str | None = None
+    target_id: str | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+def values(entry: Entry) -> tuple[Any, ...]:
+    """The row's values in `COLUMNS` order, with a fresh id."""
+    a = entry.actor
+    return (
+        uuid7(),
+        entry.project_id,
+        a.type,
+        a.id,
+        entry.action,
+        entry.target_type,
+        entry.target_id,
+        None if entry.before is None else jsonenc.dumps(entry.before),
+        None if entry.after is None else jsonenc.dumps(entry.after),
+        a.meta.request_id,
+        a.meta.ip,
+    )
+
+
+async def _connection(tx: AsyncSession | asyncpg.Connection) -> asyncpg.Connection:
+    return await driver(tx) if isinstance(tx, AsyncSession) else tx
+
 
 async def record(
-    session: AsyncSession,
+    tx: AsyncSession | asyncpg.Connection,
     actor: Actor,
     action: str,
     *,
@@ -25,21 +107,19 @@ async def record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> None:
-    await session.execute(
-        insert(AuditLog).values(
-            id=uuid7(),
-            project_id=project_id,
-            actor_type=actor.type,
-            actor_id=actor.id,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            before=before,
-            after=after,
-            request_id=actor.meta.request_id,
-            ip=actor.meta.ip,
-        )
-    )
+    """Write one audit row in `tx`'s transaction (an ORM session or an asyncpg connection)."""
+    entry = Entry(actor, action, project_id, target_type, target_id, before, after)
+    conn = await _connection(tx)
+    await conn.execute(_INSERT_ONE, *values(entry))
+
+
+async def record_many(tx: AsyncSession | asyncpg.Connection, entries: Iterable[Entry]) -> None:
+    """Write many audit rows with one statement, in `tx`'s transaction; nothing for none."""
+    rows: Sequence[tuple[Any, ...]] = [values(e) for e in entries]
+    if not rows:
+        return
+    conn = await _connection(tx)
+    await conn.execute(_INSERT_MANY, *(list(col) for col in zip(*rows, strict=True)))
 
 
 async def list_entries(db: Database, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[AuditLog]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from ledgerx.domain import audit
 from ledgerx.domain.ledger.types import EntryRecord, TransactionRecord, TxnType, WalletRecord
 
 WALLET_COLS = (
@@ -50,8 +51,9 @@ ENTRIES_OF = (
 )
 
 # One statement writes a whole batch: transactions, entries, audit rows and the wallets' new
-# balances and chain tips. The entries' balance trigger runs once for all of it.
-WRITE_BATCH = """
+# balances and chain tips. The entries' balance trigger runs once for all of it. The audit rows'
+# shape (columns from $38 on, filled with `audit.values`) is audit.py's.
+WRITE_BATCH = f"""
 WITH t AS (
   INSERT INTO ledger_transactions (id, project_id, wallet_id, type, kind, currency, amount, balance_before,
     balance_after, idempotency_key, request_hash, reference, reason, metadata, refund_of, actor_type, actor_id,
@@ -70,13 +72,11 @@ WITH t AS (
   FROM unnest($34::uuid[], $35::int8[], $36::int8[], $37::bytea[]) AS v(id, balance, seq, head)
   WHERE wallets.id = v.id
 ), a AS (
-  INSERT INTO audit_log (id, project_id, actor_type, actor_id, action, target_type, target_id, before, after,
-    request_id, ip, at)
-  SELECT u.*, $33 FROM unnest($38::uuid[], $39::uuid[], $40::text[], $41::uuid[], $42::text[], $43::text[],
-    $44::text[], $45::jsonb[], $46::jsonb[], $47::text[], $48::inet[]) AS u
+  INSERT INTO audit_log ({audit.COLUMN_NAMES}, at)
+  SELECT u.*, $33 FROM {audit.unnest(38)} AS u
 )
 SELECT id, metadata FROM t
-"""
+"""  # noqa: S608 (constants only)
 
 ENSURE_SYSTEM_ACCOUNT = """
 WITH ins AS (
