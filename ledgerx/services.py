@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 
 import httpx
@@ -25,7 +26,7 @@ from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
 from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
-from ledgerx.domain.payments import PaymentsService
+from ledgerx.domain.payments import PaymentsService, subscriptions
 from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.domain.tenancy import api_keys
 from ledgerx.domain.tenancy.access_cache import AccessCache
@@ -164,8 +165,8 @@ class Services:
         )
         svc.payments = PaymentsService(db, svc.ledger, settings)
         svc.webhook_processor = WebhookProcessor(svc.payments)
-        svc.limits.plan_lookup = svc.payments.plan_limit
-        svc.quotas.lookup = svc.payments.plan_quotas
+        svc.limits.plan_lookup = functools.partial(subscriptions.plan_limit, svc.payments)
+        svc.quotas.lookup = functools.partial(subscriptions.plan_quotas, svc.payments)
         svc.scheduler = Scheduler(
             svc.billing,
             lease_ttl=settings.scheduler_lease_ttl,

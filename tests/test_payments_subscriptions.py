@@ -222,7 +222,7 @@ async def test_subscription_checkout_grants_included_credits_each_period(
     e = await effective(gql, world)
     assert (e["source"], e["plan"]["id"]) == ("SUBSCRIPTION", world.pro)
     assert e["rateLimit"] == {"burst": 50, "perSecond": 10.0}
-    assert await services.payments.plan_quotas(world.puuid) == {"api_calls": 100_000}
+    assert await subscriptions.plan_quotas(services.payments, world.puuid) == {"api_calls": 100_000}
     assert await services.limits.project_limit(world.puuid) == Limit(50, 10.0)
 
     inv = (await gql.ok(INVOICES, {"p": world.project_id}, token=world.owner.token))["invoices"]["edges"]
@@ -418,7 +418,7 @@ async def test_a_failed_invoice_walks_past_due_then_grace_then_the_free_plan(
     assert await subscriptions.run_dunning(services.payments) == 0  # announced once
     e = await effective(gql, world)
     assert (e["source"], e["plan"]["id"], e["rateLimit"]) == ("DEFAULT", world.free, {"burst": 5, "perSecond": 1.0})
-    assert await services.payments.plan_limit(world.puuid) == Limit(5, 1.0)
+    assert await subscriptions.plan_limit(services.payments, world.puuid) == Limit(5, 1.0)
     s = await sub_state(gql, world)
     assert (s["status"], s["inGracePeriod"], s["downgradedAt"]) == (
         "PAST_DUE",
@@ -741,7 +741,7 @@ async def test_platform_admins_override_a_projects_plan(gql: GQL, services: Serv
     assert o["rateLimit"] == {"burst": 999, "perSecond": 50.0}
     assert o["monthlyQuotas"] == [{"metric": "api_calls", "limit": "5"}]
     assert await services.limits.project_limit(world.puuid) == Limit(999, 50.0)
-    assert await services.payments.plan_quotas(world.puuid) == {"api_calls": 5}
+    assert await subscriptions.plan_quotas(services.payments, world.puuid) == {"api_calls": 5}
     # An expiry in the past is refused; clearing restores the default plan.
     err = await gql.error(OVERRIDE, {"i": {**i, "expiresAt": "2025-01-01T00:00:00+00:00"}}, token=world.admin.token)
     assert (err["code"], err["field"]) == ("BAD_USER_INPUT", "expiresAt")

@@ -2,8 +2,8 @@
 pipeline and reconciliation. Stripe is the payment rail; LedgerX keeps the logic and the books.
 
 Entry points for other domains:
-- `PaymentsService.plan_limit(project_id)` — the gateway limit of the project's plan (`LimitPolicy`);
-- `PaymentsService.plan_quotas(project_id)` — `{metric: units per month}` of the project's plan;
+- `subscriptions.plan_limit(svc, project_id)` — the gateway limit of the project's plan (`LimitPolicy`);
+- `subscriptions.plan_quotas(svc, project_id)` — `{metric: units per month}` of the project's plan;
 - `subscriptions.effective_plan(svc, project_id)` — the plan, its source and limits.
 """
 

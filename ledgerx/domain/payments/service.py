@@ -1,4 +1,9 @@
-"""PaymentsService: what one app instance holds for plans, payments and Stripe."""
+"""PaymentsService: what one app instance holds for plans, payments and Stripe (settings, the
+database, the ledger, the Stripe client, the clock and the effective-plan cache).
+
+It holds no rules: catalog, grants, subscriptions and the webhook handlers depend on it, never
+the other way round. What other domains ask of payments (a project's plan limit and quotas) is
+`subscriptions.plan_limit` / `subscriptions.plan_quotas`."""
 
 from __future__ import annotations
 
@@ -11,7 +16,6 @@ from typing import Any
 from ledgerx.db.engine import Database
 from ledgerx.domain.ledger.service import LedgerService
 from ledgerx.domain.payments.stripe_api import StripeGateway, StripeNotConfigured
-from ledgerx.domain.ratelimit import Limit
 from ledgerx.settings import Settings
 
 PLAN_CACHE_SECONDS = 15.0
@@ -77,18 +81,3 @@ class PaymentsService:
             self._plan_cache.clear()
         else:
             self._plan_cache.pop(project_id, None)
-
-    # -- what other domains ask ----------------------------------------------------------------------
-
-    async def plan_limit(self, project_id: uuid.UUID) -> Limit | None:
-        """The gateway `Limit` of the project's plan (or override); None means the default limit.
-        Wire into `LimitPolicy(plan_lookup=...)`."""
-        from ledgerx.domain.payments import subscriptions
-
-        return await subscriptions.plan_limit(self, project_id)
-
-    async def plan_quotas(self, project_id: uuid.UUID) -> dict[str, int]:
-        """Units per metric per calendar month the project's plan allows; metrics absent are unlimited."""
-        from ledgerx.domain.payments import subscriptions
-
-        return await subscriptions.plan_quotas(self, project_id)

@@ -28,7 +28,7 @@ from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanOverride, PlanSubs
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict
-from ledgerx.domain.payments import catalog, objects, proration
+from ledgerx.domain.payments import catalog, grants, objects, proration
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.ratelimit import Limit
 from ledgerx.ids import uuid7
@@ -413,8 +413,6 @@ async def change_plan(
     svc: PaymentsService, actor: Actor, project_id: uuid.UUID, plan_id: uuid.UUID
 ) -> PlanChangeResult:
     """Upgrade now with a prorated charge (and prorated included credits); downgrade at period end."""
-    from ledgerx.domain.payments import grants
-
     stripe = svc.require_stripe()
     new = await catalog.get_plan(svc, plan_id)
     if new.archived_at is not None:
