@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from ledgerx.domain.errors import InsufficientFunds
-from ledgerx.domain.ledger import Kind, Leg, Posting, SystemAccount, posting, reads, store
+from ledgerx.domain.ledger import Kind, Leg, Posting, SystemAccount, posting, reads
 from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.schema.ledger import TransactionKind
 from ledgerx.services import Services
@@ -22,7 +22,6 @@ async def test_transactions_and_entries_refuse_update_and_delete_as_the_app_role
     pid = await new_project(services)
     w = await new_wallet(services, pid)
     await posting.credit_wallet(services.ledger, ACTOR, w, 10, "c1")
-    pool = await services.ledger.pool()
     statements = [
         "UPDATE ledger_transactions SET amount = 1",
         "DELETE FROM ledger_transactions",
@@ -32,13 +31,9 @@ async def test_transactions_and_entries_refuse_update_and_delete_as_the_app_role
         "DELETE FROM wallets",
     ]
     for sql in statements:
-        async with pool.acquire() as conn:
-            await store.begin(conn, [pid])
-            try:
-                with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                    await conn.execute(sql)
-            finally:
-                await store.rollback_quietly(conn)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            async with services.db.raw(project_id=pid) as conn:
+                await conn.execute(sql)
     # The triggers hold even for the owner (who has every grant).
     conn = await owner_conn(services)
     try:
@@ -55,28 +50,20 @@ async def test_the_database_refuses_unbalanced_entries_and_overdrafts(services: 
     pid = await new_project(services)
     w = await new_wallet(services, pid)
     done = await posting.credit_wallet(services.ledger, ACTOR, w, 10, "c1")
-    pool = await services.ledger.pool()
-    async with pool.acquire() as conn:
-        await store.begin(conn, [pid])
-        try:
-            with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
-                await conn.execute(
-                    "INSERT INTO ledger_entries (id, transaction_id, project_id, system_account_id, currency, amount,"
-                    " hash, created_at) SELECT gen_random_uuid(), $1, $2, system_account_id, currency, 5, hash, now()"
-                    " FROM ledger_entries WHERE transaction_id = $1 AND system_account_id IS NOT NULL",
-                    done.transaction.id,
-                    pid,
-                )
-        finally:
-            await store.rollback_quietly(conn)
-        await store.begin(conn, [pid])
-        try:
-            with pytest.raises(asyncpg.CheckViolationError):
-                await conn.execute("UPDATE wallets SET balance = -1 WHERE id = $1", w.id)
-        finally:
-            await store.rollback_quietly(conn)
+    with pytest.raises(asyncpg.CheckViolationError, match="not balanced"):
+        async with services.db.raw(project_id=pid) as conn:
+            await conn.execute(
+                "INSERT INTO ledger_entries (id, transaction_id, project_id, system_account_id, currency, amount,"
+                " hash, created_at) SELECT gen_random_uuid(), $1, $2, system_account_id, currency, 5, hash, now()"
+                " FROM ledger_entries WHERE transaction_id = $1 AND system_account_id IS NOT NULL",
+                done.transaction.id,
+                pid,
+            )
+    with pytest.raises(asyncpg.CheckViolationError):
+        async with services.db.raw(project_id=pid) as conn:
+            await conn.execute("UPDATE wallets SET balance = -1 WHERE id = $1", w.id)
     # Without the project in the transaction's settings the rows are invisible (RLS).
-    async with store.tenant_tx(pool, []) as conn:
+    async with services.db.raw() as conn:
         assert await conn.fetchval("SELECT count(*) FROM ledger_entries") == 0
         assert await conn.fetchval("SELECT count(*) FROM wallets") == 0
 

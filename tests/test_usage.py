@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from ledgerx.domain.errors import BadInput, NotFound
-from ledgerx.domain.usage import ingest, store
+from ledgerx.domain.usage import ingest
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, sign_up
@@ -376,7 +376,7 @@ async def test_events_are_append_only_and_isolated_by_rls(services: Services) ->
         assert (await ingest.record_batch(services.db, p, ev, CONFIG)).accepted == 5
 
     # The app role sees only the project of its transaction.
-    async with store.project_tx(services.db, a) as conn:
+    async with services.db.raw(project_id=a) as conn:
         assert await conn.fetchval("SELECT count(*) FROM usage_events") == 5
         assert await conn.fetchval("SELECT count(DISTINCT project_id) FROM usage_event_keys") == 1
         assert await conn.fetchval("SELECT count(*) FROM usage_rollups WHERE project_id = $1", b) == 0
@@ -392,7 +392,7 @@ async def test_events_are_append_only_and_isolated_by_rls(services: Services) ->
         ("DELETE FROM usage_event_keys", ()),
     ):
         with pytest.raises(asyncpg.PostgresError):
-            async with store.project_tx(services.db, a) as conn:
+            async with services.db.raw(project_id=a) as conn:
                 await conn.execute(sql, *args)
     # Even the owner cannot update, delete or truncate events (triggers), partitions included.
     part = (await owner_fetch(services, "SELECT tableoid::regclass::text AS t FROM usage_events LIMIT 1"))[0]["t"]

@@ -1,8 +1,21 @@
-"""Engine and transaction helpers.
+"""Engine, pools, and the one way to open a tenant-scoped transaction.
 
 The app connects as `settings.db_app_role`, a role that owns nothing, so PostgreSQL's row-level
 security applies to every query it runs (DESIGN.md "Tenancy"). Migrations and the few explicit
 maintenance paths connect as the owner (the DATABASE_URL user) instead.
+
+Every transaction on a tenant table is opened by `Database` (the settings and the way a
+transaction ends live in scope.py), whatever the domain:
+
+- `Database.transaction(...)`: an SQLAlchemy session (typed models). `driver(session)` gives the
+  asyncpg connection under it, in the same transaction, for set-based SQL next to the ORM.
+- `Database.raw(...)`: an asyncpg connection from the raw pool (hot paths: ledger, usage, access
+  checks); BEGIN and the settings travel in one round trip.
+
+Two documented paths run outside any tenant scope, in autocommit, one statement at a time, and
+must never touch a tenant table (RLS would show them nothing): `Database.read()` (an ORM session
+for non-tenant reads: users, plans, credit packs) and `Database.fetchrow()` (one raw statement:
+users by id, session revocations, the usage partition maintenance function).
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from ledgerx.db.scope import SETTINGS_BOUND, Scope, end, scoped
 
 
 def async_url(url: str) -> URL:
@@ -51,23 +66,15 @@ def make_engine(url: str, *, role: str | None, pool_size: int = 20, app_name: st
     )
 
 
-def _settings_sql(project_ids: Sequence[uuid.UUID], user_id: uuid.UUID | None, system: bool) -> str:
-    # UUIDs render as hex and dashes only, so inlining them is safe; inlining lets BEGIN and the
-    # settings travel in one simple-protocol round trip.
-    ids = ",".join(sorted({str(uuid.UUID(str(p))) for p in project_ids}))
-    user = str(uuid.UUID(str(user_id))) if user_id else ""
-    return (
-        f"BEGIN; SELECT set_config('ledgerx.project_ids', '{ids}', true),"
-        f" set_config('ledgerx.user_id', '{user}', true),"
-        f" set_config('ledgerx.scope', '{'system' if system else ''}', true)"
-    )
-
-
 async def driver(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under a SQLAlchemy session (same transaction, same RLS settings)."""
     conn = await session.connection()
     raw = await conn.get_raw_connection()
     return cast(asyncpg.Connection, raw.driver_connection)
+
+
+# A consistent read-only snapshot for reads that must agree across statements.
+_SNAPSHOT = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
 
 class _PooledConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no stubs
@@ -90,7 +97,8 @@ class Database:
     Two ways in: `transaction()` gives an SQLAlchemy session (convenient, typed models) and
     `raw()` an asyncpg connection from a pool of its own (hot paths: the SQLAlchemy async layer
     costs several hundred microseconds of CPU per transaction, more than the database work of a
-    typical request). Both set the same row-level-security settings.
+    typical request). Both set the same row-level-security settings and end the same way
+    (scope.py).
     """
 
     def __init__(
@@ -132,22 +140,20 @@ class Database:
         project_ids: Sequence[uuid.UUID] = (),
         user_id: uuid.UUID | None = None,
         system: bool = False,
+        snapshot: bool = False,
     ) -> AsyncIterator[asyncpg.Connection]:
-        """An asyncpg connection inside one transaction with the RLS settings (see `transaction`)."""
-        scoped = list(project_ids) + ([project_id] if project_id else [])
-        async with (await self.pool()).acquire() as conn:
-            await conn.execute(_settings_sql(scoped, user_id, system))
-            try:
-                yield conn
-            except BaseException:
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+        """An asyncpg connection inside one transaction with the RLS settings (see `transaction`).
+
+        `snapshot=True` makes it one consistent read-only snapshot (REPEATABLE READ READ ONLY),
+        for reads that must agree with each other across statements (ledger verification).
+        """
+        scope = Scope.of(project_id=project_id, project_ids=project_ids, user_id=user_id, system=system)
+        async with (await self.pool()).acquire() as conn, scoped(conn, scope, begin=_SNAPSHOT if snapshot else "BEGIN"):
+            yield conn
 
     async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
-        """One autocommit read of a non-tenant table (users, …): one round trip."""
+        """One autocommit statement outside any tenant scope (a non-tenant table, a maintenance
+        function): one round trip."""
         async with (await self.pool()).acquire() as conn:
             row: asyncpg.Record | None = await conn.fetchrow(sql, *args)
             return row
@@ -166,28 +172,27 @@ class Database:
         `project_id` (or several `project_ids`) scopes tenant tables to those projects; `user_id`
         lets a user find their own memberships across projects; `system=True` is the explicit
         cross-project path (scheduler, platform admin, credential lookups) and its callers audit
-        what they change.
+        what they change. Commits when the block ends; ends like `raw` (scope.end) otherwise.
         """
-        scoped = list(project_ids) + ([project_id] if project_id else [])
-        async with self.sessions() as session, session.begin():
-            if not scoped and user_id is None and not system:
-                # Nothing to scope (non-tenant tables): skip the round trip. SET LOCAL values
-                # die with each transaction, so a pooled connection carries none over.
+        scope = Scope.of(project_id=project_id, project_ids=project_ids, user_id=user_id, system=system)
+        async with self.sessions() as session:
+            conn = await session.connection()  # begins the session's transaction
+
+            async def invalidate() -> None:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+
+            try:
+                if not scope.empty:
+                    # Bound parameters: one prepared statement whatever the scope. Nothing to
+                    # scope (non-tenant tables) skips the round trip: settings are transaction-
+                    # local, so a pooled connection carries none over.
+                    await session.execute(text(SETTINGS_BOUND), scope.values())
                 yield session
-                return
-            await session.execute(
-                text(
-                    "SELECT set_config('ledgerx.project_ids', :p, true),"
-                    " set_config('ledgerx.user_id', :u, true),"
-                    " set_config('ledgerx.scope', :s, true)"
-                ),
-                {
-                    "p": ",".join(str(p) for p in scoped),
-                    "u": str(user_id) if user_id else "",
-                    "s": "system" if system else "",
-                },
-            )
-            yield session
+            except BaseException:
+                await end(session.rollback, invalidate, rollback=True)
+                raise
+            await end(session.commit, invalidate, rollback=False)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -27,14 +27,15 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 from prometheus_client import Histogram
 
+from ledgerx.db.engine import Database
 from ledgerx.domain.errors import AppError
-from ledgerx.domain.ledger import apply, store
+from ledgerx.domain.ledger import apply
 from ledgerx.domain.ledger.types import Posted
 from ledgerx.metrics import REGISTRY
 
@@ -56,7 +57,6 @@ RETRYABLE = (
 )
 SINGLE_ATTEMPTS = 4
 
-PoolProvider = Callable[[], Awaitable[asyncpg.Pool]]
 EventSink = Callable[[list[tuple[str, dict[str, Any]]]], None]
 
 
@@ -67,24 +67,16 @@ class _Pending:
     wallets: frozenset[uuid.UUID]
 
 
-async def run_in_transaction(
-    conn: asyncpg.Connection, items: Sequence[apply.Prepared], now: dt.datetime
-) -> apply.Result:
-    """BEGIN (with the RLS settings of every project in the batch), apply, COMMIT."""
-    await store.begin(conn, {p.project_id for p in items})
-    try:
-        result = await apply.apply(conn, items, now)
-    except BaseException:
-        await store.rollback_quietly(conn)
-        raise
-    await conn.execute("COMMIT")
-    return result
+async def run_in_transaction(db: Database, items: Sequence[apply.Prepared], now: dt.datetime) -> apply.Result:
+    """One transaction scoped (RLS) to every project in the batch: apply, COMMIT."""
+    async with db.raw(project_ids=[p.project_id for p in items]) as conn:
+        return await apply.apply(conn, items, now)
 
 
 class Batcher:
     def __init__(
         self,
-        pool: PoolProvider,
+        db: Database,
         *,
         clock: Callable[[], dt.datetime],
         on_events: EventSink,
@@ -92,7 +84,7 @@ class Batcher:
         max_batch: int = 200,
         stall_s: float = 0.02,
     ) -> None:
-        self.pool = pool
+        self.db = db
         self.clock = clock
         self.on_events = on_events
         self.max_parallel = max(max_parallel, 1)
@@ -176,26 +168,23 @@ class Batcher:
         self.batches += 1
         self.postings += len(batch)
         BATCH_SIZE.observe(len(batch))
-        pool = await self.pool()
         try:
-            async with pool.acquire() as conn:
-                result = await run_in_transaction(conn, [p.item for p in batch], self.clock())
+            result = await run_in_transaction(self.db, [p.item for p in batch], self.clock())
         except Exception as exc:
             if len(batch) == 1 and not isinstance(exc, RETRYABLE):
                 _settle(batch[0].future, exc)
                 return
             log.info("batch of %d failed as a whole (%s); posting one by one", len(batch), type(exc).__name__)
             for p in batch:
-                await self._single(pool, p)
+                await self._single(p)
             return
         self._deliver(batch, result)
 
-    async def _single(self, pool: asyncpg.Pool, p: _Pending) -> None:
+    async def _single(self, p: _Pending) -> None:
         """One posting in its own transaction, retried after races that a rerun resolves."""
         for attempt in range(SINGLE_ATTEMPTS):
             try:
-                async with pool.acquire() as conn:
-                    result = await run_in_transaction(conn, [p.item], self.clock())
+                result = await run_in_transaction(self.db, [p.item], self.clock())
             except RETRYABLE as exc:
                 if attempt + 1 == SINGLE_ATTEMPTS:
                     _settle(p.future, exc)

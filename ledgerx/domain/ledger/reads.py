@@ -1,4 +1,4 @@
-"""Reads of wallets and transactions, scoped to one project (RLS) through the ledger's pool."""
+"""Reads of wallets and transactions, each in a transaction scoped to one project (RLS)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class Page:
 
 
 async def get_wallet(ledger: LedgerService, project_id: uuid.UUID, wallet_id: uuid.UUID) -> WalletRecord | None:
-    async with store.tenant_tx(await ledger.pool(), (project_id,)) as conn:
+    async with ledger.db.raw(project_id=project_id) as conn:
         row = await conn.fetchrow(
             f"SELECT {store.WALLET_COLS} FROM wallets WHERE id = $1 AND project_id = $2",  # noqa: S608
             wallet_id,
@@ -49,7 +49,7 @@ async def get_wallet(ledger: LedgerService, project_id: uuid.UUID, wallet_id: uu
 async def get_transaction(
     ledger: LedgerService, project_id: uuid.UUID, transaction_id: uuid.UUID
 ) -> TransactionRecord | None:
-    async with store.tenant_tx(await ledger.pool(), (project_id,)) as conn:
+    async with ledger.db.raw(project_id=project_id) as conn:
         row = await conn.fetchrow(
             f"SELECT {store.TXN_COLS} FROM ledger_transactions WHERE id = $1 AND project_id = $2",  # noqa: S608
             transaction_id,
@@ -64,7 +64,7 @@ async def wallet_transactions(
 ) -> Page:
     """Transactions touching the wallet, newest first, keyset-paginated on the wallet's entry seq."""
     limit = max(0, min(first, MAX_PAGE))
-    async with store.tenant_tx(await ledger.pool(), (project_id,)) as conn:
+    async with ledger.db.raw(project_id=project_id) as conn:
         before = 2**62 if before_seq is None else before_seq
         rows = await conn.fetch(WALLET_TRANSACTIONS, wallet_id, before, limit + 1)
         records = await store.load_transactions(conn, rows[:limit])
@@ -77,7 +77,7 @@ async def wallet_transactions(
 
 
 async def refunded_total(ledger: LedgerService, project_id: uuid.UUID, transaction_id: uuid.UUID) -> int:
-    async with store.tenant_tx(await ledger.pool(), (project_id,)) as conn:
+    async with ledger.db.raw(project_id=project_id) as conn:
         total = await conn.fetchval(
             "SELECT coalesce(sum(amount), 0)::bigint FROM ledger_transactions WHERE refund_of = $1", transaction_id
         )
@@ -88,7 +88,7 @@ async def list_wallets(
     ledger: LedgerService, project_id: uuid.UUID, *, limit: int, after: uuid.UUID | None
 ) -> list[WalletRecord]:
     """The project's wallets, oldest first; up to `limit + 1` rows (the extra one means "more")."""
-    async with store.tenant_tx(await ledger.pool(), (project_id,)) as conn:
+    async with ledger.db.raw(project_id=project_id) as conn:
         rows = await conn.fetch(
             f"SELECT {store.WALLET_COLS} FROM wallets WHERE project_id = $1 AND id > $2 ORDER BY id LIMIT $3",  # noqa: S608
             project_id,

@@ -1,4 +1,6 @@
-"""LedgerService: what one app instance holds for the ledger (pool, batcher, caches, events)."""
+"""LedgerService: what one app instance holds for the ledger (batcher, caches, events).
+
+Its transactions are the app's: `db.raw` (ledgerx.db) on the app's asyncpg pool."""
 
 from __future__ import annotations
 
@@ -9,8 +11,6 @@ import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
-
-import asyncpg
 
 from ledgerx.db.engine import Database
 from ledgerx.domain.events import EventBus
@@ -57,7 +57,7 @@ class LedgerService:
         self._txn_projects: dict[uuid.UUID, uuid.UUID] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.batcher = Batcher(
-            self.pool,
+            db,
             clock=self.now,
             on_events=self.publish,
             max_parallel=max_parallel,
@@ -69,17 +69,13 @@ class LedgerService:
         # asyncpg and PostgreSQL keep microseconds; so do the hashes computed from this value.
         return self.clock().astimezone(dt.UTC)
 
-    async def pool(self) -> asyncpg.Pool:
-        """The app's asyncpg pool (app role, RLS applies), shared with the other raw paths."""
-        return await self.db.pool()
-
     # -- identity lookups for authorization (system scope, cached: these fields never change) --
 
     async def wallet_ref(self, wallet_id: uuid.UUID) -> WalletRef | None:
         ref = self._wallet_refs.get(wallet_id)
         if ref is not None:
             return ref
-        async with store.tenant_tx(await self.pool(), (), system=True) as conn:
+        async with self.db.raw(system=True) as conn:
             row = await conn.fetchrow("SELECT project_id, currency FROM wallets WHERE id = $1", wallet_id)
         if row is None:
             return None
@@ -91,7 +87,7 @@ class LedgerService:
         project = self._txn_projects.get(txn_id)
         if project is not None:
             return project
-        async with store.tenant_tx(await self.pool(), (), system=True) as conn:
+        async with self.db.raw(system=True) as conn:
             found = await conn.fetchval("SELECT project_id FROM ledger_transactions WHERE id = $1", txn_id)
         if not isinstance(found, uuid.UUID):
             return None
@@ -121,7 +117,7 @@ class LedgerService:
     async def _ensure_system_account(self, key: tuple[uuid.UUID, str, str]) -> uuid.UUID:
         project_id, code, currency = key
         for _ in range(3):
-            async with store.tenant_tx(await self.pool(), (project_id,)) as conn:
+            async with self.db.raw(project_id=project_id) as conn:
                 found = await conn.fetchval(store.ENSURE_SYSTEM_ACCOUNT, uuid7(), project_id, code, currency)
             # NULL when another transaction inserted the row while this statement's snapshot was
             # already taken (the insert waited for it, then did nothing): the next statement sees it.
@@ -144,4 +140,4 @@ class LedgerService:
         await self.batcher.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
-        # The pool belongs to `db`, closed by Services.close after this.
+        # The connections belong to `db`, closed by Services.close after this.

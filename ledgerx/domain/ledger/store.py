@@ -2,15 +2,14 @@
 
 The ledger talks to asyncpg directly: a posting is a handful of set-based statements, and ORM
 overhead would cost more than the database work. Row-level security still applies: every
-transaction sets `ledgerx.project_ids` (see `tenant_tx`).
+transaction is opened by `Database.raw` (ledgerx.db), which scopes it to its projects.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import asyncpg
@@ -87,46 +86,6 @@ SELECT id FROM ins UNION ALL
 SELECT id FROM ledger_system_accounts WHERE project_id = $2 AND code = $3 AND currency = $4
 LIMIT 1
 """
-
-
-def _settings_sql(project_ids: Iterable[uuid.UUID], *, system: bool) -> str:
-    # UUIDs render as hex and dashes only, so inlining them is safe; inlining lets BEGIN and the
-    # settings travel in one simple-protocol round trip.
-    ids = ",".join(sorted({str(p) for p in project_ids}))
-    scope = "system" if system else ""
-    return (
-        "BEGIN; SELECT set_config('ledgerx.project_ids', '"
-        + ids
-        + "', true), set_config('ledgerx.user_id', '', true), set_config('ledgerx.scope', '"
-        + scope
-        + "', true)"
-    )
-
-
-async def begin(conn: asyncpg.Connection, project_ids: Iterable[uuid.UUID], *, system: bool = False) -> None:
-    await conn.execute(_settings_sql(project_ids, system=system))
-
-
-async def rollback_quietly(conn: asyncpg.Connection) -> None:
-    if conn.is_closed():
-        return
-    with contextlib.suppress(Exception):
-        await conn.execute("ROLLBACK")
-
-
-@contextlib.asynccontextmanager
-async def tenant_tx(
-    pool: asyncpg.Pool, project_ids: Iterable[uuid.UUID], *, system: bool = False
-) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside one transaction scoped (RLS) to `project_ids`."""
-    async with pool.acquire() as conn:
-        await begin(conn, project_ids, system=system)
-        try:
-            yield conn
-        except BaseException:
-            await rollback_quietly(conn)
-            raise
-        await conn.execute("COMMIT")
 
 
 def wallet_from_row(r: Mapping[str, Any]) -> WalletRecord:

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from ledgerx.domain.ledger import hashing, store
+from ledgerx.domain.ledger import hashing
 from ledgerx.domain.ledger.service import LedgerService
 
 MAX_REPORTED = 10_000
@@ -98,20 +98,12 @@ class _Chain:
 
 async def verify_ledger(ledger: LedgerService, project_id: uuid.UUID) -> Report:
     report = Report()
-    pool = await ledger.pool()
-    async with pool.acquire() as conn:
-        await conn.execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; "
-            f"SELECT set_config('ledgerx.project_ids', '{project_id}', true)"
-        )
-        try:
-            wallets = {r["id"]: r for r in await conn.fetch(WALLETS, project_id)}
-            report.wallets_checked = len(wallets)
-            chains = await _check_entries(conn, project_id, report)
-            _check_wallets(wallets, chains, report)
-            await _check_transactions(conn, project_id, report)
-        finally:
-            await store.rollback_quietly(conn)
+    async with ledger.db.raw(project_id=project_id, snapshot=True) as conn:
+        wallets = {r["id"]: r for r in await conn.fetch(WALLETS, project_id)}
+        report.wallets_checked = len(wallets)
+        chains = await _check_entries(conn, project_id, report)
+        _check_wallets(wallets, chains, report)
+        await _check_transactions(conn, project_id, report)
     return report
 
 

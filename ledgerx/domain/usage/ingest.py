@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from ledgerx.db.engine import Database
+from ledgerx.db.engine import Database, driver
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.analytics import topics
 from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
@@ -191,7 +191,7 @@ async def _insert(
     """
     for attempt in range(2):
         try:
-            async with store.project_tx(db, project_id) as conn:
+            async with db.raw(project_id=project_id) as conn:
                 offered: Sequence[Any] = rows
                 refusals: list[Rejection] = []
                 overage = 0
@@ -276,7 +276,7 @@ async def record_usage(
     if quotas is not None and q is not None and quotas.cap(q, c.metric) is None:
         q = None
     async with db.transaction(project_id=project_id) as session:
-        conn = await store.driver(session)
+        conn = await driver(session)
         if q is not None:
             # Held to the commit: writers of this metric-month take turns (see quotas.py).
             await QuotaPolicy.lock(conn, project_id, [(c.metric.id, quota_month(c.occurred_at))])
@@ -321,7 +321,7 @@ async def record_usage(
 
 
 async def get_event(db: Database, project_id: uuid.UUID, idempotency_key: str) -> EventRecord | None:
-    async with store.project_tx(db, project_id) as conn:
+    async with db.raw(project_id=project_id) as conn:
         row = await conn.fetchrow(store.EVENT_BY_KEY, project_id, idempotency_key)
     return event_from_row(row) if row is not None else None
 

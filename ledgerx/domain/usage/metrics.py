@@ -109,7 +109,7 @@ async def get_metric(db: Database, project_id: uuid.UUID, key: str, field: str =
 
 
 async def list_metrics(db: Database, project_id: uuid.UUID) -> list[MetricRecord]:
-    async with store.project_tx(db, project_id) as conn:
+    async with db.raw(project_id=project_id) as conn:
         rows = await conn.fetch(
             f"SELECT {store.METRIC_COLS} FROM usage_metrics WHERE project_id = $1 ORDER BY key LIMIT $2",  # noqa: S608
             project_id,

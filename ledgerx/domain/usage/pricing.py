@@ -331,14 +331,14 @@ async def charge_usage_batch(
 
 
 async def get_charge(db: Database, project_id: uuid.UUID, idempotency_key: str) -> ChargeRecord | None:
-    async with store.project_tx(db, project_id) as conn:
+    async with db.raw(project_id=project_id) as conn:
         row = await conn.fetchrow(EXISTING_CHARGES, project_id, [idempotency_key])
     return charge_from_row(row) if row is not None else None
 
 
 async def remainder(db: Database, project_id: uuid.UUID, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
     """The fraction of a unit carried for (wallet, metric): owed, not yet debited."""
-    async with store.project_tx(db, project_id) as conn:
+    async with db.raw(project_id=project_id) as conn:
         value = await conn.fetchval(
             "SELECT remainder FROM usage_charge_remainders WHERE wallet_id = $1 AND metric_id = $2",
             wallet_id,

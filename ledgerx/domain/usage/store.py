@@ -3,21 +3,20 @@
 Ingestion is one statement per batch: the events' idempotency keys, the events, and the rollups
 (sum/count/max per 1- and 15-minute bucket, distinct values for UNIQUE metrics) are written by
 data-modifying CTEs, so the rollups can never disagree with the events and a batch costs one
-round trip however many events it carries. Row-level security applies: every transaction sets
-`ledgerx.project_ids` first.
+round trip however many events it carries. Row-level security applies: every transaction is
+opened by `Database.raw` or `Database.transaction` (ledgerx.db), scoped to its project.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 
@@ -140,39 +139,6 @@ WHERE k.project_id = $1 AND k.idempotency_key = $2
 """
 
 
-def _settings_sql(project_id: uuid.UUID) -> str:
-    # A UUID renders as hex and dashes only, so inlining it is safe; BEGIN and the settings then
-    # travel in one simple-protocol round trip.
-    return (
-        "BEGIN; SELECT set_config('ledgerx.project_ids', '"
-        + str(uuid.UUID(str(project_id)))
-        + "', true), set_config('ledgerx.user_id', '', true), set_config('ledgerx.scope', '', true)"
-    )
-
-
-@contextlib.asynccontextmanager
-async def project_tx(db: Database, project_id: uuid.UUID) -> AsyncIterator[asyncpg.Connection]:
-    """A raw asyncpg connection from the app's pool, inside one transaction scoped to the project."""
-    async with db.engine.connect() as sa_conn:
-        fairy = await sa_conn.get_raw_connection()
-        conn = cast(asyncpg.Connection, fairy.driver_connection)
-        await conn.execute(_settings_sql(project_id))
-        try:
-            yield conn
-        except BaseException:
-            try:
-                await asyncio.shield(conn.execute("ROLLBACK"))
-            except BaseException:
-                # The connection's state is unknown: never hand it to the next request.
-                await sa_conn.invalidate()
-            raise
-        try:
-            await conn.execute("COMMIT")
-        except BaseException:
-            await sa_conn.invalidate()
-            raise
-
-
 _VARIANT = bytes(0x80 | (b & 0x3F) for b in range(256))
 _SEQ_HI = bytes(0x70 | ((i >> 8) & 0x0F) for i in range(1 << 16))
 _SEQ_LO = bytes(i & 0xFF for i in range(1 << 16))
@@ -238,7 +204,7 @@ async def metrics_by_key(db: Database, project_id: uuid.UUID, keys: Iterable[str
         else:
             missing.append(k)
     if missing:
-        async with project_tx(db, project_id) as conn:
+        async with db.raw(project_id=project_id) as conn:
             rows = await conn.fetch(
                 f"SELECT {METRIC_COLS} FROM usage_metrics WHERE project_id = $1 AND key = ANY($2::text[])",  # noqa: S608
                 project_id,
@@ -290,10 +256,7 @@ async def ensure_partitions(db: Database, earliest: dt.datetime, latest: dt.date
             return
         first = dt.datetime(needed[0].year, needed[0].month, 1, tzinfo=dt.UTC)
         last = dt.datetime(needed[-1].year, needed[-1].month, 1, tzinfo=dt.UTC)
-        async with db.engine.connect() as sa_conn:
-            fairy = await sa_conn.get_raw_connection()
-            conn = cast(asyncpg.Connection, fairy.driver_connection)
-            await conn.fetchval("SELECT ledgerx_usage_ensure_partitions($1, $2)", first, last)
+        await db.fetchrow("SELECT ledgerx_usage_ensure_partitions($1, $2)", first, last)
         _MONTHS.update((key, m) for m in needed)
 
 

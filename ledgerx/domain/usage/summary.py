@@ -23,7 +23,6 @@ import asyncpg
 
 from ledgerx.db.engine import Database
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.usage import store
 from ledgerx.domain.usage.types import Aggregation, Granularity, MetricRecord, UsagePoint
 
 MAX_POINTS = 10_000
@@ -119,7 +118,7 @@ async def usage_summary(
         )
     width = 1 if g is Granularity.MINUTE or start < _WIDE_SINCE else 15
     sql = SUMMARY_UNIQUE if metric.aggregation is Aggregation.UNIQUE else SUMMARY
-    async with store.project_tx(db, metric.project_id) as conn:
+    async with db.raw(project_id=metric.project_id) as conn:
         try:
             await conn.execute("SELECT set_config('TimeZone', $1, true)", tz.key)
         except asyncpg.InvalidParameterValueError:
