@@ -12,7 +12,8 @@ import pytest
 
 from ledgerx import ids
 from ledgerx.domain.ledger.verification import verify_ledger
-from ledgerx.domain.payments import handlers, inbox
+from ledgerx.domain.payments import inbox
+from ledgerx.domain.payments.handlers import dispatch
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
@@ -197,7 +198,7 @@ async def test_same_event_delivered_20_times_concurrently_credits_once(
     assert sum(claimed) == 1
     # And the handler itself, run 20 times concurrently (as replays or reconciliation might),
     # still credits once: the ledger key and the payment's unique session id hold the line.
-    outcomes = await asyncio.gather(*(handlers.handle(services.payments, event) for _ in range(20)))
+    outcomes = await asyncio.gather(*(dispatch.handle(services.payments, event) for _ in range(20)))
     assert all(o.project_id == ids.decode("project", shop.project_id) for o in outcomes)
     assert await books.balances(shop.project_id) == [5000]
     assert len(await books.transactions(shop.project_id)) == 1
@@ -502,7 +503,7 @@ async def test_one_customer_and_one_default_wallet_under_concurrency(
     assert rows[0]["n"] == 1
     # Five purchases processed at once for a project without a wallet: one default wallet, all credited.
     events = [fake.complete_checkout(s)[0] for s in sessions]
-    await asyncio.gather(*(handlers.handle(services.payments, ev) for ev in events for _ in range(2)))
+    await asyncio.gather(*(dispatch.handle(services.payments, ev) for ev in events for _ in range(2)))
     assert await books.balances(shop.project_id) == [25000]
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from ledgerx import ids
 from ledgerx.db.engine import asyncpg_dsn
-from ledgerx.domain.payments import handlers, inbox
+from ledgerx.domain.payments import inbox
+from ledgerx.domain.payments.handlers.event import NotReady, Permanent
 from ledgerx.ids import uuid7
 from ledgerx.services import Services
 from ledgerx.settings import Settings, SettingsError
@@ -361,8 +362,8 @@ async def test_database_and_network_failures_are_retried_and_bad_data_is_not(set
             failures.append(inbox.classify(exc))
     assert [f.permanent for f in failures] == [False, False, True, True], failures
     assert all("INSERT" not in f.message and "SELECT" not in f.message for f in failures), failures
-    assert inbox.classify(handlers.NotReady("later")).permanent is False
-    assert inbox.classify(handlers.Permanent("credit pack pck_x not found")).message == "credit pack pck_x not found"
+    assert inbox.classify(NotReady("later")).permanent is False
+    assert inbox.classify(Permanent("credit pack pck_x not found")).message == "credit pack pck_x not found"
 
 
 # -- 5. checkout redirects stay on our origins in production ------------------------------------------------

@@ -30,7 +30,9 @@ from ledgerx.db.models import WebhookAttempt, WebhookEvent
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, NotFound
-from ledgerx.domain.payments import event_json, handlers, objects
+from ledgerx.domain.payments import event_json, objects
+from ledgerx.domain.payments.handlers import dispatch
+from ledgerx.domain.payments.handlers.event import EPOCH, NotReady, Outcome, Permanent
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -52,7 +54,7 @@ async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str
     payload = event_json.clean(dict(payload))
     event_id = str(payload["id"])
     event_type = str(payload.get("type") or "")
-    known = handlers.handles(event_type)
+    known = dispatch.handles(event_type)
     async with svc.db.transaction(system=True) as s:
         new_id = (
             await s.execute(
@@ -61,7 +63,7 @@ async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str
                     id=uuid7(),
                     stripe_event_id=event_id,
                     type=event_type,
-                    created=objects.ts(payload.get("created")) or handlers.EPOCH,
+                    created=objects.ts(payload.get("created")) or EPOCH,
                     livemode=bool(payload.get("livemode")),
                     api_version=str(payload.get("api_version") or "") or None,
                     payload=payload,
@@ -138,9 +140,9 @@ def _readable(text_: str) -> str:
 
 def classify(exc: BaseException) -> Failure:
     """Permanent (bad data: fail now, no retries) or transient (database, network, not yet)."""
-    if isinstance(exc, handlers.NotReady):
+    if isinstance(exc, NotReady):
         return Failure(f"not ready: {exc}", permanent=False)
-    if isinstance(exc, handlers.Permanent):
+    if isinstance(exc, Permanent):
         return Failure(str(exc)[:_MAX_ERROR], permanent=True)
     if isinstance(exc, AppError):
         # Refusals of the data (unknown ids, bad values, a reused key) stay refusals; a conflict,
@@ -173,13 +175,13 @@ async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WO
     A failure is retried with backoff while it may pass (`classify`); a permanent one (the event's
     data can never apply) goes to DEAD at once, where a platform admin sees it and can replay it."""
     started = dt.datetime.now(dt.UTC)
-    outcome: handlers.Outcome | None = None
+    outcome: Outcome | None = None
     failure: Failure | None = None
     try:
-        outcome = await handlers.handle(svc, row.payload)
+        outcome = await dispatch.handle(svc, row.payload)
     except Exception as exc:
         failure = classify(exc)
-        if isinstance(exc, handlers.NotReady | AppError | handlers.Permanent):
+        if isinstance(exc, NotReady | AppError | Permanent):
             log.warning("stripe event %s (%s) failed: %s", row.stripe_event_id, row.type, failure.message)
         else:
             log.exception("stripe event %s (%s) failed", row.stripe_event_id, row.type)

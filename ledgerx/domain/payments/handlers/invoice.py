@@ -1,0 +1,205 @@
+"""`invoice.*`: record the invoice and its lines once, move its status forward only, grant a paid
+period's included credits once, and recompute the subscription's dunning state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ledgerx import ids
+from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
+from ledgerx.domain.payments import catalog, grants, objects, subscriptions
+from ledgerx.domain.payments.handlers.event import Event, Outcome
+from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, subscription_row
+from ledgerx.domain.payments.objects import Obj
+from ledgerx.domain.payments.service import PaymentsService
+from ledgerx.ids import uuid7
+
+# Invoices whose payment grants the plan's included credits for the period they cover.
+GRANTING_REASONS = frozenset({"subscription_create", "subscription_cycle", "subscription", "manual", ""})
+INVOICE_RANK = {"DRAFT": 0, "OPEN": 1, "UNCOLLECTIBLE": 2, "PAID": 3, "VOID": 3}
+
+
+async def _invoice_plan(
+    s: AsyncSession, inv: Obj, meta: Mapping[str, str], sub: PlanSubscription | None
+) -> uuid.UUID | None:
+    if meta.get(objects.META_KIND) == "proration":
+        return objects.decode_meta(meta, objects.META_PLAN, "plan")
+    for line in objects.invoice_lines(inv):
+        if line.get("proration"):
+            continue
+        found = await catalog.plan_for_price(s, objects.line_price(line))
+        if found is not None:
+            return found
+    sub_meta = objects.invoice_subscription_metadata(inv)
+    return objects.decode_meta(sub_meta, objects.META_PLAN, "plan") or (sub.plan_id if sub else None)
+
+
+async def _upsert_invoice(
+    s: AsyncSession, ev: Event, project_id: uuid.UUID, sub: PlanSubscription | None, plan_id: uuid.UUID | None
+) -> Invoice:
+    inv = ev.obj
+    stripe_id = str(inv["id"])
+    meta = objects.metadata(inv)
+    reason = str(inv.get("billing_reason") or "")
+    kind = "PRORATION" if meta.get(objects.META_KIND) == "proration" else ("SUBSCRIPTION" if sub else "OTHER")
+    credits = 0
+    if kind == "PRORATION":
+        credits = max(objects.integer(meta.get(objects.META_CREDITS)), 0)
+    elif kind == "SUBSCRIPTION" and plan_id is not None and reason in GRANTING_REASONS:
+        credits = int(await s.scalar(select(Plan.included_credits).where(Plan.id == plan_id)) or 0)
+    start, end = objects.invoice_period(inv)
+    currency = objects.currency(inv.get("currency")) or "USD"
+    invoice_id = objects.decode_meta(meta, objects.META_INVOICE, "invoice") or uuid7()
+    inserted = (
+        await s.execute(
+            pg_insert(Invoice)
+            .values(
+                id=invoice_id,
+                project_id=project_id,
+                subscription_id=sub.id if sub else None,
+                stripe_invoice_id=stripe_id,
+                kind=kind,
+                billing_reason=reason or None,
+                status="OPEN",
+                currency=currency,
+                total=objects.integer(inv.get("total")),
+                amount_due=objects.integer(inv.get("amount_due")),
+                period_start=start,
+                period_end=end,
+                plan_id=plan_id,
+                credits=credits,
+                stripe_charge_id=objects.invoice_charge(inv),
+                stripe_payment_intent_id=objects.invoice_payment_intent(inv),
+            )
+            .on_conflict_do_nothing()
+            .returning(Invoice.id)
+        )
+    ).scalar()
+    if inserted is not None:
+        for pos, line in enumerate(objects.invoice_lines(inv)):
+            ls, le = objects.line_period(line)
+            s.add(
+                InvoiceLine(
+                    id=uuid7(),
+                    invoice_id=inserted,
+                    project_id=project_id,
+                    position=pos,
+                    description=str(line.get("description") or "")[:500],
+                    amount=objects.integer(line.get("amount")),
+                    currency=objects.currency(line.get("currency")) or currency,
+                    quantity=objects.integer(line.get("quantity"), 1),
+                    period_start=ls,
+                    period_end=le,
+                    plan_id=await catalog.plan_for_price(s, objects.line_price(line)),
+                    proration=bool(line.get("proration")),
+                )
+            )
+        await s.flush()
+    row = (
+        await s.execute(
+            select(Invoice)
+            .where(Invoice.stripe_invoice_id == stripe_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    if row.subscription_id is None and sub is not None:
+        row.subscription_id = sub.id
+    row.stripe_charge_id = row.stripe_charge_id or objects.invoice_charge(inv)
+    row.stripe_payment_intent_id = row.stripe_payment_intent_id or objects.invoice_payment_intent(inv)
+    return row
+
+
+def _advance(row: Invoice, status: str) -> bool:
+    if INVOICE_RANK[status] > INVOICE_RANK[row.status]:
+        row.status = status
+        return True
+    return False
+
+
+async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
+    inv = ev.obj
+    if not objects.ref(inv.get("id")):
+        return Outcome("ignored: no invoice id", ignored=True)
+    meta = objects.metadata(inv)
+    sub_meta = objects.invoice_subscription_metadata(inv)
+    stripe_sub = objects.invoice_subscription(inv)
+    project_id = await project_for(
+        svc, [meta, sub_meta], stripe_subscription_id=stripe_sub, customer=objects.ref(inv.get("customer"))
+    )
+    if project_id is None:
+        return Outcome("ignored: not a LedgerX invoice", ignored=True)
+    paid = ev.type in ("invoice.paid", "invoice.payment_succeeded")
+    wallet_id: uuid.UUID | None = None
+    if paid:
+        async with svc.db.transaction(system=True) as s:
+            sub_wallet = await s.scalar(
+                select(PlanSubscription.wallet_id).where(PlanSubscription.stripe_subscription_id == stripe_sub)
+            )
+        sub_wallet = sub_wallet or objects.decode_meta(sub_meta, objects.META_WALLET, "wallet")
+        wallet_id = await grants.wallet_for(svc, project_id, sub_wallet)
+    out = Outcome("", project_id)
+    async with svc.db.transaction(system=True) as s:
+        sub = await subscription_row(s, stripe_sub)
+        plan_id = await _invoice_plan(s, inv, meta, sub)
+        if sub is None and stripe_sub and plan_id is not None:
+            sub = await ensure_subscription(
+                s, inv, sub_meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
+            )
+        row = await _upsert_invoice(s, ev, project_id, sub, plan_id)
+        changed = False
+        attempts = objects.integer(inv.get("attempt_count"))
+        if paid or ev.type == "invoice.payment_failed":
+            # Stripe's attempt count only grows; keep the highest seen, whatever the order.
+            row.attempt_count = max(row.attempt_count, attempts)
+        if paid:
+            changed = _advance(row, "PAID")
+            if row.status == "PAID":
+                row.next_payment_attempt = None
+                row.amount_paid = max(row.amount_paid, objects.integer(inv.get("amount_paid")))
+                transitions = objects.obj(inv.get("status_transitions"))
+                row.paid_at = row.paid_at or objects.ts(transitions.get("paid_at")) or ev.created
+                assert wallet_id is not None
+                posted = await grants.grant_invoice(svc, s, row, wallet_id=wallet_id)
+                if posted is not None and not posted.replayed:
+                    changed = True
+                if sub is not None and sub.synced_at is None:
+                    # No subscription snapshot yet: the paid invoice is the best evidence of its state.
+                    sub.stripe_status = "active"
+                    sub.current_period_start = sub.current_period_start or row.period_start
+                    sub.current_period_end = sub.current_period_end or row.period_end
+            out.result = f"invoice paid; {row.credits} credits granted" if row.status == "PAID" else "invoice is void"
+        elif ev.type == "invoice.payment_failed":
+            if row.status not in ("PAID", "VOID"):
+                if attempts >= row.attempt_count:
+                    row.next_payment_attempt = objects.ts(inv.get("next_payment_attempt"))
+                row.first_failed_at = min(row.first_failed_at or ev.created, ev.created)
+                row.last_failed_at = max(row.last_failed_at or ev.created, ev.created)
+                changed = True
+            out.result = f"payment failed (attempt {row.attempt_count}); invoice {row.status.lower()}"
+        elif ev.type == "invoice.voided":
+            changed = _advance(row, "VOID")
+            out.result = f"invoice {row.status.lower()}"
+        elif ev.type == "invoice.marked_uncollectible":
+            changed = _advance(row, "UNCOLLECTIBLE")
+            out.result = f"invoice {row.status.lower()}"
+        row.updated_at = func.now()
+        if sub is not None:
+            await subscriptions.recompute_dunning(svc, s, sub, out.events)
+        if changed:
+            await audit_event(
+                s,
+                ev,
+                f"invoice.{ev.type.split('.', 1)[1]}",
+                project_id,
+                ("invoice", ids.encode("invoice", row.id)),
+                status=row.status,
+                attemptCount=row.attempt_count,
+                amountPaid=str(row.amount_paid),
+            )
+    return out
