@@ -22,7 +22,8 @@ from typing import Any
 
 import asyncpg
 
-from ledgerx import ids, jsonenc
+from ledgerx import ids
+from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
 from ledgerx.domain.ledger import hashing, store
@@ -102,7 +103,7 @@ class _Writes:
 
     txn: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(19)])
     ent: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(13)])
-    aud: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(11)])
+    aud: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in audit.COLUMNS])
     order: list[tuple[uuid.UUID, str]] = dataclasses.field(default_factory=list)
 
     def add_txn(self, *values: Any) -> None:
@@ -464,19 +465,8 @@ def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
     }
     if rec.refund_of is not None:
         after["refundOf"] = ids.encode("transaction", rec.refund_of)
-    writes.add_audit(
-        uuid7(),
-        p.project_id,
-        p.actor.type,
-        p.actor.id,
-        p.action,
-        "transaction",
-        ids.encode("transaction", rec.id),
-        jsonenc.dumps(before),
-        jsonenc.dumps(after),
-        p.actor.meta.request_id,
-        p.actor.meta.ip,
-    )
+    target = ids.encode("transaction", rec.id)
+    writes.add_audit(*audit.values(audit.Entry(p.actor, p.action, p.project_id, "transaction", target, before, after)))
 
 
 async def _write(
