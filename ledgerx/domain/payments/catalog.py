@@ -299,6 +299,48 @@ async def _record_price(
     )
 
 
+async def save_new(
+    svc: PaymentsService,
+    actor: Actor,
+    item: _Archivable,
+    *,
+    kind: str,
+    stripe_ids: tuple[str, str] | None,
+    price: Money,
+    interval: str | None,
+    snapshot: Callable[[_Archivable], dict[str, Any]],
+) -> _Archivable:
+    """Save a new catalog item with its Stripe Price (when one was made) and its audit row. When
+    the save fails, the Product and Price made for it are undone (`discard`): nothing refers to them."""
+    try:
+        async with svc.db.transaction(system=True) as s:
+            s.add(item)
+            await s.flush()
+            if stripe_ids:
+                await _record_price(
+                    s,
+                    stripe_ids[1],
+                    plan_id=item.id if kind == "plan" else None,
+                    pack_id=item.id if kind == "credit_pack" else None,
+                    price=price,
+                    interval=interval,
+                )
+            await audit.record(
+                s,
+                actor,
+                f"catalog.{kind}.create",
+                target_type=kind,
+                target_id=ids.encode(kind, item.id),
+                after=snapshot(item),
+            )
+            await s.refresh(item)
+    except BaseException:
+        if stripe_ids:
+            await discard(svc, product_id=stripe_ids[0], price_id=stripe_ids[1])
+        raise
+    return item
+
+
 @dataclasses.dataclass(slots=True)
 class _StripeChanges:
     """Stripe work of one catalog change: Prices (and Products) made for it, undone if the change
@@ -408,26 +450,9 @@ async def create_credit_pack(
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
-    try:
-        async with svc.db.transaction(system=True) as s:
-            s.add(pack)
-            await s.flush()
-            if stripe_ids:
-                await _record_price(s, stripe_ids[1], plan_id=None, pack_id=pack_id, price=price, interval=None)
-            await audit.record(
-                s,
-                actor,
-                "catalog.credit_pack.create",
-                target_type="credit_pack",
-                target_id=ids.encode("credit_pack", pack_id),
-                after=pack_snapshot(pack),
-            )
-            await s.refresh(pack)
-    except BaseException:
-        if stripe_ids:
-            await discard(svc, product_id=stripe_ids[0], price_id=stripe_ids[1])
-        raise
-    return pack
+    return await save_new(
+        svc, actor, pack, kind="credit_pack", stripe_ids=stripe_ids, price=price, interval=None, snapshot=pack_snapshot
+    )
 
 
 async def update_credit_pack(
@@ -590,25 +615,9 @@ async def create_plan(
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
-    try:
-        async with svc.db.transaction(system=True) as s:
-            s.add(plan)
-            await s.flush()
-            if stripe_ids:
-                await _record_price(s, stripe_ids[1], plan_id=plan_id, pack_id=None, price=price, interval=interval)
-            await audit.record(
-                s,
-                actor,
-                "catalog.plan.create",
-                target_type="plan",
-                target_id=ids.encode("plan", plan_id),
-                after=plan_snapshot(plan),
-            )
-            await s.refresh(plan)
-    except BaseException:
-        if stripe_ids:
-            await discard(svc, product_id=stripe_ids[0], price_id=stripe_ids[1])
-        raise
+    plan = await save_new(
+        svc, actor, plan, kind="plan", stripe_ids=stripe_ids, price=price, interval=interval, snapshot=plan_snapshot
+    )
     svc.forget_plan()
     return plan
 
