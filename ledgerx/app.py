@@ -17,10 +17,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from ledgerx import metrics
 from ledgerx.dashboard import routes as dashboard_routes
+from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
 from ledgerx.http.usage import usage_endpoint
 from ledgerx.middleware import RequestContext
-from ledgerx.schema import build_schema
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from ledgerx.webhooks import stripe as stripe_webhooks

@@ -350,7 +350,7 @@ def cmd_demo(_: argparse.Namespace) -> int:
 
 
 def cmd_export_schema(args: argparse.Namespace) -> int:
-    from ledgerx.schema import schema_sdl
+    from ledgerx.graphql_schema import schema_sdl
 
     sdl = schema_sdl()
     if args.output == "-":

@@ -10,7 +10,7 @@ import httpx
 from graphql import parse
 
 from ledgerx.app import create_app
-from ledgerx.schema import build_schema
+from ledgerx.graphql_schema import build_schema
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, sign_up

@@ -20,7 +20,7 @@ from strawberry.types import ExecutionResult
 
 from ledgerx.domain.analytics.hub import Update
 from ledgerx.domain.analytics.live import MetricRate, ProjectLive, WalletBalance
-from ledgerx.schema import build_schema
+from ledgerx.graphql_schema import build_schema
 from ledgerx.schema.analytics import PER_SUBSCRIBER, LiveMetrics
 from ledgerx.schema.scalars import SCALAR_MAP
 from ledgerx.schema.shared_results import SharedResults, SharedResultsExecutor
@@ -216,7 +216,7 @@ async def test_long_subscriptions_do_not_accumulate_per_event_memos() -> None:
 
 
 def test_the_app_schema_renders_live_messages_once_per_snapshot() -> None:
-    # The wiring: ledgerx.schema.build_schema passes execution_context_class=SharedResultsExecutor.
+    # The wiring: ledgerx.graphql_schema.build_schema passes execution_context_class=SharedResultsExecutor.
     assert build_schema().execution_context_class is SharedResultsExecutor, (
         "build_schema() must pass execution_context_class=SharedResultsExecutor to the Schema"
     )

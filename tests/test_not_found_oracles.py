@@ -27,7 +27,7 @@ from graphql import (
 )
 
 from ledgerx import ids
-from ledgerx.schema import build_schema
+from ledgerx.graphql_schema import build_schema
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, new_email, sign_up
 from tests.tenancy_helpers import create_project, make_platform_admin

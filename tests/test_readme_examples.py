@@ -27,7 +27,7 @@ import httpx
 import pytest
 import websockets
 
-from ledgerx.schema import build_schema
+from ledgerx.graphql_schema import build_schema
 from ledgerx.settings import Settings
 from tests.conftest import LiveServer
 from tests.fake_stripe import FakeStripe, stripe_settings

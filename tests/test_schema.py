@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ledgerx.schema import schema_sdl
+from ledgerx.graphql_schema import build_schema, schema_sdl
+from ledgerx.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,8 +19,5 @@ def test_schema_graphql_matches_the_code() -> None:
 
 
 def test_introspection_can_be_switched_off() -> None:
-    from ledgerx.schema import build_schema
-    from ledgerx.settings import Settings
-
     result = build_schema(Settings(graphql_introspection=False)).execute_sync("{ __schema { types { name } } }")
     assert result.errors
