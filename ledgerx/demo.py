@@ -23,7 +23,7 @@ from ledgerx.domain.billing import rules
 from ledgerx.domain.errors import AppError, Conflict
 from ledgerx.domain.ledger import posting, reads, wallets
 from ledgerx.domain.ledger.service import WalletRef
-from ledgerx.domain.payments import catalog, subscriptions
+from ledgerx.domain.payments import catalog, plans, subscriptions
 from ledgerx.domain.payments.money import Money
 from ledgerx.domain.tenancy import projects
 from ledgerx.domain.usage import ingest, metrics
@@ -154,7 +154,7 @@ async def seed(services: Services, *, now: dt.datetime | None = None) -> DemoRep
     # A free plan with a monthly quota, applied to the project (no Stripe needed at price 0).
     plan = next((p for p in await catalog.list_plans(services.payments) if p.name == PLAN_NAME), None)
     if plan is None:
-        plan = await catalog.create_plan(
+        plan = await plans.create_plan(
             services.payments,
             system,
             name=PLAN_NAME,

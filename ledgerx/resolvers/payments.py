@@ -14,7 +14,7 @@ import strawberry
 from ledgerx import ids
 from ledgerx.db.models import PlanSubscription
 from ledgerx.domain.pagination import decode_cursor, page_size
-from ledgerx.domain.payments import catalog, checkout, inbox, reads, subscriptions
+from ledgerx.domain.payments import catalog, checkout, credit_packs, inbox, plans, reads, subscriptions
 from ledgerx.domain.tenancy import projects
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import project_access, require_platform_admin
@@ -136,7 +136,7 @@ class Mutation:
     @strawberry.mutation(description="Platform admins: a credit pack (its Stripe Product and Price are created).")
     async def create_credit_pack(self, info: Info, input: CreateCreditPackInput) -> CreditPackType:
         await require_platform_admin(info)
-        pack = await catalog.create_credit_pack(
+        pack = await credit_packs.create_credit_pack(
             info.context.services.payments,
             info.context.actor(),
             name=input.name,
@@ -148,7 +148,7 @@ class Mutation:
     @strawberry.mutation(description="Platform admins: edit a credit pack (a new price makes a new Stripe Price).")
     async def update_credit_pack(self, info: Info, input: UpdateCreditPackInput) -> CreditPackType:
         await require_platform_admin(info)
-        pack = await catalog.update_credit_pack(
+        pack = await credit_packs.update_credit_pack(
             info.context.services.payments,
             info.context.actor(),
             ids.decode("credit_pack", input.id, "id"),
@@ -161,7 +161,7 @@ class Mutation:
     @strawberry.mutation(description="Platform admins: stop selling a credit pack.")
     async def archive_credit_pack(self, info: Info, id: strawberry.ID) -> CreditPackType:
         await require_platform_admin(info)
-        pack = await catalog.archive_credit_pack(
+        pack = await credit_packs.archive_credit_pack(
             info.context.services.payments, info.context.actor(), ids.decode("credit_pack", id, "id")
         )
         return CreditPackType.of(pack)
@@ -169,7 +169,7 @@ class Mutation:
     @strawberry.mutation(description="Platform admins: a plan (paid plans get a recurring Stripe Price).")
     async def create_plan(self, info: Info, input: CreatePlanInput) -> PlanType:
         await require_platform_admin(info)
-        plan = await catalog.create_plan(
+        plan = await plans.create_plan(
             info.context.services.payments,
             info.context.actor(),
             name=input.name,
@@ -192,7 +192,7 @@ class Mutation:
             kwargs["rate_limit"] = None
         elif input.rate_limit is not None:
             kwargs["rate_limit"] = input.rate_limit.parse()
-        plan = await catalog.update_plan(
+        plan = await plans.update_plan(
             info.context.services.payments,
             info.context.actor(),
             ids.decode("plan", input.id, "id"),
@@ -209,7 +209,7 @@ class Mutation:
     @strawberry.mutation(description="Platform admins: no new subscriptions to this plan.")
     async def archive_plan(self, info: Info, id: strawberry.ID) -> PlanType:
         await require_platform_admin(info)
-        plan = await catalog.archive_plan(
+        plan = await plans.archive_plan(
             info.context.services.payments, info.context.actor(), ids.decode("plan", id, "id")
         )
         return PlanType.of(plan)

@@ -25,7 +25,7 @@ from ledgerx.db.models import (
     WebhookEvent,
 )
 from ledgerx.domain.payments import money, subscriptions
-from ledgerx.domain.payments.catalog import rate_limit_json
+from ledgerx.domain.payments.plans import rate_limit_json
 from ledgerx.schema.info import Info
 from ledgerx.schema.scalars import BigInt
 

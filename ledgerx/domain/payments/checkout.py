@@ -16,7 +16,7 @@ from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict, NotFound
 from ledgerx.domain.ledger.types import CREDITS
-from ledgerx.domain.payments import catalog, objects, subscriptions
+from ledgerx.domain.payments import catalog, objects, prices, subscriptions
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.settings import Settings
 
@@ -135,7 +135,7 @@ async def create_checkout_session(
         pack = await catalog.get_credit_pack(svc, credit_pack_id)
         if pack.archived_at is not None:
             raise BadInput("this credit pack is archived", field="creditPackId")
-        pack = await catalog.ensure_pack_price(svc, pack)
+        pack = await prices.ensure_pack_price(svc, pack)
         meta[objects.META_PACK] = ids.encode("credit_pack", pack.id)
         # The credits are fixed when the customer sees the price, whatever the pack becomes later.
         meta[objects.META_CREDITS] = str(pack.credits)
@@ -152,7 +152,7 @@ async def create_checkout_session(
             raise BadInput("this plan is archived", field="planId")
         if plan.tier == "FREE" or plan.price_amount == 0:
             raise BadInput("the free plan needs no checkout", field="planId")
-        plan = await catalog.ensure_plan_price(svc, plan)
+        plan = await prices.ensure_plan_price(svc, plan)
         async with svc.db.transaction(project_id=project_id) as s:
             current = await subscriptions.current_subscription(s, project_id)
             had_any = await s.scalar(

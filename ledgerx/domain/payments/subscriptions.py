@@ -28,7 +28,7 @@ from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanOverride, PlanSubs
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict
-from ledgerx.domain.payments import catalog, grants, objects, proration
+from ledgerx.domain.payments import catalog, grants, objects, prices, proration
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.ratelimit import Limit
 from ledgerx.ids import uuid7
@@ -418,7 +418,7 @@ async def change_plan(
     if new.archived_at is not None:
         raise BadInput("this plan is archived", field="planId")
     if new.price_amount > 0:
-        new = await catalog.ensure_plan_price(svc, new)
+        new = await prices.ensure_plan_price(svc, new)
     now = svc.now()
     events: list[tuple[str, dict[str, Any]]] = []
     async with svc.db.transaction(project_id=project_id) as s:
