@@ -16,7 +16,7 @@ import pytest
 
 from ledgerx import ids
 from ledgerx.domain.ledger.verification import verify_ledger
-from ledgerx.domain.payments import inbox, proration, subscriptions
+from ledgerx.domain.payments import dunning, inbox, proration, subscriptions
 from ledgerx.domain.ratelimit import Limit
 from ledgerx.services import Services
 from ledgerx.settings import Settings
@@ -405,17 +405,17 @@ async def test_a_failed_invoice_walks_past_due_then_grace_then_the_free_plan(
     assert (await sub_state(gql, world))["graceUntil"] == iso(grace_end)
 
     world.clock.at(grace_end - dt.timedelta(seconds=1))
-    assert await subscriptions.run_dunning(services.payments) == 0
+    assert await dunning.run_dunning(services.payments) == 0
     assert (await effective(gql, world))["plan"]["id"] == world.pro
 
     topic = subscriptions.topic(world.puuid)
     async with services.events.subscribe(topic) as feed:
         world.clock.at(grace_end + dt.timedelta(seconds=1))
-        assert await subscriptions.run_dunning(services.payments) == 1
+        assert await dunning.run_dunning(services.payments) == 1
         event = await asyncio.wait_for(anext(feed), timeout=5)
     assert event["type"] == "subscription.downgraded"
     assert event["planId"] == world.free
-    assert await subscriptions.run_dunning(services.payments) == 0  # announced once
+    assert await dunning.run_dunning(services.payments) == 0  # announced once
     e = await effective(gql, world)
     assert (e["source"], e["plan"]["id"], e["rateLimit"]) == ("DEFAULT", world.free, {"burst": 5, "perSecond": 1.0})
     assert await subscriptions.plan_limit(services.payments, world.puuid) == Limit(5, 1.0)

@@ -14,7 +14,7 @@ import strawberry
 from ledgerx import ids
 from ledgerx.db.models import PlanSubscription
 from ledgerx.domain.pagination import decode_cursor, page_size
-from ledgerx.domain.payments import catalog, checkout, credit_packs, inbox, plans, reads, subscriptions
+from ledgerx.domain.payments import catalog, checkout, credit_packs, inbox, plan_changes, plans, reads, subscriptions
 from ledgerx.domain.tenancy import projects
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import project_access, require_platform_admin
@@ -237,7 +237,7 @@ class Mutation:
     async def change_plan(self, info: Info, input: ChangePlanInput) -> PlanChangeType:
         access = await project_access(info, input.project_id, Need.ADMIN, write=True)
         svc = info.context.services.payments
-        result = await subscriptions.change_plan(
+        result = await plan_changes.change_plan(
             svc, info.context.actor(), access.project_id, ids.decode("plan", input.plan_id, "planId")
         )
         info.context.services.limits.forget(access.project_id)
@@ -254,7 +254,7 @@ class Mutation:
     @strawberry.mutation(description="Cancel at the period end (default) or at once.")
     async def cancel_subscription(self, info: Info, input: CancelSubscriptionInput) -> PlanSubscriptionType:
         access = await project_access(info, input.project_id, Need.ADMIN, write=True)
-        sub = await subscriptions.cancel_subscription(
+        sub = await plan_changes.cancel_subscription(
             info.context.services.payments, info.context.actor(), access.project_id, at_period_end=input.at_period_end
         )
         info.context.services.limits.forget(access.project_id)

@@ -12,7 +12,7 @@ import logging
 import time
 
 from ledgerx.background import PollingWorker
-from ledgerx.domain.payments import inbox, subscriptions
+from ledgerx.domain.payments import dunning, inbox
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.processor")
@@ -31,7 +31,7 @@ class WebhookProcessor(PollingWorker):
         claimed = await inbox.run_once(self.payments, settings.webhook_batch_size)
         if time.monotonic() >= self._next_dunning:
             self._next_dunning = time.monotonic() + settings.dunning_interval
-            await subscriptions.run_dunning(self.payments)
+            await dunning.run_dunning(self.payments)
         return claimed
 
     def _idle_wait(self) -> float:

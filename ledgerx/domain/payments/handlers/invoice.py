@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
-from ledgerx.domain.payments import catalog, grants, objects, subscriptions
+from ledgerx.domain.payments import catalog, dunning, grants, objects
 from ledgerx.domain.payments.handlers.event import Event, Outcome
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, subscription_row
 from ledgerx.domain.payments.objects import Obj
@@ -190,7 +190,7 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
             out.result = f"invoice {row.status.lower()}"
         row.updated_at = func.now()
         if sub is not None:
-            await subscriptions.recompute_dunning(svc, s, sub, out.events)
+            await dunning.recompute_dunning(svc, s, sub, out.events)
         if changed:
             await audit_event(
                 s,
