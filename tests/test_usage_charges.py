@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from ledgerx.domain.errors import IdempotencyConflict, InsufficientFunds
-from ledgerx.domain.usage import ingest, pricing
+from ledgerx.domain.usage import carry, ingest, pricing
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, sign_up
@@ -60,7 +60,7 @@ def settings(settings: Settings) -> Settings:
     ],
 )
 def test_split_is_exact(units: str, price: str, remainder: str, total: str, amount: int, after: str) -> None:
-    s = pricing.split(Decimal(units), Decimal(price), Decimal(remainder))
+    s = carry.split(Decimal(units), Decimal(price), Decimal(remainder))
     assert (s.total, s.amount, s.remainder) == (Decimal(total), amount, Decimal(after))
     assert s.total == s.amount + s.remainder
 
@@ -291,4 +291,4 @@ async def test_who_may_charge(gql: GQL) -> None:
 
 def test_decimal_context_is_never_rounding() -> None:
     with pytest.raises(decimal.Inexact):
-        pricing._EXACT.divide(Decimal(1), Decimal(3))
+        carry._EXACT.divide(Decimal(1), Decimal(3))

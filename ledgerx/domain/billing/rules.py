@@ -28,15 +28,14 @@ from croniter import CroniterBadDateError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.engine import Database
+from ledgerx.db.engine import Database, driver
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.billing import schedule as sch
 from ledgerx.domain.errors import BadInput, Conflict, NotFound
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.ledger.types import MAX_BIGINT
-from ledgerx.domain.usage import pricing
-from ledgerx.domain.usage import store as usage_store
+from ledgerx.domain.usage import carry, periods
 from ledgerx.ids import uuid7
 
 UTC = dt.UTC
@@ -477,10 +476,6 @@ def first_instant(schedule: sch.Schedule, after: dt.datetime, field: str = "cron
 # -- transactions --------------------------------------------------------------------------------
 
 
-async def driver(session: AsyncSession) -> asyncpg.Connection:
-    return await usage_store.driver(session)
-
-
 @contextlib.asynccontextmanager
 async def tenant(db: Database, project_id: uuid.UUID) -> AsyncIterator[tuple[AsyncSession, asyncpg.Connection]]:
     async with db.transaction(project_id=project_id) as session:
@@ -532,156 +527,6 @@ async def project_clock(
     return True, await clocks.read(conn, project_id, real_now)
 
 
-# -- usage and pricing ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MetricInfo:
-    id: uuid.UUID
-    key: str
-    aggregation: str
-    unique_property: str | None
-    unit_price: decimal.Decimal
-
-
-_METRICS: dict[uuid.UUID, MetricInfo] = {}
-
-
-async def metrics(conn: asyncpg.Connection, metric_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, MetricInfo]:
-    """Metrics by id (they never change once defined: cached for the life of the process)."""
-    out: dict[uuid.UUID, MetricInfo] = {}
-    missing = []
-    for m in set(metric_ids):
-        info = _METRICS.get(m)
-        if info is None:
-            missing.append(m)
-        else:
-            out[m] = info
-    if missing:
-        rows = await conn.fetch(
-            "SELECT id, key, aggregation, unique_property, unit_price FROM usage_metrics WHERE id = ANY($1::uuid[])",
-            missing,
-        )
-        for r in rows:
-            info = MetricInfo(r["id"], r["key"], r["aggregation"], r["unique_property"], r["unit_price"])
-            if len(_METRICS) > 100_000:
-                _METRICS.clear()
-            _METRICS[info.id] = info
-            out[info.id] = info
-    return out
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Window:
-    project_id: uuid.UUID
-    metric: MetricInfo
-    start: dt.datetime
-    end: dt.datetime
-
-
-_MINUTE = dt.timedelta(minutes=1)
-_QUARTER = dt.timedelta(minutes=15)
-_ORIGIN = dt.datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def _floor(t: dt.datetime, step: dt.timedelta) -> dt.datetime:
-    return t - ((t - _ORIGIN) % step)
-
-
-def _ceil(t: dt.datetime, step: dt.timedelta) -> dt.datetime:
-    f = _floor(t, step)
-    return f if f == t else f + step
-
-
-def _split(start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, ...]:
-    """Cut [start, end) into raw edges [s, s1) + [e1, e), whole minutes [s1, s15) + [e15, e1)
-    and whole quarter hours [s15, e15) (the usage rollups' 1- and 15-minute buckets)."""
-    s1, e1 = _ceil(start, _MINUTE), _floor(end, _MINUTE)
-    if s1 >= e1:
-        return start, end, end, end, end, end  # no whole minute: all raw
-    s15, e15 = _ceil(s1, _QUARTER), _floor(e1, _QUARTER)
-    if s15 >= e15:
-        s15 = e15 = s1
-    return start, end, s1, e1, s15, e15
-
-
-_WINDOWS = """
-WITH w AS (
-  SELECT * FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::timestamptz[],
-                       $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::text[])
-    AS w(i, project_id, metric_id, s, e, s1, e1, s15, e15, prop)
-)
-SELECT w.i, {expr} AS units FROM w
-"""
-_ROLL = (
-    "(SELECT {agg} FROM usage_rollups r WHERE r.project_id = w.project_id AND r.metric_id = w.metric_id"
-    " AND ((r.width = 15 AND r.bucket >= w.s15 AND r.bucket < w.e15)"
-    " OR (r.width = 1 AND ((r.bucket >= w.s1 AND r.bucket < w.s15) OR (r.bucket >= w.e15 AND r.bucket < w.e1)))))"
-)
-_RAW = (
-    "(SELECT {agg} FROM usage_events u WHERE u.project_id = w.project_id AND u.metric_id = w.metric_id"
-    " AND ((u.occurred_at >= w.s AND u.occurred_at < w.s1) OR (u.occurred_at >= w.e1 AND u.occurred_at < w.e)))"
-)
-_UNIQUE = """(SELECT count(DISTINCT v) FROM (
-  SELECT r.value AS v FROM usage_rollup_values r WHERE r.project_id = w.project_id AND r.metric_id = w.metric_id
-    AND ((r.width = 15 AND r.bucket >= w.s15 AND r.bucket < w.e15)
-      OR (r.width = 1 AND ((r.bucket >= w.s1 AND r.bucket < w.s15) OR (r.bucket >= w.e15 AND r.bucket < w.e1))))
-  UNION ALL
-  SELECT (u.properties -> w.prop)::text FROM usage_events u WHERE u.project_id = w.project_id
-    AND u.metric_id = w.metric_id AND u.properties ? w.prop
-    AND ((u.occurred_at >= w.s AND u.occurred_at < w.s1) OR (u.occurred_at >= w.e1 AND u.occurred_at < w.e))
-) x)"""
-_UNITS_SQL = {
-    "SUM": _WINDOWS.format(
-        expr=f"coalesce({_ROLL.format(agg='sum(r.units_sum)')}, 0) + coalesce({_RAW.format(agg='sum(u.units)')}, 0)"
-    ),
-    "COUNT": _WINDOWS.format(
-        expr=f"coalesce({_ROLL.format(agg='sum(r.events)')}, 0) + coalesce({_RAW.format(agg='count(*)')}, 0)"
-    ),
-    "MAX": _WINDOWS.format(
-        expr=f"coalesce(greatest({_ROLL.format(agg='max(r.units_max)')}, {_RAW.format(agg='max(u.units)')}), 0)"
-    ),
-    "UNIQUE": _WINDOWS.format(expr=_UNIQUE),
-}
-
-
-async def usage_units(conn: asyncpg.Connection, windows: Sequence[Window]) -> list[decimal.Decimal]:
-    """The metric's usage in each window [start, end), per its aggregation: whole 15-minute and
-    1-minute rollup buckets plus raw events at the edges (exact for any boundaries). One query
-    per aggregation present, however many windows."""
-    out = [decimal.Decimal(0)] * len(windows)
-    by_agg: dict[str, list[int]] = {}
-    for i, w in enumerate(windows):
-        if w.end > w.start:
-            by_agg.setdefault(w.metric.aggregation, []).append(i)
-    for agg, idx in by_agg.items():
-        cols: list[list[Any]] = [[] for _ in range(10)]
-        for i in idx:
-            w = windows[i]
-            parts = _split(w.start, w.end)
-            for col, v in zip(cols, (i, w.project_id, w.metric.id, *parts, w.metric.unique_property), strict=True):
-                col.append(v)
-        for r in await conn.fetch(_UNITS_SQL[agg], *cols):
-            out[r["i"]] = decimal.Decimal(r["units"])
-    return out
-
-
-async def carried(
-    conn: asyncpg.Connection, pairs: Iterable[tuple[uuid.UUID, uuid.UUID]]
-) -> dict[tuple[uuid.UUID, uuid.UUID], decimal.Decimal]:
-    """The carried remainders of (wallet, metric) pairs, without locking (previews)."""
-    ps = sorted(set(pairs))
-    if not ps:
-        return {}
-    rows = await conn.fetch(
-        "SELECT wallet_id, metric_id, remainder FROM usage_charge_remainders"
-        " WHERE (wallet_id, metric_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))",
-        [p[0] for p in ps],
-        [p[1] for p in ps],
-    )
-    return {(r["wallet_id"], r["metric_id"]): r["remainder"] for r in rows}
-
-
 # -- mutations -----------------------------------------------------------------------------------
 
 
@@ -696,11 +541,10 @@ RETURNING {RULE_COLS}
 
 
 async def _resolve_metric(conn: asyncpg.Connection, project_id: uuid.UUID, key: str) -> uuid.UUID:
-    row = await conn.fetchrow("SELECT id FROM usage_metrics WHERE project_id = $1 AND key = $2", project_id, key)
-    if row is None:
+    metric = await periods.metric_by_key(conn, project_id, key)
+    if metric is None:
         raise BadInput(f"no metric {key!r} in this project; define it first", field="metricKey")
-    metric_id: uuid.UUID = row["id"]
-    return metric_id
+    return metric.id
 
 
 async def create_rule(
@@ -951,6 +795,29 @@ async def list_runs(
     return [Run.of(r) for r in rows]
 
 
+async def list_runs_of_rules(
+    db: Database, project_id: uuid.UUID, rule_ids: Sequence[uuid.UUID], *, limit: int, before: uuid.UUID | None
+) -> dict[uuid.UUID, list[Run]]:
+    """`list_runs` of each rule (the same page size and cursor) in one statement, by rule id."""
+    async with tenant(db, project_id) as (_, conn):
+        rows = await conn.fetch(
+            f"SELECT p.* FROM unnest($1::uuid[]) AS x(rule_id) CROSS JOIN LATERAL (SELECT {RUN_COLS}"  # noqa: S608
+            " FROM billing_runs r WHERE r.rule_id = x.rule_id AND r.project_id = $2"
+            " AND ($3::uuid IS NULL"
+            " OR (r.scheduled_at, r.id) < (SELECT scheduled_at, id FROM billing_runs WHERE id = $3))"
+            " ORDER BY r.scheduled_at DESC, r.id DESC LIMIT $4) p",
+            list(rule_ids),
+            project_id,
+            before,
+            limit + 1,
+        )
+    found: dict[uuid.UUID, list[Run]] = {r: [] for r in rule_ids}
+    for row in rows:
+        run = Run.of(row)
+        found[run.rule_id].append(run)
+    return found
+
+
 async def get_run(db: Database, project_id: uuid.UUID, run_id: uuid.UUID) -> Run:
     async with tenant(db, project_id) as (_, conn):
         row = await conn.fetchrow(
@@ -995,14 +862,12 @@ async def preview(
         first_units: decimal.Decimal | None = None
         first_amount = rule.amount or 0
         if rule.mode in USAGE_MODES and rule.metric_id is not None:
-            info = (await metrics(conn, [rule.metric_id]))[rule.metric_id]
+            info = (await periods.metrics_by_id(conn, [rule.metric_id]))[rule.metric_id]
             end = max(rule.period_start, min(now, instants[0]))
-            (first_units,) = await usage_units(conn, [Window(project_id, info, rule.period_start, end)])
-            carry = (await carried(conn, [(rule.wallet_id, info.id)])).get(
-                (rule.wallet_id, info.id), decimal.Decimal(0)
-            )
+            (first_units,) = await periods.units(conn, [periods.Window(project_id, info, rule.period_start, end)])
+            carried = await carry.remainder(conn, rule.wallet_id, info.id)
             unit_price = rule.unit_price if rule.unit_price is not None else info.unit_price
-            first_amount += pricing.split(first_units, unit_price, carry).amount
+            first_amount += carry.split(first_units, unit_price, carried).amount
     tz = sch.zone(rule.timezone)
     items: list[PreviewItem] = []
     start = rule.period_start

@@ -41,13 +41,13 @@ from ledgerx.domain.errors import AppError, Conflict, InsufficientFunds
 from ledgerx.domain.ledger import apply, posting
 from ledgerx.domain.ledger.batcher import RETRYABLE
 from ledgerx.domain.ledger.types import MAX_BIGINT, Kind, Leg, Posting, SystemAccount
-from ledgerx.domain.usage import pricing
+from ledgerx.domain.usage import carry, periods
+from ledgerx.domain.usage.types import MetricRecord
 from ledgerx.ids import uuid7
 
 log = logging.getLogger("ledgerx.billing")
 
 UTC = dt.UTC
-ZERO = decimal.Decimal(0)
 
 
 def wall() -> dt.datetime:
@@ -143,21 +143,6 @@ FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[], $4::timestamptz[],
   AS v(id, period_start, through, next_run_at, retry_at, grace_until, due_at, status, paused_reason)
 WHERE b.id = v.id
 """
-ENSURE_CARRY = """
-INSERT INTO usage_charge_remainders (wallet_id, metric_id, project_id)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) ORDER BY 1, 2
-ON CONFLICT (wallet_id, metric_id) DO NOTHING
-"""
-LOCK_CARRY = """
-SELECT wallet_id, metric_id, remainder FROM usage_charge_remainders
-WHERE (wallet_id, metric_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
-ORDER BY wallet_id, metric_id FOR UPDATE
-"""
-UPDATE_CARRY = """
-UPDATE usage_charge_remainders c SET remainder = v.remainder, updated_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::numeric[]) AS v(wallet_id, metric_id, remainder)
-WHERE c.wallet_id = v.wallet_id AND c.metric_id = v.metric_id
-"""
 AUDIT = """
 INSERT INTO audit_log (id, project_id, actor_type, actor_id, action, target_type, target_id, before, after, request_id)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[],
@@ -233,27 +218,25 @@ def _plan_instants(
     return runs
 
 
-async def _price(
-    svc: r.BillingService, conn: asyncpg.Connection, attempts: list[_Attempt]
-) -> list[tuple[uuid.UUID, uuid.UUID, decimal.Decimal]]:
-    """Amounts of new runs; usage runs lock and move their wallet+metric carry. Returns the
-    carries to write back."""
+async def _price(svc: r.BillingService, conn: asyncpg.Connection, attempts: list[_Attempt]) -> carry.Carries:
+    """Amounts of new runs; usage runs lock and move their wallet+metric carry (saved by the
+    caller once the debits are posted: carry.py's lock order)."""
     usage = [a for a in attempts if a.new and a.rule.mode in r.USAGE_MODES and a.rule.metric_id is not None]
-    carries: dict[tuple[uuid.UUID, uuid.UUID], decimal.Decimal] = {}
     units: list[decimal.Decimal] = []
-    infos: dict[uuid.UUID, r.MetricInfo] = {}
+    infos: dict[uuid.UUID, MetricRecord] = {}
+    carries = carry.Carries({})
     if usage:
-        infos = await r.metrics(conn, [a.rule.metric_id for a in usage if a.rule.metric_id is not None])
+        infos = await periods.metrics_by_id(conn, [a.rule.metric_id for a in usage if a.rule.metric_id is not None])
         windows = []
         for a in usage:
             assert a.rule.metric_id is not None
-            windows.append(r.Window(a.rule.project_id, infos[a.rule.metric_id], a.run.period_start, a.run.period_end))
-        units = await r.usage_units(conn, windows)
-        pairs = sorted({(a.rule.wallet_id, infos[a.rule.metric_id].id) for a in usage if a.rule.metric_id})
-        projects = {a.rule.wallet_id: a.rule.project_id for a in usage}
-        await conn.execute(ENSURE_CARRY, [p[0] for p in pairs], [p[1] for p in pairs], [projects[p[0]] for p in pairs])
-        for row in await conn.fetch(LOCK_CARRY, [p[0] for p in pairs], [p[1] for p in pairs]):
-            carries[(row["wallet_id"], row["metric_id"])] = row["remainder"]
+            windows.append(
+                periods.Window(a.rule.project_id, infos[a.rule.metric_id], a.run.period_start, a.run.period_end)
+            )
+        units = await periods.units(conn, windows)
+        carries = await carry.Carries.lock(
+            conn, [(a.rule.wallet_id, a.rule.metric_id, a.rule.project_id) for a in usage if a.rule.metric_id]
+        )
     u = iter(units)
     is_usage = {id(a) for a in usage}
     for a in attempts:
@@ -265,21 +248,19 @@ async def _price(
             assert a.rule.metric_id is not None
             info = infos[a.rule.metric_id]
             unit_price = a.rule.unit_price if a.rule.unit_price is not None else info.unit_price
-            key = (a.rule.wallet_id, info.id)
-            before = carries.get(key, ZERO)
+            before = carries.remainder(a.rule.wallet_id, info.id)
             n = next(u)
             a.run.units, a.run.unit_price = n, unit_price
             try:
-                priced = pricing.split(n, unit_price, before)
+                priced = carries.price(a.rule.wallet_id, info.id, n, unit_price)
             except AppError as exc:
                 a.failure = exc.message
                 continue
-            carries[key] = priced.remainder
             amount += priced.amount
             a.run.remainder_before, a.run.remainder_after = before, priced.remainder
         a.run.base_amount = base
         a.run.amount = amount
-    return [(w, m, rem) for (w, m), rem in carries.items()]
+    return carries
 
 
 def _posting(a: _Attempt, actor: Actor) -> Posting:
@@ -484,8 +465,7 @@ async def process(
             [x.started_at for x in retried],
             [x.finished_at for x in retried],
         )
-    if carries:
-        await conn.execute(UPDATE_CARRY, [c[0] for c in carries], [c[1] for c in carries], [c[2] for c in carries])
+    await carries.save(conn)
     await conn.execute(
         UPDATE_RULES,
         [x.id for x in rules],

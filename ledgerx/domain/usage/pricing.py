@@ -1,17 +1,8 @@
-"""Pricing usage and charging it to a wallet, with the sub-unit remainder carried exactly.
-
-For a wallet and a metric, every charge computes
-
-    total  = units x unitPrice + remainder          (exact decimals, never floats)
-    amount = floor(total)                           (whole minor units: debited through the ledger)
-    remainder' = total - amount                     (0 <= remainder' < 1, carried to the next charge)
-
-so over any sequence of charges the sum debited is floor(sum of units x unitPrice) and what is
-left over is below one unit: never dropped, never charged twice.
+"""Charging usage to a wallet: priced exactly, with the sub-unit remainder carried (`carry.py`).
 
 Exactly once, under concurrency and retries:
-- The remainder row of (wallet, metric) is locked first (an upsert that returns it), so charges of
-  one wallet and metric are serialized; the idempotency key is looked up after the lock, so a retry
+- The carry row of (wallet, metric) is locked first (`carry.Carries.lock`), so charges of one
+  wallet and metric are serialized; the idempotency key is looked up after the lock, so a retry
   that waited on the first attempt sees its committed charge and returns it.
 - The ledger posting (`post_transaction(..., session=)`), the append-only `usage_charges` row and
   the new remainder are written in the caller's database transaction: all of them or none.
@@ -32,33 +23,21 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ledgerx.db.engine import Database
+from ledgerx.db.engine import Database, driver
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
+from ledgerx.domain.errors import IdempotencyConflict, NotFound
 from ledgerx.domain.ledger import Kind, LedgerService, Leg, Posting, SystemAccount, WalletRef
 from ledgerx.domain.ledger import reads as ledger_reads
 from ledgerx.domain.ledger.posting import post_transaction
-from ledgerx.domain.ledger.types import MAX_BIGINT
-from ledgerx.domain.usage import store, validate
+from ledgerx.domain.usage import carry, validate
 from ledgerx.domain.usage.types import ChargeRecord, ChargeResult, MetricRecord
 from ledgerx.ids import uuid7
-
-# Units < 10^15 with 9 places times prices < 10^9 with 12 places need at most 45 digits: with 100
-# no operation ever rounds (and Inexact is trapped to prove it).
-_EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact, decimal.InvalidOperation])
-_ONE = decimal.Decimal(1)
 
 CHARGE_COLS = (
     "id, project_id, idempotency_key, wallet_id, metric_id, event_id, units, unit_price, remainder_before, total,"
     " amount, remainder_after, transaction_id, created_at"
 )
 
-LOCK_REMAINDERS = """
-INSERT INTO usage_charge_remainders AS r (wallet_id, metric_id, project_id)
-SELECT w, m, $3 FROM unnest($1::uuid[], $2::uuid[]) AS t(w, m) ORDER BY w, m
-ON CONFLICT (wallet_id, metric_id) DO UPDATE SET remainder = r.remainder
-RETURNING wallet_id, metric_id, remainder
-"""
 EXISTING_CHARGES = (
     f"SELECT {CHARGE_COLS} FROM usage_charges WHERE project_id = $1 AND idempotency_key = ANY($2::text[])"  # noqa: S608
 )
@@ -72,31 +51,6 @@ FROM unnest($4::uuid[], $5::text[], $6::uuid[], $7::uuid[], $8::uuid[], $9::nume
   AS u(id, key, wallet_id, metric_id, event_id, units, unit_price, rb, total, amount, ra, txn)
 RETURNING created_at
 """
-UPDATE_REMAINDERS = """
-UPDATE usage_charge_remainders r SET remainder = v.remainder, updated_at = now()
-FROM unnest($1::uuid[], $2::uuid[], $3::numeric[]) AS v(w, m, remainder)
-WHERE r.wallet_id = v.w AND r.metric_id = v.m
-"""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Split:
-    total: decimal.Decimal
-    amount: int
-    remainder: decimal.Decimal
-
-
-def split(units: decimal.Decimal, unit_price: decimal.Decimal, remainder: decimal.Decimal) -> Split:
-    """Price `units` with the carried `remainder`: whole units to debit and the new remainder."""
-    if not (0 <= remainder < _ONE):
-        raise ValueError(f"remainder out of range: {remainder}")
-    total = _EXACT.add(_EXACT.multiply(units, unit_price), remainder)
-    whole = total.to_integral_value(rounding=decimal.ROUND_FLOOR)
-    rest = _EXACT.subtract(total, whole)
-    amount = int(whole)
-    if amount > MAX_BIGINT:
-        raise BadInput("this charge is too large for one transaction", field="units")
-    return Split(total, amount, rest)
 
 
 def ledger_key(key: str) -> str:
@@ -159,17 +113,13 @@ async def charge_in_session(
     """
     if not requests:
         return []
-    conn = await store.driver(session)
+    conn = await driver(session)
     for req in requests:
         if req.wallet.project_id != project_id or req.metric.project_id != project_id:
             raise NotFound("wallet or metric not found in this project", field="walletId")
 
-    # 1. Lock the remainder rows (sorted: no deadlocks between concurrent batches).
-    pairs = sorted({(r.wallet.id, r.metric.id) for r in requests})
-    rows = await conn.fetch(LOCK_REMAINDERS, [p[0] for p in pairs], [p[1] for p in pairs], project_id)
-    remainders: dict[tuple[uuid.UUID, uuid.UUID], decimal.Decimal] = {
-        (r["wallet_id"], r["metric_id"]): r["remainder"] for r in rows
-    }
+    # 1. Lock the carry rows (carry.py: before the ledger locks wallets).
+    carries = await carry.Carries.lock(conn, [(r.wallet.id, r.metric.id, project_id) for r in requests])
     # 2. Keys already charged (read after the lock: sees charges committed while we waited).
     keys = list({r.idempotency_key for r in requests})
     existing = {r["idempotency_key"]: charge_from_row(r) for r in await conn.fetch(EXISTING_CHARGES, project_id, keys)}
@@ -191,10 +141,8 @@ async def charge_in_session(
                 raise _conflict()
             results.append(seen[req.idempotency_key])
             continue
-        pair = (req.wallet.id, req.metric.id)
-        before = remainders[pair]
-        s = split(req.units, req.metric.unit_price, before)
-        remainders[pair] = s.remainder
+        before = carries.remainder(req.wallet.id, req.metric.id)
+        s = carries.price(req.wallet.id, req.metric.id, req.units, req.metric.unit_price)
         txn_id = None
         if s.amount > 0:
             posted = await post_transaction(ledger, _posting(project_id, actor, req, s.amount), session=session)
@@ -231,10 +179,7 @@ async def charge_in_session(
             raise _conflict() from None
         at = created[0]["created_at"]
         records = [n.record(project_id, at) for n in new]
-        changed = sorted(remainders.items())
-        await conn.execute(
-            UPDATE_REMAINDERS, [p[0][0] for p in changed], [p[0][1] for p in changed], [p[1] for p in changed]
-        )
+        await carries.save(conn)
     return [(r, True) if isinstance(r, ChargeRecord) else (records[r], False) for r in results]
 
 
@@ -243,7 +188,7 @@ class _New:
     req: ChargeRequest
     id: uuid.UUID
     before: decimal.Decimal
-    split: Split
+    split: carry.Split
     txn_id: uuid.UUID | None
 
     def record(self, project_id: uuid.UUID, created_at: dt.datetime) -> ChargeRecord:
@@ -339,9 +284,4 @@ async def get_charge(db: Database, project_id: uuid.UUID, idempotency_key: str) 
 async def remainder(db: Database, project_id: uuid.UUID, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
     """The fraction of a unit carried for (wallet, metric): owed, not yet debited."""
     async with db.raw(project_id=project_id) as conn:
-        value = await conn.fetchval(
-            "SELECT remainder FROM usage_charge_remainders WHERE wallet_id = $1 AND metric_id = $2",
-            wallet_id,
-            metric_id,
-        )
-    return value if value is not None else decimal.Decimal(0)
+        return await carry.remainder(conn, wallet_id, metric_id)

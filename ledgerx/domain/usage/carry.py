@@ -1,0 +1,136 @@
+"""The sub-unit carry: what is left of a unit after pricing usage, owed per wallet and metric.
+
+Every priced charge of usage (`chargeUsage`, `recordUsage` with a wallet, and billing rules that
+charge usage) computes
+
+    total  = units x unitPrice + remainder          (exact decimals, never floats)
+    amount = floor(total)                           (whole minor units: debited through the ledger)
+    remainder' = total - amount                     (0 <= remainder' < 1, carried to the next charge)
+
+so over any sequence of charges the sum debited is floor(sum of units x unitPrice) and what is
+left over is below one unit: never dropped, never charged twice. The carry lives in
+`usage_charge_remainders`, one row per (wallet, metric), and this module is the only one that
+reads or writes it.
+
+Lock order, for every transaction that charges usage: the carry rows first, then the wallets.
+`Carries.lock` is the one way to take the carry rows (one statement, sorted by wallet then
+metric, so two transactions never wait on each other in a cycle); the ledger posting that locks
+the wallets comes after it, and `Carries.save` writes the new remainders last:
+
+    carries = await Carries.lock(conn, pairs)    # 1. carry rows, in (wallet, metric) order
+    split = carries.price(wallet, metric, units, unit_price)   # 2. in memory
+    ... post the whole units through the ledger ...             # 3. wallets, in id order
+    await carries.save(conn)                     # 4. the new remainders
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import decimal
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+
+from ledgerx.domain.errors import BadInput
+from ledgerx.domain.ledger.types import MAX_BIGINT
+
+# Units < 10^15 with 9 places times prices < 10^9 with 12 places need at most 45 digits: with 100
+# no operation ever rounds (and Inexact is trapped to prove it).
+_EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_FLOOR, traps=[decimal.Inexact, decimal.InvalidOperation])
+_ONE = decimal.Decimal(1)
+ZERO = decimal.Decimal(0)
+
+Pair = tuple[uuid.UUID, uuid.UUID]  # (wallet, metric)
+
+# Creates missing rows and locks all of them, in (wallet, metric) order (the DO UPDATE is what
+# takes the row lock of an existing row; it changes nothing).
+_LOCK = """
+INSERT INTO usage_charge_remainders AS r (wallet_id, metric_id, project_id)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[]) AS t(w, m, p) ORDER BY w, m
+ON CONFLICT (wallet_id, metric_id) DO UPDATE SET remainder = r.remainder
+RETURNING wallet_id, metric_id, remainder
+"""
+_SAVE = """
+UPDATE usage_charge_remainders r SET remainder = v.remainder, updated_at = now()
+FROM unnest($1::uuid[], $2::uuid[], $3::numeric[]) AS v(w, m, remainder)
+WHERE r.wallet_id = v.w AND r.metric_id = v.m
+"""
+_PEEK = """
+SELECT wallet_id, metric_id, remainder FROM usage_charge_remainders
+WHERE (wallet_id, metric_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Split:
+    total: decimal.Decimal
+    amount: int
+    remainder: decimal.Decimal
+
+
+def split(units: decimal.Decimal, unit_price: decimal.Decimal, remainder: decimal.Decimal) -> Split:
+    """Price `units` with the carried `remainder`: whole units to debit and the new remainder."""
+    if not (0 <= remainder < _ONE):
+        raise ValueError(f"remainder out of range: {remainder}")
+    total = _EXACT.add(_EXACT.multiply(units, unit_price), remainder)
+    whole = total.to_integral_value(rounding=decimal.ROUND_FLOOR)
+    rest = _EXACT.subtract(total, whole)
+    amount = int(whole)
+    if amount > MAX_BIGINT:
+        raise BadInput("this charge is too large for one transaction", field="units")
+    return Split(total, amount, rest)
+
+
+class Carries:
+    """The locked carry rows of one transaction and their running remainders."""
+
+    def __init__(self, remainders: dict[Pair, decimal.Decimal]) -> None:
+        self._remainders = remainders
+        self._priced = False
+
+    @classmethod
+    async def lock(cls, conn: asyncpg.Connection, pairs: Iterable[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]) -> Carries:
+        """Lock (creating at zero) the carry of each (wallet, metric, project): the first lock a
+        usage charge takes, before the ledger locks wallets."""
+        rows = sorted({(w, m): p for w, m, p in pairs}.items())
+        if not rows:
+            return cls({})
+        found = await conn.fetch(_LOCK, [k[0] for k, _ in rows], [k[1] for k, _ in rows], [p for _, p in rows])
+        return cls({(r["wallet_id"], r["metric_id"]): r["remainder"] for r in found})
+
+    def remainder(self, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
+        return self._remainders[(wallet_id, metric_id)]
+
+    def price(
+        self, wallet_id: uuid.UUID, metric_id: uuid.UUID, units: decimal.Decimal, unit_price: decimal.Decimal
+    ) -> Split:
+        """Price `units` against the (locked) carry and move it; a refused price moves nothing."""
+        self._priced = True
+        pair = (wallet_id, metric_id)
+        s = split(units, unit_price, self._remainders[pair])
+        self._remainders[pair] = s.remainder
+        return s
+
+    async def save(self, conn: asyncpg.Connection) -> None:
+        """Write the remainders back (every locked row, once anything was priced)."""
+        if not self._priced:
+            return
+        changed = sorted(self._remainders.items())
+        await conn.execute(_SAVE, [p[0][0] for p in changed], [p[0][1] for p in changed], [p[1] for p in changed])
+
+
+async def peek(conn: asyncpg.Connection, pairs: Iterable[Pair]) -> dict[Pair, decimal.Decimal]:
+    """The carried remainders of (wallet, metric) pairs, without locking (previews); absent pairs
+    carry nothing."""
+    ps = sorted(set(pairs))
+    if not ps:
+        return {}
+    rows = await conn.fetch(_PEEK, [p[0] for p in ps], [p[1] for p in ps])
+    return {(r["wallet_id"], r["metric_id"]): r["remainder"] for r in rows}
+
+
+async def remainder(conn: asyncpg.Connection, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
+    """The fraction of a unit carried for (wallet, metric): owed, not yet debited."""
+    found = await peek(conn, [(wallet_id, metric_id)])
+    return found.get((wallet_id, metric_id), ZERO)
