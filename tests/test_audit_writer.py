@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
+
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor, RequestMeta
 from ledgerx.domain.ledger import posting
@@ -52,16 +54,25 @@ async def test_record_on_a_session_and_on_a_connection_keeps_ip_and_request_id(s
     assert row["ip"] == "198.51.100.23" and row["action"] == "thing.create" and row["after"] == {"b": "2"}
 
 
-async def test_record_is_part_of_the_callers_transaction(services: Services) -> None:
+@pytest.mark.parametrize("scoped", [True, False])
+async def test_record_is_part_of_the_callers_transaction(services: Services, scoped: bool) -> None:
+    """Rolled back with the caller's change, also as the first statement of a transaction with
+    nothing to scope (whose BEGIN the ORM has not sent yet)."""
     pid = await new_project(services)
     actor = _actor("rolled-back")
-    try:
-        async with services.db.transaction(project_id=pid) as s:
+
+    async def abandoned() -> None:
+        async with services.db.transaction(**({"project_id": pid} if scoped else {})) as s:
             await audit.record(s, actor, "thing.update", project_id=pid)
             raise RuntimeError("abandon")
-    except RuntimeError:
-        pass
+
+    with pytest.raises(RuntimeError):
+        await abandoned()
     assert await _rows(services, str(actor.meta.request_id)) == []
+    # Committed, it is there.
+    async with services.db.transaction(**({"project_id": pid} if scoped else {})) as s:
+        await audit.record(s, actor, "thing.update", project_id=pid)
+    assert len(await _rows(services, str(actor.meta.request_id))) == 1
 
 
 async def test_record_many_writes_every_row_with_ip_and_request_id(services: Services) -> None:

@@ -70,7 +70,13 @@ async def driver(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under a SQLAlchemy session (same transaction, same RLS settings)."""
     conn = await session.connection()
     raw = await conn.get_raw_connection()
-    return cast(asyncpg.Connection, raw.driver_connection)
+    found = cast(asyncpg.Connection, raw.driver_connection)
+    if not found.is_in_transaction():
+        # The ORM sends BEGIN with its first statement, and a transaction with nothing to scope
+        # has sent none yet: SQL sent on the driver now would run alone, in autocommit, outside
+        # the session's transaction. Begin it (with the same, empty, settings statement).
+        await session.execute(text(SETTINGS_BOUND), Scope().values())
+    return found
 
 
 # A consistent read-only snapshot for reads that must agree across statements.
