@@ -12,9 +12,9 @@ import uuid
 import strawberry
 
 from ledgerx import ids
-from ledgerx.db.models import PlanSubscription
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.payments import catalog, checkout, credit_packs, inbox, plan_changes, plans, reads, subscriptions
+from ledgerx.domain.payments.records import SubscriptionRecord
 from ledgerx.domain.tenancy import projects
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import project_access, require_platform_admin
@@ -49,7 +49,7 @@ def _optional(kind: str, value: str | None, field: str) -> uuid.UUID | None:
     return ids.decode(kind, value, field) if value is not None else None
 
 
-async def _subscription_type(info: Info, sub: PlanSubscription) -> PlanSubscriptionType:
+async def _subscription_type(info: Info, sub: SubscriptionRecord) -> PlanSubscriptionType:
     svc = info.context.services.payments
     plans = await catalog.plans_by_id(svc, [p for p in (sub.plan_id, sub.pending_plan_id) if p])
     return PlanSubscriptionType.of(sub, plans, svc.now())

@@ -14,18 +14,18 @@ import strawberry
 from strawberry.scalars import JSON
 
 from ledgerx import ids
-from ledgerx.db.models import (
-    CreditPack,
-    Invoice,
-    InvoiceLine,
-    Payment,
-    Plan,
-    PlanSubscription,
-    WebhookAttempt,
-    WebhookEvent,
-)
 from ledgerx.domain.payments import money, subscriptions
 from ledgerx.domain.payments.plans import rate_limit_json
+from ledgerx.domain.payments.records import (
+    CreditPackRecord,
+    InvoiceLineRecord,
+    InvoiceRecord,
+    PaymentRecord,
+    PlanRecord,
+    SubscriptionRecord,
+    WebhookAttemptRecord,
+    WebhookEventRecord,
+)
 from ledgerx.schema.info import Info
 from ledgerx.schema.scalars import BigInt
 
@@ -194,7 +194,7 @@ class PlanType:
     updated_at: dt.datetime
 
     @classmethod
-    def of(cls, p: Plan) -> PlanType:
+    def of(cls, p: PlanRecord) -> PlanType:
         return cls(
             id=strawberry.ID(ids.encode("plan", p.id)),
             name=p.name,
@@ -227,7 +227,7 @@ class CreditPackType:
     updated_at: dt.datetime
 
     @classmethod
-    def of(cls, p: CreditPack) -> CreditPackType:
+    def of(cls, p: CreditPackRecord) -> CreditPackType:
         return cls(
             id=strawberry.ID(ids.encode("credit_pack", p.id)),
             name=p.name,
@@ -328,7 +328,9 @@ class PlanSubscriptionType:
     stripe_subscription_id: str | None
 
     @classmethod
-    def of(cls, sub: PlanSubscription, plans: Mapping[uuid.UUID, Plan], now: dt.datetime) -> PlanSubscriptionType:
+    def of(
+        cls, sub: SubscriptionRecord, plans: Mapping[uuid.UUID, PlanRecord], now: dt.datetime
+    ) -> PlanSubscriptionType:
         pending = plans.get(sub.pending_plan_id) if sub.pending_plan_id else None
         return cls(
             id=strawberry.ID(ids.encode("subscription", sub.id)),
@@ -410,7 +412,7 @@ class InvoiceLineType:
     plan_id: strawberry.ID | None
 
     @classmethod
-    def of(cls, line: InvoiceLine) -> InvoiceLineType:
+    def of(cls, line: InvoiceLineRecord) -> InvoiceLineType:
         return cls(
             description=line.description,
             amount=money_of(line.amount, line.currency),
@@ -444,7 +446,7 @@ class InvoiceType:
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, i: Invoice, lines: Sequence[InvoiceLine]) -> InvoiceType:
+    def of(cls, i: InvoiceRecord, lines: Sequence[InvoiceLineRecord]) -> InvoiceType:
         def m(amount: int) -> Money:
             return money_of(amount, i.currency)
 
@@ -502,7 +504,7 @@ class PaymentType:
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, p: Payment) -> PaymentType:
+    def of(cls, p: PaymentRecord) -> PaymentType:
         return cls(
             id=strawberry.ID(ids.encode("payment", p.id)),
             kind=PaymentKind(p.kind),
@@ -539,7 +541,7 @@ class WebhookAttemptType:
     finished_at: dt.datetime
 
     @classmethod
-    def of(cls, a: WebhookAttempt) -> WebhookAttemptType:
+    def of(cls, a: WebhookAttemptRecord) -> WebhookAttemptType:
         return cls(
             attempt=a.attempt,
             trigger=a.trigger,
@@ -577,7 +579,7 @@ class WebhookEventType:
         return [WebhookAttemptType.of(a) for a in await inbox.attempts_of(info.context.services.payments, self.uuid)]
 
     @classmethod
-    def of(cls, e: WebhookEvent) -> WebhookEventType:
+    def of(cls, e: WebhookEventRecord) -> WebhookEventType:
         return cls(
             id=strawberry.ID(ids.encode("webhook_event", e.id)),
             stripe_event_id=e.stripe_event_id,

@@ -23,6 +23,8 @@ from ledgerx.db.models import CatalogPrice, CreditPack, Plan
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.payments import records
+from ledgerx.domain.payments.records import CreditPackRecord, PlanRecord
 from ledgerx.domain.payments.service import PaymentsService
 
 # A catalog model with `id`, `archived_at`, `updated_at` and `stripe_product_id`.
@@ -44,44 +46,44 @@ def positive(value: int, field: str, *, allow_zero: bool = False) -> int:
     return value
 
 
-async def list_plans(svc: PaymentsService, *, include_archived: bool = False) -> list[Plan]:
+async def list_plans(svc: PaymentsService, *, include_archived: bool = False) -> list[PlanRecord]:
     async with svc.db.read() as s:
         q = select(Plan).order_by(Plan.price_amount, Plan.id)
         if not include_archived:
             q = q.where(Plan.archived_at.is_(None))
-        return list((await s.execute(q)).scalars())
+        return [records.plan(p) for p in (await s.execute(q)).scalars()]
 
 
-async def list_credit_packs(svc: PaymentsService, *, include_archived: bool = False) -> list[CreditPack]:
+async def list_credit_packs(svc: PaymentsService, *, include_archived: bool = False) -> list[CreditPackRecord]:
     async with svc.db.read() as s:
         q = select(CreditPack).order_by(CreditPack.price_amount, CreditPack.id)
         if not include_archived:
             q = q.where(CreditPack.archived_at.is_(None))
-        return list((await s.execute(q)).scalars())
+        return [records.credit_pack(p) for p in (await s.execute(q)).scalars()]
 
 
-async def get_plan(svc: PaymentsService, plan_id: uuid.UUID) -> Plan:
+async def get_plan(svc: PaymentsService, plan_id: uuid.UUID) -> PlanRecord:
     async with svc.db.read() as s:
         plan = await s.get(Plan, plan_id)
     if plan is None:
         raise NotFound("plan not found", field="planId")
-    return plan
+    return records.plan(plan)
 
 
-async def get_credit_pack(svc: PaymentsService, pack_id: uuid.UUID) -> CreditPack:
+async def get_credit_pack(svc: PaymentsService, pack_id: uuid.UUID) -> CreditPackRecord:
     async with svc.db.read() as s:
         pack = await s.get(CreditPack, pack_id)
     if pack is None:
         raise NotFound("credit pack not found", field="creditPackId")
-    return pack
+    return records.credit_pack(pack)
 
 
-async def plans_by_id(svc: PaymentsService, plan_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Plan]:
+async def plans_by_id(svc: PaymentsService, plan_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PlanRecord]:
     if not plan_ids:
         return {}
     async with svc.db.read() as s:
         rows = (await s.execute(select(Plan).where(Plan.id.in_(set(plan_ids))))).scalars()
-        return {p.id: p for p in rows}
+        return {p.id: records.plan(p) for p in rows}
 
 
 async def plan_for_price(s: AsyncSession, stripe_price_id: str | None) -> uuid.UUID | None:
@@ -90,7 +92,7 @@ async def plan_for_price(s: AsyncSession, stripe_price_id: str | None) -> uuid.U
     return await s.scalar(select(CatalogPrice.plan_id).where(CatalogPrice.stripe_price_id == stripe_price_id))
 
 
-def default_free_plan(plans: Sequence[Plan]) -> Plan | None:
+def default_free_plan(plans: Sequence[PlanRecord]) -> PlanRecord | None:
     """The plan of a project without a subscription (or after dunning): the newest active FREE
     plan (an admin replaces the free plan by creating the new one, then archiving the old)."""
     free = [p for p in plans if p.tier == "FREE" and p.archived_at is None]

@@ -12,9 +12,11 @@ from ledgerx.db.models import CreditPack
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.payments import records
 from ledgerx.domain.payments.catalog import archive_item, clean_name, positive
 from ledgerx.domain.payments.money import Money
 from ledgerx.domain.payments.prices import StripeChanges, record_price, retire_price, save_new, stripe_price
+from ledgerx.domain.payments.records import CreditPackRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -32,7 +34,7 @@ def pack_snapshot(p: CreditPack) -> dict[str, Any]:
 
 async def create_credit_pack(
     svc: PaymentsService, actor: Actor, *, name: str, credits: int, price: Money
-) -> CreditPack:
+) -> CreditPackRecord:
     clean = clean_name(name)
     positive(credits, "credits")
     if price.amount <= 0:
@@ -57,9 +59,10 @@ async def create_credit_pack(
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
-    return await save_new(
+    saved = await save_new(
         svc, actor, pack, kind="credit_pack", stripe_ids=stripe_ids, price=price, interval=None, snapshot=pack_snapshot
     )
+    return records.credit_pack(saved)
 
 
 async def update_credit_pack(
@@ -70,7 +73,7 @@ async def update_credit_pack(
     name: str | None = None,
     credits: int | None = None,
     price: Money | None = None,
-) -> CreditPack:
+) -> CreditPackRecord:
     changes = StripeChanges()
     try:
         pack = await _update_credit_pack(svc, actor, pack_id, name=name, credits=credits, price=price, changes=changes)
@@ -78,7 +81,7 @@ async def update_credit_pack(
         await changes.undo(svc)
         raise
     await changes.finish(svc)
-    return pack
+    return records.credit_pack(pack)
 
 
 async def _update_credit_pack(
@@ -135,5 +138,5 @@ async def _update_credit_pack(
     return pack
 
 
-async def archive_credit_pack(svc: PaymentsService, actor: Actor, pack_id: uuid.UUID) -> CreditPack:
-    return await archive_item(svc, actor, CreditPack, pack_id, "credit_pack", pack_snapshot)
+async def archive_credit_pack(svc: PaymentsService, actor: Actor, pack_id: uuid.UUID) -> CreditPackRecord:
+    return records.credit_pack(await archive_item(svc, actor, CreditPack, pack_id, "credit_pack", pack_snapshot))

@@ -17,7 +17,7 @@ import logging
 import random
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -30,9 +30,10 @@ from ledgerx.db.models import WebhookAttempt, WebhookEvent
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, NotFound
-from ledgerx.domain.payments import event_json, objects
+from ledgerx.domain.payments import event_json, objects, records
 from ledgerx.domain.payments.handlers import dispatch
 from ledgerx.domain.payments.handlers.event import EPOCH, NotReady, Outcome, Permanent
+from ledgerx.domain.payments.records import WebhookAttemptRecord, WebhookEventRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -44,7 +45,7 @@ WORKER = f"{socket.gethostname()}:{uuid7().hex[-8:]}"
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Stored:
-    event: WebhookEvent
+    event: WebhookEventRecord
     created: bool  # False: the event id was already in the inbox
 
 
@@ -77,10 +78,10 @@ async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str
             )
         ).scalar()
         row = (await s.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == event_id))).scalar_one()
-    return Stored(row, new_id is not None)
+    return Stored(records.webhook_event(row), new_id is not None)
 
 
-async def claim(svc: PaymentsService, limit: int) -> list[WebhookEvent]:
+async def claim(svc: PaymentsService, limit: int) -> list[WebhookEventRecord]:
     """Take up to `limit` due events (oldest Stripe time first) under a lease; SKIP LOCKED keeps
     concurrent workers on different rows."""
     lease = dt.timedelta(seconds=svc.settings.webhook_lease_seconds)
@@ -103,7 +104,7 @@ async def claim(svc: PaymentsService, limit: int) -> list[WebhookEvent]:
                 .returning(WebhookEvent)
             )
         ).scalars()
-        claimed = list(rows)
+        claimed = [records.webhook_event(r) for r in rows]
     return sorted(claimed, key=lambda r: (r.created, r.id))
 
 
@@ -169,7 +170,7 @@ def classify(exc: BaseException) -> Failure:
     )
 
 
-async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WORKER") -> WebhookEvent:
+async def process(svc: PaymentsService, row: WebhookEventRecord, *, trigger: str = "WORKER") -> WebhookEventRecord:
     """Run the event's handler and record the attempt; the row must be claimed (PROCESSING).
 
     A failure is retried with backoff while it may pass (`classify`); a permanent one (the event's
@@ -223,7 +224,7 @@ async def process(svc: PaymentsService, row: WebhookEvent, *, trigger: str = "WO
                 started_at=started,
             )
         )
-    return updated
+    return records.webhook_event(updated)
 
 
 async def run_once(svc: PaymentsService, limit: int | None = None) -> int:
@@ -258,7 +259,7 @@ async def next_due_in(svc: PaymentsService) -> float | None:
     return float(row) if row is not None else None
 
 
-async def claim_one(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEvent:
+async def claim_one(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEventRecord:
     """Claim one event whatever its status, unless another worker holds a live lease on it."""
     lease = dt.timedelta(seconds=svc.settings.webhook_lease_seconds)
     async with svc.db.transaction(system=True) as s:
@@ -278,10 +279,10 @@ async def claim_one(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEvent:
             if exists is None:
                 raise NotFound("webhook event not found", field="id")
             raise Conflict("the event is being processed right now; try again shortly", field="id")
-    return row
+    return records.webhook_event(row)
 
 
-async def replay(svc: PaymentsService, actor: Actor, event_id: uuid.UUID) -> WebhookEvent:
+async def replay(svc: PaymentsService, actor: Actor, event_id: uuid.UUID) -> WebhookEventRecord:
     """Process an event again now (any status). The books never change twice: every posting is
     keyed by Stripe ids and every state row only moves forward."""
     async with svc.db.transaction(system=True) as s:
@@ -303,17 +304,17 @@ async def replay(svc: PaymentsService, actor: Actor, event_id: uuid.UUID) -> Web
     return done
 
 
-async def get(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEvent:
+async def get(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEventRecord:
     async with svc.db.transaction(system=True) as s:
         row = await s.get(WebhookEvent, event_id)
     if row is None:
         raise NotFound("webhook event not found", field="id")
-    return row
+    return records.webhook_event(row)
 
 
 async def list_events(
     svc: PaymentsService, *, status: str | None, event_type: str | None, limit: int, before: uuid.UUID | None
-) -> list[WebhookEvent]:
+) -> list[WebhookEventRecord]:
     """Newest first; `limit + 1` rows so the caller knows more exist."""
     async with svc.db.transaction(system=True) as s:
         q = select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(limit + 1)
@@ -323,10 +324,22 @@ async def list_events(
             q = q.where(WebhookEvent.type == event_type)
         if before is not None:
             q = q.where(WebhookEvent.id < before)
-        return list((await s.execute(q)).scalars())
+        return [records.webhook_event(e) for e in (await s.execute(q)).scalars()]
 
 
-async def attempts_of(svc: PaymentsService, event_id: uuid.UUID) -> list[WebhookAttempt]:
+async def attempts_of(svc: PaymentsService, event_id: uuid.UUID) -> list[WebhookAttemptRecord]:
     async with svc.db.transaction(system=True) as s:
         q = select(WebhookAttempt).where(WebhookAttempt.event_id == event_id).order_by(WebhookAttempt.id)
-        return list((await s.execute(q)).scalars())
+        return [records.webhook_attempt(a) for a in (await s.execute(q)).scalars()]
+
+
+async def attempts_of_many(
+    svc: PaymentsService, event_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[WebhookAttemptRecord]]:
+    """`attempts_of` of each event, in one statement, by event id."""
+    found: dict[uuid.UUID, list[WebhookAttemptRecord]] = {e: [] for e in event_ids}
+    async with svc.db.transaction(system=True) as s:
+        q = select(WebhookAttempt).where(WebhookAttempt.event_id.in_(list(event_ids))).order_by(WebhookAttempt.id)
+        for a in (await s.execute(q)).scalars():
+            found[a.event_id].append(records.webhook_attempt(a))
+    return found

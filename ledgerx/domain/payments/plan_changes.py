@@ -18,7 +18,8 @@ from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict
-from ledgerx.domain.payments import catalog, grants, objects, prices, proration
+from ledgerx.domain.payments import catalog, grants, objects, prices, proration, records
+from ledgerx.domain.payments.records import InvoiceRecord, PlanRecord, SubscriptionRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.payments.subscriptions import apply_snapshot, current_subscription, is_live, snapshot_json, topic
 from ledgerx.ids import uuid7
@@ -26,13 +27,13 @@ from ledgerx.ids import uuid7
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PlanChangeResult:
-    subscription: PlanSubscription
+    subscription: SubscriptionRecord
     immediate: bool
     effective_at: dt.datetime
     amount: int
     currency: str
     credits: int
-    invoice: Invoice | None
+    invoice: InvoiceRecord | None
 
 
 async def _live_subscription(s: AsyncSession, project_id: uuid.UUID) -> PlanSubscription:
@@ -154,11 +155,17 @@ async def change_plan(
     svc.forget_plan(project_id)
     svc.publish(events)
     return PlanChangeResult(
-        sub, change.immediate, change.effective_at, change.amount, new.currency, change.credits, invoice
+        records.subscription(sub),
+        change.immediate,
+        change.effective_at,
+        change.amount,
+        new.currency,
+        change.credits,
+        records.invoice(invoice) if invoice is not None else None,
     )
 
 
-def _terms(p: Plan) -> proration.PlanTerms:
+def _terms(p: Plan | PlanRecord) -> proration.PlanTerms:
     return proration.PlanTerms(p.price_amount, p.interval, p.included_credits, p.currency)
 
 
@@ -167,7 +174,7 @@ async def _charge_proration(
     s: AsyncSession,
     sub: PlanSubscription,
     old: Plan,
-    new: Plan,
+    new: PlanRecord,
     change: proration.Change,
     now: dt.datetime,
     key: str,
@@ -236,7 +243,7 @@ async def _charge_proration(
 
 async def cancel_subscription(
     svc: PaymentsService, actor: Actor, project_id: uuid.UUID, *, at_period_end: bool
-) -> PlanSubscription:
+) -> SubscriptionRecord:
     stripe = svc.require_stripe()
     now = svc.now()
     async with svc.db.transaction(project_id=project_id) as s:
@@ -272,4 +279,4 @@ async def cancel_subscription(
             )
         ]
     )
-    return sub
+    return records.subscription(sub)

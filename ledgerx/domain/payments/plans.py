@@ -16,9 +16,11 @@ from ledgerx.db.models import Plan
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.payments import records
 from ledgerx.domain.payments.catalog import archive_item, clean_name, positive
 from ledgerx.domain.payments.money import Money
 from ledgerx.domain.payments.prices import StripeChanges, record_price, retire_price, save_new, stripe_price
+from ledgerx.domain.payments.records import PlanRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -116,7 +118,7 @@ async def create_plan(
     monthly_quotas: Mapping[str, int] | None = None,
     features: Sequence[str] = (),
     trial_days: int = 0,
-) -> Plan:
+) -> PlanRecord:
     # Every check before Stripe is asked, so refused input never leaves Stripe objects behind.
     clean = clean_name(name)
     _tier(tier, price)
@@ -157,7 +159,7 @@ async def create_plan(
         svc, actor, plan, kind="plan", stripe_ids=stripe_ids, price=price, interval=interval, snapshot=plan_snapshot
     )
     svc.forget_plan()
-    return plan
+    return records.plan(plan)
 
 
 _UNSET: Any = object()
@@ -175,7 +177,7 @@ async def update_plan(
     monthly_quotas: Mapping[str, int] | None = None,
     features: Sequence[str] | None = None,
     trial_days: int | None = None,
-) -> Plan:
+) -> PlanRecord:
     """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs."""
     changes = StripeChanges()
     try:
@@ -196,7 +198,7 @@ async def update_plan(
         await changes.undo(svc)
         raise
     await changes.finish(svc)
-    return plan
+    return records.plan(plan)
 
 
 async def _update_plan(
@@ -268,8 +270,8 @@ async def _update_plan(
     return plan
 
 
-async def archive_plan(svc: PaymentsService, actor: Actor, plan_id: uuid.UUID) -> Plan:
+async def archive_plan(svc: PaymentsService, actor: Actor, plan_id: uuid.UUID) -> PlanRecord:
     """No new subscriptions; existing ones continue on it until they change or end."""
     plan = await archive_item(svc, actor, Plan, plan_id, "plan", plan_snapshot)
     svc.forget_plan()
-    return plan
+    return records.plan(plan)

@@ -18,9 +18,10 @@ from ledgerx.db.models import CatalogPrice, CreditPack, Plan
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError
-from ledgerx.domain.payments import objects
+from ledgerx.domain.payments import objects, records
 from ledgerx.domain.payments.catalog import Archivable
 from ledgerx.domain.payments.money import Money
+from ledgerx.domain.payments.records import CreditPackRecord, PlanRecord
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.payments.catalog")
@@ -209,7 +210,7 @@ async def retire_price(s: AsyncSession, price_id: str | None, changes: StripeCha
     changes.retired.append(price_id)
 
 
-async def ensure_plan_price(svc: PaymentsService, plan: Plan) -> Plan:
+async def ensure_plan_price(svc: PaymentsService, plan: PlanRecord) -> PlanRecord:
     """The plan with its Stripe Price, created now if the catalog was made without Stripe."""
     if plan.stripe_price_id is not None:
         return plan
@@ -225,7 +226,7 @@ async def ensure_plan_price(svc: PaymentsService, plan: Plan) -> Plan:
                 svc, "plan", row.id, row.stripe_product_id, price, row.interval, nonce
             )
             await record_price(s, row.stripe_price_id, plan_id=row.id, pack_id=None, price=price, interval=row.interval)
-        return row
+        return records.plan(row)
 
 
 async def _ensure_product(svc: PaymentsService, model: type[Archivable], kind: str, item_id: uuid.UUID) -> None:
@@ -237,7 +238,7 @@ async def _ensure_product(svc: PaymentsService, model: type[Archivable], kind: s
             row.stripe_product_id = await _stripe_product(svc, kind=kind, item_id=row.id, name=row.name)
 
 
-async def ensure_pack_price(svc: PaymentsService, pack: CreditPack) -> CreditPack:
+async def ensure_pack_price(svc: PaymentsService, pack: CreditPackRecord) -> CreditPackRecord:
     if pack.stripe_price_id is not None:
         return pack
     svc.require_stripe()
@@ -252,4 +253,4 @@ async def ensure_pack_price(svc: PaymentsService, pack: CreditPack) -> CreditPac
                 svc, "credit_pack", row.id, row.stripe_product_id, price, None, nonce
             )
             await record_price(s, row.stripe_price_id, plan_id=None, pack_id=row.id, price=price, interval=None)
-        return row
+        return records.credit_pack(row)

@@ -27,7 +27,8 @@ from ledgerx.db.models import Plan, PlanOverride, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.payments import catalog, objects
+from ledgerx.domain.payments import catalog, objects, records
+from ledgerx.domain.payments.records import OverrideRecord, PlanRecord, SubscriptionRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.ratelimit import Limit
 from ledgerx.ids import uuid7
@@ -48,11 +49,15 @@ STATUS_RANK = {
 }
 
 
+# The status rules read a row inside the domain's transactions and a record everywhere else.
+Subscription = PlanSubscription | SubscriptionRecord
+
+
 def topic(project_id: uuid.UUID) -> str:
     return f"project:{project_id}:subscription"
 
 
-def public_status(sub: PlanSubscription) -> str:
+def public_status(sub: Subscription) -> str:
     if sub.stripe_status in ENDED or sub.ended_at is not None:
         return "CANCELED"
     if sub.stripe_status == "unpaid":
@@ -65,15 +70,15 @@ def public_status(sub: PlanSubscription) -> str:
 _PUBLIC = {"INCOMPLETE", "TRIALING", "ACTIVE", "PAUSED"}
 
 
-def is_live(sub: PlanSubscription) -> bool:
+def is_live(sub: Subscription) -> bool:
     return sub.stripe_status not in ENDED and sub.ended_at is None
 
 
-def in_grace(sub: PlanSubscription, now: dt.datetime) -> bool:
+def in_grace(sub: Subscription, now: dt.datetime) -> bool:
     return sub.grace_until is not None and now < sub.grace_until
 
 
-def subscription_plan_at(sub: PlanSubscription | None, now: dt.datetime) -> uuid.UUID | None:
+def subscription_plan_at(sub: Subscription | None, now: dt.datetime) -> uuid.UUID | None:
     """The plan a subscription provides at `now`, or None (ended, unpaid past grace, not started)."""
     if sub is None or not is_live(sub) or sub.stripe_status in ("incomplete", "paused"):
         return None
@@ -86,7 +91,7 @@ def subscription_plan_at(sub: PlanSubscription | None, now: dt.datetime) -> uuid
     return sub.plan_id
 
 
-def snapshot_json(sub: PlanSubscription) -> dict[str, Any]:
+def snapshot_json(sub: Subscription) -> dict[str, Any]:
     def iso(v: dt.datetime | None) -> str | None:
         return v.isoformat() if v else None
 
@@ -104,20 +109,20 @@ def snapshot_json(sub: PlanSubscription) -> dict[str, Any]:
 class PlanState:
     """Everything the effective plan depends on except the clock (cached briefly per project)."""
 
-    override: PlanOverride | None
-    subscription: PlanSubscription | None
-    plans: Mapping[uuid.UUID, Plan]
-    free_plan: Plan | None
+    override: OverrideRecord | None
+    subscription: SubscriptionRecord | None
+    plans: Mapping[uuid.UUID, PlanRecord]
+    free_plan: PlanRecord | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EffectivePlan:
-    plan: Plan | None
+    plan: PlanRecord | None
     source: str  # OVERRIDE | SUBSCRIPTION | DEFAULT
     rate_limit: dict[str, Any] | None
     monthly_quotas: dict[str, int]
-    subscription: PlanSubscription | None
-    override: PlanOverride | None
+    subscription: SubscriptionRecord | None
+    override: OverrideRecord | None
 
 
 async def current_subscription(
@@ -145,14 +150,19 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
         sub = await current_subscription(s, project_id)
         wanted = {p for p in (override and override.plan_id, sub and sub.plan_id, sub and sub.pending_plan_id) if p}
         plans = {
-            p.id: p
+            p.id: records.plan(p)
             for p in (
                 await s.execute(
                     select(Plan).where((Plan.id.in_(wanted)) | ((Plan.tier == "FREE") & Plan.archived_at.is_(None)))
                 )
             ).scalars()
         }
-    state = PlanState(override, sub, plans, catalog.default_free_plan(list(plans.values())))
+        state = PlanState(
+            records.override(override) if override is not None else None,
+            records.subscription(sub) if sub is not None else None,
+            plans,
+            catalog.default_free_plan(list(plans.values())),
+        )
     svc.remember_plan(project_id, state)
     return state
 
@@ -161,7 +171,7 @@ def effective_plan_at(state: PlanState, now: dt.datetime) -> EffectivePlan:
     ov = state.override
     if ov is not None and ov.expires_at is not None and now >= ov.expires_at:
         ov = None
-    plan: Plan | None
+    plan: PlanRecord | None
     if ov is not None and ov.plan_id is not None:
         plan, source = state.plans.get(ov.plan_id), "OVERRIDE"
     else:
@@ -281,9 +291,10 @@ async def apply_snapshot(
     return True
 
 
-async def get_subscription(svc: PaymentsService, project_id: uuid.UUID) -> PlanSubscription | None:
+async def get_subscription(svc: PaymentsService, project_id: uuid.UUID) -> SubscriptionRecord | None:
     async with svc.db.transaction(project_id=project_id) as s:
-        return await current_subscription(s, project_id)
+        sub = await current_subscription(s, project_id)
+        return records.subscription(sub) if sub is not None else None
 
 
 async def override_plan(
@@ -296,7 +307,7 @@ async def override_plan(
     monthly_quotas: dict[str, int] | None,
     expires_at: dt.datetime | None,
     reason: str | None,
-) -> PlanOverride | None:
+) -> OverrideRecord | None:
     """Set (or, with nothing to override, clear) a project's plan override."""
     if plan_id is not None:
         await catalog.get_plan(svc, plan_id)
@@ -335,7 +346,7 @@ async def override_plan(
             after=_override_json(result),
         )
     svc.forget_plan(project_id)
-    return result
+    return records.override(result) if result is not None else None
 
 
 def _override_json(o: PlanOverride | None) -> dict[str, Any] | None:

@@ -1,0 +1,237 @@
+"""What the payments domain hands to its callers: plain, frozen records (no database session or
+ORM row leaves the domain). Field names are the columns' names, so a record reads like its row.
+
+Rows whose `updated_at` is set by the database in the same transaction (subscriptions, invoices,
+payments) are recorded without it: nothing outside the domain reads it, and its value is only
+known to the database once the transaction commits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ledgerx.db.models import (
+    CreditPack,
+    Invoice,
+    InvoiceLine,
+    Payment,
+    Plan,
+    PlanOverride,
+    PlanSubscription,
+    WebhookAttempt,
+    WebhookEvent,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PlanRecord:
+    id: uuid.UUID
+    name: str
+    tier: str  # FREE | PRO | ENTERPRISE
+    interval: str  # MONTH | YEAR
+    price_amount: int
+    currency: str
+    included_credits: int
+    rate_limit: dict[str, Any] | None  # {"burst": int, "perSecond": float}
+    monthly_quotas: dict[str, Any]
+    features: list[str]
+    trial_days: int
+    stripe_product_id: str | None
+    stripe_price_id: str | None
+    archived_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreditPackRecord:
+    id: uuid.UUID
+    name: str
+    credits: int
+    price_amount: int
+    currency: str
+    stripe_product_id: str | None
+    stripe_price_id: str | None
+    archived_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    id: uuid.UUID
+    project_id: uuid.UUID
+    plan_id: uuid.UUID
+    stripe_subscription_id: str | None
+    stripe_customer_id: str | None
+    stripe_status: str
+    current_period_start: dt.datetime | None
+    current_period_end: dt.datetime | None
+    trial_end: dt.datetime | None
+    cancel_at_period_end: bool
+    canceled_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    pending_plan_id: uuid.UUID | None
+    pending_at: dt.datetime | None
+    past_due_since: dt.datetime | None
+    grace_until: dt.datetime | None
+    downgraded_at: dt.datetime | None
+    wallet_id: uuid.UUID | None
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OverrideRecord:
+    project_id: uuid.UUID
+    plan_id: uuid.UUID | None
+    rate_limit: dict[str, Any] | None
+    monthly_quotas: dict[str, Any] | None
+    reason: str | None
+    expires_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceLineRecord:
+    id: uuid.UUID
+    invoice_id: uuid.UUID
+    position: int
+    description: str
+    amount: int  # signed (credits are negative)
+    currency: str
+    quantity: int
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    plan_id: uuid.UUID | None
+    proration: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InvoiceRecord:
+    id: uuid.UUID
+    project_id: uuid.UUID
+    subscription_id: uuid.UUID | None
+    stripe_invoice_id: str | None
+    kind: str  # SUBSCRIPTION | PRORATION | OTHER
+    billing_reason: str | None
+    status: str  # DRAFT | OPEN | PAID | VOID | UNCOLLECTIBLE
+    currency: str
+    total: int
+    amount_due: int
+    amount_paid: int
+    period_start: dt.datetime | None
+    period_end: dt.datetime | None
+    attempt_count: int
+    next_payment_attempt: dt.datetime | None
+    paid_at: dt.datetime | None
+    plan_id: uuid.UUID | None
+    credits: int
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PaymentRecord:
+    id: uuid.UUID
+    project_id: uuid.UUID
+    kind: str  # CREDIT_PACK | SUBSCRIPTION
+    status: str  # SUCCEEDED | PARTIALLY_REFUNDED | REFUNDED
+    amount: int
+    currency: str
+    credits: int
+    credit_pack_id: uuid.UUID | None
+    plan_id: uuid.UUID | None
+    invoice_id: uuid.UUID | None
+    wallet_id: uuid.UUID | None
+    transaction_id: uuid.UUID | None
+    stripe_checkout_session_id: str | None
+    stripe_invoice_id: str | None
+    stripe_payment_intent_id: str | None
+    stripe_charge_id: str | None
+    amount_refunded: int
+    credits_reversed: int
+    credits_held: int
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookEventRecord:
+    id: uuid.UUID
+    stripe_event_id: str
+    type: str
+    created: dt.datetime  # Stripe's
+    livemode: bool
+    api_version: str | None
+    payload: dict[str, Any]
+    source: str  # WEBHOOK | RECONCILE
+    status: str  # PENDING | PROCESSING | PROCESSED | FAILED | DEAD | IGNORED
+    attempts: int
+    next_attempt_at: dt.datetime
+    locked_until: dt.datetime | None
+    last_error: str | None
+    result: str | None
+    project_id: uuid.UUID | None
+    received_at: dt.datetime
+    processed_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookAttemptRecord:
+    id: uuid.UUID
+    event_id: uuid.UUID
+    attempt: int
+    trigger: str  # WORKER | REPLAY | RECONCILE
+    ok: bool
+    result: str | None
+    error: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime
+
+
+_R = TypeVar("_R", bound="DataclassInstance")
+
+
+def _of(record: type[_R], row: object) -> _R:
+    """The record of a row: its columns by the record's field names, read now (the row may be
+    detached afterwards, or changed by the session that loaded it)."""
+    return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})
+
+
+def plan(row: Plan) -> PlanRecord:
+    return _of(PlanRecord, row)
+
+
+def credit_pack(row: CreditPack) -> CreditPackRecord:
+    return _of(CreditPackRecord, row)
+
+
+def subscription(row: PlanSubscription) -> SubscriptionRecord:
+    return _of(SubscriptionRecord, row)
+
+
+def override(row: PlanOverride) -> OverrideRecord:
+    return _of(OverrideRecord, row)
+
+
+def invoice(row: Invoice) -> InvoiceRecord:
+    return _of(InvoiceRecord, row)
+
+
+def invoice_line(row: InvoiceLine) -> InvoiceLineRecord:
+    return _of(InvoiceLineRecord, row)
+
+
+def payment(row: Payment) -> PaymentRecord:
+    return _of(PaymentRecord, row)
+
+
+def webhook_event(row: WebhookEvent) -> WebhookEventRecord:
+    return _of(WebhookEventRecord, row)
+
+
+def webhook_attempt(row: WebhookAttempt) -> WebhookAttemptRecord:
+    return _of(WebhookAttemptRecord, row)
