@@ -1,5 +1,9 @@
 """POST /v1/usage: bulk usage ingestion with an API key (scope `usage:write`).
 
+Authorized exactly as recordUsageBatch is: the usage domain's RECORD rule (domain/usage/policy.py)
+through the same `Authorizer` (domain/tenancy/authorize.py), so the instance's access cache, and
+its invalidation when access changes, apply to both.
+
 Request: `Authorization: Bearer lx_…` (or `X-Api-Key: lx_…`) and a JSON body
     {"events": [{"metricKey": "api_calls", "units": 1, "idempotencyKey": "…",
                  "occurredAt": "2026-01-01T12:00:00Z", "properties": {…}}, …]}
@@ -29,15 +33,14 @@ from starlette.responses import Response
 from ledgerx import gateway, ids
 from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
-from ledgerx.domain.tenancy.access import Need, check, load_access
-from ledgerx.domain.usage import ingest, validate
+from ledgerx.domain.errors import AppError, BadInput, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.tenancy.authorize import Authorizer, check_key_scope
+from ledgerx.domain.usage import ingest, policy, validate
 from ledgerx.http import jsonbody
 from ledgerx.services import Services
 
 log = logging.getLogger("ledgerx.http.usage")
 
-SCOPE = "usage:write"
 _JSON = "application/json"
 
 
@@ -81,10 +84,8 @@ async def _project(services: Services, principal: Principal, payload: dict[str, 
         if not isinstance(named, str):
             raise BadInput("projectId is required when signed in as a user", field="projectId")
         project_id = ids.decode("project", named, "projectId")
-    # One statement finds the project, the membership and the platform-admin flag.
-    access = await load_access(services.db, principal, project_id)
-    check(access, Need.BILLABLE, write=True, scope=SCOPE)
-    return project_id
+    authorizer = Authorizer(services.db, services.access_cache, principal)
+    return (await authorizer.require(project_id, policy.RECORD)).project_id
 
 
 def usage_endpoint(services: Callable[[], Services]) -> Callable[[Request], Awaitable[Response]]:
@@ -123,9 +124,9 @@ def usage_endpoint(services: Callable[[], Services]) -> Callable[[Request], Awai
 async def _ingest(svc: Services, principal: Principal, request: Request) -> Response:
     settings = svc.settings
     try:
-        if principal.kind == "api_key" and SCOPE not in principal.scopes:
-            # Refuse before reading (up to USAGE_MAX_BODY_BYTES of) a body that will not be used.
-            raise Forbidden(f"this API key lacks the scope {SCOPE}", scope=SCOPE)
+        # Refuse a key without the scope before reading (up to USAGE_MAX_BODY_BYTES of) a body
+        # that will not be used.
+        check_key_scope(principal, policy.RECORD)
         # The edge's shared reader (http/jsonbody.py, as /graphql): capped, bounded nesting, and
         # no string PostgreSQL cannot store (NUL, lone surrogates) gets past it.
         try:

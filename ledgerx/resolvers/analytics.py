@@ -19,18 +19,17 @@ from typing import Annotated, TypeVar
 import strawberry
 
 from ledgerx.context import authenticate
+from ledgerx.domain.analytics import policy
 from ledgerx.domain.analytics.guard import StreamGuard
 from ledgerx.domain.analytics.hub import FeedClosed, Snapshot, Update, Watcher
 from ledgerx.domain.analytics.project import normalize_currency, project_analytics
 from ledgerx.domain.analytics.revenue import revenue_analytics
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, Unauthenticated
-from ledgerx.domain.tenancy.access import Need, is_platform_admin
+from ledgerx.domain.tenancy.access import is_platform_admin
 from ledgerx.resolvers.guards import project_access, require_platform_admin
 from ledgerx.resolvers.streams import graphql_error, member_guard, stream_credential
 from ledgerx.schema.analytics import AnalyticsGranularity, LiveMetrics, LiveRevenue, ProjectAnalytics, RevenueAnalytics
 from ledgerx.schema.info import Info
-
-READ_SCOPE = "project:read"
 
 S = TypeVar("S", bound=Snapshot)
 T = TypeVar("T")
@@ -61,7 +60,7 @@ class Query:
         granularity: AnalyticsGranularity = AnalyticsGranularity.DAY,
         currency: str = "CREDITS",
     ) -> ProjectAnalytics:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         result = await project_analytics(
             info.context.services.db, access.project_id, from_, to, granularity.domain(), currency
         )
@@ -97,9 +96,9 @@ class Subscription:
         self, info: Info, project_id: strawberry.ID, currency: str = "CREDITS"
     ) -> AsyncIterator[LiveMetrics]:
         try:
-            access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+            access = await project_access(info, project_id, policy.READ)
             cur = normalize_currency(currency)
-            guard = member_guard(info, access.project_id, READ_SCOPE)
+            guard = member_guard(info, access.project_id, policy.READ)
         except AppError as exc:
             raise graphql_error(exc) from None
         services = info.context.services

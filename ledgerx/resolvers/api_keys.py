@@ -11,15 +11,19 @@ import uuid
 import strawberry
 
 from ledgerx import ids
-from ledgerx.domain.errors import NotFound, Unauthenticated
+from ledgerx.domain.errors import Unauthenticated
 from ledgerx.domain.pagination import decode_cursor, page_size
-from ledgerx.domain.tenancy import api_keys
+from ledgerx.domain.tenancy import api_keys, scopes
 from ledgerx.domain.tenancy.access import Need
+from ledgerx.domain.tenancy.authorize import Rule
 from ledgerx.resolvers import announce
-from ledgerx.resolvers.guards import access_by_uuid, project_access
+from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.schema.api_keys import ApiKeyType, ApiKeyWithSecret, CreateApiKeyInput
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, connection
+
+# Managing keys: project admins signed in as users (no scope admits a key).
+_MANAGE = Rule(Need.ADMIN, write=True)
 
 
 async def _admin_key(info: Info, key_public_id: str) -> tuple[uuid.UUID, uuid.UUID]:
@@ -28,12 +32,8 @@ async def _admin_key(info: Info, key_public_id: str) -> tuple[uuid.UUID, uuid.UU
     key_id = ids.decode("api_key", key_public_id)
     project_id = await api_keys.project_of(info.context.services.db, key_id)
     # Another project's key and a made-up one get the same answer: the id leaks nothing.
-    if project_id is None:
-        raise NotFound("API key not found", field="id")
-    try:
-        await access_by_uuid(info, project_id, Need.ADMIN, write=True)
-    except NotFound:
-        raise NotFound("API key not found", field="id") from None
+    await authorizer(info).require_for(project_id, _MANAGE, what="API key", field="id")
+    assert project_id is not None
     return project_id, key_id
 
 
@@ -58,7 +58,7 @@ class Query:
 
     @strawberry.field(description="The scopes an API key can be given.")
     def api_key_scopes(self) -> list[str]:
-        return sorted(api_keys.SCOPES)
+        return list(scopes.NAMES)
 
 
 @strawberry.type

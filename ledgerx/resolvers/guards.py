@@ -1,53 +1,68 @@
-"""The resolver side of authorization: parse the project id, find the caller's access, check it.
+"""The resolver side of authorization: the request's `Authorizer`, and the project-id forms of it.
 
-Every resolver that touches a project calls `project_access` first; the rules themselves live in
-`domain/tenancy/access.py`.
+Every resolver that touches a project authorizes the caller here first (or through a domain
+helper given `authorizer(info)`, such as `ledger.wallets.find_wallet`). What may be done lives in
+the domain: `domain/tenancy/authorize.py` finds and checks access (the same way for POST
+/v1/usage), the rules that name API-key scopes live with their domain (`domain/*/policy.py`), and
+the scopes themselves in `domain/tenancy/scopes.py`.
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import overload
 
 from ledgerx import ids
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import Forbidden
-from ledgerx.domain.tenancy.access import Access, Need, check, load_access
+from ledgerx.domain.tenancy.access import Access, Need
+from ledgerx.domain.tenancy.authorize import Authorizer, Rule
 from ledgerx.schema.info import Info
 
 
-async def access_by_uuid(
-    info: Info, project_id: uuid.UUID, need: Need, *, write: bool, scope: str | None = None
-) -> Access:
+def authorizer(info: Info) -> Authorizer:
+    """The caller's authorizer for this request (UNAUTHENTICATED without a principal)."""
     ctx = info.context
     principal = ctx.require_principal()
-    cache: dict[uuid.UUID, Access] = ctx.loaders.setdefault("_access", {})
-    access = cache.get(project_id)
-    if access is None:
-        shared = ctx.services.access_cache
-        user_id = principal.user_id if principal.kind == "user" else None
-        access = shared.get(user_id, project_id) if user_id is not None else None
-        if access is None:
-            epoch = shared.epoch
-            access = await load_access(ctx.services.db, principal, project_id)
-            if user_id is not None:
-                shared.put(user_id, access, loaded_at_epoch=epoch)
-        if user_id is not None:
+    found = ctx.loaders.get("_authorizer")
+    if isinstance(found, Authorizer):
+        return found
+
+    def note_platform_admin(access: Access) -> None:
+        # Spares `Context.is_platform_admin` a lookup later in the request.
+        if principal.kind == "user":
             ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
-        cache[project_id] = access
-    return check(access, need, write=write, scope=scope)
+
+    made = Authorizer(ctx.services.db, ctx.services.access_cache, principal, on_access=note_platform_admin)
+    ctx.loaders["_authorizer"] = made
+    return made
 
 
+def _rule(need: Need | Rule, write: bool | None) -> Rule:
+    return need if isinstance(need, Rule) else Rule(need, write=bool(write))
+
+
+# Either a domain `Rule`, or the tenancy rule `need` with `write` (no API-key scope: keys are then
+# refused ADMIN and OWNER operations). The overloads keep the two forms apart for the type checker.
+@overload
+async def access_by_uuid(info: Info, project_id: uuid.UUID, need: Rule) -> Access: ...
+@overload
+async def access_by_uuid(info: Info, project_id: uuid.UUID, need: Need, *, write: bool) -> Access: ...
+async def access_by_uuid(info: Info, project_id: uuid.UUID, need: Need | Rule, *, write: bool | None = None) -> Access:
+    """Access to the project, or NOT_FOUND / FORBIDDEN / PROJECT_SUSPENDED."""
+    return await authorizer(info).require(project_id, _rule(need, write))
+
+
+@overload
+async def project_access(info: Info, project_id: str, need: Rule, *, field: str = ...) -> Access: ...
+@overload
+async def project_access(info: Info, project_id: str, need: Need, *, write: bool, field: str = ...) -> Access: ...
 async def project_access(
-    info: Info,
-    project_id: str,
-    need: Need,
-    *,
-    write: bool,
-    scope: str | None = None,
-    field: str = "projectId",
+    info: Info, project_id: str, need: Need | Rule, *, write: bool | None = None, field: str = "projectId"
 ) -> Access:
     """Access to the project named by a public id, or NOT_FOUND / FORBIDDEN / PROJECT_SUSPENDED."""
-    return await access_by_uuid(info, ids.decode("project", project_id, field), need, write=write, scope=scope)
+    uid = ids.decode("project", project_id, field)  # a malformed id is BAD_USER_INPUT, even unauthenticated
+    return await authorizer(info).require(uid, _rule(need, write))
 
 
 async def require_platform_admin(info: Info) -> Principal:

@@ -14,12 +14,11 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.errors import BadInput, NotFound
-from ledgerx.domain.ledger import Posted, WalletRef, codec, posting, reads, refunds, wallets
-from ledgerx.domain.ledger.policy import READ_SCOPE, WRITE_SCOPE, require_ledger_admin
+from ledgerx.domain.ledger import Posted, WalletRef, codec, policy, posting, reads, refunds, wallets
 from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.domain.pagination import decode_cursor, page_size
-from ledgerx.domain.tenancy.access import Access, Need
-from ledgerx.resolvers.guards import access_by_uuid, project_access
+from ledgerx.domain.tenancy.access import Need
+from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.resolvers.streams import guarded_events, member_guard
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import (
@@ -37,32 +36,22 @@ from ledgerx.schema.ledger import (
 from ledgerx.schema.pagination import Connection, connection
 
 
-async def _reach(info: Info, project_id: uuid.UUID, *, write: bool, what: str, field: str) -> Access:
-    """The caller's access to the project of a wallet/transaction; NOT_FOUND names the object."""
-    need = Need.BILLABLE if write else Need.MEMBER
-    try:
-        access = await access_by_uuid(info, project_id, need, write=write, scope=WRITE_SCOPE if write else READ_SCOPE)
-    except NotFound:
-        raise NotFound(f"{what} not found", field=field) from None
-    return require_ledger_admin(access) if write else access
-
-
 async def _wallet(info: Info, public_id: str, *, write: bool, field: str = "walletId") -> WalletRef:
     info.context.require_principal()
-    ref = await info.context.services.ledger.wallet_ref(ids.decode("wallet", public_id, field))
-    if ref is None:
-        raise NotFound("wallet not found", field=field)
-    await _reach(info, ref.project_id, write=write, what="wallet", field=field)
-    return ref
+    rule = policy.WRITE if write else policy.READ
+    ledger = info.context.services.ledger
+    return await wallets.find_wallet(
+        ledger, authorizer(info), ids.decode("wallet", public_id, field), rule, field=field
+    )
 
 
 async def _transaction_project(info: Info, public_id: str, *, write: bool, field: str) -> tuple[uuid.UUID, uuid.UUID]:
     info.context.require_principal()
     txn_id = ids.decode("transaction", public_id, field)
     project_id = await info.context.services.ledger.transaction_project(txn_id)
-    if project_id is None:
-        raise NotFound("transaction not found", field=field)
-    await _reach(info, project_id, write=write, what="transaction", field=field)
+    rule = policy.WRITE if write else policy.READ
+    await authorizer(info).require_for(project_id, rule, what="transaction", field=field)
+    assert project_id is not None
     return project_id, txn_id
 
 
@@ -84,7 +73,7 @@ class Query:
     async def wallets(
         self, info: Info, project_id: strawberry.ID, first: int | None = 20, after: str | None = None
     ) -> Connection[WalletType]:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         limit = page_size(first)
         rows = await reads.list_wallets(
             info.context.services.ledger, access.project_id, limit=limit, after=decode_cursor(after)
@@ -109,8 +98,7 @@ class Query:
 class Mutation:
     @strawberry.mutation
     async def create_wallet(self, info: Info, input: CreateWalletInput) -> WalletType:
-        access = await project_access(info, input.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
-        require_ledger_admin(access)
+        access = await project_access(info, input.project_id, policy.WRITE)
         owner = ids.decode("user", input.owner_user_id, "ownerUserId") if input.owner_user_id else None
         w = await wallets.create_wallet(
             info.context.services.ledger,
@@ -203,7 +191,7 @@ class Subscription:
     )
     async def wallet_updated(self, info: Info, wallet_id: strawberry.ID) -> AsyncGenerator[WalletUpdate, None]:
         ref = await _wallet(info, wallet_id, write=False)
-        guard = member_guard(info, ref.project_id, READ_SCOPE)
+        guard = member_guard(info, ref.project_id, policy.READ)
         services = info.context.services
         async for event in guarded_events(services, f"wallet:{ref.id}", ref.project_id, guard):
             yield WalletUpdate(
@@ -217,8 +205,8 @@ class Subscription:
         " access to the project or the token expires."
     )
     async def transaction_posted(self, info: Info, project_id: strawberry.ID) -> AsyncGenerator[TransactionType_, None]:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
-        guard = member_guard(info, access.project_id, READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
+        guard = member_guard(info, access.project_id, policy.READ)
         topic = f"project:{access.project_id}:transactions"
         async for event in guarded_events(info.context.services, topic, access.project_id, guard):
             yield TransactionType_.of(codec.txn_from_json(event["transaction"]))

@@ -19,7 +19,8 @@ from ledgerx.context import authenticate_now
 from ledgerx.domain.analytics import topics
 from ledgerx.domain.analytics.guard import StreamGuard
 from ledgerx.domain.errors import AppError, Unauthenticated
-from ledgerx.domain.tenancy.access import Need, check, load_access
+from ledgerx.domain.tenancy.access import load_access
+from ledgerx.domain.tenancy.authorize import Rule, permit
 from ledgerx.schema.info import Info
 from ledgerx.services import Services
 
@@ -50,8 +51,8 @@ def graphql_error(exc: AppError) -> GraphQLError:
     return GraphQLError(exc.message, extensions=exc.extensions)
 
 
-def member_guard(info: Info, project_id: uuid.UUID, scope: str) -> StreamGuard:
-    """A guard that keeps the caller a reader of `project_id` (any role, or a key with `scope`)."""
+def member_guard(info: Info, project_id: uuid.UUID, rule: Rule) -> StreamGuard:
+    """A guard that keeps the caller allowed by `rule` (a domain's read rule) in `project_id`."""
     services = info.context.services
     credential, expires_at = stream_credential(info)
 
@@ -59,7 +60,7 @@ def member_guard(info: Info, project_id: uuid.UUID, scope: str) -> StreamGuard:
         # Also refuses a session revoked since (log-out, refresh-token reuse).
         principal = await authenticate_now(services, credential)
         # load_access reads the platform-admin flag in the same statement; never the access cache.
-        check(await load_access(services.db, principal, project_id), Need.MEMBER, write=False, scope=scope)
+        permit(await load_access(services.db, principal, project_id), rule)
 
     return StreamGuard(recheck, expires_at=expires_at, interval=services.live.recheck)
 

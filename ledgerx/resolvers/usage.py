@@ -13,10 +13,10 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.errors import NotFound
-from ledgerx.domain.ledger import WalletRef
+from ledgerx.domain.ledger import WalletRef, wallets
 from ledgerx.domain.tenancy.access import Need
-from ledgerx.domain.usage import ingest, metrics, pricing, summary
-from ledgerx.resolvers.guards import access_by_uuid, project_access
+from ledgerx.domain.usage import ingest, metrics, policy, pricing, summary
+from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import TransactionType_
 from ledgerx.schema.scalars import Decimal
@@ -34,21 +34,13 @@ from ledgerx.schema.usage import (
     UsageSummaryInput,
 )
 
-READ_SCOPE = "usage:read"
-WRITE_SCOPE = "usage:write"
-
 
 async def _wallet(info: Info, public_id: str, field: str = "walletId") -> WalletRef:
     """A wallet the caller may charge usage to; NOT_FOUND for wallets of other projects."""
     info.context.require_principal()
-    ref = await info.context.services.ledger.wallet_ref(ids.decode("wallet", public_id, field))
-    if ref is None:
-        raise NotFound("wallet not found", field=field)
-    try:
-        await access_by_uuid(info, ref.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
-    except NotFound:
-        raise NotFound("wallet not found", field=field) from None
-    return ref
+    ledger = info.context.services.ledger
+    wallet_id = ids.decode("wallet", public_id, field)
+    return await wallets.find_wallet(ledger, authorizer(info), wallet_id, policy.RECORD, field=field)
 
 
 def _config(info: Info) -> ingest.IngestConfig:
@@ -59,17 +51,17 @@ def _config(info: Info) -> ingest.IngestConfig:
 class Query:
     @strawberry.field(description="A project's metrics, by key.")
     async def usage_metrics(self, info: Info, project_id: strawberry.ID) -> list[MetricType]:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         return [MetricType.of(m) for m in await metrics.list_metrics(info.context.services.db, access.project_id)]
 
     @strawberry.field(description="One metric of a project by its key.")
     async def usage_metric(self, info: Info, project_id: strawberry.ID, key: str) -> MetricType:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         return MetricType.of(await metrics.get_metric(info.context.services.db, access.project_id, key, field="key"))
 
     @strawberry.field(description="The usage event stored under an idempotency key, if any.")
     async def usage_event(self, info: Info, project_id: strawberry.ID, idempotency_key: str) -> UsageEventType | None:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         found = await ingest.get_event(info.context.services.db, access.project_id, idempotency_key)
         return UsageEventType.of(found) if found is not None else None
 
@@ -78,7 +70,7 @@ class Query:
         " rollups, with buckets aligned in the given time zone. Empty buckets are zeros."
     )
     async def usage_summary(self, info: Info, input: UsageSummaryInput) -> list[UsagePointType]:
-        access = await project_access(info, input.project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, input.project_id, policy.READ)
         db = info.context.services.db
         metric = await metrics.get_metric(db, access.project_id, input.metric_key)
         points = await summary.usage_summary(
@@ -95,7 +87,7 @@ class Query:
         description="The charge made under an idempotency key (chargeUsage or recordUsage with walletId)."
     )
     async def usage_charge(self, info: Info, project_id: strawberry.ID, idempotency_key: str) -> UsageCharge | None:
-        access = await project_access(info, project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
+        access = await project_access(info, project_id, policy.READ)
         ctx = info.context
         found = await pricing.get_charge(ctx.services.db, access.project_id, idempotency_key)
         if found is None:
@@ -105,13 +97,9 @@ class Query:
     @strawberry.field(description="The fraction of a credit owed by a wallet for a metric, not yet debited.")
     async def usage_remainder(self, info: Info, wallet_id: strawberry.ID, metric_key: str) -> Decimal:
         info.context.require_principal()
-        ref = await info.context.services.ledger.wallet_ref(ids.decode("wallet", wallet_id, "walletId"))
-        if ref is None:
-            raise NotFound("wallet not found", field="walletId")
-        try:
-            await access_by_uuid(info, ref.project_id, Need.MEMBER, write=False, scope=READ_SCOPE)
-        except NotFound:
-            raise NotFound("wallet not found", field="walletId") from None
+        ledger = info.context.services.ledger
+        wallet_uuid = ids.decode("wallet", wallet_id, "walletId")
+        ref = await wallets.find_wallet(ledger, authorizer(info), wallet_uuid, policy.READ)
         db = info.context.services.db
         metric = await metrics.get_metric(db, ref.project_id, metric_key)
         return await pricing.remainder(db, ref.project_id, ref.id, metric.id)
@@ -139,7 +127,7 @@ class Mutation:
         " transaction (both or neither)."
     )
     async def record_usage(self, info: Info, input: RecordUsageInput) -> RecordUsagePayload:
-        access = await project_access(info, input.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
+        access = await project_access(info, input.project_id, policy.RECORD)
         wallet = await _wallet(info, input.wallet_id) if input.wallet_id is not None else None
         if wallet is not None and wallet.project_id != access.project_id:
             raise NotFound("wallet not found", field="walletId")
@@ -168,7 +156,7 @@ class Mutation:
         description="Record many events: bad ones are rejected alone (with their index), duplicates counted."
     )
     async def record_usage_batch(self, info: Info, input: RecordUsageBatchInput) -> UsageBatchResult:
-        access = await project_access(info, input.project_id, Need.BILLABLE, write=True, scope=WRITE_SCOPE)
+        access = await project_access(info, input.project_id, policy.RECORD)
         events = [e.wire() for e in input.events]
         svc = info.context.services
         result = await ingest.record_batch(

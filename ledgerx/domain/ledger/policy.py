@@ -4,17 +4,11 @@ create money from the project's funding account, so a plain MEMBER must not mint
 
 from __future__ import annotations
 
-from ledgerx.domain.errors import Forbidden
-from ledgerx.domain.tenancy.access import RANK, Access
+from ledgerx.domain.tenancy.access import Need
+from ledgerx.domain.tenancy.authorize import Rule
+from ledgerx.domain.tenancy.scopes import WALLETS_READ, WALLETS_WRITE
 
-READ_SCOPE = "wallets:read"
-WRITE_SCOPE = "wallets:write"
-
-
-def require_ledger_admin(access: Access) -> Access:
-    """On top of `check(..., Need.BILLABLE, scope=WRITE_SCOPE)`: members need ADMIN or above."""
-    if access.is_platform_admin or access.via == "api_key":
-        return access
-    if access.role is None or RANK[access.role] < RANK["ADMIN"]:
-        raise Forbidden("moving money needs the admin role or higher in the project")
-    return access
+READ = Rule(Need.MEMBER, write=False, scope=WALLETS_READ)
+WRITE = Rule(
+    Need.ADMIN, write=True, scope=WALLETS_WRITE, refusal="moving money needs the admin role or higher in the project"
+)

@@ -1,4 +1,5 @@
-"""Creating wallets (their balance only ever changes through `post_transaction`)."""
+"""Creating wallets (their balance only ever changes through `post_transaction`), and finding one the
+caller may act on."""
 
 from __future__ import annotations
 
@@ -10,12 +11,26 @@ from ledgerx import ids
 from ledgerx.db.models import ProjectMember, Wallet
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import BadInput
+from ledgerx.domain.errors import BadInput, NotFound
 from ledgerx.domain.ledger import store
 from ledgerx.domain.ledger.posting import normalize_currency
-from ledgerx.domain.ledger.service import LedgerService
+from ledgerx.domain.ledger.service import LedgerService, WalletRef
 from ledgerx.domain.ledger.types import MAX_BIGINT, MIN_BIGINT, WalletRecord
+from ledgerx.domain.tenancy.authorize import Authorizer, Rule
 from ledgerx.ids import uuid7
+
+
+async def find_wallet(
+    ledger: LedgerService, authorizer: Authorizer, wallet_id: uuid.UUID, rule: Rule, *, field: str = "walletId"
+) -> WalletRef:
+    """The wallet, once `rule` lets the caller act on it in its project (the ledger's, billing's or
+    usage's rule). A missing wallet and one of a project the caller cannot reach are the same
+    NOT_FOUND "wallet not found" on `field`."""
+    ref = await ledger.wallet_ref(wallet_id)
+    if ref is None:
+        raise NotFound("wallet not found", field=field)
+    await authorizer.require_for(ref.project_id, rule, what="wallet", field=field)
+    return ref
 
 
 def _check_name(name: str) -> str:

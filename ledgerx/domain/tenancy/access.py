@@ -5,7 +5,10 @@ Rules:
   NOT_FOUND (never FORBIDDEN), so project ids do not leak across tenants.
 - Roles rank OWNER > ADMIN > MEMBER > VIEWER; `Need` names the least role an operation takes.
   VIEWER is read-only; "billable" operations (spending, recording usage) take MEMBER or above.
-- API keys act as their project with their scopes; they never manage people or keys.
+- API keys act as their project with their scopes (`scopes.py`); they never manage people or keys.
+  An operation that names a scope admits keys holding it whatever role members need for it
+  (members need ADMIN to run billing, keys `billing:write`); one that names none refuses keys
+  when members need ADMIN or OWNER.
 - A suspended project refuses every write (PROJECT_SUSPENDED) and every read except its
   admins'; platform admins are never blocked.
 """
@@ -20,6 +23,7 @@ from typing import Literal
 from ledgerx.db.engine import Database
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import Forbidden, NotFound, ProjectSuspended
+from ledgerx.domain.tenancy.scopes import Scope
 
 RANK = {"VIEWER": 0, "MEMBER": 1, "ADMIN": 2, "OWNER": 3}
 
@@ -90,15 +94,23 @@ async def load_access(
     return Access(project_id, via, role, row["status"] == "SUSPENDED", frozenset(), admin, row["test_mode"])
 
 
-def check(access: Access, need: Need, *, write: bool, scope: str | None = None) -> Access:
-    """Raise FORBIDDEN / PROJECT_SUSPENDED unless `access` allows the operation."""
+def check_scope(scopes: frozenset[str], scope: Scope) -> None:
+    """FORBIDDEN (extensions.scope names it) unless a key's `scopes` include `scope`."""
+    if scope.name not in scopes:
+        raise Forbidden(f"this API key lacks the scope {scope.name}", scope=scope.name)
+
+
+def check(access: Access, need: Need, *, write: bool, scope: Scope | None = None, refusal: str | None = None) -> Access:
+    """Raise FORBIDDEN / PROJECT_SUSPENDED unless `access` allows the operation.
+
+    `refusal` replaces the message a member whose role is below `need` gets."""
     if access.is_platform_admin and (access.role is None or RANK[access.role] < _NEED_RANK[need]):
         return access  # platform admins act on any project, suspended or not
     if access.via == "api_key":
-        if need in (Need.ADMIN, Need.OWNER):
+        if scope is None and need in (Need.ADMIN, Need.OWNER):
             raise Forbidden("API keys cannot manage projects, people or keys; sign in as an admin")
-        if scope is not None and scope not in access.scopes:
-            raise Forbidden(f"this API key lacks the scope {scope}", scope=scope)
+        if scope is not None:
+            check_scope(access.scopes, scope)
         if access.suspended:
             raise ProjectSuspended("project is suspended")
         return access
@@ -108,5 +120,5 @@ def check(access: Access, need: Need, *, write: bool, scope: str | None = None) 
     if access.suspended and (write or RANK[access.role] < RANK["ADMIN"]):
         raise ProjectSuspended("project is suspended")
     if RANK[access.role] < _NEED_RANK[need]:
-        raise Forbidden(f"this needs the {need.value.lower()} role or higher in the project")
+        raise Forbidden(refusal or f"this needs the {need.value.lower()} role or higher in the project")
     return access

@@ -38,6 +38,7 @@ from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import BadInput, Conflict, NotFound, Unauthenticated
+from ledgerx.domain.tenancy.scopes import validate as validate_scope_names
 from ledgerx.ids import encode, uuid7
 
 log = logging.getLogger("ledgerx.api_keys")
@@ -48,19 +49,6 @@ SECRET_BYTES = 32
 # Crockford base32 in lower case (no i, l, o, u): unambiguous when read aloud or copied by hand.
 _PUBLIC_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _TOKEN = re.compile(rf"lx_([{_PUBLIC_ALPHABET}]{{{PUBLIC_ID_LENGTH}}})_([A-Za-z0-9_-]{{43}})")
-
-# What a key may be allowed to do; resolvers name one of these in `project_access(..., scope=…)`.
-SCOPES: frozenset[str] = frozenset(
-    {
-        "project:read",
-        "usage:read",
-        "usage:write",
-        "wallets:read",
-        "wallets:write",
-        "billing:read",
-        "billing:write",
-    }
-)
 
 # lastUsedAt is written at most once per this interval per key (see `_maybe_touch`).
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
@@ -117,19 +105,6 @@ def validate_name(name: str) -> str:
     return n
 
 
-def validate_scopes(scopes: Iterable[str]) -> list[str]:
-    """Known scopes, deduplicated and sorted; an unknown one is BAD_USER_INPUT on `scopes`."""
-    given = [s.strip() for s in scopes]
-    unknown = sorted({s for s in given if s not in SCOPES})
-    if unknown:
-        raise BadInput(
-            f"unknown scope {', '.join(unknown)}; known scopes: {', '.join(sorted(SCOPES))}",
-            field="scopes",
-            unknown=unknown,
-        )
-    return sorted(set(given))
-
-
 def snapshot(key: ApiKey) -> dict[str, object]:
     """What the audit log records about a key: never a secret or a hash."""
     return {
@@ -152,7 +127,7 @@ async def create(
 ) -> IssuedKey:
     """A new key of the project; the caller has checked that `actor` is a project admin."""
     clean_name = validate_name(name)
-    clean_scopes = validate_scopes(scopes)
+    clean_scopes = validate_scope_names(scopes)
     for attempt in range(3):
         secret = _new_secret()
         key = ApiKey(

@@ -1,0 +1,97 @@
+"""Every API-key scope: its name, what it is for, and the operations a key needs it for.
+
+This is the one list. `createApiKey` accepts these names (and `apiKeyScopes` lists them), the
+domain rules name these objects (`domain/*/policy.py`, `authorize.Rule`), and GraphQL and
+POST /v1/usage check them through those rules. `allows` names the public operations (GraphQL root
+fields, HTTP routes) that refuse a key without the scope; an operation named under two scopes needs
+both (transferCredits writes its source wallet and reads its target). A key acts only on its own
+project and never manages projects, people or keys, whatever its scopes; the few reads of the project
+itself (`project`, `projects`, `currentApiKey`, the plan and subscription) take no scope.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from ledgerx.domain.errors import BadInput
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    name: str
+    description: str
+    allows: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+PROJECT_READ = Scope(
+    "project:read",
+    "Read the project's analytics, over time and live.",
+    ("projectAnalytics", "liveMetrics"),
+)
+USAGE_READ = Scope(
+    "usage:read",
+    "Read metrics, usage events, summaries, charges and carried remainders.",
+    ("usageMetrics", "usageMetric", "usageEvent", "usageSummary", "usageCharge", "usageRemainder"),
+)
+USAGE_WRITE = Scope(
+    "usage:write",
+    "Record usage (GraphQL and POST /v1/usage) and charge it to wallets.",
+    ("recordUsage", "recordUsageBatch", "chargeUsage", "POST /v1/usage"),
+)
+WALLETS_READ = Scope(
+    "wallets:read",
+    "Read wallets and transactions, and follow them live.",
+    ("wallet", "wallets", "transaction", "walletUpdated", "transactionPosted", "transferCredits"),
+)
+WALLETS_WRITE = Scope(
+    "wallets:write",
+    "Create wallets and move money: credit, debit, transfer, refund.",
+    ("createWallet", "creditWallet", "debitWallet", "transferCredits", "refundTransaction"),
+)
+BILLING_READ = Scope(
+    "billing:read",
+    "Read billing rules, their runs and previews, and the test clock.",
+    ("billingRule", "billingRules", "billingRun", "previewBillingRule", "testClock"),
+)
+BILLING_WRITE = Scope(
+    "billing:write",
+    "Create, change, pause, resume and run billing rules; advance the test clock.",
+    (
+        "createBillingRule",
+        "updateBillingRule",
+        "pauseBillingRule",
+        "resumeBillingRule",
+        "runBillingRule",
+        "advanceTestClock",
+    ),
+)
+
+ALL: tuple[Scope, ...] = (
+    PROJECT_READ,
+    USAGE_READ,
+    USAGE_WRITE,
+    WALLETS_READ,
+    WALLETS_WRITE,
+    BILLING_READ,
+    BILLING_WRITE,
+)
+BY_NAME: dict[str, Scope] = {s.name: s for s in ALL}
+NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))
+
+
+def validate(names: Iterable[str]) -> list[str]:
+    """Known scope names, deduplicated and sorted; BAD_USER_INPUT on `scopes` for an unknown one
+    (`unknown` lists them)."""
+    given = [s.strip() for s in names]
+    unknown = sorted({s for s in given if s not in BY_NAME})
+    if unknown:
+        raise BadInput(
+            f"unknown scope {', '.join(unknown)}; known scopes: {', '.join(NAMES)}",
+            field="scopes",
+            unknown=unknown,
+        )
+    return sorted(set(given))
