@@ -90,9 +90,9 @@ async def end(finish: Callable[[], Awaitable[object]], discard: Discard, *, roll
     """Run `finish`: COMMIT, or ROLLBACK after the block raised. If it fails or is interrupted,
     the connection's state is unknown: `discard` it (terminate or invalidate, so it never returns
     to a pool). A failed COMMIT raises. A ROLLBACK is shielded from the caller's cancellation (a
-    request cancelled between statements still ends its transaction and keeps its connection;
-    one cancelled mid-statement loses it) and its own failure is not raised (the caller re-raises
-    the block's error); a cancellation of the caller is."""
+    cancelled request, even one cancelled mid-statement, still ends its transaction and keeps its
+    connection when the ROLLBACK completes) and its own failure is not raised (the caller
+    re-raises the block's error); a cancellation of the caller is."""
     if not rollback:
         try:
             await finish()
