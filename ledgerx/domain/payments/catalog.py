@@ -51,7 +51,7 @@ async def list_plans(svc: PaymentsService, *, include_archived: bool = False) ->
         q = select(Plan).order_by(Plan.price_amount, Plan.id)
         if not include_archived:
             q = q.where(Plan.archived_at.is_(None))
-        return [records.plan(p) for p in (await s.execute(q)).scalars()]
+        return [records.of(PlanRecord, p) for p in (await s.execute(q)).scalars()]
 
 
 async def list_credit_packs(svc: PaymentsService, *, include_archived: bool = False) -> list[CreditPackRecord]:
@@ -59,7 +59,7 @@ async def list_credit_packs(svc: PaymentsService, *, include_archived: bool = Fa
         q = select(CreditPack).order_by(CreditPack.price_amount, CreditPack.id)
         if not include_archived:
             q = q.where(CreditPack.archived_at.is_(None))
-        return [records.credit_pack(p) for p in (await s.execute(q)).scalars()]
+        return [records.of(CreditPackRecord, p) for p in (await s.execute(q)).scalars()]
 
 
 async def get_plan(svc: PaymentsService, plan_id: uuid.UUID) -> PlanRecord:
@@ -67,7 +67,7 @@ async def get_plan(svc: PaymentsService, plan_id: uuid.UUID) -> PlanRecord:
         plan = await s.get(Plan, plan_id)
     if plan is None:
         raise NotFound("plan not found", field="planId")
-    return records.plan(plan)
+    return records.of(PlanRecord, plan)
 
 
 async def get_credit_pack(svc: PaymentsService, pack_id: uuid.UUID) -> CreditPackRecord:
@@ -75,7 +75,7 @@ async def get_credit_pack(svc: PaymentsService, pack_id: uuid.UUID) -> CreditPac
         pack = await s.get(CreditPack, pack_id)
     if pack is None:
         raise NotFound("credit pack not found", field="creditPackId")
-    return records.credit_pack(pack)
+    return records.of(CreditPackRecord, pack)
 
 
 async def plans_by_id(svc: PaymentsService, plan_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, PlanRecord]:
@@ -83,7 +83,7 @@ async def plans_by_id(svc: PaymentsService, plan_ids: Sequence[uuid.UUID]) -> di
         return {}
     async with svc.db.read() as s:
         rows = (await s.execute(select(Plan).where(Plan.id.in_(set(plan_ids))))).scalars()
-        return {p.id: records.plan(p) for p in rows}
+        return {p.id: records.of(PlanRecord, p) for p in rows}
 
 
 async def plan_for_price(s: AsyncSession, stripe_price_id: str | None) -> uuid.UUID | None:

@@ -62,7 +62,7 @@ async def create_credit_pack(
     saved = await save_new(
         svc, actor, pack, kind="credit_pack", stripe_ids=stripe_ids, price=price, interval=None, snapshot=pack_snapshot
     )
-    return records.credit_pack(saved)
+    return records.of(CreditPackRecord, saved)
 
 
 async def update_credit_pack(
@@ -81,7 +81,7 @@ async def update_credit_pack(
         await changes.undo(svc)
         raise
     await changes.finish(svc)
-    return records.credit_pack(pack)
+    return records.of(CreditPackRecord, pack)
 
 
 async def _update_credit_pack(
@@ -139,4 +139,6 @@ async def _update_credit_pack(
 
 
 async def archive_credit_pack(svc: PaymentsService, actor: Actor, pack_id: uuid.UUID) -> CreditPackRecord:
-    return records.credit_pack(await archive_item(svc, actor, CreditPack, pack_id, "credit_pack", pack_snapshot))
+    return records.of(
+        CreditPackRecord, await archive_item(svc, actor, CreditPack, pack_id, "credit_pack", pack_snapshot)
+    )

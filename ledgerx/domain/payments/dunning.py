@@ -111,6 +111,6 @@ async def run_dunning(svc: PaymentsService, *, limit: int = 200) -> int:
             )
             touched.append(sub.project_id)
     for p in touched:
-        svc.forget_plan(p)
+        await svc.changes.plan_changed(p, "subscription.downgrade_to_free")
     svc.publish(events)
     return len(touched)

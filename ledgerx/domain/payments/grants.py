@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import Invoice, Payment, Wallet
+from ledgerx.domain import topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.ledger.posting import post_transaction
 from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posted, Posting, SystemAccount
@@ -33,7 +34,7 @@ _locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = weakref.WeakValue
 
 
 def payments_topic(project_id: uuid.UUID) -> str:
-    return f"project:{project_id}:payments"
+    return topics.project_payments(project_id)
 
 
 async def _find_default(s: AsyncSession, project_id: uuid.UUID) -> uuid.UUID | None:

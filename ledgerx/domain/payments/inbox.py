@@ -78,7 +78,7 @@ async def store(svc: PaymentsService, payload: Mapping[str, Any], *, source: str
             )
         ).scalar()
         row = (await s.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == event_id))).scalar_one()
-    return Stored(records.webhook_event(row), new_id is not None)
+    return Stored(records.of(WebhookEventRecord, row), new_id is not None)
 
 
 async def claim(svc: PaymentsService, limit: int) -> list[WebhookEventRecord]:
@@ -104,7 +104,7 @@ async def claim(svc: PaymentsService, limit: int) -> list[WebhookEventRecord]:
                 .returning(WebhookEvent)
             )
         ).scalars()
-        claimed = [records.webhook_event(r) for r in rows]
+        claimed = [records.of(WebhookEventRecord, r) for r in rows]
     return sorted(claimed, key=lambda r: (r.created, r.id))
 
 
@@ -224,7 +224,7 @@ async def process(svc: PaymentsService, row: WebhookEventRecord, *, trigger: str
                 started_at=started,
             )
         )
-    return records.webhook_event(updated)
+    return records.of(WebhookEventRecord, updated)
 
 
 async def run_once(svc: PaymentsService, limit: int | None = None) -> int:
@@ -279,7 +279,7 @@ async def claim_one(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEventRe
             if exists is None:
                 raise NotFound("webhook event not found", field="id")
             raise Conflict("the event is being processed right now; try again shortly", field="id")
-    return records.webhook_event(row)
+    return records.of(WebhookEventRecord, row)
 
 
 async def replay(svc: PaymentsService, actor: Actor, event_id: uuid.UUID) -> WebhookEventRecord:
@@ -309,7 +309,7 @@ async def get(svc: PaymentsService, event_id: uuid.UUID) -> WebhookEventRecord:
         row = await s.get(WebhookEvent, event_id)
     if row is None:
         raise NotFound("webhook event not found", field="id")
-    return records.webhook_event(row)
+    return records.of(WebhookEventRecord, row)
 
 
 async def list_events(
@@ -324,13 +324,13 @@ async def list_events(
             q = q.where(WebhookEvent.type == event_type)
         if before is not None:
             q = q.where(WebhookEvent.id < before)
-        return [records.webhook_event(e) for e in (await s.execute(q)).scalars()]
+        return [records.of(WebhookEventRecord, e) for e in (await s.execute(q)).scalars()]
 
 
 async def attempts_of(svc: PaymentsService, event_id: uuid.UUID) -> list[WebhookAttemptRecord]:
     async with svc.db.transaction(system=True) as s:
         q = select(WebhookAttempt).where(WebhookAttempt.event_id == event_id).order_by(WebhookAttempt.id)
-        return [records.webhook_attempt(a) for a in (await s.execute(q)).scalars()]
+        return [records.of(WebhookAttemptRecord, a) for a in (await s.execute(q)).scalars()]
 
 
 async def attempts_of_many(
@@ -341,5 +341,5 @@ async def attempts_of_many(
     async with svc.db.transaction(system=True) as s:
         q = select(WebhookAttempt).where(WebhookAttempt.event_id.in_(list(event_ids))).order_by(WebhookAttempt.id)
         for a in (await s.execute(q)).scalars():
-            found[a.event_id].append(records.webhook_attempt(a))
+            found[a.event_id].append(records.of(WebhookAttemptRecord, a))
     return found

@@ -152,16 +152,16 @@ async def change_plan(
                 {"type": "subscription.changed", **after, "projectId": ids.encode("project", project_id)},
             )
         )
-    svc.forget_plan(project_id)
+    await svc.changes.plan_changed(project_id, "subscription.change_plan")
     svc.publish(events)
     return PlanChangeResult(
-        records.subscription(sub),
+        records.of(SubscriptionRecord, sub),
         change.immediate,
         change.effective_at,
         change.amount,
         new.currency,
         change.credits,
-        records.invoice(invoice) if invoice is not None else None,
+        records.of(InvoiceRecord, invoice) if invoice is not None else None,
     )
 
 
@@ -270,7 +270,7 @@ async def cancel_subscription(
             before=before,
             after={**after, "atPeriodEnd": at_period_end},
         )
-    svc.forget_plan(project_id)
+    await svc.changes.plan_changed(project_id, "subscription.cancel")
     svc.publish(
         [
             (
@@ -279,4 +279,4 @@ async def cancel_subscription(
             )
         ]
     )
-    return records.subscription(sub)
+    return records.of(SubscriptionRecord, sub)

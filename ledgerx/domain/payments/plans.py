@@ -158,8 +158,8 @@ async def create_plan(
     plan = await save_new(
         svc, actor, plan, kind="plan", stripe_ids=stripe_ids, price=price, interval=interval, snapshot=plan_snapshot
     )
-    svc.forget_plan()
-    return records.plan(plan)
+    await svc.changes.plan_changed(None, "catalog.plan.create")
+    return records.of(PlanRecord, plan)
 
 
 _UNSET: Any = object()
@@ -198,7 +198,7 @@ async def update_plan(
         await changes.undo(svc)
         raise
     await changes.finish(svc)
-    return records.plan(plan)
+    return records.of(PlanRecord, plan)
 
 
 async def _update_plan(
@@ -266,12 +266,12 @@ async def _update_plan(
             before=before,
             after=plan_snapshot(plan),
         )
-    svc.forget_plan()
+    await svc.changes.plan_changed(None, "catalog.plan.update")
     return plan
 
 
 async def archive_plan(svc: PaymentsService, actor: Actor, plan_id: uuid.UUID) -> PlanRecord:
     """No new subscriptions; existing ones continue on it until they change or end."""
     plan = await archive_item(svc, actor, Plan, plan_id, "plan", plan_snapshot)
-    svc.forget_plan()
-    return records.plan(plan)
+    await svc.changes.plan_changed(None, "catalog.plan.archive")
+    return records.of(PlanRecord, plan)

@@ -226,7 +226,7 @@ async def ensure_plan_price(svc: PaymentsService, plan: PlanRecord) -> PlanRecor
                 svc, "plan", row.id, row.stripe_product_id, price, row.interval, nonce
             )
             await record_price(s, row.stripe_price_id, plan_id=row.id, pack_id=None, price=price, interval=row.interval)
-        return records.plan(row)
+        return records.of(PlanRecord, row)
 
 
 async def _ensure_product(svc: PaymentsService, model: type[Archivable], kind: str, item_id: uuid.UUID) -> None:
@@ -253,4 +253,4 @@ async def ensure_pack_price(svc: PaymentsService, pack: CreditPackRecord) -> Cre
                 svc, "credit_pack", row.id, row.stripe_product_id, price, None, nonce
             )
             await record_price(s, row.stripe_price_id, plan_id=None, pack_id=row.id, price=price, interval=None)
-        return records.credit_pack(row)
+        return records.of(CreditPackRecord, row)

@@ -20,7 +20,7 @@ async def list_invoices(
         q = select(Invoice).where(Invoice.project_id == project_id).order_by(Invoice.id.desc()).limit(limit + 1)
         if before is not None:
             q = q.where(Invoice.id < before)
-        invoices = [records.invoice(i) for i in (await s.execute(q)).scalars()]
+        invoices = [records.of(InvoiceRecord, i) for i in (await s.execute(q)).scalars()]
         lines: dict[uuid.UUID, list[InvoiceLineRecord]] = {i.id: [] for i in invoices}
         if invoices:
             rows = await s.execute(
@@ -29,14 +29,14 @@ async def list_invoices(
                 .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
             )
             for line in rows.scalars():
-                lines[line.invoice_id].append(records.invoice_line(line))
+                lines[line.invoice_id].append(records.of(InvoiceLineRecord, line))
     return invoices, lines
 
 
 async def lines_of(svc: PaymentsService, project_id: uuid.UUID, invoice_id: uuid.UUID) -> list[InvoiceLineRecord]:
     async with svc.db.transaction(project_id=project_id) as s:
         q = select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id).order_by(InvoiceLine.position)
-        return [records.invoice_line(line) for line in (await s.execute(q)).scalars()]
+        return [records.of(InvoiceLineRecord, line) for line in (await s.execute(q)).scalars()]
 
 
 async def list_payments(
@@ -46,4 +46,4 @@ async def list_payments(
         q = select(Payment).where(Payment.project_id == project_id).order_by(Payment.id.desc()).limit(limit + 1)
         if before is not None:
             q = q.where(Payment.id < before)
-        return [records.payment(p) for p in (await s.execute(q)).scalars()]
+        return [records.of(PaymentRecord, p) for p in (await s.execute(q)).scalars()]

@@ -13,18 +13,6 @@ import datetime as dt
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ledgerx.db.models import (
-    CreditPack,
-    Invoice,
-    InvoiceLine,
-    Payment,
-    Plan,
-    PlanOverride,
-    PlanSubscription,
-    WebhookAttempt,
-    WebhookEvent,
-)
-
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -195,43 +183,7 @@ class WebhookAttemptRecord:
 _R = TypeVar("_R", bound="DataclassInstance")
 
 
-def _of(record: type[_R], row: object) -> _R:
+def of(record: type[_R], row: object) -> _R:
     """The record of a row: its columns by the record's field names, read now (the row may be
     detached afterwards, or changed by the session that loaded it)."""
     return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})
-
-
-def plan(row: Plan) -> PlanRecord:
-    return _of(PlanRecord, row)
-
-
-def credit_pack(row: CreditPack) -> CreditPackRecord:
-    return _of(CreditPackRecord, row)
-
-
-def subscription(row: PlanSubscription) -> SubscriptionRecord:
-    return _of(SubscriptionRecord, row)
-
-
-def override(row: PlanOverride) -> OverrideRecord:
-    return _of(OverrideRecord, row)
-
-
-def invoice(row: Invoice) -> InvoiceRecord:
-    return _of(InvoiceRecord, row)
-
-
-def invoice_line(row: InvoiceLine) -> InvoiceLineRecord:
-    return _of(InvoiceLineRecord, row)
-
-
-def payment(row: Payment) -> PaymentRecord:
-    return _of(PaymentRecord, row)
-
-
-def webhook_event(row: WebhookEvent) -> WebhookEventRecord:
-    return _of(WebhookEventRecord, row)
-
-
-def webhook_attempt(row: WebhookAttempt) -> WebhookAttemptRecord:
-    return _of(WebhookAttemptRecord, row)

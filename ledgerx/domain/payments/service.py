@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ledgerx.db.engine import Database
+from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.ledger.service import LedgerService
 from ledgerx.domain.payments.stripe_api import StripeGateway, StripeNotConfigured
 from ledgerx.settings import Settings
@@ -34,12 +35,15 @@ class PaymentsService:
         ledger: LedgerService,
         settings: Settings,
         *,
+        changes: ProjectChanges,
         stripe: StripeGateway | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.settings = settings
+        # A change of what a project's plan allows is announced through it, after commit.
+        self.changes = changes
         self.clock = clock
         if stripe is None and settings.stripe_api_key:
             stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)

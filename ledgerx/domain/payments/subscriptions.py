@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import Plan, PlanOverride, PlanSubscription
-from ledgerx.domain import audit
+from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput
 from ledgerx.domain.payments import catalog, objects, records
@@ -54,7 +54,7 @@ Subscription = PlanSubscription | SubscriptionRecord
 
 
 def topic(project_id: uuid.UUID) -> str:
-    return f"project:{project_id}:subscription"
+    return topics.project_subscription(project_id)
 
 
 def public_status(sub: Subscription) -> str:
@@ -150,7 +150,7 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
         sub = await current_subscription(s, project_id)
         wanted = {p for p in (override and override.plan_id, sub and sub.plan_id, sub and sub.pending_plan_id) if p}
         plans = {
-            p.id: records.plan(p)
+            p.id: records.of(PlanRecord, p)
             for p in (
                 await s.execute(
                     select(Plan).where((Plan.id.in_(wanted)) | ((Plan.tier == "FREE") & Plan.archived_at.is_(None)))
@@ -158,8 +158,8 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
             ).scalars()
         }
         state = PlanState(
-            records.override(override) if override is not None else None,
-            records.subscription(sub) if sub is not None else None,
+            records.of(OverrideRecord, override) if override is not None else None,
+            records.of(SubscriptionRecord, sub) if sub is not None else None,
             plans,
             catalog.default_free_plan(list(plans.values())),
         )
@@ -294,7 +294,7 @@ async def apply_snapshot(
 async def get_subscription(svc: PaymentsService, project_id: uuid.UUID) -> SubscriptionRecord | None:
     async with svc.db.transaction(project_id=project_id) as s:
         sub = await current_subscription(s, project_id)
-        return records.subscription(sub) if sub is not None else None
+        return records.of(SubscriptionRecord, sub) if sub is not None else None
 
 
 async def override_plan(
@@ -345,8 +345,8 @@ async def override_plan(
             before=before,
             after=_override_json(result),
         )
-    svc.forget_plan(project_id)
-    return records.override(result) if result is not None else None
+    await svc.changes.plan_changed(project_id, "plan.override" if not clear else "plan.override_clear")
+    return records.of(OverrideRecord, result) if result is not None else None
 
 
 def _override_json(o: PlanOverride | None) -> dict[str, Any] | None:

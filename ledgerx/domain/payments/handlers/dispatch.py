@@ -42,6 +42,6 @@ async def handle(svc: PaymentsService, payload: Mapping[str, Any]) -> Outcome:
         return Outcome(f"ignored: {ev.type} is not handled", ignored=True)
     out = await handler(svc, ev)
     if out.project_id is not None:
-        svc.forget_plan(out.project_id)
+        await svc.changes.plan_changed(out.project_id, f"stripe.{ev.type}")
     svc.publish(out.events)
     return out
