@@ -11,7 +11,7 @@ for them at `now`:
    newest as SKIPPED);
 3. prices new runs (flat amounts; usage from the rollups, with the carried remainder locked and
    moved in this same transaction);
-4. posts every debit of the batch through the ledger's `apply` on this connection (one lock
+4. posts every debit of the batch through the ledger's `post_many` on this transaction (one lock
    statement, one write), so debits, runs and cursors commit together or not at all;
 5. records runs (`(rule_id, scheduled_at)` is unique: a second run of a period cannot exist), moves
    each rule's cursor, starts or ends grace periods, pauses rules whose grace ran out.
@@ -35,11 +35,11 @@ from typing import Any
 import asyncpg
 
 from ledgerx import ids
+from ledgerx.domain import topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.billing import rules as r
 from ledgerx.domain.errors import AppError, Conflict, InsufficientFunds
-from ledgerx.domain.ledger import apply, posting
-from ledgerx.domain.ledger.batcher import RETRYABLE
+from ledgerx.domain.ledger.posting import RETRYABLE, post_many
 from ledgerx.domain.ledger.types import MAX_BIGINT, Kind, Leg, Posting, SystemAccount
 from ledgerx.domain.usage import carry, periods
 from ledgerx.domain.usage.types import MetricRecord
@@ -60,7 +60,6 @@ class _Attempt:
     rule: r.Rule
     run: r.Run
     new: bool
-    prepared: apply.Prepared | None = None
     failure: str | None = None  # refused before posting (e.g. an amount out of range)
 
 
@@ -309,7 +308,7 @@ def _event(kind: str, rule: r.Rule, run: r.Run | None = None, **extra: Any) -> t
             nextRetryAt=run.next_retry_at.isoformat() if run.next_retry_at else None,
         )
     payload.update(extra)
-    return f"project:{rule.project_id}:billing", payload
+    return topics.project_billing(rule.project_id), payload
 
 
 async def process(
@@ -368,7 +367,7 @@ async def process(
     # 3. Amounts of new runs (usage and carries read under lock).
     carries = await _price(svc, conn, attempts)
 
-    # 4. Post every debit of the batch in one ledger `apply` on this transaction.
+    # 4. Post every debit of the batch in one `post_many` on this transaction.
     to_post: list[_Attempt] = []
     for a in attempts:
         a.run.attempts += 1
@@ -381,16 +380,11 @@ async def process(
         if a.run.amount == 0:
             a.run.status = "SUCCEEDED"
             continue
-        try:
-            a.prepared = await posting.prepare(svc.ledger, _posting(a, actor))
-        except AppError as exc:
-            a.run.status, a.run.error = "FAILED", exc.message
-            continue
         to_post.append(a)
     if to_post:
-        applied = await apply.apply(conn, [a.prepared for a in to_post if a.prepared is not None], svc.ledger.now())
-        result.events.extend(applied.events)
-        for a, outcome in zip(to_post, applied.outcomes, strict=True):
+        posted = await post_many(svc.ledger, [_posting(a, actor) for a in to_post], conn=conn)
+        result.events.extend(posted.events)
+        for a, outcome in zip(to_post, posted.outcomes, strict=True):
             run = a.run
             if isinstance(outcome, InsufficientFunds):
                 run.status, run.error = "INSUFFICIENT_FUNDS", outcome.message

@@ -1,15 +1,19 @@
-"""`post_transaction`: the only way money moves, and the postings the API offers on top of it.
+"""`post_transaction` and `post_many`: the only ways money moves, and the postings the API offers.
 
 Callers describe a posting (legs summing to zero, an idempotency key, who acts); this module
 validates it, resolves the project's system accounts and hands it to the batcher, or, with
 `session=`, applies it inside the caller's own database transaction (for domains that must write
 their own rows atomically with the money movement; events then go out after that commit).
+`post_many` records many postings in one database transaction, its own or the caller's (the
+billing scheduler's batches: debits, runs and cursors commit together).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -19,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput
 from ledgerx.domain.ledger import apply, hashing
-from ledgerx.domain.ledger.batcher import RETRYABLE, SINGLE_ATTEMPTS
+from ledgerx.domain.ledger.batcher import RETRYABLE, SINGLE_ATTEMPTS, run_in_transaction
 from ledgerx.domain.ledger.service import LedgerService, WalletRef
 from ledgerx.domain.ledger.types import CREDITS, MAX_BIGINT, Kind, Leg, Posted, Posting, SystemAccount
 
@@ -135,7 +139,7 @@ async def prepare(ledger: LedgerService, posting: Posting) -> apply.Prepared:
 
 
 async def post_transaction(ledger: LedgerService, posting: Posting, *, session: AsyncSession | None = None) -> Posted:
-    """Record `posting` exactly once per idempotency key; the only way money moves.
+    """Record `posting` exactly once per idempotency key (with `post_many`, the only ways money moves).
 
     Raises BAD_USER_INPUT, NOT_FOUND, INSUFFICIENT_FUNDS (nothing written) or
     IDEMPOTENCY_CONFLICT (the key was used for another request). The same key with the same
@@ -172,6 +176,58 @@ async def _in_session(ledger: LedgerService, session: AsyncSession, prepared: ap
         raise outcome
     _publish_after_commit(ledger, session, result.events)
     return outcome
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Many:
+    """What `post_many` did, posting by posting (in the order given)."""
+
+    outcomes: list[Posted | AppError]
+    # Events still to publish, after the caller's commit (`conn=`: `ledger.publish(events)`);
+    # empty when `post_many` committed its own transaction (it published them).
+    events: list[tuple[str, dict[str, Any]]]
+
+
+async def post_many(
+    ledger: LedgerService, postings: Sequence[Posting], *, conn: asyncpg.Connection | None = None
+) -> Many:
+    """Record `postings` in one database transaction, decided one by one in the order given.
+
+    Each posting's outcome is its own, as if posted alone in that order: `Posted` (new, or
+    `replayed=True` for an idempotency key already used for the same request, also earlier in
+    the same call), or the AppError that refused it (BAD_USER_INPUT, NOT_FOUND,
+    INSUFFICIENT_FUNDS, IDEMPOTENCY_CONFLICT). A refused posting writes nothing and the others are
+    still recorded; later postings see the balances earlier ones left.
+
+    `conn`: the caller's open transaction (its RLS scope must cover the postings' projects). The
+    postings commit or roll back with it, and the caller publishes `events` after its commit. A
+    race that a rerun resolves (`RETRYABLE`: an idempotency key claimed concurrently, a deadlock)
+    is raised, leaving the caller's transaction aborted: the caller reruns the whole transaction.
+    Without `conn`: a transaction of its own, scoped to the postings' projects, committed (rerun
+    after such a race) and its events published.
+    """
+    checked: list[apply.Prepared | AppError] = []
+    for p in postings:
+        try:
+            checked.append(await prepare(ledger, p))
+        except AppError as exc:
+            checked.append(exc)
+    items = [c for c in checked if isinstance(c, apply.Prepared)]
+    result = apply.Result([], [])
+    if items and conn is not None:
+        result = await apply.apply(conn, items, ledger.now())
+    elif items:
+        for attempt in range(SINGLE_ATTEMPTS):
+            try:
+                result = await run_in_transaction(ledger.db, items, ledger.now())
+                break
+            except RETRYABLE:
+                if attempt + 1 == SINGLE_ATTEMPTS:
+                    raise
+        ledger.publish(result.events)
+    applied = iter(result.outcomes)
+    outcomes = [c if isinstance(c, AppError) else next(applied) for c in checked]
+    return Many(outcomes, result.events if conn is not None else [])
 
 
 def _publish_after_commit(
@@ -347,9 +403,12 @@ async def transfer_credits(
 
 
 __all__ = [
+    "RETRYABLE",
+    "Many",
     "credit_wallet",
     "debit_wallet",
     "normalize_currency",
+    "post_many",
     "post_transaction",
     "prepare",
     "transfer_credits",
