@@ -236,6 +236,10 @@ async def test_create_input_is_validated(env: Env) -> None:
         CREATE, {"i": {"projectId": pid, "name": "k", "scopes": ["usage:write", "root:all"]}}, token=owner.token
     )
     assert bad["code"] == "BAD_USER_INPUT" and bad["field"] == "scopes" and bad["unknown"] == ["root:all"]
+    # A key with no scope at all is refused: almost always a client that forgot to send them.
+    bad = await gql.error(CREATE, {"i": {"projectId": pid, "name": "k", "scopes": []}}, token=owner.token)
+    assert (bad["code"], bad["field"], bad["reason"]) == ("BAD_USER_INPUT", "scopes", "NO_SCOPES")
+    assert "usage:write" in bad["message"]  # the message lists the known scopes
     bad = await gql.error(CREATE, {"i": {"projectId": pid, "name": " ", "scopes": []}}, token=owner.token)
     assert bad["code"] == "BAD_USER_INPUT" and bad["field"] == "name"
     bad = await gql.error(CREATE, {"i": {"projectId": owner.user_id, "name": "k", "scopes": []}}, token=owner.token)
@@ -476,7 +480,9 @@ def test_scope_validation_and_token_parsing() -> None:
     with pytest.raises(BadInput) as e:
         scopes.validate(["usage:write", "USAGE:WRITE"])
     assert e.value.field == "scopes"
-    assert scopes.validate([]) == []
+    with pytest.raises(BadInput) as e:
+        scopes.validate([])
+    assert e.value.field == "scopes" and e.value.extra["reason"] == "NO_SCOPES"
     assert api_keys.parse_token("lx_0123456789ab_" + "A" * 43) == ("0123456789ab", "A" * 43)
     for bad in (
         "",

@@ -605,7 +605,7 @@ async def test_another_projects_invitations_are_not_found(gql: GQL, services: Se
 async def _api_key(gql: GQL, owner: SignedIn, project_id: str) -> str:
     data = await gql.ok(
         "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }",
-        {"i": {"projectId": project_id, "name": "ci", "scopes": []}},
+        {"i": {"projectId": project_id, "name": "ci", "scopes": ["project:read"]}},
         token=owner.token,
     )
     secret: str = data["createApiKey"]["secret"]

@@ -82,10 +82,14 @@ ALL: tuple[Scope, ...] = (
 BY_NAME: dict[str, Scope] = {s.name: s for s in ALL}
 NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))
 
+# The `reason` of the BAD_USER_INPUT a key without scopes gets (a key that can do nothing scoped is
+# almost always a client that forgot to send them).
+NO_SCOPES = "NO_SCOPES"
+
 
 def validate(names: Iterable[str]) -> list[str]:
     """Known scope names, deduplicated and sorted; BAD_USER_INPUT on `scopes` for an unknown one
-    (`unknown` lists them)."""
+    (`unknown` lists them) or for none at all (`reason` NO_SCOPES)."""
     given = [s.strip() for s in names]
     unknown = sorted({s for s in given if s not in BY_NAME})
     if unknown:
@@ -93,5 +97,9 @@ def validate(names: Iterable[str]) -> list[str]:
             f"unknown scope {', '.join(unknown)}; known scopes: {', '.join(NAMES)}",
             field="scopes",
             unknown=unknown,
+        )
+    if not given:
+        raise BadInput(
+            f"an API key needs at least one scope; known scopes: {', '.join(NAMES)}", field="scopes", reason=NO_SCOPES
         )
     return sorted(set(given))
