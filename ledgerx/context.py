@@ -13,6 +13,7 @@ from ledgerx import ids
 from ledgerx.domain.actor import Actor, RequestMeta
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, Unauthenticated
+from ledgerx.domain.tenancy.access import is_platform_admin
 from ledgerx.services import Services
 
 REFRESH_COOKIE = "lx_refresh"
@@ -26,14 +27,21 @@ class Context:
     meta: RequestMeta
     principal: Principal | None = None
     auth_error: AppError | None = None
-    # Per-request DataLoaders live here (see dataloaders/); websockets rebuild them per event.
+    # Per-request caches of answers that hold for the whole request or operation (access, admin).
     loaders: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Per-request DataLoaders (see dataloaders/): a subscription gets new ones for every event
+    # (`for_event`), so a live stream never serves a value cached at an earlier event.
+    dataloaders: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Filled by strawberry from the websocket `connection_init` payload.
     connection_params: dict[str, Any] | None = None
 
     @property
     def request_id(self) -> str | None:
         return self.meta.request_id
+
+    def for_event(self) -> Context:
+        """This context with no DataLoaders yet: what one subscription event is executed with."""
+        return dataclasses.replace(self, dataloaders={})
 
     def require_principal(self) -> Principal:
         if self.auth_error is not None:
@@ -55,8 +63,6 @@ class Context:
             p = self.principal
             cached = False
             if p is not None and p.kind == "user" and p.user_id is not None:
-                from ledgerx.domain.tenancy.access import is_platform_admin
-
                 cached = await is_platform_admin(self.services.db, p.user_id)
             self.loaders["_platform_admin"] = cached
         return bool(cached)

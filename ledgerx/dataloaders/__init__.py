@@ -1,4 +1,9 @@
-"""Per-request DataLoaders, created lazily on the context (see `loader`)."""
+"""Per-request DataLoaders, created on first use in the context's `dataloaders` (see `loader`).
+
+A field resolver that needs the database asks a loader instead of opening a transaction per parent
+row: the loader collects the keys of every row of the list and calls one batch function of the
+domain once. Loaders that take field arguments (a page size, a cursor) put them in their name, so
+each distinct set of arguments is one batch."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ def loader(
     ctx: Context, name: str, fn: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]], default: Any = None
 ) -> DataLoader[K, V]:
     """The request's loader called `name`, batching keys into one call of `fn` (a dict by key)."""
-    existing = ctx.loaders.get(name)
+    existing = ctx.dataloaders.get(name)
     if existing is None:
 
         async def batch(keys: list[K]) -> list[V]:
@@ -25,6 +30,6 @@ def loader(
             return [found.get(k, default) for k in keys]
 
         existing = DataLoader(load_fn=batch)
-        ctx.loaders[name] = existing
+        ctx.dataloaders[name] = existing
     dl: DataLoader[K, V] = existing
     return dl

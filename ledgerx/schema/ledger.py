@@ -13,8 +13,9 @@ import strawberry
 from strawberry.scalars import JSON
 
 from ledgerx import ids
+from ledgerx.dataloaders import ledger as loaders
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.ledger import EntryRecord, TransactionRecord, WalletRecord, reads
+from ledgerx.domain.ledger import EntryRecord, TransactionRecord, WalletRecord
 from ledgerx.domain.ledger import TxnType as DomainTxnType
 from ledgerx.domain.ledger.verification import Mismatch, Report
 from ledgerx.domain.pagination import page_size
@@ -120,7 +121,7 @@ class TransactionType_:
     @strawberry.field
     async def refunded_amount(self, info: Info) -> BigInt:
         """How much of this transaction has been refunded so far."""
-        return await reads.refunded_total(info.context.services.ledger, self.project_uuid, self.uuid)
+        return await loaders.refunded_totals(info.context, self.project_uuid).load(self.uuid)
 
     @classmethod
     def of(cls, t: TransactionRecord) -> TransactionType_:
@@ -167,13 +168,9 @@ class WalletType:
     ) -> Connection[TransactionType_]:
         """Transactions touching this wallet, newest first."""
         limit = page_size(first)
-        page = await reads.wallet_transactions(
-            info.context.services.ledger,
-            self.project_uuid,
-            self.uuid,
-            first=limit,
-            before_seq=decode_seq_cursor(after),
-        )
+        before_seq = decode_seq_cursor(after)
+        pages = loaders.wallet_transactions(info.context, self.project_uuid, first=limit, before_seq=before_seq)
+        page = await pages.load(self.uuid)
         edges = [Edge(node=TransactionType_.of(i.transaction), cursor=encode_seq_cursor(i.seq)) for i in page.items]
         return Connection(
             edges=edges,

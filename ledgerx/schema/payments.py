@@ -14,6 +14,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from ledgerx import ids
+from ledgerx.dataloaders import payments as loaders
 from ledgerx.domain.payments import money, subscriptions
 from ledgerx.domain.payments.plans import rate_limit_json
 from ledgerx.domain.payments.records import (
@@ -574,9 +575,7 @@ class WebhookEventType:
     @strawberry.field
     async def attempt_log(self, info: Info) -> list[WebhookAttemptType]:
         """Every processing attempt, oldest first."""
-        from ledgerx.domain.payments import inbox
-
-        return [WebhookAttemptType.of(a) for a in await inbox.attempts_of(info.context.services.payments, self.uuid)]
+        return [WebhookAttemptType.of(a) for a in await loaders.webhook_attempts(info.context).load(self.uuid)]
 
     @classmethod
     def of(cls, e: WebhookEventRecord) -> WebhookEventType:

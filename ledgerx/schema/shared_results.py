@@ -138,6 +138,11 @@ class SharedResultsExecutor(StrawberryGraphQLCoreExecutionContext):
             # costs as much as rendering it).
             return _RenderedEvent(self, data)
         executor = super().build_per_event_executor(payload)
+        # Every event is executed with new DataLoaders: a loader keeps what it loaded, and a live
+        # stream must show each event's values, not those loaded at an earlier event.
+        for_event = getattr(self.context_value, "for_event", None)
+        if callable(for_event):
+            executor.context_value = for_event()
         # graphql-core memoizes collected sub-fields by the identity of field lists that every
         # event builds anew, in a dict that the per-event copies share with the subscription's
         # executor: it gains entries on every event for the life of the subscription (a leak of

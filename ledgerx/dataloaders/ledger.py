@@ -1,0 +1,36 @@
+"""Loaders for transactions, their refunds and wallets' transaction pages (one project per loader:
+every read is scoped to its project's rows)."""
+
+from __future__ import annotations
+
+import uuid
+
+from strawberry.dataloader import DataLoader
+
+from ledgerx.context import Context
+from ledgerx.dataloaders import loader
+from ledgerx.domain.ledger import TransactionRecord, reads
+
+
+def transactions(ctx: Context, project_id: uuid.UUID) -> DataLoader[uuid.UUID, TransactionRecord | None]:
+    ledger = ctx.services.ledger
+    return loader(ctx, f"transactions:{project_id}", lambda keys: reads.get_transactions(ledger, project_id, keys))
+
+
+def refunded_totals(ctx: Context, project_id: uuid.UUID) -> DataLoader[uuid.UUID, int]:
+    ledger = ctx.services.ledger
+    return loader(
+        ctx, f"refunded_totals:{project_id}", lambda keys: reads.refunded_totals(ledger, project_id, keys), default=0
+    )
+
+
+def wallet_transactions(
+    ctx: Context, project_id: uuid.UUID, *, first: int, before_seq: int | None
+) -> DataLoader[uuid.UUID, reads.Page]:
+    """A page of each wallet's transactions; one loader per (project, page size, cursor)."""
+    ledger = ctx.services.ledger
+    return loader(
+        ctx,
+        f"wallet_transactions:{project_id}:{first}:{before_seq}",
+        lambda keys: reads.wallets_transactions(ledger, project_id, keys, first=first, before_seq=before_seq),
+    )
