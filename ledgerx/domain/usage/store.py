@@ -21,7 +21,6 @@ from typing import Any
 import asyncpg
 
 from ledgerx.db.engine import Database
-from ledgerx.db.engine import driver as driver  # moved to db.engine; re-exported until its importers switch
 from ledgerx.domain.usage.types import Aggregation, MetricRecord
 
 METRIC_COLS = "id, project_id, key, name, aggregation, unique_property, unit_price, created_at"
