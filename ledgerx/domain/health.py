@@ -32,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from ledgerx import __version__
 from ledgerx.db.engine import Database
 
 if TYPE_CHECKING:
@@ -225,8 +226,6 @@ def overall(*parts: Status, database: Status) -> Status:
 
 
 async def system_health(services: Services) -> SystemHealth:
-    from ledgerx import __version__
-
     settings = services.settings
     lease = services.scheduler.lease
 

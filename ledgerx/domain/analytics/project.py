@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx.db.engine import Database
 from ledgerx.domain.analytics.periods import Granularity, check_range, utc
+from ledgerx.domain.errors import BadInput
 
 # Sums are NUMERIC end to end (PostgreSQL's sum(bigint) is numeric; never cast back to bigint) and
 # Python ints after: each amount and balance fits in 64 bits, but a sum over many of them (a
@@ -156,8 +157,6 @@ class ProjectAnalytics:
 
 
 def normalize_currency(currency: str) -> str:
-    from ledgerx.domain.errors import BadInput
-
     c = currency.strip().upper()
     if c != "CREDITS" and not (len(c) == 3 and c.isascii() and c.isalpha()):
         raise BadInput("currency must be CREDITS or an ISO 4217 code", field="currency")
