@@ -39,10 +39,9 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 
 from ledgerx import gateway
 from ledgerx.context import Context, authenticate, authenticate_now, connection_credential, session_revoked
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.domain.analytics.guard import StreamGuard
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.auth.sessions import REVOKED_TOPIC
 from ledgerx.domain.errors import AppError, RateLimited
 from ledgerx.services import Services
 
@@ -208,7 +207,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             # Key revocations are announced as access changes of the key's project.
             tasks.append(asyncio.create_task(self._relay(topics.project_members(principal.project_id), None, watched)))
         elif principal.session_id:
-            tasks.append(asyncio.create_task(self._relay(REVOKED_TOPIC, principal.session_id, watched)))
+            tasks.append(asyncio.create_task(self._relay(topics.SESSIONS_REVOKED, principal.session_id, watched)))
         try:
             await watched.failed.wait()
         finally:

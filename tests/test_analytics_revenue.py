@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.ids import encode, uuid7
 from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, sign_up

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.ids import decode
 from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, sign_up

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.domain.analytics.hub import Batch, FeedClosed, Listen, LiveHub, Pacer, Watcher
 from ledgerx.ids import decode, uuid7
 from ledgerx.services import Services

@@ -227,7 +227,7 @@ async def test_gateway_limit_headers_and_429(settings: Settings) -> None:
 
 
 async def test_recorded_batches_are_announced_after_commit(env: Env) -> None:
-    from ledgerx.domain.analytics import topics
+    from ledgerx.domain import topics
 
     async with env.services.events.subscribe(topics.project_usage(pid(env.project_id))) as sub:
         r = await post(env, {"events": events(7, "bus") + events(2, "bus")})

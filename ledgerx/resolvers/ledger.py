@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from ledgerx import ids
+from ledgerx.domain import topics
 from ledgerx.domain.errors import BadInput, NotFound
 from ledgerx.domain.ledger import Posted, WalletRef, codec, policy, posting, reads, refunds, wallets
 from ledgerx.domain.ledger.verification import verify_ledger
@@ -193,7 +194,7 @@ class Subscription:
         ref = await _wallet(info, wallet_id, write=False)
         guard = member_guard(info, ref.project_id, policy.READ)
         services = info.context.services
-        async for event in guarded_events(services, f"wallet:{ref.id}", ref.project_id, guard):
+        async for event in guarded_events(services, topics.wallet(ref.id), ref.project_id, guard):
             yield WalletUpdate(
                 wallet=WalletType.of(codec.wallet_from_json(event["wallet"])),
                 transaction=TransactionType_.of(codec.txn_from_json(event["transaction"])),
@@ -207,6 +208,6 @@ class Subscription:
     async def transaction_posted(self, info: Info, project_id: strawberry.ID) -> AsyncGenerator[TransactionType_, None]:
         access = await project_access(info, project_id, policy.READ)
         guard = member_guard(info, access.project_id, policy.READ)
-        topic = f"project:{access.project_id}:transactions"
+        topic = topics.project_transactions(access.project_id)
         async for event in guarded_events(info.context.services, topic, access.project_id, guard):
             yield TransactionType_.of(codec.txn_from_json(event["transaction"]))

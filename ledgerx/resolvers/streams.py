@@ -16,7 +16,7 @@ from typing import Any
 from graphql import GraphQLError
 
 from ledgerx.context import authenticate_now
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.domain.analytics.guard import StreamGuard
 from ledgerx.domain.errors import AppError, Unauthenticated
 from ledgerx.domain.tenancy.access import load_access

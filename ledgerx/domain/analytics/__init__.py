@@ -3,8 +3,8 @@
 
 - `project.project_analytics`, `revenue.revenue_analytics`: the queries;
 - `live.project_live`, `revenue.revenue_live`: the live snapshots;
-- `service.LiveAnalytics` (`services.live`): per-instance feeds with coalescing and fan-out;
-- `topics`: the event-bus topics and payloads the live feeds listen to.
+- `service.LiveAnalytics` (`services.live`): per-instance feeds with coalescing and fan-out; the
+  event-bus topics they listen to are named in `ledgerx.domain.topics`.
 """
 
 from ledgerx.domain.analytics.periods import Granularity

@@ -32,8 +32,8 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from ledgerx.domain.analytics.topics import Event, event_count, event_time
 from ledgerx.domain.events import EventBus
+from ledgerx.domain.topics import Event, event_count, event_time
 from ledgerx.metrics import REGISTRY
 
 log = logging.getLogger("ledgerx.analytics.live")

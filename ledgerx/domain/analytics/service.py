@@ -8,15 +8,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from ledgerx.db.engine import Database
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.domain.analytics.hub import BusSource, Listen, LiveHub, Watcher, utcnow
 from ledgerx.domain.analytics.live import ProjectLive, project_live
 from ledgerx.domain.analytics.revenue import RevenueLive, revenue_live
 from ledgerx.domain.events import EventBus
 
-# Payments publish per project (`project:<id>:subscription` from the payments domain,
-# `project:<id>:payments` for payments and refunds); platform revenue listens to all of them.
-REVENUE_PATTERNS = ("project:*:subscription", "project:*:payments")
+# Payments publish per project (subscriptions; payments and refunds); platform revenue listens to all of them.
+REVENUE_PATTERNS = (topics.SUBSCRIPTION_PATTERN, topics.PAYMENTS_PATTERN)
 
 
 class LiveAnalytics:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx.db.engine import Database
 from ledgerx.db.models import RefreshToken
-from ledgerx.domain import audit
+from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import Unauthenticated
 from ledgerx.domain.events import EventBus
@@ -36,8 +36,6 @@ from ledgerx.ids import uuid7
 log = logging.getLogger("ledgerx.sessions")
 
 TOKEN_PREFIX = "lxr_"
-# Bus topic of session revocations: {"type": "auth.session_revoked", "sessionId": "<family uuid>"}.
-REVOKED_TOPIC = "auth:sessions_revoked"
 _REVOKED_IN_DB = (
     "SELECT EXISTS (SELECT 1 FROM refresh_tokens WHERE family_id = $1 AND revoked_at IS NOT NULL) AS revoked"
 )
@@ -74,9 +72,7 @@ class Revocations:
             if self._retry is None or self._retry.done():
                 self._retry = asyncio.create_task(self._write_pending(), name="ledgerx-session-revocations")
         if self.bus is not None:
-            await self.bus.publish_many(
-                [(REVOKED_TOPIC, {"type": "auth.session_revoked", "sessionId": sid}) for sid in sids]
-            )
+            await self.bus.publish_many([topics.session_revoked(sid) for sid in sids])
 
     async def _write(self, sids: list[str]) -> bool:
         try:

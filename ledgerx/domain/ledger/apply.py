@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from ledgerx import ids
-from ledgerx.domain import audit
+from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
 from ledgerx.domain.ledger import hashing, store
@@ -486,34 +486,10 @@ def ledger_events(posted: Posted, low: list[uuid.UUID]) -> list[tuple[str, dict[
     from ledgerx.domain.ledger import codec
 
     txn = codec.txn_to_json(posted.transaction)
-    out: list[tuple[str, dict[str, Any]]] = [
-        (
-            f"project:{posted.transaction.project_id}:transactions",
-            {"type": "ledger.transaction_posted", "transaction": txn},
-        )
-    ]
+    out = [topics.transaction_posted(posted.transaction.project_id, txn)]
     for w in posted.wallets:
         is_low = w.id in low
-        out.append(
-            (
-                f"wallet:{w.id}",
-                {
-                    "type": "ledger.wallet_updated",
-                    "wallet": codec.wallet_to_json(w),
-                    "transaction": txn,
-                    "lowBalance": is_low,
-                },
-            )
-        )
+        out.append(topics.wallet_updated(w.id, codec.wallet_to_json(w), txn, low_balance=is_low))
         if is_low:
-            out.append(
-                (
-                    f"project:{w.project_id}:low_balance",
-                    {
-                        "type": "ledger.low_balance",
-                        "wallet": codec.wallet_to_json(w),
-                        "transactionId": str(posted.transaction.id),
-                    },
-                )
-            )
+            out.append(topics.low_balance(w.project_id, codec.wallet_to_json(w), posted.transaction.id))
     return out

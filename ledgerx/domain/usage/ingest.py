@@ -25,8 +25,8 @@ from typing import Any
 import asyncpg
 
 from ledgerx.db.engine import Database, driver
+from ledgerx.domain import topics
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.analytics import topics
 from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService, WalletRef
