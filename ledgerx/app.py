@@ -103,7 +103,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         processor = holder["services"].webhook_processor if holder["services"].settings.worker_enabled else None
         if processor is not None:
             processor.start()
-        follower = asyncio.create_task(holder["services"].follow_access_changes(), name="ledgerx-access-changes")
+        follower = asyncio.create_task(holder["services"].changes.follow(), name="ledgerx-project-changes")
         try:
             yield
         finally:

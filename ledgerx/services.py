@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
-import logging
 
 import httpx
 from redis.asyncio import Redis
 
 from ledgerx import embedded
 from ledgerx.db.engine import Database, asyncpg_dsn, make_engine
-from ledgerx.domain.analytics import LiveAnalytics, topics
+from ledgerx.domain.analytics import LiveAnalytics
 from ledgerx.domain.auth.keys import KeyRing
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
@@ -22,6 +20,7 @@ from ledgerx.domain.auth.sessions import Revocations
 from ledgerx.domain.auth.tokens import AccessTokens
 from ledgerx.domain.auth.verification import EmailVerifier
 from ledgerx.domain.billing.rules import BillingPolicy, BillingService
+from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
@@ -35,8 +34,6 @@ from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.scheduler import Scheduler
 from ledgerx.settings import Settings
 from ledgerx.webhooks.processor import WebhookProcessor
-
-log = logging.getLogger("ledgerx.services")
 
 
 def resolve_urls(settings: Settings) -> Settings:
@@ -80,6 +77,8 @@ class Services:
     mail_sender: OutboxSender | None = None
     # The pub/sub event bus (Redis) and the ledger (its own asyncpg pool and posting batcher).
     events: EventBus = dataclasses.field(init=False)
+    # Access and plan changes: forgets the caches above on this instance and every other one.
+    changes: ProjectChanges = dataclasses.field(init=False)
     ledger: LedgerService = dataclasses.field(init=False)
     # Live analytics: this instance's feeds behind liveMetrics / liveRevenue.
     live: LiveAnalytics = dataclasses.field(init=False)
@@ -144,6 +143,9 @@ class Services:
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
         listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)
         svc.events = EventBus(redis, listen_redis=listen, prefix=settings.redis_prefix)
+        svc.changes = ProjectChanges(svc.events)
+        svc.changes.forgets_access(svc.access_cache.forget_project)
+        svc.changes.forgets_plans(svc.limits.forget, svc.quotas.forget)
         tokens.revocations = Revocations(redis, db, svc.events, prefix=settings.redis_prefix, ttl=tokens.max_lifetime)
         svc.live = LiveAnalytics(
             db,
@@ -163,7 +165,8 @@ class Services:
                 test_clock_max_runs=settings.test_clock_max_runs,
             ),
         )
-        svc.payments = PaymentsService(db, svc.ledger, settings)
+        svc.payments = PaymentsService(db, svc.ledger, settings, changes=svc.changes)
+        svc.changes.forgets_plans(svc.payments.forget_plan)
         svc.webhook_processor = WebhookProcessor(svc.payments)
         svc.limits.plan_lookup = functools.partial(subscriptions.plan_limit, svc.payments)
         svc.quotas.lookup = functools.partial(subscriptions.plan_quotas, svc.payments)
@@ -203,19 +206,6 @@ class Services:
     async def authenticate_api_key(self, token: str) -> Principal:
         """A bearer `lx_…` token (context.authenticate hands them here) -> the key's principal."""
         return await api_keys.authenticate(self.db, token)
-
-    async def follow_access_changes(self, retry_s: float = 1.0) -> None:
-        """Keep this instance's access cache in step with access changes announced by any instance
-        (runs for the life of the app; reconnects after Redis errors, the cache's TTL covering the gap)."""
-        while True:
-            try:
-                async with self.events.subscribe(topics.MEMBERS_PATTERN, pattern=True) as announcements:
-                    await self.access_cache.follow(announcements)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("access changes: subscription lost; retrying", exc_info=True)
-            await asyncio.sleep(retry_s)
 
     async def close(self) -> None:
         await self.scheduler.stop()

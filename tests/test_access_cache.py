@@ -14,7 +14,7 @@ import httpx
 
 from ledgerx import ids
 from ledgerx.app import create_app
-from ledgerx.domain.analytics import topics
+from ledgerx.domain import topics
 from ledgerx.domain.tenancy.access import Access
 from ledgerx.domain.tenancy.access_cache import AccessCache
 from ledgerx.services import Services
@@ -114,7 +114,7 @@ async def test_another_instance_forgets_as_soon_as_a_change_is_announced(
     services.access_cache.ttl = 3600
     other = Services.build(settings)  # instance B: same database, same Redis prefix
     other.access_cache.ttl = 3600
-    follower = asyncio.create_task(other.follow_access_changes())
+    follower = asyncio.create_task(other.changes.follow())
     transport = httpx.ASGITransport(app=create_app(settings, other))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://b") as client_b:

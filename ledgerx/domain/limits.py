@@ -44,8 +44,12 @@ class LimitPolicy:
         self.plan_lookup = plan_lookup
         self._cache: dict[uuid.UUID, tuple[float, Limit]] = {}
 
-    def forget(self, project_id: uuid.UUID) -> None:
-        self._cache.pop(project_id, None)
+    def forget(self, project_id: uuid.UUID | None) -> None:
+        """Drop the project's cached answer (None: every project's); see domain/changes.py."""
+        if project_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(project_id, None)
 
     async def project_limit(self, project_id: uuid.UUID) -> Limit:
         hit = self._cache.get(project_id)

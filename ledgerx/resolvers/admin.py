@@ -6,7 +6,6 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.tenancy import projects
-from ledgerx.resolvers import announce
 from ledgerx.resolvers.guards import require_platform_admin
 from ledgerx.schema.info import Info
 from ledgerx.schema.tenancy import ProjectType, SuspendProjectInput
@@ -18,16 +17,18 @@ class Mutation:
     async def suspend_project(self, info: Info, input: SuspendProjectInput) -> ProjectType:
         await require_platform_admin(info)
         pid = ids.decode("project", input.project_id, "projectId")
+        services = info.context.services
         p = await projects.set_suspended(
-            info.context.services.db, info.context.actor(), pid, suspended=True, reason=input.reason
+            services.db, info.context.actor(), pid, suspended=True, reason=input.reason, changes=services.changes
         )
-        await announce.access_changed(info, pid, "project.suspend")
         return ProjectType.of(p)
 
     @strawberry.mutation(description="Platform admins: lift a suspension.")
     async def reactivate_project(self, info: Info, id: strawberry.ID) -> ProjectType:
         await require_platform_admin(info)
         pid = ids.decode("project", id, "id")
-        p = await projects.set_suspended(info.context.services.db, info.context.actor(), pid, suspended=False)
-        await announce.access_changed(info, pid, "project.reactivate")
+        services = info.context.services
+        p = await projects.set_suspended(
+            services.db, info.context.actor(), pid, suspended=False, changes=services.changes
+        )
         return ProjectType.of(p)

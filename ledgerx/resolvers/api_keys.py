@@ -16,7 +16,6 @@ from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy import api_keys, scopes
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.domain.tenancy.authorize import Rule
-from ledgerx.resolvers import announce
 from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.schema.api_keys import ApiKeyType, ApiKeyWithSecret, CreateApiKeyInput
 from ledgerx.schema.info import Info
@@ -84,14 +83,13 @@ class Mutation:
             project_id,
             key_id,
             overlap_seconds=ctx.services.settings.api_key_rotation_overlap,
+            changes=ctx.services.changes,
         )
-        await announce.access_changed(info, project_id, "api_key.rotate")
         return ApiKeyWithSecret(api_key=ApiKeyType.of(issued.key), secret=issued.secret)
 
     @strawberry.mutation(description="Revoke the key at once, with any secret still in its rotation overlap.")
     async def revoke_api_key(self, info: Info, id: strawberry.ID) -> ApiKeyType:
         ctx = info.context
         project_id, key_id = await _admin_key(info, id)
-        revoked = await api_keys.revoke(ctx.services.db, ctx.actor(), project_id, key_id)
-        await announce.access_changed(info, project_id, "api_key.revoke")
+        revoked = await api_keys.revoke(ctx.services.db, ctx.actor(), project_id, key_id, changes=ctx.services.changes)
         return ApiKeyType.of(revoked)

@@ -240,7 +240,6 @@ class Mutation:
         result = await plan_changes.change_plan(
             svc, info.context.actor(), access.project_id, ids.decode("plan", input.plan_id, "planId")
         )
-        info.context.services.limits.forget(access.project_id)
         lines = await reads.lines_of(svc, access.project_id, result.invoice.id) if result.invoice else []
         return PlanChangeType(
             subscription=await _subscription_type(info, result.subscription),
@@ -257,7 +256,6 @@ class Mutation:
         sub = await plan_changes.cancel_subscription(
             info.context.services.payments, info.context.actor(), access.project_id, at_period_end=input.at_period_end
         )
-        info.context.services.limits.forget(access.project_id)
         return await _subscription_type(info, sub)
 
     # -- platform admins -----------------------------------------------------------------------------
@@ -278,8 +276,6 @@ class Mutation:
             expires_at=input.expires_at,
             reason=input.reason,
         )
-        info.context.services.limits.forget(project_id)
-        info.context.services.quotas.forget(project_id)
         return EffectivePlanType.of(await subscriptions.effective_plan(svc, project_id))
 
     @strawberry.mutation(description="Platform admins: process a Stripe event again (the books never change twice).")

@@ -10,7 +10,6 @@ from ledgerx.domain.errors import NotFound
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy import members, projects
 from ledgerx.domain.tenancy.access import Need
-from ledgerx.resolvers import announce
 from ledgerx.resolvers.guards import access_by_uuid, project_access
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, connection
@@ -117,18 +116,26 @@ class Mutation:
     async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> MemberType:
         access = await project_access(info, input.project_id, Need.ADMIN, write=True)
         user_id = ids.decode("user", input.user_id, "userId")
+        services = info.context.services
         m = await members.update_role(
-            info.context.services.db, info.context.actor(), access, access.project_id, user_id, input.role.value
+            services.db,
+            info.context.actor(),
+            access,
+            access.project_id,
+            user_id,
+            input.role.value,
+            changes=services.changes,
         )
-        await announce.access_changed(info, access.project_id, "member.update_role", user_id)
         return MemberType.of(m)
 
     @strawberry.mutation(description="Remove a member; any member may remove themselves (leave).")
     async def remove_member(self, info: Info, input: RemoveMemberInput) -> bool:
         access = await project_access(info, input.project_id, Need.MEMBER, write=True)
         user_id = ids.decode("user", input.user_id, "userId")
-        await members.remove_member(info.context.services.db, info.context.actor(), access, access.project_id, user_id)
-        await announce.access_changed(info, access.project_id, "member.remove", user_id)
+        services = info.context.services
+        await members.remove_member(
+            services.db, info.context.actor(), access, access.project_id, user_id, changes=services.changes
+        )
         return True
 
     @strawberry.mutation(description="The owner hands the project to another member and becomes ADMIN.")
@@ -136,7 +143,10 @@ class Mutation:
         access = await project_access(info, input.project_id, Need.OWNER, write=True)
         ctx = info.context
         await members.transfer_ownership(
-            ctx.services.db, ctx.actor(), access.project_id, ids.decode("user", input.user_id, "userId")
+            ctx.services.db,
+            ctx.actor(),
+            access.project_id,
+            ids.decode("user", input.user_id, "userId"),
+            changes=ctx.services.changes,
         )
-        await announce.access_changed(info, access.project_id, "project.transfer_ownership")
         return ProjectType.of(await projects.get_project(ctx.services.db, access.project_id), "ADMIN")

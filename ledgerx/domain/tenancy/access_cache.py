@@ -10,10 +10,11 @@ What keeps it safe:
   must be immediate) and a platform admin acting on a project they are not a member of are
   always looked up afresh, so gaining access is seen at once.
 - Every change that can narrow access (role change, removal, ownership transfer, suspension)
-  is announced after commit (`resolvers/announce.access_changed`), which first drops the
-  project's entries here: on the instance that made the change it takes effect immediately.
-- Other instances follow those announcements (Redis pub/sub, `follow`) and drop the project's
-  entries as soon as one arrives; `ttl` (default 2 s; `ACCESS_CACHE_TTL_MS=0` turns the cache
+  is announced after commit by the domain function that made it (`ProjectChanges.access_changed`,
+  domain/changes.py), which first drops the project's entries here: on the instance that made
+  the change it takes effect immediately.
+- Other instances follow those announcements (Redis pub/sub, `ProjectChanges.follow`) and drop the
+  project's entries as soon as one arrives; `ttl` (default 2 s; `ACCESS_CACHE_TTL_MS=0` turns the cache
   off) bounds what a lost announcement, a Redis outage or a change made outside the API (SQL, an
   operator script) can leave behind. Live streams re-check with `load_access` directly.
 """
@@ -23,8 +24,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Any
 
 from ledgerx.domain.tenancy.access import Access
 
@@ -71,11 +70,3 @@ class AccessCache:
     def clear(self) -> None:
         self.epoch += 1
         self._entries.clear()
-
-    async def follow(self, announcements: AsyncIterator[dict[str, Any]]) -> None:
-        """Forget a project's entries whenever a change of its access is announced (any instance)."""
-        async for event in announcements:
-            try:
-                self.forget_project(uuid.UUID(str(event.get("projectId"))))
-            except ValueError:
-                continue

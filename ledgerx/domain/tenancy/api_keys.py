@@ -37,6 +37,7 @@ from ledgerx.db.models import ApiKey
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, NotFound, Unauthenticated
 from ledgerx.domain.tenancy.scopes import validate as validate_scope_names
 from ledgerx.ids import encode, uuid7
@@ -183,9 +184,16 @@ async def get(db: Database, project_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
 
 
 async def revoke(
-    db: Database, actor: Actor, project_id: uuid.UUID, key_id: uuid.UUID, *, clock: Clock = utcnow
+    db: Database,
+    actor: Actor,
+    project_id: uuid.UUID,
+    key_id: uuid.UUID,
+    *,
+    changes: ProjectChanges,
+    clock: Clock = utcnow,
 ) -> ApiKey:
-    """Revoke at once, the overlapping previous secret too. Revoking a revoked key changes nothing."""
+    """Revoke at once, the overlapping previous secret too (its open streams end: an access change
+    of the project is announced). Revoking a revoked key changes nothing."""
     async with db.transaction(project_id=project_id) as s:
         key = (
             await s.execute(
@@ -211,6 +219,7 @@ async def revoke(
             before=before,
             after=snapshot(key),
         )
+    await changes.access_changed(project_id, "api_key.revoke")
     return key
 
 
@@ -221,6 +230,7 @@ async def rotate(
     key_id: uuid.UUID,
     *,
     overlap_seconds: int,
+    changes: ProjectChanges,
     clock: Clock = utcnow,
 ) -> IssuedKey:
     """A new secret for the same key (same id, public id and scopes); the current secret stays valid
@@ -259,6 +269,7 @@ async def rotate(
             before=before,
             after=snapshot(key),
         )
+    await changes.access_changed(project_id, "api_key.rotate")
     return IssuedKey(key, _token(key.public_id, secret))
 
 

@@ -25,6 +25,7 @@ from ledgerx.db.models import Invite, ProjectMember, User
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.service import normalize_email
+from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, Forbidden, InvitationSent, NotFound
 from ledgerx.domain.tenancy.access import RANK, Access
 from ledgerx.domain.tenancy.invites import InviteService, revoke_issued_by
@@ -116,7 +117,14 @@ async def _locked_member(s: AsyncSession, project_id: uuid.UUID, user_id: uuid.U
 
 
 async def update_role(
-    db: Database, actor: Actor, access: Access, project_id: uuid.UUID, user_id: uuid.UUID, role: str
+    db: Database,
+    actor: Actor,
+    access: Access,
+    project_id: uuid.UUID,
+    user_id: uuid.UUID,
+    role: str,
+    *,
+    changes: ProjectChanges,
 ) -> ProjectMember:
     role = _assignable(role)
     async with db.transaction(project_id=project_id) as s:
@@ -140,10 +148,19 @@ async def update_role(
             after={"role": role},
         )
         await revoke_issued_by(s, actor, project_id, user_id, role_after=role)
+    await changes.access_changed(project_id, "member.update_role", user_id)
     return m
 
 
-async def remove_member(db: Database, actor: Actor, access: Access, project_id: uuid.UUID, user_id: uuid.UUID) -> None:
+async def remove_member(
+    db: Database,
+    actor: Actor,
+    access: Access,
+    project_id: uuid.UUID,
+    user_id: uuid.UUID,
+    *,
+    changes: ProjectChanges,
+) -> None:
     """Admins remove others (an admin removes another admin only as owner); anyone may leave."""
     leaving = actor.type == "user" and actor.id == user_id
     async with db.transaction(project_id=project_id) as s:
@@ -166,9 +183,12 @@ async def remove_member(db: Database, actor: Actor, access: Access, project_id: 
             before={"role": m.role},
         )
         await revoke_issued_by(s, actor, project_id, user_id, role_after=None)
+    await changes.access_changed(project_id, "member.remove", user_id)
 
 
-async def transfer_ownership(db: Database, actor: Actor, project_id: uuid.UUID, new_owner: uuid.UUID) -> None:
+async def transfer_ownership(
+    db: Database, actor: Actor, project_id: uuid.UUID, new_owner: uuid.UUID, *, changes: ProjectChanges
+) -> None:
     """The owner hands the project to another member and becomes ADMIN, in one transaction."""
     assert actor.id is not None
     async with db.transaction(project_id=project_id) as s:
@@ -217,6 +237,7 @@ async def transfer_ownership(db: Database, actor: Actor, project_id: uuid.UUID, 
         # The previous owner stays ADMIN and may still invite, so this revokes nothing today; it
         # keeps transfers on the one rule should the role they land in ever change.
         await revoke_issued_by(s, actor, project_id, actor.id, role_after=current.role)
+    await changes.access_changed(project_id, "project.transfer_ownership")
 
 
 async def get_member(db: Database, project_id: uuid.UUID, user_id: uuid.UUID) -> ProjectMember:

@@ -14,6 +14,7 @@ from ledgerx.db.engine import Database
 from ledgerx.db.models import Project, ProjectMember
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
+from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, NotFound
 from ledgerx.ids import encode, uuid7
 
@@ -141,9 +142,15 @@ async def get_many(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uuid.
 
 
 async def set_suspended(
-    db: Database, actor: Actor, project_id: uuid.UUID, *, suspended: bool, reason: str | None = None
+    db: Database,
+    actor: Actor,
+    project_id: uuid.UUID,
+    *,
+    suspended: bool,
+    reason: str | None = None,
+    changes: ProjectChanges,
 ) -> Project:
-    """Platform admin action; audited in the project's log."""
+    """Platform admin action; audited in the project's log, announced as an access change."""
     if suspended and not (reason and reason.strip()):
         raise BadInput("a reason is required to suspend a project", field="reason")
     async with db.transaction(project_id=project_id) as s:
@@ -173,4 +180,5 @@ async def set_suspended(
             before=before,
             after=snapshot(p),
         )
+    await changes.access_changed(project_id, "project.suspend" if suspended else "project.reactivate")
     return p

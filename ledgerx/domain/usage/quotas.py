@@ -96,8 +96,12 @@ class QuotaPolicy:
         self.lookup = lookup
         self._cache: dict[uuid.UUID, tuple[float, ProjectQuotas]] = {}
 
-    def forget(self, project_id: uuid.UUID) -> None:
-        self._cache.pop(project_id, None)
+    def forget(self, project_id: uuid.UUID | None) -> None:
+        """Drop the project's cached answer (None: every project's); see domain/changes.py."""
+        if project_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(project_id, None)
 
     async def of(self, project_id: uuid.UUID) -> ProjectQuotas:
         hit = self._cache.get(project_id)
