@@ -151,3 +151,99 @@ def test_an_answer_loaded_across_an_announced_change_is_not_kept() -> None:
     assert cache.get(user, project) is None
     cache.put(user, member, loaded_at_epoch=cache.epoch)
     assert cache.get(user, project) == member
+
+
+# --- POST /v1/usage goes through the same access, cache and invalidation as GraphQL -------------------
+
+RECORD = "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { duplicate } }"
+DEFINE = "mutation($i: DefineMetricInput!) { defineMetric(input: $i) { key } }"
+CREATE_KEY = "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { apiKey { id } secret } }"
+REVOKE_KEY = "mutation($id: ID!) { revokeApiKey(id: $id) { id } }"
+
+
+async def usage_project(gql: GQL, services: Services) -> tuple[str, SignedIn]:
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    metric = {"projectId": pid, "key": "api_calls", "name": "calls", "aggregation": "SUM", "unitPrice": "1"}
+    await gql.ok(DEFINE, {"i": metric}, token=owner.token)
+    # The project's own gateway limit: a plan another test made default must not throttle it.
+    limit = '{"rateLimit": {"burst": 1000000, "perSecond": 1000000}}'
+    await owner_sql(
+        services.settings, "UPDATE projects SET overrides = $2::jsonb WHERE id = $1", ids.decode("project", pid), limit
+    )
+    return pid, owner
+
+
+async def post_usage(gql: GQL, credential: str, project_id: str | None = None) -> tuple[int, str | None]:
+    """(status, error code) of POST /v1/usage with one event."""
+    body: dict[str, object] = {"events": [{"metricKey": "api_calls", "units": 1, "idempotencyKey": ids.uuid7().hex}]}
+    if project_id is not None:
+        body["projectId"] = project_id
+    r = await gql.client.post("/v1/usage", json=body, headers={"Authorization": f"Bearer {credential}"})
+    return r.status_code, (r.json().get("error") or {}).get("code")
+
+
+async def record(gql: GQL, credential: str, project_id: str) -> str | None:
+    """The error code of recordUsage over GraphQL (None when it was recorded)."""
+    i = {"projectId": project_id, "metricKey": "api_calls", "units": "1", "idempotencyKey": ids.uuid7().hex}
+    body = await gql(RECORD, {"i": i}, headers={"Authorization": f"Bearer {credential}"})
+    return body["errors"][0]["extensions"]["code"] if body.get("errors") else None
+
+
+async def test_post_usage_reads_the_access_cache_graphql_filled(gql: GQL, services: Services) -> None:
+    """A member's access remembered by a GraphQL request serves POST /v1/usage too: removed behind
+    the instance's back (no announcement), the member still posts within the TTL, exactly as over
+    GraphQL, and is refused by both once the TTL is over."""
+    services.access_cache.ttl = 0.8
+    pid, owner = await usage_project(gql, services)
+    member = await add_member(gql, owner, pid, "MEMBER")
+    await gql.ok(WALLETS, {"p": pid}, token=member.token)  # cached by GraphQL
+    await remove_behind_the_back(services, pid, member)
+    assert await post_usage(gql, member.token, pid) == (200, None)
+    assert await record(gql, member.token, pid) is None
+    await asyncio.sleep(0.9)
+    assert await post_usage(gql, member.token, pid) == (404, "NOT_FOUND")
+    assert await record(gql, member.token, pid) == "NOT_FOUND"
+
+
+async def test_an_announced_change_reaches_post_usage_as_fast_as_graphql(gql: GQL, services: Services) -> None:
+    """With an hour's TTL only invalidation can explain it: a role change or a removal made through
+    the API applies to the very next POST /v1/usage, as to the next GraphQL request."""
+    services.access_cache.ttl = 3600
+    pid, owner = await usage_project(gql, services)
+    member = await add_member(gql, owner, pid, "MEMBER")
+    assert await post_usage(gql, member.token, pid) == (200, None)  # cached by the HTTP route
+    assert services.access_cache.get(ids.decode("user", member.user_id), ids.decode("project", pid)) is not None
+
+    await gql.ok(UPDATE_ROLE, {"i": {"projectId": pid, "userId": member.user_id, "role": "VIEWER"}}, token=owner.token)
+    assert await post_usage(gql, member.token, pid) == (403, "FORBIDDEN")
+    assert await record(gql, member.token, pid) == "FORBIDDEN"
+
+    await gql.ok(UPDATE_ROLE, {"i": {"projectId": pid, "userId": member.user_id, "role": "MEMBER"}}, token=owner.token)
+    assert await post_usage(gql, member.token, pid) == (200, None)
+    await gql.ok(REMOVE, {"i": {"projectId": pid, "userId": member.user_id}}, token=owner.token)
+    assert await post_usage(gql, member.token, pid) == (404, "NOT_FOUND")
+    assert await record(gql, member.token, pid) == "NOT_FOUND"
+
+
+async def test_a_revoked_key_is_refused_by_post_usage_at_once(gql: GQL, services: Services) -> None:
+    """Keys are never cached: revoked through the API or behind its back, the next request fails."""
+    services.access_cache.ttl = 3600
+    pid, owner = await usage_project(gql, services)
+    keys = []
+    for name in ("a", "b"):
+        i = {"projectId": pid, "name": name, "scopes": ["usage:write"]}
+        keys.append((await gql.ok(CREATE_KEY, {"i": i}, token=owner.token))["createApiKey"])
+    for k in keys:
+        assert await post_usage(gql, k["secret"]) == (200, None)
+        assert await record(gql, k["secret"], pid) is None
+
+    await gql.ok(REVOKE_KEY, {"id": keys[0]["apiKey"]["id"]}, token=owner.token)
+    await owner_sql(
+        services.settings,
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1",
+        ids.decode("api_key", keys[1]["apiKey"]["id"]),
+    )
+    for k in keys:
+        assert await post_usage(gql, k["secret"]) == (401, "UNAUTHENTICATED")
+        assert await record(gql, k["secret"], pid) == "UNAUTHENTICATED"
