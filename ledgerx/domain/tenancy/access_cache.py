@@ -3,7 +3,8 @@
 Every project-scoped request needs the caller's access (`load_access`: a database transaction of
 its own). A client hammering one project — a backend charging wallets, a dashboard polling — asks
 the same question many times a second, and that lookup was a quarter of the server-side cost of a
-`debitWallet`. So a signed-in member's access is remembered for `ttl` seconds.
+`debitWallet`. So a signed-in member's access is remembered for `ttl` seconds. Every request path
+reads and fills it the same way, through `authorize.Authorizer`: GraphQL and POST /v1/usage alike.
 
 What keeps it safe:
 - Only positive member answers are kept. A caller who is refused, an API key (its revocation
