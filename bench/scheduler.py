@@ -57,7 +57,7 @@ def pct(values: list[float], p: float) -> float:
 
 async def setup(services, dsn: str, n_projects: int, n_wallets: int, n_rules: int):  # type: ignore[no-untyped-def]
     from ledgerx.domain.actor import Actor
-    from ledgerx.domain.billing import rules
+    from ledgerx.domain.billing import rules, validation
     from ledgerx.domain.ledger import WalletRef, posting
     from ledgerx.domain.ledger.wallets import create_wallet
     from ledgerx.ids import uuid7
@@ -87,7 +87,7 @@ async def setup(services, dsn: str, n_projects: int, n_wallets: int, n_rules: in
                 project_id=w.project_id,
                 wallet_id=w.id,
                 currency=w.currency,
-                fields=rules.RuleFields(name=f"r{i}", mode="DAILY_FLAT", amount=1 + i % 100),
+                fields=validation.RuleFields(name=f"r{i}", mode="DAILY_FLAT", amount=1 + i % 100),
             )
 
     await asyncio.gather(*(rule(i) for i in range(n_rules)))
@@ -97,7 +97,7 @@ async def setup(services, dsn: str, n_projects: int, n_wallets: int, n_rules: in
 async def light_rules(services, dsn: str, n: int) -> int:  # type: ignore[no-untyped-def]
     """`n` rules due daily at 00:30 UTC, on the first wallets of the bench."""
     from ledgerx.domain.actor import Actor
-    from ledgerx.domain.billing import rules
+    from ledgerx.domain.billing import rules, validation
 
     conn = await asyncpg.connect(dsn)
     wallets = await conn.fetch("SELECT id, project_id, currency FROM wallets ORDER BY id LIMIT $1", n)
@@ -109,7 +109,7 @@ async def light_rules(services, dsn: str, n: int) -> int:  # type: ignore[no-unt
             project_id=w["project_id"],
             wallet_id=w["id"],
             currency=w["currency"],
-            fields=rules.RuleFields(name=f"light{i}", mode="CRON", cron="30 0 * * *", amount=1),
+            fields=validation.RuleFields(name=f"light{i}", mode="CRON", cron="30 0 * * *", amount=1),
         )
     return len(wallets)
 
@@ -158,7 +158,7 @@ async def main() -> None:
     from ledgerx import logs
     from ledgerx.db.engine import asyncpg_dsn
     from ledgerx.db.migrate import upgrade
-    from ledgerx.domain.billing.rules import BillingPolicy, BillingService
+    from ledgerx.domain.billing.service import BillingPolicy, BillingService
     from ledgerx.domain.ledger.verification import verify_ledger
     from ledgerx.scheduler import Scheduler
     from ledgerx.services import Services, resolve_urls

@@ -19,7 +19,7 @@ from typing import Any
 
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.service import normalize_email
-from ledgerx.domain.billing import rules
+from ledgerx.domain.billing import rules, store, validation
 from ledgerx.domain.errors import AppError, Conflict
 from ledgerx.domain.ledger import posting, reads, wallets
 from ledgerx.domain.ledger.service import WalletRef
@@ -138,11 +138,11 @@ async def seed(services: Services, *, now: dt.datetime | None = None) -> DemoRep
     )
 
     # Billing rules on the main wallet: a daily platform fee and the metered usage.
-    have = {r.name for r in await rules.list_rules(services.db, project_id, limit=100, after=None)}
+    have = {r.name for r in await store.list_rules(services.db, project_id, limit=100, after=None)}
     main = refs["Main"]
     wanted = (
-        rules.RuleFields(name="Platform fee", mode="DAILY_FLAT", amount=100, timezone="UTC", time_of_day="00:00"),
-        rules.RuleFields(name="API usage", mode="USAGE_BASED", metric_key=METRIC_KEY, timezone="UTC"),
+        validation.RuleFields(name="Platform fee", mode="DAILY_FLAT", amount=100, timezone="UTC", time_of_day="00:00"),
+        validation.RuleFields(name="API usage", mode="USAGE_BASED", metric_key=METRIC_KEY, timezone="UTC"),
     )
     for fields in wanted:
         if fields.name not in have:

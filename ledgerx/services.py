@@ -19,7 +19,7 @@ from ledgerx.domain.auth.service import AuthService, LoginLimits
 from ledgerx.domain.auth.sessions import Revocations
 from ledgerx.domain.auth.tokens import AccessTokens
 from ledgerx.domain.auth.verification import EmailVerifier
-from ledgerx.domain.billing.rules import BillingPolicy, BillingService
+from ledgerx.domain.billing.service import BillingPolicy, BillingService
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService

@@ -13,8 +13,8 @@ import decimal
 import secrets
 from typing import Any
 
-from ledgerx.domain.billing import clocks, runner
-from ledgerx.domain.billing import rules as domain
+from ledgerx.domain.billing import clocks, preview, rules, store
+from ledgerx.domain.billing import schedule as sch
 from ledgerx.ids import decode
 from ledgerx.services import Services
 from tests.conftest import GQL, SignedIn, sign_up
@@ -197,7 +197,7 @@ async def test_create_update_pause_resume_are_audited(gql: GQL) -> None:
     owner, pid, wid = await setup(gql)
     rule = await create_rule(gql, owner, wid, amount=7, timezone="Europe/Berlin", timeOfDay="06:30", catchUp="LATEST")
     assert rule["status"] == "ACTIVE" and rule["amount"] == "7" and rule["timeOfDay"] == "06:30"
-    nxt = ts(rule["nextRunAt"]).astimezone(domain.sch.zone("Europe/Berlin"))
+    nxt = ts(rule["nextRunAt"]).astimezone(sch.zone("Europe/Berlin"))
     assert (nxt.hour, nxt.minute) == (6, 30) and ts(rule["nextRunAt"]) > dt.datetime.now(UTC)
     assert rule["catchUp"] == "LATEST"
 
@@ -205,7 +205,7 @@ async def test_create_update_pause_resume_are_audited(gql: GQL) -> None:
         await gql.ok(UPDATE_RULE, {"i": {"id": rule["id"], "amount": 9, "timeOfDay": "23:00"}}, token=owner.token)
     )["updateBillingRule"]
     assert updated["amount"] == "9"
-    nxt = ts(updated["nextRunAt"]).astimezone(domain.sch.zone("Europe/Berlin"))
+    nxt = ts(updated["nextRunAt"]).astimezone(sch.zone("Europe/Berlin"))
     assert (nxt.hour, nxt.minute) == (23, 0)
     ext = await gql.error(UPDATE_RULE, {"i": {"id": rule["id"], "timezone": "Nowhere/Land"}}, token=owner.token)
     assert ext["code"] == "BAD_USER_INPUT" and ext["field"] == "timezone"
@@ -328,7 +328,7 @@ async def test_usage_based_and_hybrid_amounts_from_recorded_usage(services: Serv
 
     # The preview just before the instant already sees the whole period's usage.
     await clocks.advance(svc, ACTOR, pid, d1 - dt.timedelta(microseconds=1))
-    _, _, items = await domain.preview(svc, pid, tokens.id, 2)
+    _, _, items = await preview.preview(svc, pid, tokens.id, 2)
     total = sum(decimal.Decimal(u) for u in units)  # 20.9 tokens
     assert items[0].units == total and items[0].amount == 6  # floor(20.9 * 0.3 = 6.27)
     assert items[1].amount == 0 and items[1].units == 0
@@ -414,9 +414,9 @@ async def test_a_year_on_a_test_clock_matches_the_preview_instant_by_instant(gql
         charged += sum(int(r["amount"]) for r in runs)
     assert first["runsExecuted"] + second["runsExecuted"] == total_runs
     daily, selected, monthly, weekly, twice = [await all_runs(gql, owner, r["id"]) for r in created]
-    ny = domain.sch.zone("America/New_York")
+    ny = sch.zone("America/New_York")
     assert len([r for r in daily if ts(r["scheduledAt"]).astimezone(ny).year == 2028]) == 366  # a leap year
-    berlin = domain.sch.zone("Europe/Berlin")
+    berlin = sch.zone("Europe/Berlin")
     spring = [r for r in daily if ts(r["scheduledAt"]).astimezone(ny).date() == dt.date(2028, 3, 12)]
     assert ts(spring[0]["scheduledAt"]).astimezone(ny).strftime("%H:%M %Z") == "03:00 EDT"  # 02:30 did not exist
     monthly_days = [ts(r["scheduledAt"]).astimezone(ny).strftime("%m-%d %H:%M") for r in monthly]
@@ -547,7 +547,7 @@ async def test_manual_run_in_a_test_project_uses_its_clock(services: Services) -
     await clocks.advance(svc, ACTOR, pid, utc(2030, 3, 3, 10))
     rule = await new_rule(svc, w, amount=10)
     assert rule.next_run_at == utc(2030, 3, 4) and rule.period_start == utc(2030, 3, 3, 10)
-    run = await runner.run_rule_now(svc, ACTOR, pid, rule.id)
+    run = await rules.run_rule_now(svc, ACTOR, pid, rule.id)
     assert run.scheduled_at == utc(2030, 3, 4) and run.period_end == utc(2030, 3, 3, 10) and run.status == "SUCCEEDED"
     # The period ran early: the clock passing its instant does not charge it again.
     await clocks.advance(svc, ACTOR, pid, utc(2030, 3, 4, 1))
@@ -614,4 +614,4 @@ async def test_one_run_per_rule_and_period_is_a_database_rule(services: Services
         seen = (await s.execute(text("SELECT count(*) FROM billing_rules WHERE id = :i"), {"i": rule.id})).scalar()
         runs = (await s.execute(text("SELECT count(*) FROM billing_runs WHERE rule_id = :i"), {"i": rule.id})).scalar()
     assert seen == 0 and runs == 0
-    assert await domain.list_runs(services.db, other, rule.id, limit=10, before=None) == []
+    assert await store.list_runs(services.db, other, rule.id, limit=10, before=None) == []

@@ -17,8 +17,9 @@ import pytest
 from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.db.migrate import upgrade
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.billing import rules
-from ledgerx.domain.billing.rules import BillingPolicy, BillingService, RuleFields
+from ledgerx.domain.billing import records, rules
+from ledgerx.domain.billing.service import BillingPolicy, BillingService
+from ledgerx.domain.billing.validation import RuleFields
 from ledgerx.domain.ledger import WalletRef, posting
 from ledgerx.domain.usage import ingest
 from ledgerx.domain.usage.metrics import define_metric
@@ -101,10 +102,10 @@ async def balance(services: Services, wallet: WalletRef) -> int:
     return int(rows[0]["balance"])
 
 
-async def new_rule(svc: BillingService, wallet: WalletRef, **fields: Any) -> rules.Rule:
+async def new_rule(svc: BillingService, wallet: WalletRef, **fields: Any) -> records.Rule:
     fields.setdefault("name", "rule")
     fields.setdefault("mode", "DAILY_FLAT")
-    if fields["mode"] in rules.AMOUNT_MODES:
+    if fields["mode"] in records.AMOUNT_MODES:
         fields.setdefault("amount", 10)
     return await rules.create_rule(
         svc,

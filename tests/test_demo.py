@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from ledgerx import demo
-from ledgerx.domain.billing import rules
+from ledgerx.domain.billing import store
 from ledgerx.domain.ledger import reads
 from ledgerx.domain.payments import catalog, subscriptions
 from ledgerx.domain.usage import metrics, summary
@@ -28,7 +28,7 @@ async def test_demo_seeds_a_project_a_user_can_sign_in_to(services: Services, gq
 
     wallets = await reads.list_wallets(services.ledger, project_id, limit=10, after=None)
     assert sorted((w.name, w.balance) for w in wallets) == sorted((n, g) for n, g, _ in demo.WALLETS)
-    assert {r.name for r in await rules.list_rules(services.db, project_id, limit=10, after=None)} == {
+    assert {r.name for r in await store.list_rules(services.db, project_id, limit=10, after=None)} == {
         "Platform fee",
         "API usage",
     }
@@ -62,7 +62,7 @@ async def test_demo_twice_adds_nothing(services: Services) -> None:
     assert again.events_recorded == 0
     assert again.events_already_there == first.events_recorded + first.events_already_there
     assert await _usage_total(services, project_id) == usage_before
-    assert len(await rules.list_rules(services.db, project_id, limit=10, after=None)) == 2
+    assert len(await store.list_rules(services.db, project_id, limit=10, after=None)) == 2
     plans = [p for p in await catalog.list_plans(services.payments) if p.name == demo.PLAN_NAME]
     assert len(plans) == 1
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ledgerx.domain.billing import runner
-from ledgerx.domain.billing.rules import BillingService
+from ledgerx.domain.billing.service import BillingService
 from ledgerx.scheduler import Lease, Scheduler
 from ledgerx.services import Services
 from ledgerx.settings import Settings

@@ -1,9 +1,7 @@
 """Billing rules, their runs and previews, manual runs and test clocks.
 
-Authorization: reads take any role in the rule's project (API keys: `billing:read`); creating,
-changing, pausing, resuming and running rules, and advancing test clocks, take ADMIN or OWNER
-(API keys: `billing:write`). A rule, wallet or run of a project the caller cannot reach is
-NOT_FOUND, exactly like one that does not exist.
+Authorization is billing's rule (`domain/billing/policy.py`). A rule, wallet or run of a project
+the caller cannot reach is NOT_FOUND, exactly like one that does not exist.
 """
 
 from __future__ import annotations
@@ -13,14 +11,12 @@ import uuid
 import strawberry
 
 from ledgerx import ids
-from ledgerx.domain.billing import clocks, runner
-from ledgerx.domain.billing import rules as domain
+from ledgerx.domain.billing import clocks, preview, rules, store
+from ledgerx.domain.billing.policy import READ, WRITE
 from ledgerx.domain.errors import NotFound
 from ledgerx.domain.ledger import WalletRef, wallets
 from ledgerx.domain.pagination import decode_cursor, page_size
-from ledgerx.domain.tenancy import scopes
-from ledgerx.domain.tenancy.access import Access, Need
-from ledgerx.domain.tenancy.authorize import Rule
+from ledgerx.domain.tenancy.access import Access
 from ledgerx.resolvers.guards import authorizer
 from ledgerx.schema.billing import (
     AdvanceTestClockInput,
@@ -36,11 +32,6 @@ from ledgerx.schema.billing import (
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, connection
 
-# Billing's role rule (to move into domain/billing, like the ledger's domain/ledger/policy.py):
-# members need ADMIN to change or run billing, API keys `billing:write`.
-READ = Rule(Need.MEMBER, write=False, scope=scopes.BILLING_READ)
-WRITE = Rule(Need.ADMIN, write=True, scope=scopes.BILLING_WRITE)
-
 
 async def _access(info: Info, project_id: uuid.UUID, *, write: bool, what: str, field: str) -> Access:
     info.context.require_principal()
@@ -50,7 +41,7 @@ async def _access(info: Info, project_id: uuid.UUID, *, write: bool, what: str, 
 async def _rule(info: Info, public_id: str, *, write: bool, field: str = "id") -> tuple[Access, uuid.UUID]:
     info.context.require_principal()
     rule_id = ids.decode("rule", public_id, field)
-    project_id = await domain.rule_project(info.context.services.db, rule_id)
+    project_id = await store.rule_project(info.context.services.db, rule_id)
     if project_id is None:
         raise NotFound("billing rule not found", field=field)
     return await _access(info, project_id, write=write, what="billing rule", field=field), rule_id
@@ -74,7 +65,7 @@ class Query:
     @strawberry.field
     async def billing_rule(self, info: Info, id: strawberry.ID) -> BillingRuleType:
         access, rule_id = await _rule(info, id, write=False)
-        return BillingRuleType.of(await domain.get_rule(info.context.services.db, access.project_id, rule_id))
+        return BillingRuleType.of(await store.get_rule(info.context.services.db, access.project_id, rule_id))
 
     @strawberry.field(description="A project's billing rules (optionally one wallet's), oldest first.")
     async def billing_rules(
@@ -88,7 +79,7 @@ class Query:
         access = await _project(info, project_id, write=False)
         wallet_uuid = ids.decode("wallet", wallet_id, "walletId") if wallet_id is not None else None
         limit = page_size(first)
-        found = await domain.list_rules(
+        found = await store.list_rules(
             info.context.services.db, access.project_id, limit=limit, after=decode_cursor(after), wallet_id=wallet_uuid
         )
         return connection(found, limit, lambda x: x.id, BillingRuleType.of)
@@ -97,11 +88,11 @@ class Query:
     async def billing_run(self, info: Info, id: strawberry.ID) -> BillingRunType:
         info.context.require_principal()
         run_id = ids.decode("run", id, "id")
-        project_id = await domain.run_project(info.context.services.db, run_id)
+        project_id = await store.run_project(info.context.services.db, run_id)
         if project_id is None:
             raise NotFound("billing run not found", field="id")
         access = await _access(info, project_id, write=False, what="billing run", field="id")
-        return BillingRunType.of(await domain.get_run(info.context.services.db, access.project_id, run_id))
+        return BillingRunType.of(await store.get_run(info.context.services.db, access.project_id, run_id))
 
     @strawberry.field(
         description="The rule's next `count` run instants (UTC and local) with what each would charge now."
@@ -111,7 +102,7 @@ class Query:
         self, info: Info, id: strawberry.ID, count: int = 10
     ) -> list[BillingPreviewItemType]:
         access, rule_id = await _rule(info, id, write=False)
-        rule, _, items = await domain.preview(info.context.services.billing, access.project_id, rule_id, count)
+        rule, _, items = await preview.preview(info.context.services.billing, access.project_id, rule_id, count)
         return [BillingPreviewItemType.of(rule, x) for x in items]
 
     @strawberry.field(description="A test-mode project's clock.")
@@ -126,7 +117,7 @@ class Mutation:
     @strawberry.mutation(description="A rule that charges a wallet on a schedule (project admins).")
     async def create_billing_rule(self, info: Info, input: CreateBillingRuleInput) -> BillingRuleType:
         ref = await _wallet(info, input.wallet_id, write=True)
-        rule = await domain.create_rule(
+        rule = await rules.create_rule(
             info.context.services.billing,
             info.context.actor(),
             project_id=ref.project_id,
@@ -139,7 +130,7 @@ class Mutation:
     @strawberry.mutation(description="Change a rule; a new schedule applies from its first instant after now.")
     async def update_billing_rule(self, info: Info, input: UpdateBillingRuleInput) -> BillingRuleType:
         access, rule_id = await _rule(info, input.id, write=True)
-        rule = await domain.update_rule(
+        rule = await rules.update_rule(
             info.context.services.billing, info.context.actor(), access.project_id, rule_id, update_fields(input)
         )
         return BillingRuleType.of(rule)
@@ -147,13 +138,13 @@ class Mutation:
     @strawberry.mutation
     async def pause_billing_rule(self, info: Info, id: strawberry.ID) -> BillingRuleType:
         access, rule_id = await _rule(info, id, write=True)
-        rule = await domain.pause_rule(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
+        rule = await rules.pause_rule(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
         return BillingRuleType.of(rule)
 
     @strawberry.mutation(description="Resume from now; unpaid runs are retried at once.")
     async def resume_billing_rule(self, info: Info, id: strawberry.ID) -> BillingRuleType:
         access, rule_id = await _rule(info, id, write=True)
-        rule = await domain.resume_rule(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
+        rule = await rules.resume_rule(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
         return BillingRuleType.of(rule)
 
     @strawberry.mutation(
@@ -161,7 +152,7 @@ class Mutation:
     )
     async def run_billing_rule(self, info: Info, id: strawberry.ID) -> BillingRunType:
         access, rule_id = await _rule(info, id, write=True)
-        run = await runner.run_rule_now(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
+        run = await rules.run_rule_now(info.context.services.billing, info.context.actor(), access.project_id, rule_id)
         return BillingRunType.of(run)
 
     @strawberry.mutation(

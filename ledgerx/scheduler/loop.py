@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from ledgerx import metrics
 from ledgerx.domain.billing import runner
-from ledgerx.domain.billing.rules import BillingService
+from ledgerx.domain.billing.service import BillingService
 from ledgerx.scheduler.lease import Lease
 
 log = logging.getLogger("ledgerx.scheduler")

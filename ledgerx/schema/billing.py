@@ -10,8 +10,11 @@ import uuid
 import strawberry
 
 from ledgerx import ids
-from ledgerx.domain.billing import rules as domain
+from ledgerx.domain.billing import store
+from ledgerx.domain.billing.preview import PreviewItem
+from ledgerx.domain.billing.records import Rule, Run
 from ledgerx.domain.billing.schedule import WEEKDAYS
+from ledgerx.domain.billing.validation import RuleFields
 from ledgerx.domain.errors import NotFound
 from ledgerx.domain.ledger import reads
 from ledgerx.domain.pagination import decode_cursor, page_size
@@ -121,7 +124,7 @@ class BillingRunType:
         return TransactionType_.of(found) if found is not None else None
 
     @classmethod
-    def of(cls, x: domain.Run) -> BillingRunType:
+    def of(cls, x: Run) -> BillingRunType:
         return cls(
             id=strawberry.ID(x.public_id),
             rule_id=strawberry.ID(ids.encode("rule", x.rule_id)),
@@ -187,13 +190,13 @@ class BillingRuleType:
     @strawberry.field
     async def runs(self, info: Info, first: int | None = 20, after: str | None = None) -> Connection[BillingRunType]:
         limit = page_size(first)
-        found = await domain.list_runs(
+        found = await store.list_runs(
             info.context.services.db, self.project_uuid, self.uuid, limit=limit, before=decode_cursor(after)
         )
         return connection(found, limit, lambda x: x.id, BillingRunType.of)
 
     @classmethod
-    def of(cls, x: domain.Rule) -> BillingRuleType:
+    def of(cls, x: Rule) -> BillingRuleType:
         return cls(
             id=strawberry.ID(x.public_id),
             project_id=strawberry.ID(ids.encode("project", x.project_id)),
@@ -236,7 +239,7 @@ class BillingPreviewItemType:
     units: Decimal | None
 
     @classmethod
-    def of(cls, rule: domain.Rule, x: domain.PreviewItem) -> BillingPreviewItemType:
+    def of(cls, rule: Rule, x: PreviewItem) -> BillingPreviewItemType:
         return cls(
             at=x.at,
             local_at=x.local.isoformat(),
@@ -324,15 +327,15 @@ def _plain(name: str, value: object) -> object:
     return value
 
 
-def create_fields(i: CreateBillingRuleInput) -> domain.RuleFields:
+def create_fields(i: CreateBillingRuleInput) -> RuleFields:
     values = {name: _plain(name, getattr(i, name)) for name in _FIELDS}
-    return domain.RuleFields(mode=i.mode.value, **values)  # type: ignore[arg-type]
+    return RuleFields(mode=i.mode.value, **values)  # type: ignore[arg-type]
 
 
-def update_fields(i: UpdateBillingRuleInput) -> domain.RuleFields:
+def update_fields(i: UpdateBillingRuleInput) -> RuleFields:
     given = {name: getattr(i, name) for name in _FIELDS if getattr(i, name) is not strawberry.UNSET}
     values = {name: _plain(name, v) for name, v in given.items()}
-    return domain.RuleFields(provided=frozenset(given), **values)  # type: ignore[arg-type]
+    return RuleFields(provided=frozenset(given), **values)  # type: ignore[arg-type]
 
 
 def not_found(what: str = "billing rule", field: str = "id") -> NotFound:

@@ -23,8 +23,9 @@ import asyncpg
 from ledgerx import ids
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.billing import rules as r
-from ledgerx.domain.billing import runner
+from ledgerx.domain.billing import runner, store
+from ledgerx.domain.billing.records import RULE_COLS, Rule
+from ledgerx.domain.billing.service import BillingService
 from ledgerx.domain.errors import BadInput, NotFound
 
 _READ = "SELECT now FROM billing_test_clocks WHERE project_id = $1"
@@ -52,6 +53,18 @@ async def read(
     return now
 
 
+async def project_clock(
+    conn: asyncpg.Connection, project_id: uuid.UUID, real_now: dt.datetime
+) -> tuple[bool, dt.datetime]:
+    """(test_mode, the project's now): a test-mode project's own clock, else the real time."""
+    row = await conn.fetchrow("SELECT test_mode FROM projects WHERE id = $1", project_id)
+    if row is None:
+        raise NotFound("project not found", field="projectId")
+    if not row["test_mode"]:
+        return False, real_now
+    return True, await read(conn, project_id, real_now)
+
+
 async def _test_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> None:
     test_mode = await conn.fetchval("SELECT test_mode FROM projects WHERE id = $1", project_id)
     if test_mode is None:
@@ -64,19 +77,19 @@ async def _test_project(conn: asyncpg.Connection, project_id: uuid.UUID) -> None
         )
 
 
-async def get_clock(svc: r.BillingService, project_id: uuid.UUID) -> ClockState:
-    async with r.tenant(svc.db, project_id) as (_, conn):
+async def get_clock(svc: BillingService, project_id: uuid.UUID) -> ClockState:
+    async with store.tenant(svc.db, project_id) as conn:
         await _test_project(conn, project_id)
         return ClockState(project_id, await read(conn, project_id, svc.now()))
 
 
-def _settled(rules: list[r.Rule]) -> bool:
+def _settled(rules: list[Rule]) -> bool:
     """No unpaid runs anywhere: what is due next depends on nothing but the schedules."""
     return all(x.retry_at is None and x.grace_until is None for x in rules)
 
 
 async def _sweep(
-    svc: r.BillingService, conn: asyncpg.Connection, rules: list[r.Rule], t: dt.datetime, to: dt.datetime
+    svc: BillingService, conn: asyncpg.Connection, rules: list[Rule], t: dt.datetime, to: dt.datetime
 ) -> runner.PassResult | None:
     """Every instant in [t, to] of every rule in one pass (postings in time order across rules),
     under a savepoint. When a wallet runs short, the steps from that instant on must interleave
@@ -93,7 +106,7 @@ async def _sweep(
                     raise _Shortfall(min(short))
         except _Shortfall as exc:
             for x, before in zip(rules, saved, strict=True):
-                for f in dataclasses.fields(r.Rule):
+                for f in dataclasses.fields(Rule):
                     setattr(x, f.name, getattr(before, f.name))
             limit = exc.at - dt.timedelta(microseconds=1)
             if limit < t:
@@ -109,23 +122,23 @@ class _Shortfall(Exception):
         self.at = at
 
 
-async def advance(svc: r.BillingService, actor: Actor, project_id: uuid.UUID, to: dt.datetime) -> ClockState:
+async def advance(svc: BillingService, actor: Actor, project_id: uuid.UUID, to: dt.datetime) -> ClockState:
     """Move the project's clock to `to`, executing everything due on the way, in order."""
     if to.tzinfo is None:
         raise BadInput("to must be a date-time with a UTC offset", field="to")
     to = to.astimezone(dt.UTC)
     events: list[tuple[str, dict[str, Any]]] = []
-    async with r.tenant(svc.db, project_id) as (session, conn):
+    async with store.tenant(svc.db, project_id) as conn:
         await _test_project(conn, project_id)
         before = await read(conn, project_id, svc.now(), lock=True)
         if to < before:
             raise BadInput(f"a test clock only moves forward (it is at {before.isoformat()})", field="to")
         rows = await conn.fetch(
-            f"SELECT {r.RULE_COLS} FROM billing_rules WHERE project_id = $1 AND status = 'ACTIVE'"  # noqa: S608
+            f"SELECT {RULE_COLS} FROM billing_rules WHERE project_id = $1 AND status = 'ACTIVE'"  # noqa: S608
             " ORDER BY id FOR UPDATE",
             project_id,
         )
-        rules = [r.Rule.of(row) for row in rows]
+        rules = [Rule.of(row) for row in rows]
         executed = 0
         while True:
             active = [x for x in rules if x.status == "ACTIVE" and x.due_at is not None]
@@ -154,7 +167,7 @@ async def advance(svc: r.BillingService, actor: Actor, project_id: uuid.UUID, to
             "UPDATE billing_test_clocks SET now = $2, updated_at = now() WHERE project_id = $1", project_id, to
         )
         await audit.record(
-            session,
+            conn,
             actor,
             "test_clock.advance",
             project_id=project_id,

@@ -1,0 +1,64 @@
+"""A rule's preview: its next instants and what each would charge if it ran now (a dry run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import uuid
+
+from ledgerx.domain.billing import clocks, store
+from ledgerx.domain.billing import schedule as sch
+from ledgerx.domain.billing.records import RULE_COLS, USAGE_MODES, Rule
+from ledgerx.domain.billing.service import BillingService
+from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.usage import carry, periods
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PreviewItem:
+    at: dt.datetime
+    local: dt.datetime
+    period_start: dt.datetime
+    amount: int
+    units: decimal.Decimal | None
+
+
+async def preview(
+    svc: BillingService, project_id: uuid.UUID, rule_id: uuid.UUID, count: int
+) -> tuple[Rule, dt.datetime, list[PreviewItem]]:
+    """The next `count` instants not yet run (UTC and local) with what each would charge if it ran
+    now: flat amounts, plus for the first period the usage recorded in it so far (and the carried
+    remainder); later periods have no usage yet. A dry run: nothing is written."""
+    if isinstance(count, bool) or not 1 <= count <= svc.policy.preview_max:
+        raise BadInput(f"count must be between 1 and {svc.policy.preview_max}", field="count")
+    async with store.tenant(svc.db, project_id) as conn:
+        row = await conn.fetchrow(
+            f"SELECT {RULE_COLS} FROM billing_rules WHERE id = $1 AND project_id = $2",  # noqa: S608
+            rule_id,
+            project_id,
+        )
+        if row is None:
+            raise NotFound("billing rule not found", field="id")
+        rule = Rule.of(row)
+        _, now = await clocks.project_clock(conn, project_id, svc.now())
+        it = rule.instants_after(now if rule.status == "PAUSED" else None)
+        instants = [next(it) for _ in range(count)]
+        first_units: decimal.Decimal | None = None
+        first_amount = rule.amount or 0
+        if rule.mode in USAGE_MODES and rule.metric_id is not None:
+            info = (await periods.metrics_by_id(conn, [rule.metric_id]))[rule.metric_id]
+            end = max(rule.period_start, min(now, instants[0]))
+            (first_units,) = await periods.units(conn, [periods.Window(project_id, info, rule.period_start, end)])
+            carried = await carry.remainder(conn, rule.wallet_id, info.id)
+            unit_price = rule.unit_price if rule.unit_price is not None else info.unit_price
+            first_amount += carry.split(first_units, unit_price, carried).amount
+    tz = sch.zone(rule.timezone)
+    items: list[PreviewItem] = []
+    start = rule.period_start
+    for i, at in enumerate(instants):
+        amount = first_amount if i == 0 else (rule.amount or 0)
+        units = first_units if i == 0 else (decimal.Decimal(0) if rule.mode in USAGE_MODES else None)
+        items.append(PreviewItem(at, at.astimezone(tz), start, amount, units))
+        start = at
+    return rule, now, items
