@@ -26,7 +26,7 @@ from ledgerx import ids
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
-from ledgerx.domain.ledger import hashing, store
+from ledgerx.domain.ledger import codec, hashing, store
 from ledgerx.domain.ledger.types import (
     MAX_BIGINT,
     EntryRecord,
@@ -483,8 +483,6 @@ async def _write(
 
 def ledger_events(posted: Posted, low: list[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:
     """The pub/sub events of one new transaction (topics are relative to the bus prefix)."""
-    from ledgerx.domain.ledger import codec
-
     txn = codec.txn_to_json(posted.transaction)
     out = [topics.transaction_posted(posted.transaction.project_id, txn)]
     for w in posted.wallets:
