@@ -6,9 +6,10 @@ nothing for instances that are not connected, so clients that must not miss a ch
 state after (re)subscribing.
 
 Wire format (other domains PSUBSCRIBE to it, keep it stable): one channel per topic,
-`<prefix>ev:<topic>`, carrying the event as JSON. A committed batch is published with one EVALSHA
-of a script that PUBLISHes every event server-side: a Redis command per event cost more than the
-database work of the posting.
+`<prefix>ev:<topic>`, carrying the event as JSON. Every topic is named in `domain/topics.py` (never
+spelled elsewhere); changes of a project's access or plan are announced by `domain/changes.py`.
+A committed batch is published with one EVALSHA of a script that PUBLISHes every event
+server-side: a Redis command per event cost more than the database work of the posting.
 
 Each instance holds one pub/sub connection. Local subscribers (GraphQL subscriptions) share it: the
 first subscriber of a topic SUBSCRIBEs, the last one UNSUBSCRIBEs, and a reader task fans each

@@ -3,7 +3,8 @@
 API keys are limited per key with their project's limit; signed-in users per user; anonymous
 callers per IP with a tighter limit. A project's limit comes from its override when set
 (`projects.overrides.rateLimit = {burst, perSecond}`), then its plan, then the default.
-Project limits are cached in-process briefly: limits change rarely, requests are many.
+Project limits are cached in-process briefly: limits change rarely, requests are many. A change of
+the project's plan forgets them on every instance (`ProjectChanges.plan_changed`, domain/changes.py).
 """
 
 from __future__ import annotations

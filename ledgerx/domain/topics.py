@@ -42,17 +42,13 @@ def project_transactions(project_id: uuid.UUID) -> str:
     return f"project:{project_id}:transactions"
 
 
-def wallet(wallet_id: uuid.UUID) -> str:
-    return f"wallet:{wallet_id}"
-
-
-def project_low_balance(project_id: uuid.UUID) -> str:
-    return f"project:{project_id}:low_balance"
-
-
 def transaction_posted(project_id: uuid.UUID, transaction: Event) -> Message:
     """After a transaction committed (`transaction`: its JSON, ledger.codec)."""
     return project_transactions(project_id), {"type": "ledger.transaction_posted", "transaction": transaction}
+
+
+def wallet(wallet_id: uuid.UUID) -> str:
+    return f"wallet:{wallet_id}"
 
 
 def wallet_updated(wallet_id: uuid.UUID, wallet_json: Event, transaction: Event, *, low_balance: bool) -> Message:
@@ -63,6 +59,10 @@ def wallet_updated(wallet_id: uuid.UUID, wallet_json: Event, transaction: Event,
         "transaction": transaction,
         "lowBalance": low_balance,
     }
+
+
+def project_low_balance(project_id: uuid.UUID) -> str:
+    return f"project:{project_id}:low_balance"
 
 
 def low_balance(project_id: uuid.UUID, wallet_json: Event, transaction_id: uuid.UUID) -> Message:
@@ -92,22 +92,25 @@ def usage_recorded(
 
 
 def project_billing(project_id: uuid.UUID) -> str:
+    """Billing runs and rules (the billing runner builds the events)."""
     return f"project:{project_id}:billing"
 
 
-# -- payments ---------------------------------------------------------------------------------------
+# -- payments (the payments domain builds the events of its own topics) -----------------------------
 
 
 def project_subscription(project_id: uuid.UUID) -> str:
     return f"project:{project_id}:subscription"
 
 
+# Every project's subscription events, then payment events (platform revenue listens to all).
+SUBSCRIPTION_PATTERN = "project:*:subscription"
+
+
 def project_payments(project_id: uuid.UUID) -> str:
     return f"project:{project_id}:payments"
 
 
-# Every project's subscription and payment events (platform revenue listens to all of them).
-SUBSCRIPTION_PATTERN = "project:*:subscription"
 PAYMENTS_PATTERN = "project:*:payments"
 PLATFORM_REVENUE = "platform:revenue"
 

@@ -33,6 +33,8 @@ from ledgerx.domain.errors import QuotaExceeded
 from ledgerx.domain.usage.types import Aggregation, MetricRecord, Rejection
 
 QuotaLookup = Callable[[uuid.UUID], Awaitable[Mapping[str, int]]]
+# A project's quotas are cached this long; a change of its plan forgets them on every instance
+# (`ProjectChanges.plan_changed`, domain/changes.py).
 CACHE_SECONDS = 30.0
 _CAPPED = (Aggregation.SUM, Aggregation.COUNT)
 
