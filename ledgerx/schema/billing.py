@@ -10,13 +10,13 @@ import uuid
 import strawberry
 
 from ledgerx import ids
-from ledgerx.domain.billing import store
+from ledgerx.dataloaders import billing as billing_loaders
+from ledgerx.dataloaders import ledger as ledger_loaders
 from ledgerx.domain.billing.preview import PreviewItem
 from ledgerx.domain.billing.records import Rule, Run
 from ledgerx.domain.billing.schedule import WEEKDAYS
 from ledgerx.domain.billing.validation import RuleFields
 from ledgerx.domain.errors import NotFound
-from ledgerx.domain.ledger import reads
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import TransactionType_
@@ -120,7 +120,7 @@ class BillingRunType:
     async def transaction(self, info: Info) -> TransactionType_ | None:
         if self.txn_uuid is None:
             return None
-        found = await reads.get_transaction(info.context.services.ledger, self.project_uuid, self.txn_uuid)
+        found = await ledger_loaders.transactions(info.context, self.project_uuid).load(self.txn_uuid)
         return TransactionType_.of(found) if found is not None else None
 
     @classmethod
@@ -190,10 +190,8 @@ class BillingRuleType:
     @strawberry.field
     async def runs(self, info: Info, first: int | None = 20, after: str | None = None) -> Connection[BillingRunType]:
         limit = page_size(first)
-        found = await store.list_runs(
-            info.context.services.db, self.project_uuid, self.uuid, limit=limit, before=decode_cursor(after)
-        )
-        return connection(found, limit, lambda x: x.id, BillingRunType.of)
+        runs = billing_loaders.rule_runs(info.context, self.project_uuid, limit=limit, before=decode_cursor(after))
+        return connection(await runs.load(self.uuid), limit, lambda x: x.id, BillingRunType.of)
 
     @classmethod
     def of(cls, x: Rule) -> BillingRuleType:
