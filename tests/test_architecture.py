@@ -211,3 +211,15 @@ def test_the_graphql_types_do_not_import_resolvers() -> None:
     # ledgerx.schema is imported by every resolver; the schema is assembled above both.
     wrong = [i for i in IMPORTS if i.source.startswith("ledgerx.schema") and i.target.startswith("ledgerx.resolvers")]
     assert not wrong, [f"{i.source}:{i.line} imports {i.target}" for i in wrong]
+
+
+def test_the_graphql_layer_gets_records_not_rows() -> None:
+    # The domain hands out plain records (issue #13, item 10): no type, resolver or loader holds an
+    # ORM row, so none needs the models (or a session that loaded them).
+    graphql_layer = ("ledgerx.schema", "ledgerx.resolvers", "ledgerx.dataloaders", "ledgerx.graphql_schema")
+    wrong = [
+        f"{MODULES[i.source].relative_to(ROOT)}:{i.line} imports {i.target}"
+        for i in IMPORTS
+        if i.source.startswith(graphql_layer) and i.target.startswith("ledgerx.db")
+    ]
+    assert not wrong, wrong

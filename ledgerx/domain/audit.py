@@ -15,6 +15,7 @@ meta). Three ways in, all built from that definition:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledgerx import jsonenc
 from ledgerx.db.engine import Database, driver
 from ledgerx.db.models import AuditLog
+from ledgerx.domain import records
 from ledgerx.domain.actor import Actor
 from ledgerx.ids import uuid7
 
@@ -122,10 +124,34 @@ async def record_many(tx: AsyncSession | asyncpg.Connection, entries: Iterable[E
     await conn.execute(_INSERT_MANY, *(list(col) for col in zip(*rows, strict=True)))
 
 
-async def list_entries(db: Database, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[AuditLog]:
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryRecord:
+    """One row of the audit log, as the domain hands it out."""
+
+    id: uuid.UUID
+    project_id: uuid.UUID | None
+    action: str
+    actor_type: str  # user | api_key | system | anonymous
+    actor_id: uuid.UUID | None
+    target_type: str | None
+    target_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    ip: str | None
+    at: dt.datetime
+
+    @classmethod
+    def of(cls, a: AuditLog) -> EntryRecord:
+        return records.of(cls, a, ip=str(a.ip) if a.ip else None)
+
+
+async def list_entries(
+    db: Database, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+) -> list[EntryRecord]:
     """A project's audit log, newest first; `limit + 1` rows so the caller knows more exist."""
     async with db.transaction(project_id=project_id) as s:
         q = select(AuditLog).where(AuditLog.project_id == project_id).order_by(AuditLog.id.desc()).limit(limit + 1)
         if before is not None:
             q = q.where(AuditLog.id < before)
-        return list((await s.execute(q)).scalars().all())
+        return [EntryRecord.of(a) for a in (await s.execute(q)).scalars()]

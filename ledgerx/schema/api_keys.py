@@ -7,8 +7,8 @@ import datetime as dt
 import strawberry
 
 from ledgerx import ids
-from ledgerx.db.models import ApiKey as ApiKeyModel
 from ledgerx.domain.tenancy.api_keys import prefix_of
+from ledgerx.domain.tenancy.records import ApiKeyRecord
 
 
 @strawberry.type(name="ApiKey", description="A project API key. Its secret is never readable after creation.")
@@ -29,7 +29,7 @@ class ApiKeyType:
     revoked_at: dt.datetime | None
 
     @classmethod
-    def of(cls, k: ApiKeyModel) -> ApiKeyType:
+    def of(cls, k: ApiKeyRecord) -> ApiKeyType:
         return cls(
             id=strawberry.ID(ids.encode("api_key", k.id)),
             project_id=strawberry.ID(ids.encode("project", k.project_id)),
@@ -39,7 +39,7 @@ class ApiKeyType:
             created_at=k.created_at,
             last_used_at=k.last_used_at,
             rotated_at=k.rotated_at,
-            previous_secret_expires_at=k.previous_expires_at if k.previous_secret_hash else None,
+            previous_secret_expires_at=k.previous_secret_expires_at,
             revoked_at=k.revoked_at,
         )
 

@@ -7,7 +7,7 @@ import datetime as dt
 import strawberry
 
 from ledgerx import ids
-from ledgerx.db.models import User as UserModel
+from ledgerx.domain.auth.records import UserRecord
 
 
 @strawberry.type(name="User")
@@ -20,7 +20,7 @@ class UserType:
     created_at: dt.datetime
 
     @classmethod
-    def of(cls, u: UserModel) -> UserType:
+    def of(cls, u: UserRecord) -> UserType:
         return cls(
             id=strawberry.ID(ids.encode("user", u.id)),
             email=u.email,

@@ -11,8 +11,8 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.dataloaders import tenancy as loaders
-from ledgerx.db.models import Invite
 from ledgerx.domain.tenancy import invites as domain
+from ledgerx.domain.tenancy.records import InviteRecord
 from ledgerx.schema.identity import UserType
 from ledgerx.schema.info import Info
 from ledgerx.schema.tenancy import MemberType, ProjectType, Role
@@ -58,7 +58,7 @@ class InviteType:
         return await _user(info, self.accepted_by_uuid)
 
     @classmethod
-    def of(cls, inv: Invite, now: dt.datetime) -> InviteType:
+    def of(cls, inv: InviteRecord, now: dt.datetime) -> InviteType:
         return cls(
             id=strawberry.ID(ids.encode("invite", inv.id)),
             project_id=strawberry.ID(ids.encode("project", inv.project_id)),

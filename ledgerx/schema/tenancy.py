@@ -11,7 +11,8 @@ from strawberry.scalars import JSON
 
 from ledgerx import ids
 from ledgerx.dataloaders import tenancy as loaders
-from ledgerx.db.models import AuditLog, Project, ProjectMember
+from ledgerx.domain.audit import EntryRecord
+from ledgerx.domain.tenancy.records import MemberRecord, ProjectRecord
 from ledgerx.schema.identity import UserType
 from ledgerx.schema.info import Info
 
@@ -44,7 +45,7 @@ class MemberType:
         return UserType.of(u)
 
     @classmethod
-    def of(cls, m: ProjectMember) -> MemberType:
+    def of(cls, m: MemberRecord) -> MemberType:
         return cls(
             id=strawberry.ID(ids.encode("member", m.id)), role=Role(m.role), joined_at=m.created_at, user_uuid=m.user_id
         )
@@ -67,7 +68,7 @@ class ProjectType:
         return [MemberType.of(m) for m in await loaders.members_by_project(info.context).load(self.uuid)]
 
     @classmethod
-    def of(cls, p: Project, role: str | None = None) -> ProjectType:
+    def of(cls, p: ProjectRecord, role: str | None = None) -> ProjectType:
         return cls(
             id=strawberry.ID(ids.encode("project", p.id)),
             name=p.name,
@@ -96,7 +97,7 @@ class AuditEntryType:
     at: dt.datetime
 
     @classmethod
-    def of(cls, a: AuditLog) -> AuditEntryType:
+    def of(cls, a: EntryRecord) -> AuditEntryType:
         actor_kind = {"user": "user", "api_key": "api_key"}.get(a.actor_type)
         return cls(
             id=strawberry.ID(ids.encode("audit", a.id)),
@@ -108,7 +109,7 @@ class AuditEntryType:
             before=cast(JSON, a.before),
             after=cast(JSON, a.after),
             request_id=a.request_id,
-            ip=str(a.ip) if a.ip else None,
+            ip=a.ip,
             at=a.at,
         )
 

@@ -18,10 +18,12 @@ from ledgerx.domain.auth import sessions
 from ledgerx.domain.auth.login_limits import Bucket, LoginThrottle, fold_email
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords, check_policy
+from ledgerx.domain.auth.records import UserRecord
 from ledgerx.domain.auth.tokens import AccessTokens
 from ledgerx.domain.auth.verification import EmailVerifier, mark_verified
 from ledgerx.domain.errors import BadInput, Conflict, RateLimited, Unauthenticated
 from ledgerx.domain.ratelimit import Limit, RateLimiter
+from ledgerx.domain.records import of
 from ledgerx.ids import encode, uuid7
 
 _USER_BY_ID = (
@@ -40,7 +42,7 @@ def normalize_email(email: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AuthResult:
-    user: User
+    user: UserRecord
     access_token: str
     refresh_token: str
     expires_in: int
@@ -101,7 +103,7 @@ class AuthService:
     async def _issue(self, user: User, actor: Actor) -> AuthResult:
         session = await sessions.start(self.db, user.id, actor, self.refresh_ttl)
         access = self.tokens.issue(encode("user", user.id), session_id=str(session.family_id))
-        return AuthResult(user, access, session.refresh_token, self.tokens.ttl)
+        return AuthResult(of(UserRecord, user), access, session.refresh_token, self.tokens.ttl)
 
     async def sign_up(self, email: str, password: str, name: str, actor: Actor) -> AuthResult:
         email = normalize_email(email)
@@ -181,16 +183,16 @@ class AuthService:
     async def log_out(self, token: str, actor: Actor) -> bool:
         return await sessions.revoke(self.db, token, actor, revocations=self.tokens.revocations)
 
-    async def get_user(self, user_id: uuid.UUID) -> User | None:
-        # Every `me` and token refresh reads this: one raw statement, then a detached model.
+    async def get_user(self, user_id: uuid.UUID) -> UserRecord | None:
+        # Every `me` and token refresh reads this: one raw statement, then a record.
         row = await self.db.fetchrow(_USER_BY_ID, user_id)
-        return User(**dict(row)) if row is not None else None
+        return of(UserRecord, User(**dict(row))) if row is not None else None
 
     async def google_auth_url(self, redirect_uri: str) -> tuple[str, str]:
         return await self.oidc.authorization_url(redirect_uri)
 
-    async def verify_email(self, token: str, actor: Actor) -> User:
-        return await self.verifier.verify(actor, token)
+    async def verify_email(self, token: str, actor: Actor) -> UserRecord:
+        return of(UserRecord, await self.verifier.verify(actor, token))
 
     async def resend_verification(self, user_id: uuid.UUID, actor: Actor) -> None:
         await self.verifier.resend(actor, user_id)

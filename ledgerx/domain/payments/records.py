@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+# The payments domain's modules say records.of(...): one converter for every domain (domain/records.py).
+from ledgerx.domain.records import of as of
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,12 +178,3 @@ class WebhookAttemptRecord:
     error: str | None
     started_at: dt.datetime
     finished_at: dt.datetime
-
-
-_R = TypeVar("_R", bound="DataclassInstance")
-
-
-def of(record: type[_R], row: object) -> _R:
-    """The record of a row: its columns by the record's field names, read now (the row may be
-    detached afterwards, or changed by the session that loaded it)."""
-    return record(**{f.name: getattr(row, f.name) for f in dataclasses.fields(record)})

@@ -39,6 +39,7 @@ from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, NotFound, Unauthenticated
+from ledgerx.domain.tenancy.records import ApiKeyRecord
 from ledgerx.domain.tenancy.scopes import validate as validate_scope_names
 from ledgerx.ids import encode, uuid7
 
@@ -69,11 +70,11 @@ def utcnow() -> dt.datetime:
 class IssuedKey:
     """A key together with its plaintext token; the token exists only in this response."""
 
-    key: ApiKey
+    key: ApiKeyRecord
     secret: str
 
 
-def prefix_of(key: ApiKey) -> str:
+def prefix_of(key: ApiKey | ApiKeyRecord) -> str:
     return f"{TOKEN_PREFIX}{key.public_id}"
 
 
@@ -159,7 +160,7 @@ async def create(
             if attempt == 2:
                 raise
             continue
-        return IssuedKey(key, _token(key.public_id, secret))
+        return IssuedKey(ApiKeyRecord.of(key), _token(key.public_id, secret))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -173,14 +174,14 @@ async def project_of(db: Database, key_id: uuid.UUID) -> uuid.UUID | None:
         return (await s.execute(select(ApiKey.project_id).where(ApiKey.id == key_id))).scalar_one_or_none()
 
 
-async def get(db: Database, project_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+async def get(db: Database, project_id: uuid.UUID, key_id: uuid.UUID) -> ApiKeyRecord:
     async with db.transaction(project_id=project_id) as s:
         key = (
             await s.execute(select(ApiKey).where(ApiKey.id == key_id, ApiKey.project_id == project_id))
         ).scalar_one_or_none()
     if key is None:
         raise NotFound("API key not found", field="id")
-    return key
+    return ApiKeyRecord.of(key)
 
 
 async def revoke(
@@ -191,7 +192,7 @@ async def revoke(
     *,
     changes: ProjectChanges,
     clock: Clock = utcnow,
-) -> ApiKey:
+) -> ApiKeyRecord:
     """Revoke at once, the overlapping previous secret too (its open streams end: an access change
     of the project is announced). Revoking a revoked key changes nothing."""
     async with db.transaction(project_id=project_id) as s:
@@ -203,7 +204,7 @@ async def revoke(
         if key is None:
             raise NotFound("API key not found", field="id")
         if key.revoked_at is not None:
-            return key
+            return ApiKeyRecord.of(key)
         before = snapshot(key)
         key.revoked_at = clock()
         key.previous_secret_hash = None
@@ -220,7 +221,7 @@ async def revoke(
             after=snapshot(key),
         )
     await changes.access_changed(project_id, "api_key.revoke")
-    return key
+    return ApiKeyRecord.of(key)
 
 
 async def rotate(
@@ -270,16 +271,16 @@ async def rotate(
             after=snapshot(key),
         )
     await changes.access_changed(project_id, "api_key.rotate")
-    return IssuedKey(key, _token(key.public_id, secret))
+    return IssuedKey(ApiKeyRecord.of(key), _token(key.public_id, secret))
 
 
-async def list_page(db: Database, project_id: uuid.UUID, *, limit: int, after: uuid.UUID | None) -> list[ApiKey]:
+async def list_page(db: Database, project_id: uuid.UUID, *, limit: int, after: uuid.UUID | None) -> list[ApiKeyRecord]:
     """The project's keys, revoked ones included, newest first; `limit + 1` rows so callers see more exist."""
     async with db.transaction(project_id=project_id) as s:
         q = select(ApiKey).where(ApiKey.project_id == project_id).order_by(ApiKey.id.desc()).limit(limit + 1)
         if after is not None:
             q = q.where(ApiKey.id < after)
-        return list((await s.execute(q)).scalars().all())
+        return [ApiKeyRecord.of(k) for k in (await s.execute(q)).scalars()]
 
 
 async def authenticate(db: Database, token: str, *, clock: Clock = utcnow) -> Principal:

@@ -44,6 +44,8 @@ from ledgerx.domain.auth.service import normalize_email
 from ledgerx.domain.auth.verification import mark_verified
 from ledgerx.domain.errors import BadInput, Conflict, Forbidden, NotFound, ProjectSuspended, RateLimited
 from ledgerx.domain.mail import Mailer
+from ledgerx.domain.records import of
+from ledgerx.domain.tenancy.records import InviteRecord, MemberRecord
 from ledgerx.ids import encode, uuid7
 
 ASSIGNABLE = ("ADMIN", "MEMBER", "VIEWER")
@@ -63,7 +65,7 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def status(invite: Invite, now: dt.datetime) -> str:
+def status(invite: Invite | InviteRecord, now: dt.datetime) -> str:
     if invite.accepted_at is not None:
         return "ACCEPTED"
     if invite.revoked_at is not None:
@@ -132,8 +134,8 @@ class InvitePreview:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accepted:
-    invite: Invite
-    member: ProjectMember
+    invite: InviteRecord
+    member: MemberRecord
 
 
 class InviteService:
@@ -172,24 +174,24 @@ class InviteService:
             raise NotFound("invitation not found", field="id")
         return project_id
 
-    async def get(self, project_id: uuid.UUID, invite_id: uuid.UUID) -> Invite:
+    async def get(self, project_id: uuid.UUID, invite_id: uuid.UUID) -> InviteRecord:
         async with self.db.transaction(project_id=project_id) as s:
             inv = (
                 await s.execute(select(Invite).where(Invite.id == invite_id, Invite.project_id == project_id))
             ).scalar_one_or_none()
         if inv is None:
             raise NotFound("invitation not found", field="id")
-        return inv
+        return of(InviteRecord, inv)
 
-    async def list_page(self, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[Invite]:
+    async def list_page(self, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None) -> list[InviteRecord]:
         """A project's invitations, newest first; `limit + 1` rows so the caller knows more exist."""
         async with self.db.transaction(project_id=project_id) as s:
             q = select(Invite).where(Invite.project_id == project_id).order_by(Invite.id.desc()).limit(limit + 1)
             if before is not None:
                 q = q.where(Invite.id < before)
-            return list((await s.execute(q)).scalars().all())
+            return [of(InviteRecord, i) for i in (await s.execute(q)).scalars()]
 
-    async def create(self, actor: Actor, project_id: uuid.UUID, *, email: str, role: str) -> Invite:
+    async def create(self, actor: Actor, project_id: uuid.UUID, *, email: str, role: str) -> InviteRecord:
         if role not in ASSIGNABLE:
             raise BadInput(
                 "role must be ADMIN, MEMBER or VIEWER (ownership moves with transferOwnership)", field="role"
@@ -204,7 +206,7 @@ class InviteService:
             # Only the open-invitation index can refuse this insert: a concurrent create won.
             raise Conflict("an open invitation for this email already exists; resend it", field="email") from None
         self.mailer.kick()
-        return invite
+        return of(InviteRecord, invite)
 
     async def invite_in(
         self, s: AsyncSession, actor: Actor, project_id: uuid.UUID, address: str, role: str
@@ -268,7 +270,7 @@ class InviteService:
         )
         return invite
 
-    async def resend(self, actor: Actor, project_id: uuid.UUID, invite_id: uuid.UUID) -> Invite:
+    async def resend(self, actor: Actor, project_id: uuid.UUID, invite_id: uuid.UUID) -> InviteRecord:
         now = self.clock()
         token = secrets.token_urlsafe(TOKEN_BYTES)
         async with self.db.transaction(project_id=project_id) as s:
@@ -303,15 +305,15 @@ class InviteService:
                 after=snapshot(inv),
             )
         self.mailer.kick()
-        return inv
+        return of(InviteRecord, inv)
 
-    async def revoke(self, actor: Actor, project_id: uuid.UUID, invite_id: uuid.UUID) -> Invite:
+    async def revoke(self, actor: Actor, project_id: uuid.UUID, invite_id: uuid.UUID) -> InviteRecord:
         async with self.db.transaction(project_id=project_id) as s:
             inv = await self._locked(s, project_id, invite_id)
             if inv.accepted_at is not None:
                 raise Conflict("this invitation was already accepted; remove the member instead", field="id")
             if inv.revoked_at is not None:
-                return inv  # already revoked: nothing changes, nothing to audit
+                return of(InviteRecord, inv)  # already revoked: nothing changes, nothing to audit
             inv.revoked_at = self.clock()
             await s.flush()
             await audit.record(
@@ -324,7 +326,7 @@ class InviteService:
                 before={"status": "PENDING" if inv.expires_at > inv.revoked_at else "EXPIRED"},
                 after={"status": "REVOKED"},
             )
-        return inv
+        return of(InviteRecord, inv)
 
     # -- invitee side (by token) ---------------------------------------------------------------
 
@@ -412,7 +414,7 @@ class InviteService:
         except IntegrityError:
             # The membership appeared concurrently (addMember or another invitation).
             raise Conflict("you are already a member of this project") from None
-        return Accepted(inv, member)
+        return Accepted(of(InviteRecord, inv), of(MemberRecord, member))
 
     # -- helpers -------------------------------------------------------------------------------
 

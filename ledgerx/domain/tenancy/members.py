@@ -24,11 +24,14 @@ from ledgerx.db.engine import Database
 from ledgerx.db.models import Invite, ProjectMember, User
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
+from ledgerx.domain.auth.records import UserRecord
 from ledgerx.domain.auth.service import normalize_email
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, Forbidden, InvitationSent, NotFound
+from ledgerx.domain.records import of
 from ledgerx.domain.tenancy.access import RANK, Access
 from ledgerx.domain.tenancy.invites import InviteService, revoke_issued_by
+from ledgerx.domain.tenancy.records import MemberRecord
 from ledgerx.ids import encode, uuid7
 
 ASSIGNABLE = ("ADMIN", "MEMBER", "VIEWER")
@@ -46,7 +49,7 @@ def _target(user_id: uuid.UUID) -> str:
 
 async def add_member(
     db: Database, actor: Actor, project_id: uuid.UUID, invites: InviteService, *, email: str, role: str
-) -> ProjectMember:
+) -> MemberRecord:
     """Add a verified account; otherwise mail an invitation and raise InvitationSent (after commit)."""
     role = _assignable(role)
     address = normalize_email(email)
@@ -87,7 +90,7 @@ async def add_member(
         # A concurrent addMember (the membership) or invitation (the open-invitation index) won.
         raise Conflict("this address was added or invited concurrently; reload the members", field="email") from None
     if member is not None:
-        return member
+        return of(MemberRecord, member)
     assert invite is not None
     if created:
         invites.mailer.kick()
@@ -125,7 +128,7 @@ async def update_role(
     role: str,
     *,
     changes: ProjectChanges,
-) -> ProjectMember:
+) -> MemberRecord:
     role = _assignable(role)
     async with db.transaction(project_id=project_id) as s:
         m = await _locked_member(s, project_id, user_id)
@@ -149,7 +152,7 @@ async def update_role(
         )
         await revoke_issued_by(s, actor, project_id, user_id, role_after=role)
     await changes.access_changed(project_id, "member.update_role", user_id)
-    return m
+    return of(MemberRecord, m)
 
 
 async def remove_member(
@@ -240,7 +243,7 @@ async def transfer_ownership(
     await changes.access_changed(project_id, "project.transfer_ownership")
 
 
-async def get_member(db: Database, project_id: uuid.UUID, user_id: uuid.UUID) -> ProjectMember:
+async def get_member(db: Database, project_id: uuid.UUID, user_id: uuid.UUID) -> MemberRecord:
     async with db.transaction(project_id=project_id) as s:
         m = (
             await s.execute(
@@ -249,12 +252,12 @@ async def get_member(db: Database, project_id: uuid.UUID, user_id: uuid.UUID) ->
         ).scalar_one_or_none()
     if m is None:
         raise NotFound("no such member in this project", field="userId")
-    return m
+    return of(MemberRecord, m)
 
 
-async def members_of(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[ProjectMember]]:
+async def members_of(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[MemberRecord]]:
     """All members of several projects in one query (the members DataLoader)."""
-    out: dict[uuid.UUID, list[ProjectMember]] = {p: [] for p in project_ids}
+    out: dict[uuid.UUID, list[MemberRecord]] = {p: [] for p in project_ids}
     async with db.transaction(project_ids=project_ids) as s:
         rows = (
             (
@@ -266,11 +269,11 @@ async def members_of(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uui
             .all()
         )
     for m in rows:
-        out[m.project_id].append(m)
+        out[m.project_id].append(of(MemberRecord, m))
     return out
 
 
-async def users_by_id(db: Database, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, User]:
+async def users_by_id(db: Database, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, UserRecord]:
     async with db.read() as s:
         rows = (await s.execute(select(User).where(User.id.in_(user_ids)))).scalars().all()
-    return {u.id: u for u in rows}
+    return {u.id: of(UserRecord, u) for u in rows}

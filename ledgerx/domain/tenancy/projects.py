@@ -16,6 +16,8 @@ from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, NotFound
+from ledgerx.domain.records import of
+from ledgerx.domain.tenancy.records import ProjectRecord
 from ledgerx.ids import encode, uuid7
 
 _EXTERNAL_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
@@ -46,7 +48,7 @@ def snapshot(p: Project) -> dict[str, object]:
 
 async def create_project(
     db: Database, actor: Actor, *, name: str, external_key: str | None, test_mode: bool = False
-) -> Project:
+) -> ProjectRecord:
     assert actor.type == "user"
     assert actor.id is not None
     project = Project(
@@ -74,12 +76,12 @@ async def create_project(
             )
     except IntegrityError:
         raise Conflict("a project with this externalKey already exists", field="externalKey") from None
-    return project
+    return of(ProjectRecord, project)
 
 
 async def update_project(
     db: Database, actor: Actor, project_id: uuid.UUID, *, name: str | None, external_key: str | None
-) -> Project:
+) -> ProjectRecord:
     try:
         async with db.transaction(project_id=project_id) as s:
             p = (await s.execute(select(Project).where(Project.id == project_id).with_for_update())).scalar_one()
@@ -102,15 +104,15 @@ async def update_project(
             )
     except IntegrityError:
         raise Conflict("a project with this externalKey already exists", field="externalKey") from None
-    return p
+    return of(ProjectRecord, p)
 
 
-async def get_project(db: Database, project_id: uuid.UUID) -> Project:
+async def get_project(db: Database, project_id: uuid.UUID) -> ProjectRecord:
     async with db.transaction(project_id=project_id) as s:
         p = (await s.execute(select(Project).where(Project.id == project_id))).scalar_one_or_none()
     if p is None:
         raise NotFound("project not found")
-    return p
+    return of(ProjectRecord, p)
 
 
 async def find_by_external_key(db: Database, external_key: str) -> uuid.UUID | None:
@@ -121,7 +123,7 @@ async def find_by_external_key(db: Database, external_key: str) -> uuid.UUID | N
 
 async def list_for_user(
     db: Database, user_id: uuid.UUID, *, limit: int, after: uuid.UUID | None
-) -> list[tuple[Project, str]]:
+) -> list[tuple[ProjectRecord, str]]:
     """The user's projects with their role, oldest first; `limit + 1` rows so the caller sees more exist."""
     async with db.transaction(user_id=user_id) as s:
         q = (
@@ -132,13 +134,13 @@ async def list_for_user(
         )
         if after is not None:
             q = q.where(Project.id > after)
-        return [(p, role) for p, role in (await s.execute(q)).all()]
+        return [(of(ProjectRecord, p), role) for p, role in (await s.execute(q)).all()]
 
 
-async def get_many(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Project]:
+async def get_many(db: Database, project_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, ProjectRecord]:
     async with db.transaction(project_ids=project_ids) as s:
         rows = (await s.execute(select(Project).where(Project.id.in_(project_ids)))).scalars().all()
-    return {p.id: p for p in rows}
+    return {p.id: of(ProjectRecord, p) for p in rows}
 
 
 async def set_suspended(
@@ -149,7 +151,7 @@ async def set_suspended(
     suspended: bool,
     reason: str | None = None,
     changes: ProjectChanges,
-) -> Project:
+) -> ProjectRecord:
     """Platform admin action; audited in the project's log, announced as an access change."""
     if suspended and not (reason and reason.strip()):
         raise BadInput("a reason is required to suspend a project", field="reason")
@@ -181,4 +183,4 @@ async def set_suspended(
             after=snapshot(p),
         )
     await changes.access_changed(project_id, "project.suspend" if suspended else "project.reactivate")
-    return p
+    return of(ProjectRecord, p)
