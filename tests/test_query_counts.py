@@ -9,6 +9,7 @@ access cache) is not what these tests are about.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import secrets
 from typing import Any
@@ -175,6 +176,41 @@ async def test_usage_metrics_cost_the_same_for_5_and_50_rows(gql: GQL) -> None:
         nodes("usageMetrics"),
         lambda: define(45, 5),
     )
+
+
+async def test_usage_summary_costs_the_same_for_5_and_50_buckets(gql: GQL) -> None:
+    owner = await sign_up(gql)
+    project_id = await create_project(gql, owner)
+    await gql.ok(
+        "mutation($i: DefineMetricInput!) { defineMetric(input: $i) { id } }",
+        {"i": {"projectId": project_id, "key": "calls", "name": "Calls", "aggregation": "SUM", "unitPrice": "1"}},
+        token=owner.token,
+    )
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(minutes=55)
+    events = [
+        {"metricKey": "calls", "units": "1", "idempotencyKey": key(), "occurredAt": at(start, i * 60 + 10)}
+        for i in range(50)
+    ]
+    await gql.ok(
+        "mutation($i: RecordUsageBatchInput!) { recordUsageBatch(input: $i) { accepted } }",
+        {"i": {"projectId": project_id, "events": events}},
+        token=owner.token,
+    )
+    query = "query($i: UsageSummaryInput!) { usageSummary(input: $i) { bucket units events } }"
+
+    def summary(minutes: int) -> dict[str, Any]:
+        span = {"from": at(start, 0), "to": at(start, minutes * 60), "granularity": "MINUTE"}
+        return {"i": {"projectId": project_id, "metricKey": "calls", **span}}
+
+    five, data5 = await statements(gql, query, summary(5), owner)
+    fifty, data50 = await statements(gql, query, summary(50), owner)
+    assert len(data5["usageSummary"]) == 5 and len(data50["usageSummary"]) == 50
+    print(f"\nSTATEMENTS usageSummary: 5 rows {five}, 50 rows {fifty}")
+    assert five == fifty, f"usageSummary: {five} statements for 5 buckets, {fifty} for 50"
+
+
+def at(start: dt.datetime, seconds: int) -> str:
+    return (start + dt.timedelta(seconds=seconds)).isoformat()
 
 
 # -- billing ----------------------------------------------------------------------------------------------
