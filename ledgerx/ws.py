@@ -156,7 +156,7 @@ class TransportWSHandler(BaseGraphQLTransportWSHandler[Context, None]):
             error = GraphQLError("internal error", extensions={"code": "INTERNAL"})
             await self.send_message({"id": op_id, "type": "error", "payload": [error.formatted]})
             return
-        fresh = dataclasses.replace(base, principal=principal, auth_error=None, loaders={})
+        fresh = dataclasses.replace(base, principal=principal, auth_error=None, loaders={}, dataloaders={})
         token = _operation_context.set(fresh)
         try:
             await super().handle_subscribe(message)

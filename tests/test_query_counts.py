@@ -471,3 +471,34 @@ async def test_a_live_subscription_loads_fresh_values_for_every_event(live_serve
     assert refunded(first) == "0"
     assert second["payload"]["data"]["walletUpdated"]["transaction"]["type"] == "DEBIT"
     assert refunded(second) == "3", "the second event served the refunded amount cached at the first"
+
+
+async def test_each_operation_on_a_websocket_gets_its_own_loaders(live_server: LiveServer) -> None:
+    """Two queries sent over one socket: the second sees the refund posted between them."""
+    query = "query($t: ID!) { transaction(id: $t) { id refundedAmount } }"
+    async with httpx.AsyncClient(base_url=live_server.url) as http:
+        gql = GQL(http)
+        owner = await sign_up(gql)
+        wallet = await _wallet(gql, owner, await create_project(gql, owner), "ws")
+        credited = await gql.ok(
+            "mutation($i: CreditWalletInput!) { creditWallet(input: $i) { id } }",
+            {"i": {"walletId": wallet, "amount": "10", "idempotencyKey": key()}},
+            token=owner.token,
+        )
+        credit_id = credited["creditWallet"]["id"]
+        ws = await _open(live_server, owner.token)
+        try:
+            await _subscribe(ws, "q1", query, {"t": credit_id})
+            first = await _next(ws)
+            assert (await _next(ws))["type"] == "complete"
+            await gql.ok(
+                "mutation($i: RefundTransactionInput!) { refundTransaction(input: $i) { id } }",
+                {"i": {"transactionId": credit_id, "amount": "4", "idempotencyKey": key()}},
+                token=owner.token,
+            )
+            await _subscribe(ws, "q2", query, {"t": credit_id})
+            second = await _next(ws)
+        finally:
+            await ws.close()
+    assert first["payload"]["data"]["transaction"]["refundedAmount"] == "0", first
+    assert second["payload"]["data"]["transaction"]["refundedAmount"] == "4", "the socket's loaders outlived a query"
