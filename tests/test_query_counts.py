@@ -502,3 +502,27 @@ async def test_each_operation_on_a_websocket_gets_its_own_loaders(live_server: L
             await ws.close()
     assert first["payload"]["data"]["transaction"]["refundedAmount"] == "0", first
     assert second["payload"]["data"]["transaction"]["refundedAmount"] == "4", "the socket's loaders outlived a query"
+
+
+async def test_a_mutation_field_sees_the_writes_of_the_fields_before_it(gql: GQL) -> None:
+    """Root fields of a mutation run one after another: the replayed credit's refundedAmount, read
+    after the refund field, is not the value loaded by the first field."""
+    owner = await sign_up(gql)
+    wallet = await _wallet(gql, owner, await create_project(gql, owner), "serial")
+    credit = {"walletId": wallet, "amount": "10", "idempotencyKey": key()}
+    first = await gql.ok(
+        "mutation($c: CreditWalletInput!) { creditWallet(input: $c) { id refundedAmount } }",
+        {"c": credit},
+        token=owner.token,
+    )
+    credit_id = first["creditWallet"]["id"]
+    data = await gql.ok(
+        "mutation($c: CreditWalletInput!, $r: RefundTransactionInput!) {"
+        " before: creditWallet(input: $c) { id refundedAmount }"
+        " refund: refundTransaction(input: $r) { id }"
+        " after: creditWallet(input: $c) { id refundedAmount } }",
+        {"c": credit, "r": {"transactionId": credit_id, "amount": "3", "idempotencyKey": key()}},
+        token=owner.token,
+    )
+    assert data["before"]["id"] == data["after"]["id"] == credit_id
+    assert (data["before"]["refundedAmount"], data["after"]["refundedAmount"]) == ("0", "3")

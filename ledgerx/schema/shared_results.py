@@ -166,6 +166,8 @@ class SharedResultsExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def execute_operation(self, serially: bool | None = None) -> Any:
         """Executes the event; the first of each document for an opted-in snapshot becomes its template."""
+        if self.operation.operation is OperationType.MUTATION:
+            self._forget_loads_between_root_fields()
         result = super().execute_operation(serially)
         shared = getattr(self.root_value, "shared_results", None)
         if not isinstance(shared, SharedResults) or self.operation.operation is not OperationType.SUBSCRIPTION:
@@ -181,6 +183,23 @@ class SharedResultsExecutor(StrawberryGraphQLCoreExecutionContext):
         ):
             shared.keep(self._template(shared, variables, result.data))
         return result
+
+    def _forget_loads_between_root_fields(self) -> None:
+        """A mutation's root fields run one after another, each with no DataLoader yet: a loader
+        keeps what it loaded, and a field must see what the fields before it wrote. (Only for
+        mutations: the executor's per-field path stays as it is for queries and live events.)"""
+        dataloaders = getattr(self.context_value, "dataloaders", None)
+        if not isinstance(dataloaders, dict):
+            return
+        execute_field = self.execute_field
+        mutation_type = self.schema.mutation_type
+
+        def execute_root_field_afresh(parent_type: GraphQLObjectType, *args: Any) -> Any:
+            if parent_type is mutation_type:
+                dataloaders.clear()
+            return execute_field(parent_type, *args)
+
+        self.execute_field = execute_root_field_afresh  # type: ignore[method-assign,assignment]
 
     def _template(self, shared: SharedResults, variables: Mapping[str, Any], data: dict[str, Any]) -> _Template:
         """The template of this document for `shared`'s snapshot, from the first subscriber's result."""
