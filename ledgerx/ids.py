@@ -36,6 +36,8 @@ PREFIXES = {
     "invoice": "ivc",
     "subscription": "sub",
     "webhook_event": "whe",
+    "webhook_endpoint": "whk",
+    "webhook_delivery": "dlv",
     "audit": "aud",
 }
 

@@ -29,6 +29,7 @@ from ledgerx.db.models.usage import (
     UsageRollup,
     UsageRollupValue,
 )
+from ledgerx.db.models.webhooks import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookOutboxEvent
 
 __all__ = [
     "ROLES",
@@ -69,5 +70,9 @@ __all__ = [
     "User",
     "Wallet",
     "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookDeliveryAttempt",
+    "WebhookEndpoint",
     "WebhookEvent",
+    "WebhookOutboxEvent",
 ]
