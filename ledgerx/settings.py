@@ -221,6 +221,14 @@ class Settings:
     scheduler_lease_ttl: int = 15
     scheduler_poll_interval: float = 1.0
     test_clock_max_runs: int = 20_000
+    # Outbound webhooks (DESIGN.md "Outbound webhooks"): the delays between attempts (seconds after
+    # the 1st, 2nd, … failure; jittered), the per-attempt timeout, how long an endpoint may fail
+    # before it is disabled, and whether URLs may reach private addresses (development only by default).
+    outbound_webhook_retry_delays: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    outbound_webhook_timeout: float = 10.0
+    outbound_webhook_disable_after: int = 5 * 86400
+    outbound_webhook_allow_private: bool = True
+    outbound_webhook_poll_interval: float = 0.25
 
     @property
     def production(self) -> bool:
@@ -319,6 +327,12 @@ class Settings:
             scheduler_concurrency=_int(e, "SCHEDULER_CONCURRENCY", 2, minimum=1),
             scheduler_lease_ttl=_duration(e, "SCHEDULER_LEASE_TTL", 15),
             test_clock_max_runs=_int(e, "TEST_CLOCK_MAX_RUNS", 20_000, minimum=1),
+            outbound_webhook_retry_delays=_duration_list(
+                e, "OUTBOUND_WEBHOOK_RETRY_DELAYS", (5, 300, 1800, 7200, 18000, 36000, 36000)
+            ),
+            outbound_webhook_timeout=float(_duration(e, "OUTBOUND_WEBHOOK_TIMEOUT", 10)),
+            outbound_webhook_disable_after=_duration(e, "OUTBOUND_WEBHOOK_DISABLE_AFTER", 5 * 86400),
+            outbound_webhook_allow_private=_bool(e, "OUTBOUND_WEBHOOK_ALLOW_PRIVATE", not production),
         )
         for origin in s.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):

@@ -69,6 +69,11 @@ BILLING_WRITE = Scope(
         "advanceTestClock",
     ),
 )
+WEBHOOKS_WRITE = Scope(
+    "webhooks:write",
+    "Manage the project's outbound webhook endpoints, and read their delivery logs.",
+    (),
+)
 
 ALL: tuple[Scope, ...] = (
     PROJECT_READ,
@@ -78,6 +83,7 @@ ALL: tuple[Scope, ...] = (
     WALLETS_WRITE,
     BILLING_READ,
     BILLING_WRITE,
+    WEBHOOKS_WRITE,
 )
 BY_NAME: dict[str, Scope] = {s.name: s for s in ALL}
 NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))
