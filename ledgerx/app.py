@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         processor = holder["services"].webhook_processor if holder["services"].settings.worker_enabled else None
         if processor is not None:
             processor.start()
+            holder["services"].webhook_delivery.start()
         follower = asyncio.create_task(holder["services"].changes.follow(), name="ledgerx-project-changes")
         try:
             yield
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 await follower
             if processor is not None:
                 await processor.stop()
+                await holder["services"].webhook_delivery.stop()
             if scheduler is not None:
                 await scheduler.stop()
             if sender is not None:

@@ -261,6 +261,7 @@ def cmd_worker(_: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         services.webhook_processor.start()
+        services.webhook_delivery.start()
         if services.mail_sender is not None:
             services.mail_sender.start()
         try:

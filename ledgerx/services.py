@@ -31,6 +31,7 @@ from ledgerx.domain.tenancy import api_keys
 from ledgerx.domain.tenancy.access_cache import AccessCache
 from ledgerx.domain.tenancy.invites import InviteService
 from ledgerx.domain.usage.quotas import QuotaPolicy
+from ledgerx.domain.webhooks.delivery import DeliveryPolicy, DeliveryWorker
 from ledgerx.scheduler import Scheduler
 from ledgerx.settings import Settings
 from ledgerx.webhooks.processor import WebhookProcessor
@@ -90,6 +91,8 @@ class Services:
     # WORKER_ENABLED; `ledgerx worker` runs it alone).
     payments: PaymentsService = dataclasses.field(init=False)
     webhook_processor: WebhookProcessor = dataclasses.field(init=False)
+    # Outbound webhooks: the delivery loop (the lifespan starts it when WORKER_ENABLED).
+    webhook_delivery: DeliveryWorker = dataclasses.field(init=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -168,6 +171,7 @@ class Services:
         svc.payments = PaymentsService(db, svc.ledger, settings, changes=svc.changes)
         svc.changes.forgets_plans(svc.payments.forget_plan)
         svc.webhook_processor = WebhookProcessor(svc.payments)
+        svc.webhook_delivery = DeliveryWorker(db, DeliveryPolicy.from_settings(settings))
         svc.limits.plan_lookup = functools.partial(subscriptions.plan_limit, svc.payments)
         svc.quotas.lookup = functools.partial(subscriptions.plan_quotas, svc.payments)
         svc.scheduler = Scheduler(
@@ -210,6 +214,7 @@ class Services:
     async def close(self) -> None:
         await self.scheduler.stop()
         await self.webhook_processor.stop()
+        await self.webhook_delivery.stop()
         if self.mail_sender is not None:
             await self.mail_sender.stop()
         await api_keys.flush_last_used()

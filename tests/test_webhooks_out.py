@@ -39,10 +39,11 @@ FAST = DeliveryPolicy(allow_private=True, timeout=2.0, retry_delays=(0.3, 0.6), 
 
 @pytest.fixture
 async def receiver(services: Services) -> AsyncIterator[Receiver]:
+    # Workers serve every project of the session's database: what other tests leave pending (a dead
+    # endpoint's backlog, far retries, test events to nowhere) must not reach this test's workers.
+    await owner_sql(services.settings, "UPDATE webhook_deliveries SET status = 'FAILED' WHERE status = 'PENDING'")
     async with running_receiver() as r:
         yield r
-    # Workers serve every project of the session's database: what a test leaves pending (a dead
-    # endpoint's backlog, far retries) must not reach the next test's workers.
     await owner_sql(services.settings, "UPDATE webhook_deliveries SET status = 'FAILED' WHERE status = 'PENDING'")
 
 

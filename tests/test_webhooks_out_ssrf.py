@@ -109,6 +109,7 @@ def test_private_addresses_are_allowed_by_default_only_in_development() -> None:
 
 async def test_delivery_refuses_an_address_that_became_private(services: Services) -> None:
     """A URL accepted earlier (DNS can change) is checked again on every connection."""
+    await owner_sql(services.settings, "UPDATE webhook_deliveries SET status = 'FAILED' WHERE status = 'PENDING'")
     async with running_receiver() as receiver:
         pid = await new_project(services)
         issued = await endpoints.create(services.db, ACTOR, pid, url=receiver.url(), events=["*"], allow_private=True)

@@ -45,6 +45,7 @@ from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.webhooks import signing, ssrf
 from ledgerx.ids import encode, uuid7
+from ledgerx.settings import Settings
 
 log = logging.getLogger("ledgerx.webhooks.delivery")
 
@@ -73,6 +74,16 @@ class DeliveryPolicy:
         """How long a claimed row stays claimed: long enough to wait in its lane behind one claim's
         worth of timeouts, so a live worker's rows never come back to another one."""
         return self.timeout * (math.ceil(self.batch_size / self.per_endpoint) + 2) + 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeliveryPolicy:
+        return cls(
+            retry_delays=tuple(float(d) for d in settings.outbound_webhook_retry_delays),
+            timeout=settings.outbound_webhook_timeout,
+            disable_after=float(settings.outbound_webhook_disable_after),
+            allow_private=settings.outbound_webhook_allow_private,
+            poll_interval=settings.outbound_webhook_poll_interval,
+        )
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds before the next attempt after failed attempt number `attempt` (1-based), jittered."""
