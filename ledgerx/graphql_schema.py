@@ -28,6 +28,7 @@ from ledgerx.resolvers import (
     system,
     tenancy,
     usage,
+    webhooks,
 )
 from ledgerx.schema.pipeline import executor_class, pipeline
 from ledgerx.schema.scalars import SCALAR_MAP
@@ -46,6 +47,7 @@ Query = merge_types(
         billing.Query,
         payments.Query,
         analytics.Query,
+        webhooks.Query,
     ),
 )
 Mutation = merge_types(
@@ -60,6 +62,7 @@ Mutation = merge_types(
         usage.Mutation,
         billing.Mutation,
         payments.Mutation,
+        webhooks.Mutation,
     ),
 )
 Subscription = merge_types("Subscription", (system.Subscription, ledger.Subscription, analytics.Subscription))

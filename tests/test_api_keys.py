@@ -258,6 +258,7 @@ async def test_create_input_is_validated(env: Env) -> None:
         "usage:write",
         "wallets:read",
         "wallets:write",
+        "webhooks:write",
     ]
 
 

@@ -61,6 +61,8 @@ class World:
     transaction_id: str
     rule_id: str
     run_id: str
+    webhook_endpoint_id: str = ""
+    webhook_delivery_id: str = ""
 
 
 async def make_world(gql: GQL, services: Services) -> World:
@@ -98,7 +100,24 @@ async def make_world(gql: GQL, services: Services) -> World:
     )
     rule_id = rule["createBillingRule"]["id"]
     run = await gql.ok("mutation($id: ID!) { runBillingRule(id: $id) { id } }", {"id": rule_id}, token=t)
-    return World(owner, pid, wallets[0], wallets[1], credit["creditWallet"]["id"], rule_id, run["runBillingRule"]["id"])
+    hook = await gql.ok(
+        "mutation($i: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $i) { endpoint { id } } }",
+        {"i": {"projectId": pid, "url": "http://127.0.0.1:9/hook", "events": ["*"]}},
+        token=t,
+    )
+    hook_id = hook["createWebhookEndpoint"]["endpoint"]["id"]
+    test = await gql.ok("mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }", {"e": hook_id}, token=t)
+    return World(
+        owner,
+        pid,
+        wallets[0],
+        wallets[1],
+        credit["creditWallet"]["id"],
+        rule_id,
+        run["runBillingRule"]["id"],
+        hook_id,
+        test["sendTestWebhook"]["id"],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +240,33 @@ OPS: dict[str, Op] = {
     "advanceTestClock": Op(
         "mutation($i: AdvanceTestClockInput!) { advanceTestClock(input: $i) { now } }",
         lambda w: {"i": {"projectId": w.project_id, "to": later(2)}},
+    ),
+    "webhookEndpoints": Op(
+        "query($p: ID!) { webhookEndpoints(projectId: $p) { edges { node { id } } } }", lambda w: {"p": w.project_id}
+    ),
+    "webhookEndpoint": Op(
+        "query($id: ID!) { webhookEndpoint(id: $id) { id } }", lambda w: {"id": w.webhook_endpoint_id}
+    ),
+    "createWebhookEndpoint": Op(
+        "mutation($i: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $i) { secret } }",
+        lambda w: {"i": {"projectId": w.project_id, "url": "http://127.0.0.1:9/by-key", "events": ["invoice.paid"]}},
+    ),
+    "updateWebhookEndpoint": Op(
+        "mutation($i: UpdateWebhookEndpointInput!) { updateWebhookEndpoint(input: $i) { id } }",
+        lambda w: {"i": {"id": w.webhook_endpoint_id, "description": "by key"}},
+    ),
+    "rotateWebhookEndpointSecret": Op(
+        "mutation($id: ID!) { rotateWebhookEndpointSecret(id: $id) { secret } }",
+        lambda w: {"id": w.webhook_endpoint_id},
+    ),
+    "sendTestWebhook": Op(
+        "mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }", lambda w: {"e": w.webhook_endpoint_id}
+    ),
+    "redeliverWebhook": Op(
+        "mutation($d: ID!) { redeliverWebhook(deliveryId: $d) { id } }", lambda w: {"d": w.webhook_delivery_id}
+    ),
+    "deleteWebhookEndpoint": Op(
+        "mutation($id: ID!) { deleteWebhookEndpoint(id: $id) }", lambda w: {"id": w.webhook_endpoint_id}
     ),
 }
 

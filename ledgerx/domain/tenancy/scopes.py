@@ -72,7 +72,16 @@ BILLING_WRITE = Scope(
 WEBHOOKS_WRITE = Scope(
     "webhooks:write",
     "Manage the project's outbound webhook endpoints, and read their delivery logs.",
-    (),
+    (
+        "webhookEndpoints",
+        "webhookEndpoint",
+        "createWebhookEndpoint",
+        "updateWebhookEndpoint",
+        "deleteWebhookEndpoint",
+        "rotateWebhookEndpointSecret",
+        "sendTestWebhook",
+        "redeliverWebhook",
+    ),
 )
 
 ALL: tuple[Scope, ...] = (

@@ -84,13 +84,23 @@ async def pages(
 
 async def attempts(db: Database, project_id: uuid.UUID, delivery_id: uuid.UUID) -> list[AttemptRecord]:
     """A delivery's attempts, first to last."""
+    return (await attempts_of_many(db, project_id, [delivery_id]))[delivery_id]
+
+
+async def attempts_of_many(
+    db: Database, project_id: uuid.UUID, delivery_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[AttemptRecord]]:
+    """Each delivery's attempts, first to last (one statement for all of them)."""
+    found: dict[uuid.UUID, list[AttemptRecord]] = {d: [] for d in delivery_ids}
     async with db.raw(project_id=project_id) as conn:
         rows = await conn.fetch(
             "SELECT id, delivery_id, attempt, status_code, error, duration_ms, at FROM webhook_delivery_attempts"
-            " WHERE delivery_id = $1 ORDER BY attempt, id",
-            delivery_id,
+            " WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, attempt, id",
+            list(delivery_ids),
         )
-    return [AttemptRecord(**dict(r)) for r in rows]
+    for r in rows:
+        found[r["delivery_id"]].append(AttemptRecord(**dict(r)))
+    return found
 
 
 async def _require_enabled(conn: asyncpg.Connection, project_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
