@@ -195,7 +195,18 @@ async def _tenant(gql: GQL) -> tuple[SignedIn, dict[str, str]]:
     rule_in = {"walletId": wallet, "name": "r", "mode": "DAILY_FLAT", "amount": 1}
     rule = (await gql.ok(CREATE_RULE, {"i": rule_in}, token=owner.token))["createBillingRule"]["id"]
     run = (await gql.ok(RUN, {"id": rule}, token=owner.token))["runBillingRule"]["id"]
+    hook = await gql.ok(
+        "mutation($i: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $i) { endpoint { id } } }",
+        {"i": {"projectId": project, "url": "http://127.0.0.1:9/oracle", "events": ["*"]}},
+        token=owner.token,
+    )
+    hook_id = hook["createWebhookEndpoint"]["endpoint"]["id"]
+    test = await gql.ok(
+        "mutation($e: ID!) { sendTestWebhook(endpointId: $e) { id } }", {"e": hook_id}, token=owner.token
+    )
     return owner, {
+        "webhook_endpoint": hook_id,
+        "webhook_delivery": test["sendTestWebhook"]["id"],
         "project": project,
         "wallet": wallet,
         "transaction": txn,
