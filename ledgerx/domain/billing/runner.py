@@ -210,8 +210,8 @@ async def run_due(svc: BillingService, now: dt.datetime, *, limit: int, hook: Ba
             if not claimed:
                 raise
             log.exception("billing rule %s failed", ids.encode("rule", claimed[0]))
-            await _backoff(svc, claimed[0], now, f"{type(exc).__name__}: {exc}"[:1000])
-            stats.failed_rules += 1
+            if await _backoff(svc, claimed[0], now, f"{type(exc).__name__}: {exc}"[:1000]):
+                stats.failed_rules += 1
             continue
         if one.rules == 0:
             break
@@ -220,13 +220,19 @@ async def run_due(svc: BillingService, now: dt.datetime, *, limit: int, hook: Ba
     return stats
 
 
-async def _backoff(svc: BillingService, rule_id: uuid.UUID, now: dt.datetime, error: str) -> None:
+async def _backoff(svc: BillingService, rule_id: uuid.UUID, now: dt.datetime, error: str) -> bool:
+    """Put a failed rule back; False when another worker already did.
+
+    The failed batch's rollback frees the rule's row lock before this runs, so a concurrent
+    worker can claim the same rule, fail on it too and get here second: only a rule that is
+    still due is backed off, so one failure counts once and the backoff is not doubled."""
     async with store.system(svc.db) as conn:
-        await conn.execute(
+        status: str = await conn.execute(
             "UPDATE billing_rules SET failures = failures + 1, last_error = $2,"
             " due_at = $3::timestamptz + make_interval(secs => least(3600, 30 * power(2, least(failures, 10))))"
-            " WHERE id = $1",
+            " WHERE id = $1 AND due_at <= $3::timestamptz",
             rule_id,
             error,
             now,
         )
+    return status != "UPDATE 0"
