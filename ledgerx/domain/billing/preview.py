@@ -9,9 +9,9 @@ import uuid
 
 from ledgerx.domain.billing import clocks, store
 from ledgerx.domain.billing import schedule as sch
-from ledgerx.domain.billing.records import RULE_COLS, USAGE_MODES, Rule
+from ledgerx.domain.billing.records import USAGE_MODES, Rule
 from ledgerx.domain.billing.service import BillingService
-from ledgerx.domain.errors import BadInput, NotFound
+from ledgerx.domain.errors import BadInput
 from ledgerx.domain.usage import carry, periods
 
 
@@ -33,14 +33,7 @@ async def preview(
     if isinstance(count, bool) or not 1 <= count <= svc.policy.preview_max:
         raise BadInput(f"count must be between 1 and {svc.policy.preview_max}", field="count")
     async with store.tenant(svc.db, project_id) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {RULE_COLS} FROM billing_rules WHERE id = $1 AND project_id = $2",  # noqa: S608
-            rule_id,
-            project_id,
-        )
-        if row is None:
-            raise NotFound("billing rule not found", field="id")
-        rule = Rule.of(row)
+        rule = await store.read_rule(conn, project_id, rule_id)
         _, now = await clocks.project_clock(conn, project_id, svc.now())
         it = rule.instants_after(now if rule.status == "PAUSED" else None)
         instants = [next(it) for _ in range(count)]

@@ -173,37 +173,44 @@ async def unpaid(conn: asyncpg.Connection, rule_ids: Sequence[uuid.UUID]) -> dic
     return found
 
 
+# The unnest() arrays of UPDATE_RUNS and UPDATE_RULES, in their parameter order.
+_RETRY_FIELDS = (
+    "id",
+    "status",
+    "transaction_id",
+    "error",
+    "attempts",
+    "next_retry_at",
+    "last_attempt_at",
+    "started_at",
+    "finished_at",
+)
+_CURSOR_FIELDS = (
+    "id",
+    "period_start",
+    "scheduled_through",
+    "next_run_at",
+    "retry_at",
+    "grace_until",
+    "due_at",
+    "status",
+    "paused_reason",
+)
+
+
+def _columns(items: Sequence[Any], fields: Sequence[str]) -> list[list[Any]]:
+    """One array per field across `items`: the arguments of an unnest() batch statement."""
+    return [[getattr(x, f) for x in items] for f in fields]
+
+
 async def record(conn: asyncpg.Connection, new_runs: Sequence[Run], retried: Sequence[Run]) -> None:
     """Insert the new runs (SKIPPED ones too) and update the retried ones."""
     if new_runs:
-        cols = [[getattr(x, f) for x in new_runs] for f in _RUN_FIELDS]
-        await conn.execute(INSERT_RUNS, *cols)
+        await conn.execute(INSERT_RUNS, *_columns(new_runs, _RUN_FIELDS))
     if retried:
-        await conn.execute(
-            UPDATE_RUNS,
-            [x.id for x in retried],
-            [x.status for x in retried],
-            [x.transaction_id for x in retried],
-            [x.error for x in retried],
-            [x.attempts for x in retried],
-            [x.next_retry_at for x in retried],
-            [x.last_attempt_at for x in retried],
-            [x.started_at for x in retried],
-            [x.finished_at for x in retried],
-        )
+        await conn.execute(UPDATE_RUNS, *_columns(retried, _RETRY_FIELDS))
 
 
 async def move_cursors(conn: asyncpg.Connection, rules: Sequence[Rule]) -> None:
     """Write each rule's cursor, due times and status as the pass left them."""
-    await conn.execute(
-        UPDATE_RULES,
-        [x.id for x in rules],
-        [x.period_start for x in rules],
-        [x.scheduled_through for x in rules],
-        [x.next_run_at for x in rules],
-        [x.retry_at for x in rules],
-        [x.grace_until for x in rules],
-        [x.due_at for x in rules],
-        [x.status for x in rules],
-        [x.paused_reason for x in rules],
-    )
+    await conn.execute(UPDATE_RULES, *_columns(rules, _CURSOR_FIELDS))

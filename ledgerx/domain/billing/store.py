@@ -45,9 +45,11 @@ async def run_project(db: Database, run_id: uuid.UUID) -> uuid.UUID | None:
     return found
 
 
-async def lock_rule(conn: asyncpg.Connection, project_id: uuid.UUID, rule_id: uuid.UUID) -> Rule:
+async def read_rule(conn: asyncpg.Connection, project_id: uuid.UUID, rule_id: uuid.UUID, *, lock: bool = False) -> Rule:
+    """One rule of the project on the caller's transaction (`lock`: FOR UPDATE); NOT_FOUND if none."""
     row = await conn.fetchrow(
-        f"SELECT {RULE_COLS} FROM billing_rules WHERE id = $1 AND project_id = $2 FOR UPDATE",  # noqa: S608
+        f"SELECT {RULE_COLS} FROM billing_rules WHERE id = $1 AND project_id = $2"  # noqa: S608
+        + (" FOR UPDATE" if lock else ""),
         rule_id,
         project_id,
     )
@@ -56,16 +58,13 @@ async def lock_rule(conn: asyncpg.Connection, project_id: uuid.UUID, rule_id: uu
     return Rule.of(row)
 
 
+async def lock_rule(conn: asyncpg.Connection, project_id: uuid.UUID, rule_id: uuid.UUID) -> Rule:
+    return await read_rule(conn, project_id, rule_id, lock=True)
+
+
 async def get_rule(db: Database, project_id: uuid.UUID, rule_id: uuid.UUID) -> Rule:
     async with tenant(db, project_id) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {RULE_COLS} FROM billing_rules WHERE id = $1 AND project_id = $2",  # noqa: S608
-            rule_id,
-            project_id,
-        )
-    if row is None:
-        raise NotFound("billing rule not found", field="id")
-    return Rule.of(row)
+        return await read_rule(conn, project_id, rule_id)
 
 
 async def list_rules(
@@ -88,17 +87,7 @@ async def list_runs(
     db: Database, project_id: uuid.UUID, rule_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
 ) -> list[Run]:
     """A rule's runs, latest period first; `limit + 1` rows. The cursor is a run id."""
-    async with tenant(db, project_id) as conn:
-        rows = await conn.fetch(
-            f"SELECT {RUN_COLS} FROM billing_runs r WHERE rule_id = $1 AND project_id = $2"  # noqa: S608
-            " AND ($3::uuid IS NULL OR (scheduled_at, id) < (SELECT scheduled_at, id FROM billing_runs WHERE id = $3))"
-            " ORDER BY scheduled_at DESC, id DESC LIMIT $4",
-            rule_id,
-            project_id,
-            before,
-            limit + 1,
-        )
-    return [Run.of(r) for r in rows]
+    return (await list_runs_of_rules(db, project_id, [rule_id], limit=limit, before=before))[rule_id]
 
 
 async def list_runs_of_rules(
