@@ -20,6 +20,7 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ledgerx.db.engine import driver
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput
 from ledgerx.domain.ledger import apply, hashing
@@ -160,13 +161,11 @@ async def _in_session(ledger: LedgerService, session: AsyncSession, prepared: ap
     Runs under a savepoint so an idempotency race can be retried without aborting the caller's
     transaction; events are published only after the caller commits.
     """
-    conn = await session.connection()
-    raw = await conn.get_raw_connection()
-    driver: asyncpg.Connection = raw.driver_connection
+    conn = await driver(session)
     for attempt in range(SINGLE_ATTEMPTS):
         try:
-            async with driver.transaction():
-                result = await apply.apply(driver, [prepared], ledger.now())
+            async with conn.transaction():
+                result = await apply.apply(conn, [prepared], ledger.now())
             break
         except RETRYABLE:
             if attempt + 1 == SINGLE_ATTEMPTS:
