@@ -12,9 +12,10 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, LargeBinary, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 from ledgerx.db.models.base import Base, pk, ts_now
 
@@ -39,6 +40,15 @@ class Wallet(Base):
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[dt.datetime] = ts_now()
     updated_at: Mapped[dt.datetime] = ts_now()
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (asyncpg reads and writes it as an int)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
 
 
 class LedgerSystemAccount(Base):
@@ -66,6 +76,7 @@ class LedgerTransaction(Base):
         UniqueConstraint("project_id", "idempotency_key", name="uq_ledger_transactions_idempotency"),
         Index("ix_ledger_transactions_project", "project_id", "id"),
         Index("ix_ledger_transactions_refund_of", "refund_of", postgresql_where="refund_of IS NOT NULL"),
+        Index("ix_ledger_transactions_stream", "project_id", "commit_xid", "id"),
     )
 
     id: Mapped[uuid.UUID] = pk()
@@ -90,6 +101,10 @@ class LedgerTransaction(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     # sha256 of the transaction's canonical content; every entry's hash covers it.
     hash: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # The id of the database transaction that wrote the row (set by the database; 0 for rows older
+    # than migration 0009). (commit_xid, id) is the project's replayable stream order
+    # (domain/ledger/feed.py); not part of the hash.
+    commit_xid: Mapped[int] = mapped_column(Xid8(), nullable=False, server_default=text("pg_current_xact_id()"))
 
 
 class LedgerEntry(Base):
