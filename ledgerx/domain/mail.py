@@ -5,7 +5,8 @@ change that caused it commits. `OutboxSender` is the background loop that delive
 it claims due rows with `FOR UPDATE SKIP LOCKED` and a lease (several instances never send the
 same row at once, and a crashed sender's rows come back once the lease runs out), sends them over
 SMTP in a worker thread (stdlib `smtplib`), and records every attempt: `attempts`, `last_error`,
-and the next attempt after an exponential backoff. Delivery is at least once.
+and the next attempt after an exponential backoff. Delivery is at least once. A mail with an HTML
+part (`body_html`) goes out as multipart/alternative: the plain text first, then the HTML.
 
 `SMTP_URL` forms: `smtp://[user:password@]host[:port]` (STARTTLS when the server offers it;
 `?starttls=require` refuses to go on without it, `?starttls=never` skips it) and
@@ -88,7 +89,9 @@ class Mailer:
         body: str,
         kind: str,
         project_id: uuid.UUID | None = None,
+        html: str | None = None,
     ) -> uuid.UUID:
+        """One mail (plain text, and an HTML alternative when `html` is given)."""
         mail_id = uuid7()
         await session.execute(
             insert(MailOutbox).values(
@@ -97,6 +100,7 @@ class Mailer:
                 to_addr=to,
                 subject=_one_line(subject),
                 body_text=body,
+                body_html=html,
                 kind=kind,
             )
         )
@@ -242,6 +246,7 @@ class _Claimed:
     to_addr: str
     subject: str
     body_text: str
+    body_html: str | None
     attempts: int
 
 
@@ -284,7 +289,12 @@ class OutboxSender(PollingWorker):
                     await s.execute(
                         update(MailOutbox)
                         .where(MailOutbox.id == row.id)
-                        .values(sent_at=func.now(), body_text=redact(row.body_text), next_attempt_at=func.now())
+                        .values(
+                            sent_at=func.now(),
+                            body_text=redact(row.body_text),
+                            body_html=None if row.body_html is None else redact(row.body_html),
+                            next_attempt_at=func.now(),
+                        )
                     )
                     continue
                 permanent = is_permanent(error)
@@ -330,12 +340,19 @@ class OutboxSender(PollingWorker):
             update(MailOutbox)
             .where(MailOutbox.id.in_(due.scalar_subquery()))
             .values(attempts=MailOutbox.attempts + 1, next_attempt_at=func.now() + dt.timedelta(seconds=p.lease))
-            .returning(MailOutbox.id, MailOutbox.to_addr, MailOutbox.subject, MailOutbox.body_text, MailOutbox.attempts)
+            .returning(
+                MailOutbox.id,
+                MailOutbox.to_addr,
+                MailOutbox.subject,
+                MailOutbox.body_text,
+                MailOutbox.body_html,
+                MailOutbox.attempts,
+            )
             .execution_options(synchronize_session=False)
         )
         async with self.db.transaction(system=True) as s:
             result = await s.execute(stmt)
-            return [_Claimed(r.id, r.to_addr, r.subject, r.body_text, r.attempts) for r in result]
+            return [_Claimed(r.id, r.to_addr, r.subject, r.body_text, r.body_html, r.attempts) for r in result]
 
     async def _next_due_in(self) -> float | None:
         """Seconds until the earliest unsent row is due (None when there is none)."""
@@ -358,4 +375,7 @@ class OutboxSender(PollingWorker):
         # Stable across retries, so a receiver can drop a duplicate of an at-least-once delivery.
         msg["Message-ID"] = f"<{row.id}@{self._msgid_domain}>"
         msg.set_content(row.body_text)
+        if row.body_html is not None:
+            # multipart/alternative: clients show the HTML part, or the plain text without HTML.
+            msg.add_alternative(row.body_html, subtype="html")
         return msg

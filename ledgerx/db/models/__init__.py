@@ -4,6 +4,7 @@ from ledgerx.db.models.base import Base
 from ledgerx.db.models.billing import BillingRule, BillingRun, BillingTestClock, SchedulerLease
 from ledgerx.db.models.identity import AuditLog, EmailVerification, RefreshToken, User
 from ledgerx.db.models.ledger import LedgerEntry, LedgerSystemAccount, LedgerTransaction, Wallet
+from ledgerx.db.models.notifications import BillingDetails, NotificationSettings
 from ledgerx.db.models.payments import (
     CatalogPrice,
     CreditPack,
@@ -36,6 +37,7 @@ __all__ = [
     "ApiKey",
     "AuditLog",
     "Base",
+    "BillingDetails",
     "BillingRule",
     "BillingRun",
     "BillingTestClock",
@@ -49,6 +51,7 @@ __all__ = [
     "LedgerSystemAccount",
     "LedgerTransaction",
     "MailOutbox",
+    "NotificationSettings",
     "Payment",
     "PaymentCustomer",
     "PaymentDispute",

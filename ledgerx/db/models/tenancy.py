@@ -101,7 +101,11 @@ class MailOutbox(Base):
     to_addr: Mapped[str] = mapped_column(Text, nullable=False)
     subject: Mapped[str] = mapped_column(Text, nullable=False)
     body_text: Mapped[str] = mapped_column(Text, nullable=False)
+    # The HTML alternative (migration 0010); NULL: a plain-text mail.
+    body_html: Mapped[str | None] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(Text, nullable=False)
+    # Notifications only: "<kind>:<occurrence>", unique per project and recipient (mailed once).
+    occurrence_key: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = ts_now()
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     next_attempt_at: Mapped[dt.datetime] = ts_now()
