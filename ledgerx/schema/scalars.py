@@ -32,6 +32,7 @@ import strawberry
 from graphql.language import FloatValueNode, IntValueNode, StringValueNode, ValueNode, VariableNode
 from strawberry.types.scalar import ScalarDefinition
 
+from ledgerx.domain import scalars as rendered
 from ledgerx.domain.errors import BadInput
 from ledgerx.domain.numbers import DECIMAL_TEXT, INTEGER_TEXT
 
@@ -165,14 +166,14 @@ else:
 SCALAR_MAP: dict[object, ScalarDefinition] = {
     dt.datetime: strawberry.scalar(
         name="DateTime",
-        serialize=lambda v: v.isoformat(),
+        serialize=rendered.datetime_text,
         parse_value=parse_datetime,
         parse_literal=parse_datetime_literal,
         description="Date with time (ISO 8601, e.g. 2026-12-05T10:30:00Z), between 1970-01-01 and 9000-01-01 UTC.",
     ),
     BigInt: strawberry.scalar(
         name="BigInt",
-        serialize=lambda v: str(int(v)),
+        serialize=rendered.bigint_text,
         parse_value=parse_bigint,
         parse_literal=parse_bigint_literal,
         description="An integer amount in minor units, serialized as a string of digits. Input: a string"
@@ -181,7 +182,7 @@ SCALAR_MAP: dict[object, ScalarDefinition] = {
     ),
     Decimal: strawberry.scalar(
         name="Decimal",
-        serialize=lambda v: format(decimal.Decimal(v), "f"),
+        serialize=rendered.decimal_text,
         parse_value=parse_decimal,
         parse_literal=parse_decimal_literal,
         description="An exact decimal number, serialized as a string. Input: a string like -12.345 (ASCII"
