@@ -15,7 +15,12 @@ Both are measured on one hot wallet and spread over WALLETS wallets. Last, the s
 GraphQL request can reach on this machine, to read the API figures against. Afterwards verifyLedger must
 be clean and the transaction count must equal the successful debits.
 
+With --webhook-endpoint the project first gets an outbound webhook endpoint subscribed to `*`, so
+every posting also writes its `transaction.posted` event and delivery in the same statement
+(nothing is delivered: no worker runs); the summary counts those events.
+
     .venv/bin/python bench/ledger.py [--seconds 10] [--concurrency 64] [--wallets 1000] [--workers 2]
+                                     [--webhook-endpoint]
 """
 
 from __future__ import annotations
@@ -278,6 +283,20 @@ async def setup_api(port: int, wallets: int) -> tuple[str, str, str, list[str]]:
     return token, pid, ids[0], list(ids[1:])
 
 
+async def create_endpoint(port: int, token: str, pid: str) -> None:
+    """An outbound webhook endpoint of the project subscribed to every event type (never called:
+    the bench runs no delivery worker)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+        await gql(
+            c,
+            "mutation($i: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $i) { secret } }",
+            {"i": {"projectId": pid, "url": "http://127.0.0.1:9/bench", "events": ["*"]}},
+            token,
+        )
+
+
 def typename_request(token: str) -> Callable[[], bytes]:
     """`{ __typename }` with the same auth and rate limit as a debit: no resolver, no database."""
     headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")]
@@ -317,11 +336,14 @@ async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits
         debits = await conn.fetchval(
             "SELECT count(*) FROM ledger_transactions WHERE type = 'DEBIT' AND idempotency_key LIKE 'api-%'"
         )
+        transactions = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
+        hooks = await conn.fetchval("SELECT count(*) FROM webhook_outbox WHERE type = 'transaction.posted'")
     finally:
         await conn.close()
     return (
         f"verifyLedger ok={report['ok']} wallets={report['walletsChecked']} entries={report['entriesChecked']};"  # type: ignore[index]
-        f" debit transactions {debits} = successful API debits {expected_debits}: {debits == expected_debits}"
+        f" debit transactions {debits} = successful API debits {expected_debits}: {debits == expected_debits};"
+        f" transaction.posted events {hooks} of {transactions} transactions"
     )
 
 
@@ -336,6 +358,7 @@ async def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="LedgerX processes serving the API (one port)")
     ap.add_argument("--raw-connections", type=int, default=40, help="connections the raw loop's clients share")
     ap.add_argument("--keep-db", action="store_true")
+    ap.add_argument("--webhook-endpoint", action="store_true", help="the project has an endpoint subscribed to *")
     args = ap.parse_args()
 
     from ledgerx.db.engine import asyncpg_dsn
@@ -371,10 +394,13 @@ async def main() -> None:
             "RATE_LIMIT_BURST": "1000000000",
             "RATE_LIMIT_PER_SECOND": "1000000000",
             "REDIS_PREFIX": f"lxbench:{secrets.token_hex(3)}:",
+            "OUTBOUND_WEBHOOK_ALLOW_PRIVATE": "true",
         }
         proc = spawn_workers(port, args.workers, env)
         await wait_ready(port)
         token, pid, hot_wallet, spread_wallets = await setup_api(port, args.wallets)
+        if args.webhook_endpoint:
+            await create_endpoint(port, token, pid)
         # A database in service has statistics (autovacuum analyzes tables as they grow); this one
         # was created seconds ago and has none, and a plan chosen without them stays cached on
         # the pooled connections (an idempotency lookup by project scan instead of the key index).
@@ -382,7 +408,8 @@ async def main() -> None:
         await conn.execute("ANALYZE")
         await conn.close()
         n, secs = args.concurrency, args.seconds
-        print(f"{os.cpu_count()} cores; {n} concurrent clients; {secs:.0f} s per figure; database {name}")
+        hooked = "; one webhook endpoint subscribed to *" if args.webhook_endpoint else ""
+        print(f"{os.cpu_count()} cores; {n} concurrent clients; {secs:.0f} s per figure; database {name}{hooked}")
         core = await core_services(url, s.redis_url)
         core_hot_w = await wallet_refs(core, [hot_wallet])
         core_spread_w = await wallet_refs(core, spread_wallets)

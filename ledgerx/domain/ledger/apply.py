@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +27,7 @@ from ledgerx import ids
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
-from ledgerx.domain.ledger import codec, hashing, store
+from ledgerx.domain.ledger import codec, hashing, payloads, store
 from ledgerx.domain.ledger.types import (
     MAX_BIGINT,
     EntryRecord,
@@ -35,6 +36,7 @@ from ledgerx.domain.ledger.types import (
     TxnType,
     WalletRecord,
 )
+from ledgerx.domain.webhooks import outbox
 from ledgerx.ids import uuid7
 
 
@@ -140,6 +142,7 @@ class _State:
     wallets: dict[uuid.UUID, _Wallet]
     existing: dict[tuple[uuid.UUID, str], asyncpg.Record]  # idempotency key -> stored transaction row
     refunded: dict[uuid.UUID, int]  # original transaction -> refunded so far (running, in-batch too)
+    webhooks: dict[uuid.UUID, list[str] | None]  # project -> event types its webhook endpoints want
 
 
 @dataclasses.dataclass(slots=True)
@@ -164,7 +167,8 @@ async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.dat
             d.outcomes[i] = Posted(rec, replayed=True)
     events: list[tuple[str, dict[str, Any]]] = []
     if d.new:
-        stored_metadata = await _write(conn, d.writes, state.wallets, now)
+        hooks = webhook_events(state.webhooks, items, d.new)
+        stored_metadata = await _write(conn, d.writes, state.wallets, now, hooks)
         for i, posted, low in d.new:
             rec = dataclasses.replace(posted.transaction, metadata=stored_metadata[posted.transaction.id])
             done = dataclasses.replace(posted, transaction=rec)
@@ -193,6 +197,7 @@ async def _load_state(conn: asyncpg.Connection, items: Sequence[Prepared]) -> _S
         wallets={r["id"]: _wallet_state(r) for r in locked},
         existing={(r["project_id"], r["idempotency_key"]): r for r in rows},
         refunded=refunded,
+        webhooks={r["project_id"]: r["webhook_events"] for r in locked},
     )
 
 
@@ -470,15 +475,46 @@ def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
 
 
 async def _write(
-    conn: asyncpg.Connection, writes: _Writes, wallets: dict[uuid.UUID, _Wallet], now: dt.datetime
+    conn: asyncpg.Connection,
+    writes: _Writes,
+    wallets: dict[uuid.UUID, _Wallet],
+    now: dt.datetime,
+    hooks: outbox.Batch,
 ) -> dict[uuid.UUID, dict[str, Any]]:
-    """One statement for the whole batch; returns each transaction's metadata as stored."""
+    """One statement for the whole batch (its webhook events too); returns each transaction's
+    metadata as stored."""
     touched = [w for w in wallets.values() if w.touched]
     wallet_cols = [[w.row.id for w in touched], [w.balance for w in touched], [w.seq for w in touched]]
     wallet_cols.append([w.head for w in touched])
-    args = [*writes.sorted_txn_columns(), *writes.ent, now, *wallet_cols, *writes.aud]
+    args = [*writes.sorted_txn_columns(), *writes.ent, now, *wallet_cols, *hooks.args(), *writes.aud]
     rows = await conn.fetch(store.WRITE_BATCH, *args)
     return {r["id"]: store.parse_metadata(r["metadata"]) for r in rows}
+
+
+def webhook_events(
+    wanted: dict[uuid.UUID, list[str] | None],
+    items: Sequence[Prepared],
+    new: list[tuple[int, Posted, list[uuid.UUID]]],
+) -> outbox.Batch:
+    """The outbound webhook events of the batch's new transactions, written by its one statement:
+    `transaction.posted` for each, `wallet.low_balance` for each wallet it took below its
+    threshold. `data` is built only for projects whose endpoints want the type (`wanted`, read
+    with the wallets' lock): a project without endpoints costs nothing here."""
+    batch = outbox.Batch()
+    for i, posted, low in new:
+        project = posted.transaction.project_id
+        types = wanted.get(project)
+        if types is None:
+            continue
+        # The metadata as it will be stored (jsonb normalizes the payload's copy the same way).
+        rec = dataclasses.replace(posted.transaction, metadata=json.loads(items[i].metadata_json))
+        if outbox.wants(types, "transaction.posted"):
+            batch.add(project, "transaction.posted", payloads.transaction(rec))
+        if low and outbox.wants(types, "wallet.low_balance"):
+            for w in posted.wallets:
+                if w.id in low:
+                    batch.add(project, "wallet.low_balance", payloads.wallet_update(w, rec, low_balance=True))
+    return batch
 
 
 def ledger_events(posted: Posted, low: list[uuid.UUID]) -> list[tuple[str, dict[str, Any]]]:

@@ -16,6 +16,7 @@ import asyncpg
 
 from ledgerx.domain import audit
 from ledgerx.domain.ledger.types import EntryRecord, TransactionRecord, TxnType, WalletRecord
+from ledgerx.domain.webhooks import outbox
 
 WALLET_COLS = (
     "id, project_id, name, owner_user_id, currency, balance, credit_limit, low_balance_threshold,"
@@ -32,7 +33,14 @@ ENTRY_COLS = (
 
 # Lock every wallet of a batch in one statement, in id order: LockRows sits above the Sort, so
 # rows are locked in that order and two batches can never wait on each other in a cycle.
-LOCK_WALLETS = f"SELECT {WALLET_COLS} FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE"  # noqa: S608
+# `webhook_events`: the event types the enabled webhook endpoints of the wallet's project want
+# (NULL: none), so a batch builds outbound events only for projects that have a taker; one index
+# probe per wallet, in a statement the batch sends anyway.
+LOCK_WALLETS = (
+    f"SELECT {WALLET_COLS}, (SELECT array_agg(DISTINCT t) FROM webhook_endpoints h, unnest(h.events) t"  # noqa: S608
+    " WHERE h.project_id = wallets.project_id AND h.enabled AND h.deleted_at IS NULL) AS webhook_events"
+    " FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE OF wallets"
+)
 
 # Run after the lock (a new statement gets a new snapshot): sees keys committed while we waited.
 EXISTING_TXNS = (
@@ -49,11 +57,13 @@ ENTRIES_OF = (
     " WHERE e.transaction_id = ANY($1::uuid[]) ORDER BY e.transaction_id, e.id"
 )
 
-# One statement writes a whole batch: transactions, entries, audit rows and the wallets' new
-# balances and chain tips. The entries' balance trigger runs once for all of it. The audit rows'
-# shape (columns from $38 on, filled with `audit.values`) is audit.py's.
+# One statement writes a whole batch: transactions, entries, audit rows, the wallets' new
+# balances and chain tips, and the batch's outbound webhook events with their deliveries (an
+# empty array when no endpoint wants them: nothing read, nothing written). The entries' balance
+# trigger runs once for all of it. The webhook events are $38..$41 (outbox.ctes); the audit rows'
+# shape (columns from $42 on, filled with `audit.values`) is audit.py's.
 WRITE_BATCH = f"""
-WITH t AS (
+WITH {outbox.ctes(38)}, t AS (
   INSERT INTO ledger_transactions (id, project_id, wallet_id, type, kind, currency, amount, balance_before,
     balance_after, idempotency_key, request_hash, reference, reason, metadata, refund_of, actor_type, actor_id,
     created_at, hash)
@@ -72,7 +82,7 @@ WITH t AS (
   WHERE wallets.id = v.id
 ), a AS (
   INSERT INTO audit_log ({audit.COLUMN_NAMES}, at)
-  SELECT u.*, $33 FROM {audit.unnest(38)} AS u
+  SELECT u.*, $33 FROM {audit.unnest(42)} AS u
 )
 SELECT id, metadata FROM t
 """  # noqa: S608 (constants only)
