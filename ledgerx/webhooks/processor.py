@@ -3,7 +3,7 @@
 Each round claims due events with SKIP LOCKED and a lease (several instances never take the same
 row), processes them oldest first, and records every attempt; failures come back after an
 exponential backoff. Every `dunning_interval` it also announces subscriptions whose grace period
-ran out.
+ran out, and mails those whose grace period ends within a day (payments/notices.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import time
 
 from ledgerx.background import PollingWorker
-from ledgerx.domain.payments import dunning, inbox
+from ledgerx.domain.payments import dunning, inbox, notices
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.processor")
@@ -32,6 +32,7 @@ class WebhookProcessor(PollingWorker):
         if time.monotonic() >= self._next_dunning:
             self._next_dunning = time.monotonic() + settings.dunning_interval
             await dunning.run_dunning(self.payments)
+            await notices.warn_grace_ending(self.payments)
         return claimed
 
     def _idle_wait(self) -> float:

@@ -14,7 +14,7 @@ from ledgerx import ids
 from ledgerx.db.models import Invoice, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.payments import catalog
+from ledgerx.domain.payments import catalog, notices
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.payments.subscriptions import snapshot_json, topic
 
@@ -96,6 +96,7 @@ async def run_dunning(svc: PaymentsService, *, limit: int = 200) -> int:
                 before=before,
                 after=after,
             )
+            await notices.downgraded(svc, s, sub, free)
             events.append(
                 (
                     topic(sub.project_id),

@@ -18,8 +18,8 @@ Recording. Outcomes are written in batches, one short transaction per round: the
 (a failed attempt is retried after the next of `retry_delays`, with jitter; after the last it is
 FAILED), one `webhook_delivery_attempts` row per attempt, and the endpoint's health: the first
 failure since its last success sets `failing_since`; an endpoint failing for `disable_after` is
-disabled (with an audit row, its pending deliveries failed, and `on_disabled` called after commit so
-its project's admins can be told).
+disabled (with an audit row, a mail to its project's owner and admins, its pending deliveries
+failed, and `on_disabled` called after commit).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ledgerx.background import PollingWorker
 from ledgerx.db.engine import Database
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.webhooks import signing, ssrf
+from ledgerx.domain.webhooks import notices, signing, ssrf
 from ledgerx.ids import encode, uuid7
 from ledgerx.settings import Settings
 
@@ -511,6 +511,10 @@ class DeliveryWorker(PollingWorker):
                             for d in disabled
                         ],
                     )
+                    for d in disabled:  # the project's admins are mailed, in this transaction
+                        await notices.endpoint_disabled(
+                            conn, d.project_id, d.endpoint_id, d.url, d.failing_since, human_duration(p.disable_after)
+                        )
         for d in disabled:
             log.warning(
                 "webhook endpoint %s (%s) disabled: failing since %s",

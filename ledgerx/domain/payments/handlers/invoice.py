@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
-from ledgerx.domain.payments import catalog, dunning, grants, objects
+from ledgerx.domain.payments import catalog, dunning, grants, notices, objects
 from ledgerx.domain.payments.handlers.event import Event, Outcome
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, subscription_row
 from ledgerx.domain.payments.objects import Obj
@@ -191,6 +191,8 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
         row.updated_at = func.now()
         if sub is not None:
             await dunning.recompute_dunning(svc, s, sub, out.events)
+            if ev.type == "invoice.payment_failed" and changed and row.kind == "SUBSCRIPTION":
+                await notices.payment_failed(svc, s, row, sub, attempt=attempts, event_id=ev.id)
         if changed:
             await audit_event(
                 s,
