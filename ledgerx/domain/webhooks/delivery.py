@@ -10,9 +10,10 @@ Sending. Claimed deliveries go to their endpoint's lane: at most `per_endpoint` 
 per endpoint, at most `max_in_flight` rows held by this worker, and the claim skips endpoints whose
 lane is full. So a slow or dead endpoint fills only its own lane while every other endpoint's
 deliveries are claimed and sent as they come due. Each attempt is one POST with the Standard
-Webhooks headers (signing.py), bounded by `timeout` as a whole; a 2xx answer within it succeeds;
-anything else (another status, a timeout, a refused connection, an address the SSRF guard refuses,
-a redirect) is a failed attempt.
+Webhooks headers (signing.py) over a kept-alive connection (connections.py; an event's body is
+built once for all its endpoints, each signs it), bounded by `timeout` as a whole; a 2xx answer
+within it succeeds; anything else (another status, a timeout, a refused connection, an address the
+SSRF guard refuses, a redirect) is a failed attempt.
 
 Recording. Outcomes are written in batches, one short transaction per round: the delivery's status
 (a failed attempt is retried after the next of `retry_delays`, with jitter; after the last it is
@@ -36,14 +37,13 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import httpx
-
 from ledgerx import jsonenc
 from ledgerx.background import PollingWorker
 from ledgerx.db.engine import Database
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.webhooks import notices, signing, ssrf
+from ledgerx.domain.webhooks import notices, signing
+from ledgerx.domain.webhooks.connections import ConnectError, Pool, RemoteProtocolError
 from ledgerx.ids import encode, uuid7
 from ledgerx.settings import Settings
 
@@ -108,9 +108,7 @@ class _Job:
     url: str
     usable: bool  # enabled and not deleted
     secrets: tuple[bytes, ...]
-    event_type: str
-    payload: str
-    created_at: dt.datetime
+    body: bytes  # the same bytes on every attempt (built once per event, see `body_of`)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,30 +215,21 @@ def human_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def body_of(job: _Job) -> bytes:
+def body_of(
+    event_id: uuid.UUID, project_id: uuid.UUID, event_type: str, created_at: dt.datetime, payload: str
+) -> bytes:
     """The JSON body: `data` is the outbox payload as stored (the same bytes on every attempt)."""
     head = {
-        "id": encode("event", job.event_id),
-        "type": job.event_type,
-        "createdAt": job.created_at.astimezone(dt.UTC).isoformat(),
-        "projectId": encode("project", job.project_id),
+        "id": encode("event", event_id),
+        "type": event_type,
+        "createdAt": created_at.astimezone(dt.UTC).isoformat(),
+        "projectId": encode("project", project_id),
     }
-    return (jsonenc.dumps(head)[:-1] + ',"data":' + job.payload + "}").encode()
+    return (jsonenc.dumps(head)[:-1] + ',"data":' + payload + "}").encode()
 
 
-def make_client(policy: DeliveryPolicy) -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=policy.max_in_flight + 16,
-        max_keepalive_connections=policy.max_in_flight,
-        keepalive_expiry=30.0,
-    )
-    return httpx.AsyncClient(
-        transport=ssrf.GuardedTransport(allow_private=policy.allow_private, limits=limits),
-        timeout=httpx.Timeout(policy.timeout),
-        follow_redirects=False,
-        trust_env=False,
-        headers={"user-agent": USER_AGENT},
-    )
+def make_pool(policy: DeliveryPolicy) -> Pool:
+    return Pool(allow_private=policy.allow_private, user_agent=USER_AGENT, max_idle_per_origin=policy.max_in_flight)
 
 
 OnDisabled = Callable[[Sequence[DisabledEndpoint]], Awaitable[None]]
@@ -256,15 +245,15 @@ class DeliveryWorker(PollingWorker):
         db: Database,
         policy: DeliveryPolicy,
         *,
-        client: httpx.AsyncClient | None = None,
+        pool: Pool | None = None,
         on_disabled: OnDisabled | None = None,
     ) -> None:
         super().__init__(log)
         self.db = db
         self.policy = policy
         self.on_disabled = on_disabled
-        self._given_client = client
-        self._client: httpx.AsyncClient | None = client
+        self._given_pool = pool
+        self._pool: Pool | None = pool
         self._lanes: dict[uuid.UUID, _Lane] = {}
         self._held = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -272,10 +261,10 @@ class DeliveryWorker(PollingWorker):
         self._flush_lock = asyncio.Lock()
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = make_client(self.policy)
-        return self._client
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = make_pool(self.policy)
+        return self._pool
 
     @property
     def in_flight(self) -> int:
@@ -286,6 +275,8 @@ class DeliveryWorker(PollingWorker):
 
     async def _round(self) -> tuple[bool, float]:
         await self.flush()
+        if self._pool is not None:
+            self._pool.sweep()
         asked, claimed = await self._claim_and_dispatch()
         return asked > 0 and claimed == asked, self.policy.poll_interval
 
@@ -312,9 +303,9 @@ class DeliveryWorker(PollingWorker):
         for lane in self._lanes.values():
             self._held -= len(lane.waiting)
             lane.waiting.clear()
-        if self._client is not None and self._given_client is None:
-            await self._client.aclose()
-            self._client = None
+        if self._pool is not None and self._given_pool is None:
+            await self._pool.aclose()
+            self._pool = None
 
     # -- claiming and dispatching --------------------------------------------------------------
 
@@ -326,8 +317,14 @@ class DeliveryWorker(PollingWorker):
         full = [ep for ep, lane in self._lanes.items() if lane.held >= p.per_endpoint]
         async with self.db.raw(system=True) as conn:
             rows = await conn.fetch(_CLAIM, asked, full, p.lease)
+        bodies: dict[uuid.UUID, bytes] = {}  # an event's body is the same for each of its endpoints
         for r in rows:
             secrets = (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"])
+            body = bodies.get(r["event_id"])
+            if body is None:
+                body = bodies[r["event_id"]] = body_of(
+                    r["event_id"], r["project_id"], r["type"], r["created_at"], r["payload"]
+                )
             self._dispatch(
                 _Job(
                     r["id"],
@@ -338,9 +335,7 @@ class DeliveryWorker(PollingWorker):
                     r["url"],
                     r["usable"],
                     secrets,
-                    r["type"],
-                    r["payload"],
-                    r["created_at"],
+                    body,
                 )
             )
         return asked, len(rows)
@@ -383,28 +378,21 @@ class DeliveryWorker(PollingWorker):
     async def send(self, job: _Job) -> tuple[int | None, str | None]:
         """(status code, error) of one POST; error is None exactly for a 2xx within the timeout."""
         p = self.policy
-        body = body_of(job)
-        headers = signing.headers(encode("event", job.event_id), int(time.time()), body, job.secrets)
-        headers["content-type"] = "application/json"
-        code: int | None = None
+        signed = signing.headers(encode("event", job.event_id), int(time.time()), job.body, job.secrets)
+        headers = [(k.encode(), v.encode()) for k, v in signed.items()]
+        headers.append((b"content-type", b"application/json"))
         try:
             async with asyncio.timeout(p.timeout):
-                async with self.client.stream("POST", job.url, content=body, headers=headers) as response:
-                    code = response.status_code
-                    read = 0
-                    async for chunk in response.aiter_raw():
-                        read += len(chunk)
-                        if read > p.max_response_bytes:
-                            break
+                code = await self.pool.post(job.url, headers, job.body, max_response_bytes=p.max_response_bytes)
         except TimeoutError:
-            return code, f"timed out after {p.timeout:g}s"
-        except httpx.TimeoutException as exc:
-            return code, f"timed out after {p.timeout:g}s ({type(exc).__name__})"
-        except httpx.HTTPError as exc:
-            return code, describe(exc)
+            return None, f"timed out after {p.timeout:g}s"
+        except ConnectError as exc:
+            return None, describe(exc)
+        except RemoteProtocolError as exc:
+            return exc.status, describe(exc)
         except Exception as exc:  # a bug here must not stop the worker: the attempt failed
             log.exception("webhook delivery %s: unexpected error", job.delivery_id)
-            return code, describe(exc)
+            return None, describe(exc)
         if 200 <= code < 300:
             return code, None
         return code, f"HTTP {code}"
