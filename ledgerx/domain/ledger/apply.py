@@ -27,7 +27,7 @@ from ledgerx import ids
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
-from ledgerx.domain.ledger import codec, hashing, payloads, store
+from ledgerx.domain.ledger import alerts, codec, hashing, payloads, store
 from ledgerx.domain.ledger.types import (
     MAX_BIGINT,
     EntryRecord,
@@ -174,6 +174,8 @@ async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.dat
             done = dataclasses.replace(posted, transaction=rec)
             d.outcomes[i] = done
             events.extend(ledger_events(done, low))
+            if low:  # a crossing below a threshold (rare): mail it in this transaction
+                await alerts.low_balance(conn, done, low)
     for i, first in d.duplicates.items():
         original = d.outcomes[first]
         assert isinstance(original, Posted)
