@@ -13,7 +13,8 @@ from ledgerx import ids
 from ledgerx.domain.actor import Actor, RequestMeta
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, Unauthenticated
-from ledgerx.domain.tenancy.access import is_platform_admin
+from ledgerx.domain.tenancy.access import Access, is_platform_admin
+from ledgerx.domain.tenancy.authorize import Authorizer
 from ledgerx.services import Services
 
 REFRESH_COOKIE = "lx_refresh"
@@ -66,6 +67,23 @@ class Context:
                 cached = await is_platform_admin(self.services.db, p.user_id)
             self.loaders["_platform_admin"] = cached
         return bool(cached)
+
+    def authorizer(self) -> Authorizer:
+        """The caller's authorizer for this request (UNAUTHENTICATED without a principal): each
+        project's access is found once per request, through the shared access cache."""
+        principal = self.require_principal()
+        found = self.loaders.get("_authorizer")
+        if isinstance(found, Authorizer):
+            return found
+
+        def note_platform_admin(access: Access) -> None:
+            # Spares `is_platform_admin` a lookup later in the request.
+            if principal.kind == "user":
+                self.loaders.setdefault("_platform_admin", access.is_platform_admin)
+
+        made = Authorizer(self.services.db, self.services.access_cache, principal, on_access=note_platform_admin)
+        self.loaders["_authorizer"] = made
+        return made
 
     def actor(self) -> Actor:
         p = self.principal

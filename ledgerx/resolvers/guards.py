@@ -21,21 +21,9 @@ from ledgerx.schema.info import Info
 
 
 def authorizer(info: Info) -> Authorizer:
-    """The caller's authorizer for this request (UNAUTHENTICATED without a principal)."""
-    ctx = info.context
-    principal = ctx.require_principal()
-    found = ctx.loaders.get("_authorizer")
-    if isinstance(found, Authorizer):
-        return found
-
-    def note_platform_admin(access: Access) -> None:
-        # Spares `Context.is_platform_admin` a lookup later in the request.
-        if principal.kind == "user":
-            ctx.loaders.setdefault("_platform_admin", access.is_platform_admin)
-
-    made = Authorizer(ctx.services.db, ctx.services.access_cache, principal, on_access=note_platform_admin)
-    ctx.loaders["_authorizer"] = made
-    return made
+    """The caller's authorizer for this request (UNAUTHENTICATED without a principal); the
+    context holds it, so fields below the resolvers (schema types) find the same one."""
+    return info.context.authorizer()
 
 
 def _rule(need: Need | Rule, write: bool | None) -> Rule:
