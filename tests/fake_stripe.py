@@ -391,6 +391,27 @@ class FakeStripe:
             }
         )
 
+    # the customer portal
+
+    def _post_billing_portal(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        """POST /v1/billing_portal/sessions: like Stripe, the customer must exist (404 otherwise)."""
+        if rest != ["sessions"]:
+            return 404, {"error": {"type": "invalid_request_error", "message": f"no route POST billing_portal {rest}"}}
+        customer = self.objects[p["customer"]]
+        sid = self.new_id("bps")
+        return 200, self._store(
+            {
+                "id": sid,
+                "object": "billing_portal.session",
+                "customer": customer["id"],
+                "return_url": p.get("return_url"),
+                "url": f"https://billing.stripe.test/p/session/{sid}",
+                "configuration": "bpc_default",
+                "livemode": False,
+                "created": self.time(),
+            }
+        )
+
     # checkout
 
     def _create_session(self, p: dict[str, Any]) -> Obj:

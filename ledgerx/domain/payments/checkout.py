@@ -43,10 +43,10 @@ def origin_of(url: str) -> str | None:
     return f"{scheme}://{parts.hostname}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
 
 
-def _url(value: str, field: str, settings: Settings) -> str:
-    """A URL Stripe Checkout may send the customer back to. In production only to our own
-    origins (`checkout_origins`): anything else would make our Checkout an open redirect that
-    lends a phishing page the trust of a real payment."""
+def redirect_url(value: str, field: str, settings: Settings) -> str:
+    """A URL Stripe Checkout (or the billing portal) may send the customer back to. In production
+    only to our own origins (`checkout_origins`): anything else would make our Checkout an open
+    redirect that lends a phishing page the trust of a real payment."""
     v = (value or "").strip()
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.netloc or len(v) > 2048:
@@ -111,8 +111,8 @@ async def create_checkout_session(
 ) -> CheckoutSession:
     if (credit_pack_id is None) == (plan_id is None):
         raise BadInput("give exactly one of creditPackId and planId", field="creditPackId")
-    success = _url(success_url, "successUrl", svc.settings)
-    cancel = _url(cancel_url, "cancelUrl", svc.settings)
+    success = redirect_url(success_url, "successUrl", svc.settings)
+    cancel = redirect_url(cancel_url, "cancelUrl", svc.settings)
     stripe = svc.require_stripe()
     project_public = ids.encode("project", project_id)
     meta: dict[str, str] = {objects.META_PROJECT: project_public}

@@ -151,6 +151,13 @@ class StripeGateway:
             "create a checkout session", self.client.v1.checkout.sessions.create_async(_any(params))
         )
 
+    async def create_billing_portal_session(self, customer_id: str, return_url: str) -> dict[str, Any]:
+        """A session of Stripe's customer portal (payment methods, invoices, cancellation)."""
+        return await self._call(
+            "create a billing portal session",
+            self.client.v1.billing_portal.sessions.create_async({"customer": customer_id, "return_url": return_url}),
+        )
+
     # -- subscriptions and invoices ---------------------------------------------------------------
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
