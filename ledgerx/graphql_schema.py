@@ -24,6 +24,7 @@ from ledgerx.resolvers import (
     billing,
     invites,
     ledger,
+    notifications,
     payments,
     system,
     tenancy,
@@ -63,6 +64,7 @@ Mutation = merge_types(
         billing.Mutation,
         payments.Mutation,
         webhooks.Mutation,
+        notifications.Mutation,
     ),
 )
 Subscription = merge_types("Subscription", (system.Subscription, ledger.Subscription, analytics.Subscription))

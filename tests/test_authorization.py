@@ -226,6 +226,12 @@ OPS: dict[str, Op] = {
         "query($id: ID!) { previewBillingRule(id: $id, count: 1) { at } }", lambda w: {"id": w.rule_id}
     ),
     "testClock": Op("query($p: ID!) { testClock(projectId: $p) { now } }", lambda w: {"p": w.project_id}),
+    "Project.billingDetails": Op(
+        "query($p: ID!) { project(id: $p) { billingDetails { email taxIds { type } } } }", lambda w: {"p": w.project_id}
+    ),
+    "Project.notificationSettings": Op(
+        "query($p: ID!) { project(id: $p) { notificationSettings { disabled } } }", lambda w: {"p": w.project_id}
+    ),
     "createBillingRule": Op(
         "mutation($i: CreateBillingRuleInput!) { createBillingRule(input: $i) { id } }",
         lambda w: {"i": {"walletId": w.wallet_id, "name": "by key", "mode": "DAILY_FLAT", "amount": 1}},

@@ -290,9 +290,10 @@ async def test_tenancy_lists_cost_the_same_for_5_and_50_rows(gql: GQL) -> None:
 
     await same_for_5_and_50(
         gql,
-        "projects { members { user } }",
+        "projects { members { user } billingDetails notificationSettings }",
         "query($n: Int) { projects(first: $n) { nodes { id name viewerRole"
-        " members { id role joinedAt user { id email name emailVerified isPlatformAdmin createdAt } } } } }",
+        " members { id role joinedAt user { id email name emailVerified isPlatformAdmin createdAt } }"
+        " billingDetails { email address { country } taxIds { type value } } notificationSettings { disabled } } } }",
         {},
         owner,
         nodes("projects", "nodes"),

@@ -13,8 +13,10 @@ from ledgerx import ids
 from ledgerx.dataloaders import tenancy as loaders
 from ledgerx.domain.audit import EntryRecord
 from ledgerx.domain.tenancy.records import MemberRecord, ProjectRecord
+from ledgerx.schema import notifications
 from ledgerx.schema.identity import UserType
 from ledgerx.schema.info import Info
+from ledgerx.schema.notifications import BillingDetails, NotificationSettings
 
 
 @strawberry.enum
@@ -66,6 +68,15 @@ class ProjectType:
     @strawberry.field
     async def members(self, info: Info) -> list[MemberType]:
         return [MemberType.of(m) for m in await loaders.members_by_project(info.context).load(self.uuid)]
+
+    # Guarded on their own (notifications.policy.READ: members, or API keys with billing:read).
+    @strawberry.field
+    async def billing_details(self, info: Info) -> BillingDetails | None:
+        return await notifications.project_billing_details(info, self.uuid)
+
+    @strawberry.field
+    async def notification_settings(self, info: Info) -> NotificationSettings | None:
+        return await notifications.project_notification_settings(info, self.uuid)
 
     @classmethod
     def of(cls, p: ProjectRecord, role: str | None = None) -> ProjectType:

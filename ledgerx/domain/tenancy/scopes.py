@@ -3,8 +3,9 @@
 This is the one list. `createApiKey` accepts these names (and `apiKeyScopes` lists them), the
 domain rules name these objects (`domain/*/policy.py`, `authorize.Rule`), and GraphQL and
 POST /v1/usage check them through those rules. `allows` names the public operations (GraphQL root
-fields, HTTP routes) that refuse a key without the scope; an operation named under two scopes needs
-both (transferCredits writes its source wallet and reads its target). A key acts only on its own
+fields, HTTP routes, and `Type.field` for a field guarded on its own) that refuse a key without
+the scope; an operation named under two scopes needs both (transferCredits writes its source
+wallet and reads its target). A key acts only on its own
 project and never manages projects, people or keys, whatever its scopes; the few reads of the project
 itself (`project`, `projects`, `currentApiKey`, the plan and subscription) take no scope.
 """
@@ -54,8 +55,17 @@ WALLETS_WRITE = Scope(
 )
 BILLING_READ = Scope(
     "billing:read",
-    "Read billing rules, their runs and previews, and the test clock.",
-    ("billingRule", "billingRules", "billingRun", "previewBillingRule", "testClock"),
+    "Read billing rules, their runs and previews, the test clock, and the project's billing details and"
+    " notification settings.",
+    (
+        "billingRule",
+        "billingRules",
+        "billingRun",
+        "previewBillingRule",
+        "testClock",
+        "Project.billingDetails",
+        "Project.notificationSettings",
+    ),
 )
 BILLING_WRITE = Scope(
     "billing:write",
