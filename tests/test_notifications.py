@@ -32,6 +32,7 @@ from ledgerx.domain.payments import dunning, inbox, notices
 from ledgerx.domain.payments.handlers import dispatch
 from ledgerx.domain.webhooks import endpoints, outbox
 from ledgerx.domain.webhooks.delivery import DeliveryPolicy, DeliveryWorker
+from ledgerx.schema.notifications import NotificationKind
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, free_port, new_email, sign_up
@@ -188,6 +189,11 @@ async def test_every_kind_arrives_as_text_and_html_once_per_occurrence(
         assert pid in text
         assert "$" not in text and "$" not in page  # no placeholder left unfilled
         assert page.lstrip().startswith("<!DOCTYPE html>")
+
+
+def test_the_graphql_enum_names_every_kind() -> None:
+    assert [k.value for k in NotificationKind] == [k.value for k in Kind]
+    assert all(NotificationKind.of(k).domain() is k for k in Kind)
 
 
 async def test_a_kind_needs_its_facts(services: Services, gql: GQL) -> None:
