@@ -15,6 +15,12 @@ Each instance holds one pub/sub connection. Local subscribers (GraphQL subscript
 first subscriber of a topic SUBSCRIBEs, the last one UNSUBSCRIBEs, and a reader task fans each
 message out through bounded queues. A slow subscriber loses its oldest events rather than making
 the reader, and every other subscriber, wait or memory grow.
+
+Subscribers that can repair a loss from the database (the ledger's streams) subscribe with
+`gaps=True`: their iteration then yields `GAP` whenever events may have been lost for them, after
+which they re-read what they need. A loss is (a) their queue overflowing, or (b) the pub/sub
+connection dropping: `GAP` comes once Redis confirmed the re-subscription (redis-py re-subscribes
+on reconnect), so a read after it misses nothing published later.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ return #ARGV / 2
 
 
 _END: Event = {}  # the end-of-stream marker a closed subscription's queue ends with (compared by identity)
+_WAKE: Event = {}  # wakes a waiting gap-aware subscriber so it sees its gap flag (never yielded)
+# Yielded to `gaps=True` subscribers when events may have been lost (compare by identity: `is GAP`).
+GAP: Event = {"type": "bus.gap"}
 
 
 class Subscription:
@@ -52,11 +61,13 @@ class Subscription:
     still waiting on it (helpers such as `asyncio.ensure_future(anext(sub))`, a relay task) are
     cancelled and awaited, so none is left pending for the garbage collector to destroy."""
 
-    def __init__(self, topic: str, maxsize: int) -> None:
+    def __init__(self, topic: str, maxsize: int, *, gaps: bool = False) -> None:
         self.topic = topic
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
         self.dropped = 0
         self.closed = False
+        self.gaps = gaps
+        self._gap = False
         self._waiters: set[asyncio.Task[Any]] = set()
 
     def offer(self, event: Event) -> None:
@@ -67,9 +78,18 @@ class Subscription:
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
             self.dropped += 1
+            self._gap = self.gaps
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.warning("slow subscriber on %s: %d events dropped", self.topic, self.dropped)
         self.queue.put_nowait(event)
+
+    def signal_gap(self) -> None:
+        """Events may have been lost: a gap-aware subscriber's next item is `GAP`."""
+        if self.closed or not self.gaps:
+            return
+        self._gap = True
+        if self.queue.empty():
+            self.queue.put_nowait(_WAKE)
 
     async def close(self) -> None:
         """End the iteration; cancel and await the other tasks waiting for an event."""
@@ -90,21 +110,28 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Event:
-        if self.queue.empty():
-            task = asyncio.current_task()
+        while True:
+            if self._gap and not self.closed:
+                self._gap = False
+                return GAP
+            event = await self._get()
+            if event is _END:
+                self.queue.put_nowait(_END)  # every later call ends too
+                raise StopAsyncIteration
+            if event is not _WAKE:
+                return event
+
+    async def _get(self) -> Event:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiters.add(task)
+        try:
+            return await self.queue.get()
+        finally:
             if task is not None:
-                self._waiters.add(task)
-            try:
-                event = await self.queue.get()
-            finally:
-                if task is not None:
-                    self._waiters.discard(task)
-        else:
-            event = self.queue.get_nowait()
-        if event is _END:
-            self.queue.put_nowait(_END)  # every later call ends too
-            raise StopAsyncIteration
-        return event
+                self._waiters.discard(task)
 
 
 class EventBus:
@@ -122,6 +149,11 @@ class EventBus:
         self._reader: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        # Subscriptions whose next confirmation by Redis is a re-subscription (the connection
+        # dropped, or the first confirmation came too late): their subscribers get GAP then.
+        self._stale: set[tuple[bool, str]] = set()
+        # How many times the pub/sub connection was lost (tests and metrics read it).
+        self.disconnects = 0
 
     def channel(self, topic: str) -> str:
         return self.prefix + topic
@@ -149,13 +181,14 @@ class EventBus:
 
     @contextlib.asynccontextmanager
     async def subscribe(
-        self, topic: str, *, pattern: bool = False, confirm_timeout: float = 5.0
+        self, topic: str, *, pattern: bool = False, confirm_timeout: float = 5.0, gaps: bool = False
     ) -> AsyncIterator[Subscription]:
         """Receive the topic's events while the block runs (returns once Redis confirmed).
 
         With `pattern`, `topic` is a Redis glob (`project:*:payments`) and the events of every
-        matching topic arrive (one PSUBSCRIBE per pattern per instance)."""
-        sub = Subscription(topic, self.queue_size)
+        matching topic arrive (one PSUBSCRIBE per pattern per instance). With `gaps`, the
+        iteration also yields `GAP` when events may have been lost (see the module docstring)."""
+        sub = Subscription(topic, self.queue_size, gaps=gaps)
         key = (pattern, topic)
         await self._add(key, sub, confirm_timeout)
         try:
@@ -191,6 +224,9 @@ class EventBus:
             await asyncio.wait_for(confirmed.wait(), confirm_timeout)
         except TimeoutError:
             log.warning("redis did not confirm the subscription to %s in time", topic)
+            # Events published before the late confirmation are lost: say so when it comes.
+            sub.signal_gap()
+            self._stale.add(key)
 
     async def _remove(self, key: tuple[bool, str], sub: Subscription) -> None:
         pattern, topic = key
@@ -204,6 +240,7 @@ class EventBus:
                 return
             del self._subs[key]
             self._confirmed.pop(key, None)
+            self._stale.discard(key)
             if self._pubsub is not None and not self._closed:
                 try:
                     if pattern:
@@ -223,6 +260,9 @@ class EventBus:
                 raise
             except Exception:
                 log.warning("event bus connection lost; reconnecting", exc_info=True)
+                self.disconnects += 1
+                # Whatever was published until the re-subscription is lost for every subscriber.
+                self._stale.update(self._subs)
                 await asyncio.sleep(0.5)
                 continue
             if msg is not None:
@@ -240,8 +280,15 @@ class EventBus:
         key = (pattern, name[len(self.prefix) :])
         if kind in ("subscribe", "psubscribe"):
             confirmed = self._confirmed.get(key)
-            if confirmed is not None:
-                confirmed.set()
+            if confirmed is None:
+                return
+            # A confirmation of a confirmed subscription is redis-py re-subscribing after a
+            # reconnect (also one inside a single get_message call, which raises nothing here).
+            if confirmed.is_set() or key in self._stale:
+                self._stale.discard(key)
+                for sub in list(self._subs.get(key, ())):
+                    sub.signal_gap()
+            confirmed.set()
             return
         if kind not in ("message", "pmessage"):
             return
