@@ -52,12 +52,17 @@ def wallet(wallet_id: uuid.UUID) -> str:
 
 
 def wallet_updated(wallet_id: uuid.UUID, wallet_json: Event, transaction: Event, *, low_balance: bool) -> Message:
-    """After a transaction that changed the wallet committed."""
+    """After a transaction that changed the wallet committed. `seq` is the wallet's entry in it
+    (its place in the wallet's chain): `walletUpdated` orders by it and sees a lost message as a
+    hole (domain/ledger/wallet_feed.py)."""
+    me = str(wallet_id)
+    seq = next((e.get("seq") for e in transaction.get("entries") or () if e.get("walletId") == me), None)
     return wallet(wallet_id), {
         "type": "ledger.wallet_updated",
         "wallet": wallet_json,
         "transaction": transaction,
         "lowBalance": low_balance,
+        "seq": seq,
     }
 
 
