@@ -16,6 +16,7 @@ from ledgerx.db.engine import Database
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import store
 from ledgerx.domain.ledger.batcher import Batcher
+from ledgerx.domain.ledger.feed import ProjectFeeds
 from ledgerx.ids import uuid7
 
 log = logging.getLogger("ledgerx.ledger")
@@ -56,6 +57,8 @@ class LedgerService:
         self._wallet_refs: dict[uuid.UUID, WalletRef] = {}
         self._txn_projects: dict[uuid.UUID, uuid.UUID] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # The shared readers of the projects' transaction streams (transactionPosted).
+        self.feeds = ProjectFeeds(db, bus)
         self.batcher = Batcher(
             db,
             clock=self.now,
@@ -137,6 +140,7 @@ class LedgerService:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        await self.feeds.close()
         await self.batcher.close()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)

@@ -139,3 +139,14 @@ class Posted:
     replayed: bool = False
     # Wallets touched, as they were right after this transaction (for events and responses).
     wallets: tuple[WalletRecord, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WalletUpdateRecord:
+    """One transaction as the wallet's stream tells it (`walletUpdated`): `seq` is the wallet's
+    entry in it (the stream's order), `wallet` the wallet right after it."""
+
+    seq: int
+    wallet: WalletRecord
+    transaction: TransactionRecord
+    low_balance: bool
