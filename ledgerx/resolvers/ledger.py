@@ -13,14 +13,13 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from ledgerx import ids
-from ledgerx.domain import topics
 from ledgerx.domain.errors import BadInput, NotFound
-from ledgerx.domain.ledger import Posted, WalletRef, codec, policy, posting, reads, refunds, wallets
+from ledgerx.domain.ledger import Posted, WalletRef, feed, policy, posting, reads, refunds, wallet_feed, wallets
 from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import authorizer, project_access
-from ledgerx.resolvers.streams import guarded_events, member_guard
+from ledgerx.resolvers.streams import guarded, member_guard
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import (
     CreateWalletInput,
@@ -187,27 +186,41 @@ class Mutation:
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Every transaction that changes the wallet, after it commits. Ends when the caller loses"
-        " access to the wallet's project or the token expires."
+        description="Every transaction that changes the wallet, after it commits, each once, in the wallet's"
+        " order. With `after` (a transaction's cursor) it first replays what followed that transaction;"
+        " without it, it starts now. Ends when the caller loses access to the wallet's project or the"
+        " token expires."
     )
-    async def wallet_updated(self, info: Info, wallet_id: strawberry.ID) -> AsyncGenerator[WalletUpdate, None]:
+    async def wallet_updated(
+        self, info: Info, wallet_id: strawberry.ID, after: strawberry.ID | None = None
+    ) -> AsyncGenerator[WalletUpdate, None]:
         ref = await _wallet(info, wallet_id, write=False)
+        ledger = info.context.services.ledger
+        after_seq = None
+        if after is not None:
+            txn_id = ids.decode("transaction", after, "after")
+            after_seq = await wallet_feed.cursor_seq(ledger, ref.project_id, ref.id, txn_id)
         guard = member_guard(info, ref.project_id, policy.READ)
-        services = info.context.services
-        async for event in guarded_events(services, topics.wallet(ref.id), ref.project_id, guard):
-            yield WalletUpdate(
-                wallet=WalletType.of(codec.wallet_from_json(event["wallet"])),
-                transaction=TransactionType_.of(codec.txn_from_json(event["transaction"])),
-                low_balance=bool(event.get("lowBalance")),
-            )
+        updates = wallet_feed.wallet_updates(ledger, ref.project_id, ref.id, after_seq)
+        async for update in guarded(info.context.services, updates, ref.project_id, guard):
+            yield WalletUpdate.of(update)
 
     @strawberry.subscription(
-        description="Every transaction posted in the project, after it commits. Ends when the caller loses"
-        " access to the project or the token expires."
+        description="Every transaction posted in the project, after it commits, each once, in one order"
+        " (the same for every subscriber). With `after` (a transaction's cursor) it first replays what"
+        " followed that transaction; without it, it starts now. Ends when the caller loses access to the"
+        " project or the token expires."
     )
-    async def transaction_posted(self, info: Info, project_id: strawberry.ID) -> AsyncGenerator[TransactionType_, None]:
+    async def transaction_posted(
+        self, info: Info, project_id: strawberry.ID, after: strawberry.ID | None = None
+    ) -> AsyncGenerator[TransactionType_, None]:
         access = await project_access(info, project_id, policy.READ)
+        ledger = info.context.services.ledger
+        position = None
+        if after is not None:
+            txn_id = ids.decode("transaction", after, "after")
+            position = await feed.cursor_position(ledger.db, access.project_id, txn_id)
         guard = member_guard(info, access.project_id, policy.READ)
-        topic = topics.project_transactions(access.project_id)
-        async for event in guarded_events(info.context.services, topic, access.project_id, guard):
-            yield TransactionType_.of(codec.txn_from_json(event["transaction"]))
+        posted = ledger.feeds.transactions(access.project_id, position)
+        async for item in guarded(info.context.services, posted, access.project_id, guard):
+            yield TransactionType_.of(item.transaction)

@@ -9,9 +9,10 @@ project's access changes are announced (removal, demotion, suspension, key revoc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from graphql import GraphQLError
 
@@ -23,6 +24,8 @@ from ledgerx.domain.tenancy.access import load_access
 from ledgerx.domain.tenancy.authorize import Rule, permit
 from ledgerx.schema.info import Info
 from ledgerx.services import Services
+
+T = TypeVar("T")
 
 
 def stream_credential(info: Info) -> tuple[str, float | None]:
@@ -77,30 +80,43 @@ class GuardedStream:
             self.failed.set_result(error)
 
 
-async def guarded_events(
-    services: Services, topic: str, project_id: uuid.UUID, guard: StreamGuard
-) -> AsyncGenerator[dict[str, Any], None]:
-    """The events of `topic` on the bus until the guard ends the stream (raised as a GraphQL error)."""
+async def guarded(
+    services: Services, source: AsyncIterator[T], project_id: uuid.UUID, guard: StreamGuard
+) -> AsyncGenerator[T, None]:
+    """The items of `source` until it ends or the guard ends the stream (raised as a GraphQL
+    error); `source` is closed either way."""
     stream = GuardedStream()
     members = topics.project_members(project_id)
-    async with services.events.subscribe(topic) as events, services.events.subscribe(members) as changes:
+    nxt: asyncio.Future[T] | None = None
+    async with services.events.subscribe(members) as changes:
         relay = asyncio.create_task(_relay(changes, stream.recheck), name="ledgerx-stream-recheck")
         watch = asyncio.create_task(guard.run(stream), name="ledgerx-stream-guard")
         try:
             while True:
-                nxt: asyncio.Future[dict[str, Any]] = asyncio.ensure_future(anext(events))
+                nxt = asyncio.ensure_future(anext(source))
                 waiting: set[asyncio.Future[Any]] = {nxt, stream.failed}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if stream.failed.done():
-                    nxt.cancel()
                     error = stream.failed.result()
                     if isinstance(error, AppError):
                         raise graphql_error(error)
                     raise error
-                yield nxt.result()
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return
+                nxt = None
+                yield item
         finally:
             relay.cancel()
             watch.cancel()
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def _relay(changes: AsyncIterator[dict[str, Any]], recheck: asyncio.Event) -> None:

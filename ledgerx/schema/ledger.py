@@ -17,6 +17,7 @@ from ledgerx.dataloaders import ledger as loaders
 from ledgerx.domain.errors import BadInput
 from ledgerx.domain.ledger import EntryRecord, TransactionRecord, WalletRecord
 from ledgerx.domain.ledger import TxnType as DomainTxnType
+from ledgerx.domain.ledger.types import WalletUpdateRecord
 from ledgerx.domain.ledger.verification import Mismatch, Report
 from ledgerx.domain.pagination import page_size
 from ledgerx.schema.info import Info
@@ -100,6 +101,10 @@ class LedgerEntryType:
 @strawberry.type(name="Transaction")
 class TransactionType_:
     id: strawberry.ID
+    cursor: strawberry.ID = strawberry.field(
+        description="Where this transaction is in a stream (its id): pass it as transactionPosted's or"
+        " walletUpdated's `after` to resume after it."
+    )
     project_id: strawberry.ID
     wallet_id: strawberry.ID = strawberry.field(description="The primary wallet (the source of a transfer).")
     type: TransactionType
@@ -125,8 +130,10 @@ class TransactionType_:
 
     @classmethod
     def of(cls, t: TransactionRecord) -> TransactionType_:
+        public_id = strawberry.ID(ids.encode("transaction", t.id))
         return cls(
-            id=strawberry.ID(ids.encode("transaction", t.id)),
+            id=public_id,
+            cursor=public_id,
             project_id=strawberry.ID(ids.encode("project", t.project_id)),
             wallet_id=strawberry.ID(ids.encode("wallet", t.wallet_id)),
             type=TransactionType(DomainTxnType(t.type).value),
@@ -240,6 +247,14 @@ class WalletUpdate:
     wallet: WalletType = strawberry.field(description="The wallet right after the transaction.")
     transaction: TransactionType_
     low_balance: bool = strawberry.field(description="This transaction took the balance below lowBalanceThreshold.")
+    cursor: strawberry.ID = strawberry.field(
+        description="The transaction's id: pass it as walletUpdated's `after` to resume after it."
+    )
+
+    @classmethod
+    def of(cls, u: WalletUpdateRecord) -> WalletUpdate:
+        txn = TransactionType_.of(u.transaction)
+        return cls(wallet=WalletType.of(u.wallet), transaction=txn, low_balance=u.low_balance, cursor=txn.id)
 
 
 # -- inputs ------------------------------------------------------------------------------------------
