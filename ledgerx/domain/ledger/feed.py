@@ -77,8 +77,12 @@ _PAGE = (
     f" AND (t.commit_xid, t.id) <= ($4::xid8, $5::uuid) AND t.commit_xid < {_HORIZON}"
     " ORDER BY t.commit_xid, t.id LIMIT $6"
 )
-# Committed rows the horizon has not passed yet (in the same snapshot as the page).
-_PENDING = f"SELECT EXISTS (SELECT 1 FROM ledger_transactions WHERE project_id = $1 AND commit_xid >= {_HORIZON})"  # noqa: S608
+# Whether committed rows wait at or above the horizon (in the same snapshot as the page): the
+# project's last row decides (one backward step on the stream index).
+_PENDING = (
+    f"SELECT coalesce((SELECT commit_xid >= {_HORIZON} FROM ledger_transactions WHERE project_id = $1"  # noqa: S608
+    " ORDER BY commit_xid DESC, id DESC LIMIT 1), false)"
+)
 # The last position below the horizon: where a new reader starts.
 _TAIL = (
     "SELECT commit_xid AS pos_xid, id FROM ledger_transactions"  # noqa: S608
