@@ -493,6 +493,13 @@ async def test_concurrent_posters_on_many_wallets_make_one_total_order(
         finally:
             for c in [*clients, remote, late]:
                 await c.close()
+    # The last subscriber gone, the reader and its bus subscription are gone too.
+    for _ in range(250):
+        if not services.ledger.feeds.readers:
+            break
+        await asyncio.sleep(0.02)
+    assert services.ledger.feeds.readers == {}
+    assert topics.project_transactions(s.project_uuid) not in services.events.active_topics()
 
     expected = after(await project_order(settings, s.project_uuid), start)
     assert len(expected) == total and len(set(expected)) == total
