@@ -15,7 +15,9 @@ for them at `now`:
    statement, one write), so debits, runs and cursors commit together or not at all;
 5. starts or ends grace periods, pauses rules whose grace ran out (`grace.py`);
 6. records runs (`(rule_id, scheduled_at)` is unique: a second run of a period cannot exist) and
-   moves each rule's cursor (`runs.py`).
+   moves each rule's cursor (`runs.py`);
+7. writes the outbound webhook events of the attempts (`billing_run.succeeded` / `.failed`), so
+   they exist exactly when the runs commit.
 
 The debit of a period uses the idempotency key `rule:<rule id>:<period>`; with the unique run key
 and the row lock, a period is charged once whatever crashes, retries or races.
@@ -36,10 +38,11 @@ import asyncpg
 from ledgerx import ids
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.billing import charges, grace, runs, store
+from ledgerx.domain.billing import charges, grace, payloads, runs, store
 from ledgerx.domain.billing.records import RULE_COLS, Rule, Run
 from ledgerx.domain.billing.service import BillingService
 from ledgerx.domain.ledger.posting import RETRYABLE
+from ledgerx.domain.webhooks import outbox
 
 log = logging.getLogger("ledgerx.billing")
 
@@ -144,10 +147,21 @@ async def process(
     await carries.save(conn)
     await runs.move_cursors(conn, rules)
     await audit.record_many(conn, audits)
+    await outbox.emit_many(conn, webhook_events(attempts))
     touched = [a.run for a in attempts] + skipped
     touched.sort(key=lambda x: (x.scheduled_at, x.rule_id))
     result.runs = touched
     return result
+
+
+def webhook_events(attempts: Sequence[charges.Attempt]) -> outbox.Batch:
+    """One event per attempt made (a new run or a retry): succeeded, or failed (FAILED and
+    INSUFFICIENT_FUNDS; each failed attempt of a run is announced). SKIPPED runs made no attempt."""
+    batch = outbox.Batch()
+    for a in attempts:
+        kind = "billing_run.succeeded" if a.run.status == "SUCCEEDED" else "billing_run.failed"
+        batch.add(a.rule.project_id, kind, payloads.run(a.run))
+    return batch
 
 
 # -- entry points ---------------------------------------------------------------------------------
