@@ -14,7 +14,7 @@ from ledgerx import ids
 from ledgerx.db.models import Invoice, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.payments import catalog, notices
+from ledgerx.domain.payments import catalog, notices, webhook_events
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.payments.subscriptions import snapshot_json, topic
 
@@ -84,6 +84,7 @@ async def run_dunning(svc: PaymentsService, *, limit: int = 200) -> int:
         ).scalars()
         for sub in rows:
             before = snapshot_json(sub)
+            data_before = await webhook_events.subscription_data(s, sub, now)
             sub.downgraded_at = now
             after = {**snapshot_json(sub), "effectivePlanId": ids.encode("plan", free.id) if free else None}
             await audit.record(
@@ -97,6 +98,7 @@ async def run_dunning(svc: PaymentsService, *, limit: int = 200) -> int:
                 after=after,
             )
             await notices.downgraded(svc, s, sub, free)
+            await webhook_events.subscription_changed(s, sub, data_before, now)
             events.append(
                 (
                     topic(sub.project_id),

@@ -26,6 +26,7 @@ from ledgerx.domain.actor import Actor
 from ledgerx.domain.ledger.posting import post_transaction
 from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posted, Posting, SystemAccount
 from ledgerx.domain.ledger.wallets import create_wallet
+from ledgerx.domain.payments import webhook_events
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
@@ -119,7 +120,8 @@ async def post_credits(
 async def grant_invoice(
     svc: PaymentsService, s: AsyncSession, invoice: Invoice, *, wallet_id: uuid.UUID
 ) -> Posted | None:
-    """Grant a paid invoice's credits once (keyed by the Stripe invoice) and record its Payment."""
+    """Grant a paid invoice's credits once (keyed by the Stripe invoice) and record its Payment
+    (announced as `payment.succeeded` when this call recorded it)."""
     assert invoice.stripe_invoice_id is not None
     posted: Posted | None = None
     if invoice.credits > 0 and invoice.grant_transaction_id is None:
@@ -146,7 +148,7 @@ async def grant_invoice(
         )
         invoice.grant_transaction_id = posted.transaction.id
     if invoice.amount_paid > 0:
-        await s.execute(
+        payment = await s.scalar(
             pg_insert(Payment)
             .values(
                 id=uuid7(),
@@ -165,7 +167,10 @@ async def grant_invoice(
                 stripe_charge_id=invoice.stripe_charge_id,
             )
             .on_conflict_do_nothing(index_elements=["stripe_invoice_id"])
+            .returning(Payment)
         )
+        if payment is not None:
+            await webhook_events.payment(s, "payment.succeeded", payment)
     return posted
 
 

@@ -18,7 +18,7 @@ from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict
-from ledgerx.domain.payments import catalog, grants, objects, prices, proration, records
+from ledgerx.domain.payments import catalog, grants, objects, prices, proration, records, webhook_events
 from ledgerx.domain.payments.records import InvoiceRecord, PlanRecord, SubscriptionRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.payments.subscriptions import apply_snapshot, current_subscription, is_live, snapshot_json, topic
@@ -67,6 +67,7 @@ async def change_plan(
         old = await s.get(Plan, sub.plan_id)
         assert old is not None
         before = snapshot_json(sub)
+        data_before = await webhook_events.subscription_data(s, sub, now)
         sub_id = sub.stripe_subscription_id
         if sub.current_period_start is None or sub.current_period_end is None:
             raise Conflict("the subscription's billing period is not known yet; try again shortly", field="projectId")
@@ -146,6 +147,7 @@ async def change_plan(
                 "effectiveAt": change.effective_at.isoformat(),
             },
         )
+        await webhook_events.subscription_changed(s, sub, data_before, now)
         events.append(
             (
                 topic(project_id),
@@ -250,6 +252,7 @@ async def cancel_subscription(
         sub = await _live_subscription(s, project_id)
         assert sub.stripe_subscription_id is not None
         before = snapshot_json(sub)
+        data_before = await webhook_events.subscription_data(s, sub, now)
         if at_period_end:
             snap = await stripe.update_subscription(
                 sub.stripe_subscription_id, {"cancel_at_period_end": True}, f"ledgerx:cancel:{sub.id}:{uuid7()}"
@@ -270,6 +273,7 @@ async def cancel_subscription(
             before=before,
             after={**after, "atPeriodEnd": at_period_end},
         )
+        await webhook_events.subscription_changed(s, sub, data_before, now)
     await svc.changes.plan_changed(project_id, "subscription.cancel")
     svc.publish(
         [

@@ -215,9 +215,10 @@ async def ensure_row(
     plan_id: uuid.UUID,
     customer_id: str | None,
     wallet_id: uuid.UUID | None = None,
-) -> PlanSubscription:
-    """The subscription row for a Stripe subscription, created (unsynced) on first sight; locked."""
-    await s.execute(
+) -> tuple[PlanSubscription, bool]:
+    """The subscription row for a Stripe subscription, created (unsynced) on first sight; locked.
+    True when this call created it (exactly one of concurrent callers does)."""
+    inserted = await s.scalar(
         pg_insert(PlanSubscription)
         .values(
             id=uuid7(),
@@ -229,6 +230,7 @@ async def ensure_row(
             wallet_id=wallet_id,
         )
         .on_conflict_do_nothing(index_elements=["stripe_subscription_id"])
+        .returning(PlanSubscription.id)
     )
     row = (
         await s.execute(
@@ -240,7 +242,7 @@ async def ensure_row(
     ).scalar_one()
     if row.wallet_id is None and wallet_id is not None:
         row.wallet_id = wallet_id
-    return row
+    return row, inserted is not None
 
 
 def _key(at: dt.datetime | None, status: str, event_id: str | None) -> tuple[dt.datetime, int, str]:

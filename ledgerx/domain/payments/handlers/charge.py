@@ -13,7 +13,7 @@ from ledgerx.db.models import LedgerTransaction, Payment, PaymentCustomer, Payme
 from ledgerx.domain.ledger.posting import post_transaction
 from ledgerx.domain.ledger.refunds import refund_transaction
 from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posted, Posting, SystemAccount
-from ledgerx.domain.payments import grants, objects
+from ledgerx.domain.payments import grants, objects, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, NotReady, Outcome
 from ledgerx.domain.payments.handlers.lookups import audit_event
 from ledgerx.domain.payments.service import PaymentsService
@@ -104,6 +104,7 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
             ).scalars()
         )
         reversed_now = 0
+        refunded_before = payment.amount_refunded
         for _, refund_id, amount in refunds:
             if refund_id in known:
                 continue
@@ -155,6 +156,9 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
             )
         payment.updated_at = func.now()
         await s.flush()
+        if refunded_before != payment.amount_refunded:
+            # Money went back (whatever credits it reversed): once per Stripe refund recorded.
+            await webhook_events.payment(s, "payment.refunded", payment)
         if reversed_now:
             await audit_event(
                 s,
@@ -240,6 +244,7 @@ async def on_dispute(svc: PaymentsService, ev: Event) -> Outcome:
                 creditsHeld=str(hold),
             )
             out.events.append(grants.payment_event("payment.disputed", payment))
+            await webhook_events.payment(s, "payment.disputed", payment)
         final = {"won": "WON", "lost": "LOST"}.get(str(d.get("status")))
         if final is not None and row.status == "OPEN":
             if final == "WON" and row.credits_held > 0 and payment.wallet_id is not None:

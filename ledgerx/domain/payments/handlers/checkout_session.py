@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ledgerx import ids
 from ledgerx.db.models import CreditPack, Payment
 from ledgerx.domain.ledger.types import Kind
-from ledgerx.domain.payments import grants, objects
+from ledgerx.domain.payments import grants, objects, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome, Permanent
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, require_plan
 from ledgerx.domain.payments.service import PaymentsService
@@ -98,6 +98,7 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
                 transactionId=ids.encode("transaction", posted.transaction.id),
             )
             out.events.append(grants.payment_event("payment.succeeded", payment))
+            await webhook_events.payment(s, "payment.succeeded", payment)
     out.result = f"already credited {credits} credits" if posted.replayed else f"credited {credits} credits"
     return out
 
@@ -112,9 +113,11 @@ async def _subscription_checkout(
         return Outcome("ignored: no subscription or plan in the session", project_id, ignored=True)
     async with svc.db.transaction(system=True) as s:
         await require_plan(s, plan_id)
-        sub = await ensure_subscription(
+        sub, created = await ensure_subscription(
             s, sess, meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
         )
+        if created:
+            await webhook_events.subscription_changed(s, sub, None, svc.now())
         await audit_event(
             s, ev, "subscription.checkout_completed", project_id, ("subscription", ids.encode("subscription", sub.id))
         )

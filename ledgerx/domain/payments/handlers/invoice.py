@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
-from ledgerx.domain.payments import catalog, dunning, grants, notices, objects
+from ledgerx.domain.payments import catalog, dunning, grants, notices, objects, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, subscription_row
 from ledgerx.domain.payments.objects import Obj
@@ -144,13 +144,16 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
         sub_wallet = sub_wallet or objects.decode_meta(sub_meta, objects.META_WALLET, "wallet")
         wallet_id = await grants.wallet_for(svc, project_id, sub_wallet)
     out = Outcome("", project_id)
+    now = svc.now()
     async with svc.db.transaction(system=True) as s:
         sub = await subscription_row(s, stripe_sub)
+        sub_before = await webhook_events.subscription_data(s, sub, now) if sub is not None else None
         plan_id = await _invoice_plan(s, inv, meta, sub)
         if sub is None and stripe_sub and plan_id is not None:
-            sub = await ensure_subscription(
+            sub, created = await ensure_subscription(
                 s, inv, sub_meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
             )
+            sub_before = None if created else await webhook_events.subscription_data(s, sub, now)
         row = await _upsert_invoice(s, ev, project_id, sub, plan_id)
         changed = False
         attempts = objects.integer(inv.get("attempt_count"))
@@ -193,6 +196,7 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
             await dunning.recompute_dunning(svc, s, sub, out.events)
             if ev.type == "invoice.payment_failed" and changed and row.kind == "SUBSCRIPTION":
                 await notices.payment_failed(svc, s, row, sub, attempt=attempts, event_id=ev.id)
+            await webhook_events.subscription_changed(s, sub, sub_before, now)
         if changed:
             await audit_event(
                 s,

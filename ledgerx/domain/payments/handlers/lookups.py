@@ -77,9 +77,9 @@ async def ensure_subscription(
     stripe_subscription_id: str,
     project_id: uuid.UUID,
     plan_id: uuid.UUID,
-) -> PlanSubscription:
+) -> tuple[PlanSubscription, bool]:
     """The (locked) subscription row a Stripe object names, created on first sight with the
-    object's customer and the wallet named in `meta`."""
+    object's customer and the wallet named in `meta`; True when this call created it."""
     return await subscriptions.ensure_row(
         s,
         stripe_subscription_id=stripe_subscription_id,

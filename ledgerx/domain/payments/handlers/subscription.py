@@ -4,7 +4,7 @@ one applied before (`subscriptions.apply_snapshot`)."""
 from __future__ import annotations
 
 from ledgerx import ids
-from ledgerx.domain.payments import catalog, objects, subscriptions
+from ledgerx.domain.payments import catalog, objects, subscriptions, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome
 from ledgerx.domain.payments.handlers.lookups import (
     audit_event,
@@ -28,8 +28,10 @@ async def on_subscription(svc: PaymentsService, ev: Event) -> Outcome:
     if project_id is None:
         return Outcome("ignored: not a LedgerX subscription", ignored=True)
     out = Outcome("", project_id)
+    now = svc.now()
     async with svc.db.transaction(system=True) as s:
         sub = await subscription_row(s, stripe_sub)
+        created = False
         if sub is None:
             plan_id = await catalog.plan_for_price(s, objects.subscription_price(snap)) or objects.decode_meta(
                 meta, objects.META_PLAN, "plan"
@@ -37,14 +39,16 @@ async def on_subscription(svc: PaymentsService, ev: Event) -> Outcome:
             if plan_id is None:
                 return Outcome("ignored: the subscription's price is not a LedgerX plan", project_id, ignored=True)
             await require_plan(s, plan_id)
-            sub = await ensure_subscription(
+            sub, created = await ensure_subscription(
                 s, snap, meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
             )
+        data_before = None if created else await webhook_events.subscription_data(s, sub, now)
         before = subscriptions.snapshot_json(sub)
         applied = await subscriptions.apply_snapshot(s, sub, snap, at=ev.created, event_id=ev.id)
         if not applied:
             out.result = "stale: a newer state of this subscription was applied already"
             return out
+        await webhook_events.subscription_changed(s, sub, data_before, now)
         after = subscriptions.snapshot_json(sub)
         if after != before:
             await audit_event(
