@@ -14,6 +14,7 @@ are decided in the same transaction, under the quota's lock (quotas.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
@@ -275,7 +276,9 @@ async def record_usage(
     q = await quotas.of(project_id) if quotas is not None else None
     if quotas is not None and q is not None and quotas.cap(q, c.metric) is None:
         q = None
-    async with db.transaction(project_id=project_id) as session:
+    # A refusal rolls the transaction back; the quota's crossing is recorded after it.
+    refusal = quotas.noting_refusal(project_id, q, c.metric, c.occurred_at) if quotas else contextlib.nullcontext()
+    async with refusal, db.transaction(project_id=project_id) as session:
         conn = await driver(session)
         if q is not None:
             # Held to the commit: writers of this metric-month take turns (see quotas.py).

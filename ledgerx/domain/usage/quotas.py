@@ -13,16 +13,23 @@ total it sees includes every accepted event, never a refused or rolled-back one 
 written by the same statement as the events), and a replayed key (already stored) is not counted
 again. Only capped metrics pay for this: the lock serializes writers of one capped metric-month
 (one extra round trip each), nothing else.
+
+The first event a quota refuses (BLOCK) or flags (OVERAGE) in a month is its crossing: a row in
+`usage_quota_crossings` (one per project, metric and month; the insert that lands is the crossing)
+and the outbound webhook event `usage.quota_exceeded`, once, however many events are refused
+after it (`note_crossings`; an instance remembers slots already crossed, so a client that keeps
+sending past its quota costs no statement more).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -30,7 +37,9 @@ import asyncpg
 from ledgerx import metrics as prom
 from ledgerx.db.engine import Database
 from ledgerx.domain.errors import QuotaExceeded
+from ledgerx.domain.usage import payloads
 from ledgerx.domain.usage.types import Aggregation, MetricRecord, Rejection
+from ledgerx.domain.webhooks import outbox
 
 QuotaLookup = Callable[[uuid.UUID], Awaitable[Mapping[str, int]]]
 # A project's quotas are cached this long; a change of its plan forgets them on every instance
@@ -56,6 +65,15 @@ GROUP BY s.metric_id, s.month
 _STORED_KEYS = (
     "SELECT idempotency_key FROM usage_event_keys WHERE project_id = $1 AND idempotency_key = ANY($2::text[])"
 )
+# ON CONFLICT waits for a concurrent inserter of the same slot to end: a slot not returned was
+# crossed by a transaction that committed.
+_CROSSED = """
+INSERT INTO usage_quota_crossings (project_id, metric_id, month, quota)
+SELECT $1, * FROM unnest($2::uuid[], $3::timestamptz[], $4::int8[])
+ON CONFLICT DO NOTHING
+RETURNING metric_id, month
+"""
+_REMEMBERED_CROSSINGS = 100_000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +85,15 @@ class Candidate:
     metric: MetricRecord
     units: decimal.Decimal
     occurred_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Crossing:
+    """A quota that refused or flagged an event of its month."""
+
+    metric: MetricRecord
+    month: dt.datetime
+    quota: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,6 +124,8 @@ class QuotaPolicy:
         self.db = db
         self.lookup = lookup
         self._cache: dict[uuid.UUID, tuple[float, ProjectQuotas]] = {}
+        # (project, metric, month) slots known to be crossed by a committed transaction.
+        self._crossed: set[tuple[uuid.UUID, uuid.UUID, dt.datetime]] = set()
 
     def forget(self, project_id: uuid.UUID | None) -> None:
         """Drop the project's cached answer (None: every project's); see domain/changes.py."""
@@ -163,7 +192,53 @@ class QuotaPolicy:
         slot = (metric.id, month(occurred_at))
         units, events = (await self.used(conn, metric.project_id, [slot]))[slot]
         total = decimal.Decimal(events) if metric.aggregation == Aggregation.COUNT else units
-        return total > cap and self._over(q, metric, cap)
+        over = total > cap and self._over(q, metric, cap)
+        if over:
+            await self.note_crossings(conn, metric.project_id, [Crossing(metric, slot[1], cap)])
+        return over
+
+    @contextlib.asynccontextmanager
+    async def noting_refusal(
+        self, project_id: uuid.UUID, q: ProjectQuotas | None, metric: MetricRecord, occurred_at: dt.datetime
+    ) -> AsyncIterator[None]:
+        """Around the transaction that stores one event (outside it): when the quota refuses the
+        event, that transaction rolls back, and the crossing is recorded in a transaction of its
+        own (the refusal happened, whatever became of the event)."""
+        try:
+            yield
+        except QuotaExceeded:
+            cap = self.cap(q, metric) if q is not None else None
+            if cap is not None:
+                async with self.db.raw(project_id=project_id) as conn:
+                    await self.note_crossings(conn, project_id, [Crossing(metric, month(occurred_at), cap)])
+            raise
+
+    async def note_crossings(
+        self, conn: asyncpg.Connection, project_id: uuid.UUID, crossings: Sequence[Crossing]
+    ) -> int:
+        """Record the slots whose quota refused or flagged an event, in `conn`'s transaction; a
+        slot's first record is announced (`usage.quota_exceeded`, data: GraphQL `Quota`).
+        Returns how many were announced."""
+        known = self._crossed
+        fresh = {(c.metric.id, c.month): c for c in crossings if (project_id, c.metric.id, c.month) not in known}
+        if not fresh:
+            return 0
+        slots = sorted(fresh, key=lambda s: (s[0], s[1]))
+        rows = await conn.fetch(
+            _CROSSED, project_id, [m for m, _ in slots], [t for _, t in slots], [fresh[s].quota for s in slots]
+        )
+        new = {(r["metric_id"], r["month"]) for r in rows}
+        if len(self._crossed) > _REMEMBERED_CROSSINGS:
+            self._crossed.clear()
+        # Only slots another transaction committed are remembered: ours may still roll back.
+        self._crossed.update((project_id, *s) for s in slots if s not in new)
+        batch = outbox.Batch()
+        for s in slots:
+            if s in new:
+                c = fresh[s]
+                batch.add(project_id, "usage.quota_exceeded", payloads.quota(c.metric.key, c.quota))
+        await outbox.emit_many(conn, batch)
+        return len(batch)
 
     async def reserve_batch(
         self, conn: asyncpg.Connection, project_id: uuid.UUID, q: ProjectQuotas, candidates: Sequence[Candidate]
@@ -184,6 +259,7 @@ class QuotaPolicy:
         refused: set[str] = set()
         rejections: list[Rejection] = []
         overage = 0
+        crossed: dict[Slot, Crossing] = {}
         for c in sorted(capped, key=lambda c: c.index):
             if c.key in stored:
                 continue
@@ -192,6 +268,7 @@ class QuotaPolicy:
             slot = (c.metric.id, month(c.occurred_at))
             after = running[slot] + _weight(c.metric, c.units)
             if after > cap:
+                crossed.setdefault(slot, Crossing(c.metric, slot[1], cap))
                 try:
                     self._over(q, c.metric, cap)
                 except QuotaExceeded as exc:
@@ -200,6 +277,8 @@ class QuotaPolicy:
                     continue
                 overage += 1
             running[slot] = after
+        # In the batch's transaction: the refused events are left out, the rest commits with it.
+        await self.note_crossings(conn, project_id, list(crossed.values()))
         return refused, rejections, overage
 
     @staticmethod
