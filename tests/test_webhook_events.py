@@ -12,21 +12,28 @@ delivered again) emits no second event.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from ledgerx import ids
 from ledgerx.domain.actor import Actor
+from ledgerx.domain.billing import runner
+from ledgerx.domain.billing.records import Rule
 from ledgerx.domain.ledger import posting
+from ledgerx.domain.payments import inbox
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
+from tests.fake_stripe import FakeStripe, checkout, create_pack, create_plan, deliver, stripe_settings
 from tests.ledger_helpers import new_project, new_wallet
-from tests.tenancy_helpers import create_project, owner_sql
+from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 from tests.webhooks_out_receiver import Receiver, running_receiver
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -35,6 +42,19 @@ CREATE_ENDPOINT = """mutation($i: CreateWebhookEndpointInput!) { createWebhookEn
   secret endpoint { id } } }"""
 TYPE = """query($n: String!) { __type(name: $n) { kind fields { name type { ...T } } } }
 fragment T on __Type { kind name ofType { kind name ofType { kind name ofType { kind name } } } }"""
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStripe]:
+    f = FakeStripe()
+    await f.start()
+    yield f
+    await f.stop()
+
+
+@pytest.fixture
+def settings(settings: Settings, fake: FakeStripe) -> Settings:
+    return stripe_settings(settings, fake)
 
 
 @pytest.fixture
@@ -278,3 +298,355 @@ async def test_a_batch_writes_events_only_for_projects_with_an_endpoint(
     assert {e["data"]["idempotencyKey"] for e in events} == {f"k{i}" for i in range(20)}
     assert all(e["data"]["walletId"] == ids.encode("wallet", hooked.id) for e in events)
     assert await outbox_types(settings, ids.encode("project", other_pid)) == []
+
+
+# -- billing runs ----------------------------------------------------------------------------------
+
+CREATE_RULE = "mutation($i: CreateBillingRuleInput!) { createBillingRule(input: $i) { id } }"
+RUN_RULE = "mutation($id: ID!) { runBillingRule(id: $id) { id status } }"
+
+
+async def wallet_with(gql: GQL, owner: SignedIn, pid: str, funds: int) -> str:
+    wid = str(
+        (await gql.ok(CREATE_WALLET, {"i": {"projectId": pid, "name": secrets.token_hex(3)}}, token=owner.token))[
+            "createWallet"
+        ]["id"]
+    )
+    if funds:
+        await gql.ok(
+            CREDIT,
+            {"i": {"walletId": wid, "amount": str(funds), "idempotencyKey": secrets.token_hex(6)}},
+            token=owner.token,
+        )
+    return wid
+
+
+async def rule_for(gql: GQL, owner: SignedIn, wallet: str, amount: int) -> str:
+    data = await gql.ok(
+        CREATE_RULE,
+        {"i": {"walletId": wallet, "name": "daily", "mode": "DAILY_FLAT", "amount": str(amount)}},
+        token=owner.token,
+    )
+    return str(data["createBillingRule"]["id"])
+
+
+async def test_billing_runs_succeed_and_fail(
+    gql: GQL, services: Services, settings: Settings, receiver: Receiver
+) -> None:
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    funded = await wallet_with(gql, owner, pid, 1000)
+    empty = await wallet_with(gql, owner, pid, 0)
+    h = await hook(gql, services, receiver, owner, pid)
+    schema = Schema(gql)
+
+    run = (await gql.ok(RUN_RULE, {"id": await rule_for(gql, owner, funded, 300)}, token=owner.token))["runBillingRule"]
+    posted, succeeded = await h.next(2)
+    assert (posted["type"], posted["data"]["kind"], posted["data"]["amount"]) == (
+        "transaction.posted",
+        "BILLING",
+        "300",
+    )
+    assert succeeded["type"] == "billing_run.succeeded"
+    data = succeeded["data"]
+    assert (data["id"], data["status"], data["transactionId"]) == (run["id"], "SUCCEEDED", posted["data"]["id"])
+    await schema.check("BillingRun", data, owner.token, f'billingRun(id: "{run["id"]}")')
+
+    # Not enough money: the run fails (and is retried later); no transaction.
+    run = (await gql.ok(RUN_RULE, {"id": await rule_for(gql, owner, empty, 300)}, token=owner.token))["runBillingRule"]
+    data = await h.one("billing_run.failed")
+    assert (data["id"], data["status"], data["transactionId"]) == (run["id"], "INSUFFICIENT_FUNDS", None)
+    assert data["nextRetryAt"] is not None and data["attempts"] == 1
+    await schema.check("BillingRun", data, owner.token, f'billingRun(id: "{run["id"]}")')
+    await h.nothing_more()
+
+
+async def test_a_billing_batch_that_rolls_back_emits_nothing(
+    gql: GQL, services: Services, settings: Settings, receiver: Receiver
+) -> None:
+    """The scheduler's batch fails just before its commit: its debits, runs and events are gone."""
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    h = await hook(gql, services, receiver, owner, pid)
+    wallet = await wallet_with(gql, owner, pid, 1000)
+    rule = await rule_for(gql, owner, wallet, 300)
+    await h.one("transaction.posted")
+    before = await outbox_types(settings, pid)
+    mine = ids.decode("rule", rule)
+    claimed: list[uuid.UUID] = []
+
+    async def crash(rules: list[Rule]) -> None:
+        assert mine in [r.id for r in rules]  # the batch charged this rule (and wrote its events)
+        raise RuntimeError("the instance dies before the commit")
+
+    # Far enough ahead for the rule to be due: every rule claimed rolls back with the batch.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    with pytest.raises(RuntimeError):
+        await runner.run_due_batch(services.billing, later, limit=100_000, hook=crash, claimed=claimed)
+    assert mine in claimed
+    assert await outbox_types(settings, pid) == before == ["transaction.posted"]
+    runs = await owner_sql(settings, "SELECT count(*) AS n FROM billing_runs WHERE rule_id = $1", mine)
+    assert runs[0]["n"] == 0
+    await h.nothing_more()
+    # The same charge, committed this time, is announced.
+    await gql.ok(RUN_RULE, {"id": rule}, token=owner.token)
+    assert [e["type"] for e in await h.next(2)] == ["transaction.posted", "billing_run.succeeded"]
+
+
+# -- usage quotas ----------------------------------------------------------------------------------
+
+DEFINE_METRIC = "mutation($i: DefineMetricInput!) { defineMetric(input: $i) { key } }"
+OVERRIDE = "mutation($i: OverridePlanInput!) { overridePlan(input: $i) { source } }"
+RECORD = "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { duplicate overage } }"
+RECORD_BATCH = """mutation($i: RecordUsageBatchInput!) { recordUsageBatch(input: $i) {
+  accepted duplicates overage rejected { index code } } }"""
+
+
+async def quota_project(gql: GQL, settings: Settings, admin: SignedIn, limit: int) -> tuple[SignedIn, str]:
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    await gql.ok(
+        DEFINE_METRIC,
+        {"i": {"projectId": pid, "key": "api_calls", "name": "API calls", "aggregation": "SUM", "unitPrice": "0"}},
+        token=owner.token,
+    )
+    await gql.ok(
+        OVERRIDE,
+        {"i": {"projectId": pid, "monthlyQuotas": [{"metric": "api_calls", "limit": str(limit)}]}},
+        token=admin.token,
+    )
+    return owner, pid
+
+
+def usage(pid: str, key: str, units: str = "1") -> dict[str, Any]:
+    return {"i": {"projectId": pid, "metricKey": "api_calls", "units": units, "idempotencyKey": key}}
+
+
+async def test_a_quota_is_exceeded_once_per_month_however_often_it_refuses(
+    gql: GQL, services: Services, settings: Settings, receiver: Receiver
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    owner, pid = await quota_project(gql, settings, admin, 3)
+    h = await hook(gql, services, receiver, owner, pid)
+    schema = Schema(gql)
+    for i in range(3):
+        await gql.ok(RECORD, usage(pid, f"u{i}"), token=owner.token)
+    await h.nothing_more()
+
+    refused = await gql.error(RECORD, usage(pid, "u3"), token=owner.token)
+    assert refused["code"] == "QUOTA_EXCEEDED"
+    data = await h.one("usage.quota_exceeded")
+    assert data == {"metric": "api_calls", "limit": "3"}
+    await schema.check("Quota", data, owner.token, f'effectivePlan(projectId: "{pid}")', "{ monthlyQuotas {} }")
+
+    # More refusals, one by one and in batches (a client hammering its quota): no second event.
+    for i in range(4, 8):
+        assert (await gql.error(RECORD, usage(pid, f"u{i}"), token=owner.token))["code"] == "QUOTA_EXCEEDED"
+    events = [{"metricKey": "api_calls", "units": "1", "idempotencyKey": f"b{i}"} for i in range(5)]
+    batch = (await gql.ok(RECORD_BATCH, {"i": {"projectId": pid, "events": events}}, token=owner.token))[
+        "recordUsageBatch"
+    ]
+    assert (batch["accepted"], len(batch["rejected"])) == (0, 5)
+    await h.nothing_more()
+    assert await outbox_types(settings, pid) == ["usage.quota_exceeded"]
+
+
+async def test_an_overage_quota_is_exceeded_once_by_the_batch_that_crosses_it(
+    gql: GQL, services: Services, settings: Settings, receiver: Receiver
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    owner, pid = await quota_project(gql, settings, admin, 2)
+    await owner_sql(
+        settings,
+        """UPDATE projects SET overrides = coalesce(overrides, '{}'::jsonb) || '{"quotaPolicy": "OVERAGE"}' WHERE id = $1""",
+        ids.decode("project", pid),
+    )
+    await gql.ok(
+        OVERRIDE, {"i": {"projectId": pid, "monthlyQuotas": [{"metric": "api_calls", "limit": "2"}]}}, token=admin.token
+    )
+    h = await hook(gql, services, receiver, owner, pid)
+    events = [{"metricKey": "api_calls", "units": "1", "idempotencyKey": f"b{i}"} for i in range(4)]
+    batch = (await gql.ok(RECORD_BATCH, {"i": {"projectId": pid, "events": events}}, token=owner.token))[
+        "recordUsageBatch"
+    ]
+    assert (batch["accepted"], batch["overage"]) == (4, 2)
+    assert await h.one("usage.quota_exceeded") == {"metric": "api_calls", "limit": "2"}
+    assert (await gql.ok(RECORD, usage(pid, "one-more"), token=owner.token))["recordUsage"]["overage"] is True
+    await h.nothing_more()
+
+
+# -- payments and subscriptions (the Stripe webhook route) -----------------------------------------
+
+PAYMENTS_OF = 'payments(projectId: "{}", first: 50)'
+
+
+REPLAY = "mutation($id: ID!) { replayWebhookEvent(id: $id) { status } }"
+
+
+async def stripe(client: httpx.AsyncClient, services: Services, *events: dict[str, Any]) -> None:
+    """Through the signed webhook route, then the inbox processor."""
+    for ev in events:
+        assert (await deliver(client, ev)).status_code == 200
+    await inbox.drain(services.payments)
+
+
+async def again(
+    gql: GQL, client: httpx.AsyncClient, services: Services, admin: SignedIn, *events: dict[str, Any]
+) -> None:
+    """Stripe delivers the events again (the inbox keeps one of each), and a platform admin
+    replays each through the handlers (`replayWebhookEvent`)."""
+    await stripe(client, services, *events)
+    for ev in events:
+        [row] = await owner_sql(services.settings, "SELECT id FROM webhook_events WHERE stripe_event_id = $1", ev["id"])
+        assert (await gql.ok(REPLAY, {"id": ids.encode("webhook_event", row["id"])}, token=admin.token))[
+            "replayWebhookEvent"
+        ]["status"] == "PROCESSED"
+
+
+async def test_a_credit_pack_is_paid_refunded_and_disputed(
+    gql: GQL, client: httpx.AsyncClient, services: Services, settings: Settings, fake: FakeStripe, receiver: Receiver
+) -> None:
+    admin = await make_platform_admin(gql, settings)
+    pack = await create_pack(gql, admin, credits=5000, amount=4900)
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    h = await hook(gql, services, receiver, owner, pid)
+    schema = Schema(gql)
+
+    session = await checkout(gql, owner, pid, creditPackId=pack)
+    (completed,) = fake.complete_checkout(session)
+    await stripe(client, services, completed)
+    posted, paid = await h.next(2)
+    assert (posted["type"], posted["data"]["kind"], posted["data"]["amount"]) == (
+        "transaction.posted",
+        "PURCHASE",
+        "5000",
+    )
+    assert paid["type"] == "payment.succeeded"
+    data = paid["data"]
+    assert (data["kind"], data["status"], data["amount"], data["credits"]) == (
+        "CREDIT_PACK",
+        "SUCCEEDED",
+        {"amount": "4900", "currency": "USD"},
+        "5000",
+    )
+    assert data["transactionId"] == posted["data"]["id"]
+    await schema.check("Payment", data, owner.token, PAYMENTS_OF.format(pid), "{ nodes {} }")
+    # The same Stripe event again (a retry of the delivery, a replay): nothing new.
+    await again(gql, client, services, admin, completed)
+    await h.nothing_more()
+
+    charge = fake.charge_of_session(session)["id"]
+    refund = fake.refund(charge, 1225)
+    await stripe(client, services, refund)
+    posted, refunded = await h.next(2)
+    assert (posted["data"]["kind"], posted["data"]["amount"], refunded["type"]) == (
+        "REFUND",
+        "1250",
+        "payment.refunded",
+    )
+    assert (refunded["data"]["status"], refunded["data"]["amountRefunded"]["amount"]) == ("PARTIALLY_REFUNDED", "1225")
+    assert refunded["data"]["creditsReversed"] == "1250"
+    await schema.check("Payment", refunded["data"], owner.token, PAYMENTS_OF.format(pid), "{ nodes {} }")
+    await again(gql, client, services, admin, refund)
+    await h.nothing_more()
+
+    dispute = fake.dispute(charge, 2450)
+    await stripe(client, services, dispute)
+    posted, disputed = await h.next(2)
+    assert (posted["data"]["kind"], disputed["type"], disputed["data"]["creditsHeld"]) == (
+        "DISPUTE",
+        "payment.disputed",
+        "2500",
+    )
+    await schema.check("Payment", disputed["data"], owner.token, PAYMENTS_OF.format(pid), "{ nodes {} }")
+    await again(gql, client, services, admin, dispute)
+    await stripe(client, services, fake.event("charge.dispute.updated", fake.get(dispute["data"]["object"]["id"])))
+    await h.nothing_more()
+    assert await outbox_types(settings, pid) == [
+        "transaction.posted", "payment.succeeded", "transaction.posted", "payment.refunded",
+        "transaction.posted", "payment.disputed",
+    ]  # fmt: skip
+
+
+SUBSCRIPTION_OF = 'subscription(projectId: "{}")'
+CHANGE = "mutation($i: ChangePlanInput!) { changePlan(input: $i) { immediate } }"
+CANCEL = "mutation($i: CancelSubscriptionInput!) { cancelSubscription(input: $i) { status } }"
+
+
+@pytest.fixture
+async def plans(
+    gql: GQL, services: Services, settings: Settings, fake: FakeStripe
+) -> AsyncIterator[tuple[SignedIn, str, str]]:
+    """Two paid plans, and both clocks (LedgerX's payments clock and Stripe's) pinned to one instant."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    services.payments.clock = lambda: now
+    fake.now = int(now.timestamp())
+    admin = await make_platform_admin(gql, settings)
+    pro = await create_plan(gql, admin, name="Pro", amount=2000, included=1000, quotas={"api_calls": 100})
+    lite = await create_plan(gql, admin, name="Pro lite", amount=1000, included=500)
+    try:
+        yield admin, pro, lite
+    finally:
+        # The catalog is global in the session's database: retire this test's plans.
+        await owner_sql(settings, "UPDATE plans SET archived_at = now() WHERE id = ANY($1::uuid[])",
+                        [ids.decode("plan", pro), ids.decode("plan", lite)])  # fmt: skip
+
+
+async def test_a_subscription_is_created_updated_paid_and_canceled(
+    gql: GQL,
+    client: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    fake: FakeStripe,
+    receiver: Receiver,
+    plans: tuple[SignedIn, str, str],
+) -> None:
+    admin, pro, lite = plans
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    h = await hook(gql, services, receiver, owner, pid)
+    schema = Schema(gql)
+
+    session = await checkout(gql, owner, pid, planId=pro)
+    stripe_events = fake.complete_checkout(session)  # subscription created, invoice paid, checkout completed
+    await stripe(client, services, *stripe_events)
+    got = await h.next(len(await outbox_types(settings, pid)))
+    types = [e["type"] for e in got]
+    assert types.count("subscription.created") == 1 and types[0] == "subscription.created"
+    assert types.count("payment.succeeded") == 1 and types.count("transaction.posted") == 1
+    assert set(types) <= {"subscription.created", "subscription.updated", "payment.succeeded", "transaction.posted"}
+    subscription = [e["data"] for e in got if e["type"].startswith("subscription.")][-1]
+    assert (subscription["status"], subscription["plan"]["id"]) == ("ACTIVE", pro)
+    assert subscription["plan"]["monthlyQuotas"] == [{"metric": "api_calls", "limit": "100"}]
+    await schema.check("PlanSubscription", subscription, owner.token, SUBSCRIPTION_OF.format(pid))
+    payment = next(e["data"] for e in got if e["type"] == "payment.succeeded")
+    assert (payment["kind"], payment["amount"]["amount"], payment["planId"]) == ("SUBSCRIPTION", "2000", pro)
+    await schema.check("Payment", payment, owner.token, PAYMENTS_OF.format(pid), "{ nodes {} }")
+    # Stripe sends them all again, they are replayed, and new events repeat the same state: nothing new.
+    await again(gql, client, services, admin, *stripe_events)
+    sub_id = fake.get(session)["subscription"]
+    await stripe(
+        client,
+        services,
+        fake.event("customer.subscription.updated", fake.get(sub_id)),
+        fake.event("invoice.paid", fake.of_type("invoice")[-1]),
+    )
+    await h.nothing_more()
+
+    # A downgrade waits for the period end: the subscription shows the pending plan.
+    assert (await gql.ok(CHANGE, {"i": {"projectId": pid, "planId": lite}}, token=owner.token))["changePlan"][
+        "immediate"
+    ] is False
+    data = await h.one("subscription.updated")
+    assert (data["plan"]["id"], data["pendingPlan"]["id"]) == (pro, lite)
+    await schema.check("PlanSubscription", data, owner.token, SUBSCRIPTION_OF.format(pid))
+
+    # Canceled at once.
+    assert (await gql.ok(CANCEL, {"i": {"projectId": pid, "atPeriodEnd": False}}, token=owner.token))[
+        "cancelSubscription"
+    ]["status"] == "CANCELED"
+    data = await h.one("subscription.canceled")
+    assert data["status"] == "CANCELED" and data["endedAt"] is not None
+    await schema.check("PlanSubscription", data, owner.token, SUBSCRIPTION_OF.format(pid))
+    await h.nothing_more()
