@@ -206,7 +206,7 @@ async def main() -> None:
     from ledgerx import ids
     from ledgerx.db.engine import asyncpg_dsn
     from ledgerx.db.migrate import upgrade
-    from ledgerx.domain.analytics import topics
+    from ledgerx.domain import topics
     from ledgerx.services import resolve_urls
     from ledgerx.settings import Settings
 
