@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -94,6 +95,21 @@ async def test_one_connection_serves_consecutive_posts() -> None:
     assert head.startswith("POST /hook HTTP/1.1\r\n")
     assert f"host: 127.0.0.1:{server.port}\r\n" in head.lower()
     assert "webhook-id: evt_1\r\n" in head and "content-length: 2\r\n" in head
+
+
+def test_the_same_under_uvloop() -> None:
+    """`ledgerx serve` runs on uvloop (uvicorn picks it), whose transports are not asyncio's."""
+
+    async def exchanges() -> int:
+        async with Scripted(lambda c, n: (OK, n == 2)) as server:
+            p = pool()
+            for _ in range(4):
+                assert await p.post(server.url(), HEADERS, b"{}") == 200
+            await p.aclose()
+        return server.connections
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(exchanges()) == 2  # kept alive, then a new one after the server closed
 
 
 async def test_a_connection_the_server_closes_is_not_reused() -> None:

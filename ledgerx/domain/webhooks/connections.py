@@ -34,6 +34,7 @@ import functools
 import ssl
 import time
 from collections.abc import Sequence
+from typing import cast
 from urllib.parse import quote, unquote
 
 import certifi
@@ -133,8 +134,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport, hence no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.busy:
