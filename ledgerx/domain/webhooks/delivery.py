@@ -6,36 +6,38 @@ transaction with `FOR UPDATE SKIP LOCKED`, and in the same statement counts the 
 that dies mid-send leaves its rows to come back once the lease runs out (at-least-once: the receiver
 may see a delivery twice, always with the same `webhook-id`).
 
-Sending. Claimed deliveries go to their endpoint's lane: at most `per_endpoint` requests in flight
-per endpoint, at most `max_in_flight` rows held by this worker, and the claim skips endpoints whose
-lane is full. So a slow or dead endpoint fills only its own lane while every other endpoint's
-deliveries are claimed and sent as they come due. Each attempt is one POST with the Standard
-Webhooks headers (signing.py) over a kept-alive connection (connections.py; an event's body is
-built once for all its endpoints, each signs it), bounded by `timeout` as a whole; a 2xx answer
-within it succeeds; anything else (another status, a timeout, a refused connection, an address the
-SSRF guard refuses, a redirect) is a failed attempt.
+Sending. A claimed delivery is sent at once: the claim takes no more of an endpoint's deliveries
+than its lane has free (at most `per_endpoint` requests in flight per endpoint, `max_in_flight` in
+all), so nothing claimed waits. So a slow or dead endpoint fills only its own lane while every
+other endpoint's deliveries are claimed and sent as they come due, and the lease only has to
+outlast one attempt: a crashed worker's deliveries are back within `lease` (2 x timeout + 5 s).
+Each attempt is one POST with the Standard Webhooks headers (signing.py) over a kept-alive
+connection (connections.py; an event's body is built once for all its endpoints, each signs it),
+bounded by `timeout` as a whole; a 2xx answer within it succeeds; anything else (another status, a
+timeout, a refused connection, an address the SSRF guard refuses, a redirect) is a failed attempt.
 
-Recording. Outcomes are written in batches, one short transaction per round: the delivery's status
-(a failed attempt is retried after the next of `retry_delays`, with jitter; after the last it is
-FAILED), one `webhook_delivery_attempts` row per attempt, and the endpoint's health: the first
-failure since its last success sets `failing_since`; an endpoint failing for `disable_after` is
-disabled (with an audit row, a mail to its project's owner and admins, its pending deliveries
-failed, and `on_disabled` called after commit).
+Recording. A round is one short transaction: it writes the outcomes gathered since the previous
+round, in batches, then claims. Written are each delivery's status (a failed attempt is retried
+after the next of `retry_delays`, with jitter; after the last it is FAILED), one
+`webhook_delivery_attempts` row per attempt, and the endpoint's health: the first failure since its
+last success sets `failing_since`; an endpoint failing for `disable_after` is disabled (with an
+audit row, a mail to its project's owner and admins, its pending deliveries failed, and
+`on_disabled` called after commit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime as dt
 import logging
-import math
 import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import asyncpg
 
 from ledgerx import jsonenc
 from ledgerx.background import PollingWorker
@@ -71,9 +73,11 @@ class DeliveryPolicy:
 
     @property
     def lease(self) -> float:
-        """How long a claimed row stays claimed: long enough to wait in its lane behind one claim's
-        worth of timeouts, so a live worker's rows never come back to another one."""
-        return self.timeout * (math.ceil(self.batch_size / self.per_endpoint) + 2) + 30.0
+        """How long a claimed row stays claimed. A claimed row is being sent (nothing waits in a
+        lane), its attempt ends within `timeout`, and its outcome is written by the next round: twice
+        the timeout and 5 s more, so a live worker's rows never come back to another one, and a dead
+        worker's come back soon."""
+        return 2 * self.timeout + 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryPolicy:
@@ -125,22 +129,26 @@ class _Outcome:
         return self.sent and self.error is None
 
 
-@dataclasses.dataclass
-class _Lane:
-    running: int = 0
-    waiting: collections.deque[_Job] = dataclasses.field(default_factory=collections.deque)
-
-    @property
-    def held(self) -> int:
-        return self.running + len(self.waiting)
-
-
+# The due rows at the head of the queue ($1 at most, skipping full lanes $2), of which each endpoint
+# gets as many as its lane has free ($4/$5 for lanes in use, $6 for the others); only those are then
+# locked, skipping rows another worker is claiming, and rechecked (a row another worker claimed
+# since this statement's snapshot is no longer due). Locking the whole head instead would lock
+# (and write) a claim's worth of rows of a busy endpoint to take a half lane of them.
 _CLAIM = """
-WITH due AS (
-  SELECT id FROM webhook_deliveries
+WITH head AS (
+  SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
    WHERE status = 'PENDING' AND next_attempt_at <= now() AND NOT (endpoint_id = ANY($2::uuid[]))
    ORDER BY next_attempt_at
    LIMIT $1
+), picked AS (
+  SELECT h.id
+    FROM (SELECT id, endpoint_id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n
+            FROM head) h
+    LEFT JOIN unnest($4::uuid[], $5::int[]) AS lane(endpoint_id, free) ON lane.endpoint_id = h.endpoint_id
+   WHERE h.n <= coalesce(lane.free, $6)
+), due AS (
+  SELECT id FROM webhook_deliveries
+   WHERE id IN (SELECT id FROM picked) AND status = 'PENDING' AND next_attempt_at <= now()
    FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_deliveries d
@@ -152,6 +160,13 @@ RETURNING d.id, d.project_id, d.endpoint_id, d.event_id, d.attempts, e.url,
           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
           o.type, o.payload::text AS payload, o.created_at
 """
+# A round's transaction does not wait for its commit to reach the disk: losing the last moments of
+# claims and outcomes to a database crash only means those deliveries are sent again (at least once;
+# a lost attempt-log row), and it saves a WAL flush per round. Transactions that disable an endpoint
+# (an audit row, a mail) turn it back on. A queue's statistics are always stale (the due rows are a
+# moving window): without bitmap scans the head of the queue is read in index order up to the LIMIT,
+# whatever the estimates say, instead of reading every due row to sort them.
+_ROUND_SETTINGS = "SET LOCAL synchronous_commit = off; SET LOCAL enable_bitmapscan = off"
 # Only the holder of the current attempt writes its outcome (`attempts = u.attempt`): a worker
 # whose lease ran out cannot overwrite the attempt another worker has since made.
 _SUCCEEDED = """
@@ -254,7 +269,7 @@ class DeliveryWorker(PollingWorker):
         self.on_disabled = on_disabled
         self._given_pool = pool
         self._pool: Pool | None = pool
-        self._lanes: dict[uuid.UUID, _Lane] = {}
+        self._lanes: dict[uuid.UUID, int] = {}  # endpoint -> attempts in flight (absent: none)
         self._held = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[_Outcome] = []
@@ -274,15 +289,14 @@ class DeliveryWorker(PollingWorker):
         return self.policy.poll_interval
 
     async def _round(self) -> tuple[bool, float]:
-        await self.flush()
         if self._pool is not None:
             self._pool.sweep()
-        asked, claimed = await self._claim_and_dispatch()
+        asked, claimed = await self._record_and_claim(claim=True)
         return asked > 0 and claimed == asked, self.policy.poll_interval
 
     async def run_once(self) -> int:
         """Claim what is due now, send it all, record the outcomes; how many were claimed."""
-        _, claimed = await self._claim_and_dispatch()
+        _, claimed = await self._record_and_claim(claim=True)
         while self._tasks:
             await asyncio.wait(list(self._tasks))
         await self.flush()
@@ -300,23 +314,46 @@ class DeliveryWorker(PollingWorker):
             await self.flush()
         except Exception:
             log.exception("webhook delivery: recording the last outcomes failed (they will be retried)")
-        for lane in self._lanes.values():
-            self._held -= len(lane.waiting)
-            lane.waiting.clear()
         if self._pool is not None and self._given_pool is None:
             await self._pool.aclose()
             self._pool = None
 
-    # -- claiming and dispatching --------------------------------------------------------------
+    # -- one round: record, claim, dispatch ------------------------------------------------------
 
-    async def _claim_and_dispatch(self) -> tuple[int, int]:
+    async def flush(self) -> None:
+        """Write the outcomes gathered since the last round (one transaction)."""
+        await self._record_and_claim(claim=False)
+
+    async def _record_and_claim(self, *, claim: bool) -> tuple[int, int]:
+        """One transaction: the outcomes gathered since the last one are written, then (`claim`)
+        as many due deliveries are claimed as the lanes have room for, and sent once it commits.
+        (asked, claimed)."""
         p = self.policy
-        asked = min(p.batch_size, p.max_in_flight - self._held)
-        if asked <= 0:
-            return 0, 0
-        full = [ep for ep, lane in self._lanes.items() if lane.held >= p.per_endpoint]
-        async with self.db.raw(system=True) as conn:
-            rows = await conn.fetch(_CLAIM, asked, full, p.lease)
+        async with self._flush_lock:
+            outcomes, self._outcomes = self._outcomes, []
+            asked = min(p.batch_size, p.max_in_flight - self._held) if claim else 0
+            if not outcomes and asked <= 0:
+                return 0, 0
+            full = [ep for ep, running in self._lanes.items() if running >= p.per_endpoint]
+            busy = [ep for ep, running in self._lanes.items() if running < p.per_endpoint]
+            free = [p.per_endpoint - self._lanes[ep] for ep in busy]
+            disabled: list[DisabledEndpoint] = []
+            rows: list[Any] = []
+            try:
+                async with self.db.raw(system=True) as conn:
+                    await conn.execute(_ROUND_SETTINGS)
+                    if outcomes:
+                        disabled = await self._record(conn, outcomes)
+                    if asked > 0:
+                        rows = await conn.fetch(_CLAIM, asked, full, p.lease, busy, free, p.per_endpoint)
+            except BaseException:
+                self._outcomes[:0] = outcomes  # keep them for the next round
+                raise
+        self._dispatch_all(rows)
+        await self._after_record(outcomes, disabled)
+        return asked, len(rows)
+
+    def _dispatch_all(self, rows: list[Any]) -> None:
         bodies: dict[uuid.UUID, bytes] = {}  # an event's body is the same for each of its endpoints
         for r in rows:
             secrets = (r["secret"],) if r["previous_secret"] is None else (r["secret"], r["previous_secret"])
@@ -338,31 +375,27 @@ class DeliveryWorker(PollingWorker):
                     body,
                 )
             )
-        return asked, len(rows)
 
     def _dispatch(self, job: _Job) -> None:
-        lane = self._lanes.setdefault(job.endpoint_id, _Lane())
+        self._lanes[job.endpoint_id] = self._lanes.get(job.endpoint_id, 0) + 1
         self._held += 1
-        if lane.running < self.policy.per_endpoint:
-            self._start(lane, job)
-        else:
-            lane.waiting.append(job)
-
-    def _start(self, lane: _Lane, job: _Job) -> None:
-        lane.running += 1
         task = asyncio.create_task(self._attempt(job), name=f"webhook-{job.delivery_id}")
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, lane, job))
+        task.add_done_callback(lambda t: self._finished(t, job))
 
-    def _finished(self, task: asyncio.Task[None], lane: _Lane, job: _Job) -> None:
+    def _finished(self, task: asyncio.Task[None], job: _Job) -> None:
         self._tasks.discard(task)
-        lane.running -= 1
         self._held -= 1
-        if lane.waiting and not self._stopping:
-            self._start(lane, lane.waiting.popleft())
-        elif lane.held == 0:
-            self._lanes.pop(job.endpoint_id, None)
-        self.wake()
+        running = self._lanes[job.endpoint_id] - 1
+        if running:
+            self._lanes[job.endpoint_id] = running
+        else:
+            del self._lanes[job.endpoint_id]
+        # A round (a transaction or two) is worth it once half a lane or half a claim is free, not
+        # after every answer: a busy endpoint's deliveries then go out in batches of a half lane.
+        p = self.policy
+        if running == p.per_endpoint // 2 or self._held == max(0, p.max_in_flight - max(1, p.batch_size // 2)):
+            self.wake()
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -399,17 +432,7 @@ class DeliveryWorker(PollingWorker):
 
     # -- recording --------------------------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Write the outcomes gathered since the last flush (one transaction)."""
-        async with self._flush_lock:
-            outcomes, self._outcomes = self._outcomes, []
-            if not outcomes:
-                return
-            try:
-                disabled = await self._record(outcomes)
-            except BaseException:
-                self._outcomes[:0] = outcomes  # keep them for the next round
-                raise
+    async def _after_record(self, outcomes: list[_Outcome], disabled: list[DisabledEndpoint]) -> None:
         for o in outcomes:
             if not o.ok and o.sent:
                 log.info(
@@ -419,13 +442,20 @@ class DeliveryWorker(PollingWorker):
                     o.job.attempt,
                     o.error,
                 )
+        for d in disabled:
+            log.warning(
+                "webhook endpoint %s (%s) disabled: failing since %s",
+                encode("webhook_endpoint", d.endpoint_id),
+                d.url,
+                d.failing_since.isoformat(),
+            )
         if disabled and self.on_disabled is not None:
             try:
                 await self.on_disabled(disabled)
             except Exception:
                 log.exception("webhook delivery: on_disabled failed")
 
-    async def _record(self, outcomes: list[_Outcome]) -> list[DisabledEndpoint]:
+    async def _record(self, conn: asyncpg.Connection, outcomes: list[_Outcome]) -> list[DisabledEndpoint]:
         p = self.policy
         ok = [o for o in outcomes if o.ok]
         failed = [o for o in outcomes if o.sent and not o.ok]
@@ -438,78 +468,72 @@ class DeliveryWorker(PollingWorker):
         first_failure: dict[uuid.UUID, float] = {}
         for o in failed:
             first_failure.setdefault(o.job.endpoint_id, o.at)
-        healthy = [ep for ep, o in latest.items() if o.ok]
-        failing = [ep for ep, o in latest.items() if not o.ok]
+        # In one order (by id), so two workers updating the same endpoints cannot deadlock.
+        healthy = sorted(ep for ep, o in latest.items() if o.ok)
+        failing = sorted(ep for ep, o in latest.items() if not o.ok)
         disabled: list[DisabledEndpoint] = []
-        async with self.db.raw(system=True) as conn:
-            if ok:
-                await conn.execute(
-                    _SUCCEEDED,
-                    [o.job.delivery_id for o in ok],
-                    [o.job.attempt for o in ok],
-                    [o.status_code for o in ok],
-                    [o.at for o in ok],
-                )
-            if failed:
-                finals = [o.job.attempt >= p.max_attempts for o in failed]
-                await conn.execute(
-                    _FAILED,
-                    [o.job.delivery_id for o in failed],
-                    [o.job.attempt for o in failed],
-                    [o.status_code for o in failed],
-                    [o.error for o in failed],
-                    finals,
-                    [0.0 if final else p.retry_delay(o.job.attempt) for o, final in zip(failed, finals, strict=True)],
-                    [o.at for o in failed],
-                )
-            if skipped:
-                await conn.execute(_SKIPPED, skipped)
-            sent = [o for o in outcomes if o.sent]
-            if sent:
-                await conn.execute(
-                    _ATTEMPTS,
-                    [o.job.project_id for o in sent],
-                    [o.job.delivery_id for o in sent],
-                    [o.job.attempt for o in sent],
-                    [o.status_code for o in sent],
-                    [o.error for o in sent],
-                    [o.duration_ms for o in sent],
-                    [o.at for o in sent],
-                    [uuid7() for _ in sent],
-                )
-            if healthy:
-                await conn.execute(_HEALTHY, healthy)
-            if failing:
-                await conn.execute(_FAILING, failing, [first_failure.get(ep, time.time()) for ep in failing])
-                rows = await conn.fetch(_DISABLE, failing, human_duration(p.disable_after), p.disable_after)
-                if rows:
-                    disabled = [DisabledEndpoint(r["project_id"], r["id"], r["url"], r["failing_since"]) for r in rows]
-                    await conn.execute(_FAIL_PENDING, [d.endpoint_id for d in disabled])
-                    await audit.record_many(
-                        conn,
-                        [
-                            audit.Entry(
-                                Actor.system(),
-                                "webhook_endpoint.disable",
-                                project_id=d.project_id,
-                                target_type="webhook_endpoint",
-                                target_id=encode("webhook_endpoint", d.endpoint_id),
-                                after=_disabled_after(d, p.disable_after),
-                            )
-                            for d in disabled
-                        ],
-                    )
-                    for d in disabled:  # the project's admins are mailed, in this transaction
-                        await notices.endpoint_disabled(
-                            conn, d.project_id, d.endpoint_id, d.url, d.failing_since, human_duration(p.disable_after)
-                        )
-        for d in disabled:
-            log.warning(
-                "webhook endpoint %s (%s) disabled: failing since %s",
-                encode("webhook_endpoint", d.endpoint_id),
-                d.url,
-                d.failing_since.isoformat(),
+        if ok:
+            await conn.execute(
+                _SUCCEEDED,
+                [o.job.delivery_id for o in ok],
+                [o.job.attempt for o in ok],
+                [o.status_code for o in ok],
+                [o.at for o in ok],
             )
+        if failed:
+            finals = [o.job.attempt >= p.max_attempts for o in failed]
+            await conn.execute(
+                _FAILED,
+                [o.job.delivery_id for o in failed],
+                [o.job.attempt for o in failed],
+                [o.status_code for o in failed],
+                [o.error for o in failed],
+                finals,
+                [0.0 if final else p.retry_delay(o.job.attempt) for o, final in zip(failed, finals, strict=True)],
+                [o.at for o in failed],
+            )
+        if skipped:
+            await conn.execute(_SKIPPED, skipped)
+        sent = [o for o in outcomes if o.sent]
+        if sent:
+            await conn.execute(
+                _ATTEMPTS,
+                [o.job.project_id for o in sent],
+                [o.job.delivery_id for o in sent],
+                [o.job.attempt for o in sent],
+                [o.status_code for o in sent],
+                [o.error for o in sent],
+                [o.duration_ms for o in sent],
+                [o.at for o in sent],
+                [uuid7() for _ in sent],
+            )
+        if healthy:
+            await conn.execute(_HEALTHY, healthy)
+        if failing:
+            await conn.execute(_FAILING, failing, [first_failure.get(ep, time.time()) for ep in failing])
+            rows = await conn.fetch(_DISABLE, failing, human_duration(p.disable_after), p.disable_after)
+            if rows:
+                await conn.execute("SET LOCAL synchronous_commit = on")  # an audit row and a mail: durable
+                disabled = [DisabledEndpoint(r["project_id"], r["id"], r["url"], r["failing_since"]) for r in rows]
+                await conn.execute(_FAIL_PENDING, [d.endpoint_id for d in disabled])
+                await audit.record_many(
+                    conn,
+                    [
+                        audit.Entry(
+                            Actor.system(),
+                            "webhook_endpoint.disable",
+                            project_id=d.project_id,
+                            target_type="webhook_endpoint",
+                            target_id=encode("webhook_endpoint", d.endpoint_id),
+                            after=_disabled_after(d, p.disable_after),
+                        )
+                        for d in disabled
+                    ],
+                )
+                for d in disabled:  # the project's admins are mailed, in this transaction
+                    await notices.endpoint_disabled(
+                        conn, d.project_id, d.endpoint_id, d.url, d.failing_since, human_duration(p.disable_after)
+                    )
         return disabled
 
 
