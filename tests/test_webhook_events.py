@@ -450,6 +450,16 @@ async def test_a_quota_is_exceeded_once_per_month_however_often_it_refuses(
     await h.nothing_more()
     assert await outbox_types(settings, pid) == ["usage.quota_exceeded"]
 
+    # A limit raised during the month is a new quota: crossing it is announced too.
+    raised = {"i": {"projectId": pid, "monthlyQuotas": [{"metric": "api_calls", "limit": "5"}]}}
+    await gql.ok(OVERRIDE, raised, token=admin.token)
+    for i in range(2):
+        await gql.ok(RECORD, usage(pid, f"v{i}"), token=owner.token)
+    for i in range(2, 4):
+        assert (await gql.error(RECORD, usage(pid, f"v{i}"), token=owner.token))["code"] == "QUOTA_EXCEEDED"
+    assert await h.one("usage.quota_exceeded") == {"metric": "api_calls", "limit": "5"}
+    await h.nothing_more()
+
 
 async def test_an_overage_quota_is_exceeded_once_by_the_batch_that_crosses_it(
     gql: GQL, services: Services, settings: Settings, receiver: Receiver

@@ -15,10 +15,11 @@ again. Only capped metrics pay for this: the lock serializes writers of one capp
 (one extra round trip each), nothing else.
 
 The first event a quota refuses (BLOCK) or flags (OVERAGE) in a month is its crossing: a row in
-`usage_quota_crossings` (one per project, metric and month; the insert that lands is the crossing)
-and the outbound webhook event `usage.quota_exceeded`, once, however many events are refused
-after it (`note_crossings`; an instance remembers slots already crossed, so a client that keeps
-sending past its quota costs no statement more).
+`usage_quota_crossings` (one per project, metric, month and limit: a limit raised mid-month can be
+crossed again; the insert that lands is the crossing) and the outbound webhook event
+`usage.quota_exceeded`, once, however many events are refused after it (`note_crossings`; an
+instance remembers what is crossed, so a client that keeps sending past its quota costs no
+statement more).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ _CROSSED = """
 INSERT INTO usage_quota_crossings (project_id, metric_id, month, quota)
 SELECT $1, * FROM unnest($2::uuid[], $3::timestamptz[], $4::int8[])
 ON CONFLICT DO NOTHING
-RETURNING metric_id, month
+RETURNING metric_id, month, quota
 """
 _REMEMBERED_CROSSINGS = 100_000
 
@@ -124,8 +125,8 @@ class QuotaPolicy:
         self.db = db
         self.lookup = lookup
         self._cache: dict[uuid.UUID, tuple[float, ProjectQuotas]] = {}
-        # (project, metric, month) slots known to be crossed by a committed transaction.
-        self._crossed: set[tuple[uuid.UUID, uuid.UUID, dt.datetime]] = set()
+        # (project, metric, month, limit) known to be crossed by a committed transaction.
+        self._crossed: set[tuple[uuid.UUID, uuid.UUID, dt.datetime, int]] = set()
 
     def forget(self, project_id: uuid.UUID | None) -> None:
         """Drop the project's cached answer (None: every project's); see domain/changes.py."""
@@ -216,18 +217,22 @@ class QuotaPolicy:
     async def note_crossings(
         self, conn: asyncpg.Connection, project_id: uuid.UUID, crossings: Sequence[Crossing]
     ) -> int:
-        """Record the slots whose quota refused or flagged an event, in `conn`'s transaction; a
-        slot's first record is announced (`usage.quota_exceeded`, data: GraphQL `Quota`).
-        Returns how many were announced."""
+        """Record the quotas that refused or flagged an event of their month, in `conn`'s
+        transaction; the first record of (metric, month, limit) is announced
+        (`usage.quota_exceeded`, data: GraphQL `Quota`). Returns how many were announced."""
         known = self._crossed
-        fresh = {(c.metric.id, c.month): c for c in crossings if (project_id, c.metric.id, c.month) not in known}
+        fresh = {
+            (c.metric.id, c.month, c.quota): c
+            for c in crossings
+            if (project_id, c.metric.id, c.month, c.quota) not in known
+        }
         if not fresh:
             return 0
-        slots = sorted(fresh, key=lambda s: (s[0], s[1]))
+        slots = sorted(fresh)
         rows = await conn.fetch(
-            _CROSSED, project_id, [m for m, _ in slots], [t for _, t in slots], [fresh[s].quota for s in slots]
+            _CROSSED, project_id, [s[0] for s in slots], [s[1] for s in slots], [s[2] for s in slots]
         )
-        new = {(r["metric_id"], r["month"]) for r in rows}
+        new = {(r["metric_id"], r["month"], r["quota"]) for r in rows}
         if len(self._crossed) > _REMEMBERED_CROSSINGS:
             self._crossed.clear()
         # Only slots another transaction committed are remembered: ours may still roll back.

@@ -5,7 +5,8 @@ Revises: 0010_notifications
 Create Date: 2026-12-09
 
 `usage_quota_crossings` (a tenant table, row-level security keyed on `project_id`) holds one row
-per (project, metric, calendar month) whose quota refused or flagged an event, written with
+per (project, metric, calendar month, limit) whose quota refused or flagged an event (a limit
+raised during the month can be crossed again), written with
 `INSERT ... ON CONFLICT DO NOTHING` in the transaction that decided it: the insert that succeeds is
 the crossing, announced once as the outbound webhook event `usage.quota_exceeded`, however many
 events are refused after it. Append-only: rows are never changed or removed by the app.
@@ -35,7 +36,7 @@ def upgrade() -> None:
         sa.Column("metric_id", _UUID, sa.ForeignKey("usage_metrics.id"), primary_key=True),
         # The first instant of the UTC calendar month the quota counts.
         sa.Column("month", _TS, primary_key=True),
-        sa.Column("quota", sa.BigInteger(), nullable=False),
+        sa.Column("quota", sa.BigInteger(), primary_key=True),
         sa.Column("crossed_at", _TS, nullable=False, server_default=sa.func.now()),
     )
     op.execute(rls.grant_sql("usage_quota_crossings", "SELECT, INSERT"))
