@@ -5,8 +5,9 @@
 - `Recorder`: a receiver (uvicorn in the test's loop, on a port chosen up front so it can start
   late: until then the port refuses connections) that keeps every request's path, `webhook-id`,
   client port and the status it answered. `/ok` answers 200; `/flaky/<n>` 500 for the first n
-  requests of each `webhook-id`, then 200; `/hold` parks requests while `holding` is set (a worker
-  is then mid-send with its lease taken) and answers 200 once released.
+  requests of each `webhook-id`, then 200; `/delay/<ms>` 200 after that many milliseconds; `/hold`
+  parks requests while `holding` is set (a worker is then mid-send with its lease taken) and
+  answers 200 once released.
 - `Ledgerx`: `python -m ledgerx.cli serve` with WORKER_ENABLED (its delivery worker runs), output to
   a file; killed with SIGKILL or stopped with SIGTERM, by pid.
 """
@@ -116,6 +117,8 @@ class Recorder:
         if path.startswith("/flaky/"):
             self._seen[(path, hook_id)] += 1
             status = 500 if self._seen[(path, hook_id)] <= int(path.rsplit("/", 1)[1]) else 200
+        elif path.startswith("/delay/"):
+            await asyncio.sleep(int(path.rsplit("/", 1)[1]) / 1000)
         elif path == "/hold" and self.holding.is_set():
             self.arrivals.append(Arrival(path, hook_id, port, 0, at))  # parked: no answer yet
             await self._released.wait()

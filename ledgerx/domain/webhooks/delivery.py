@@ -2,19 +2,21 @@
 
 Claiming. A round claims due deliveries (`PENDING`, `next_attempt_at <= now()`) in one short
 transaction with `FOR UPDATE SKIP LOCKED`, and in the same statement counts the attempt and pushes
-`next_attempt_at` past a lease. Several workers (instances) never claim one attempt twice; a worker
-that dies mid-send leaves its rows to come back once the lease runs out (at-least-once: the receiver
-may see a delivery twice, always with the same `webhook-id`).
+`next_attempt_at` past a lease (`lease`: 2 x timeout + 5 s). Several workers (instances) never claim
+one attempt twice. A worker renews the leases of the rows it holds (every third of a lease, in its
+rounds), so a live worker's rows never come back to another one however long they wait; a worker
+that dies (killed, crashed) leaves its rows to come back once their lease runs out (at-least-once:
+the receiver may see a delivery twice, always with the same `webhook-id`).
 
-Sending. A claimed delivery is sent at once: the claim takes no more of an endpoint's deliveries
-than its lane has free (at most `per_endpoint` requests in flight per endpoint, `max_in_flight` in
-all), so nothing claimed waits. So a slow or dead endpoint fills only its own lane while every
-other endpoint's deliveries are claimed and sent as they come due, and the lease only has to
-outlast one attempt: a crashed worker's deliveries are back within `lease` (2 x timeout + 5 s).
-Each attempt is one POST with the Standard Webhooks headers (signing.py) over a kept-alive
-connection (connections.py; an event's body is built once for all its endpoints, each signs it),
-bounded by `timeout` as a whole; a 2xx answer within it succeeds; anything else (another status, a
-timeout, a refused connection, an address the SSRF guard refuses, a redirect) is a failed attempt.
+Sending. Claimed deliveries go to their endpoint's lane: at most `per_endpoint` requests in flight
+per endpoint (the rest wait in the lane, in order), at most `max_in_flight` rows held by this worker,
+and the claim skips endpoints whose lane is full. So a slow or dead endpoint fills only its own lane
+while every other endpoint's deliveries are claimed and sent as they come due; an endpoint with a
+backlog takes a claim's worth into its lane at once, and is skipped until that has drained. Each
+attempt is one POST with the Standard Webhooks headers (signing.py) over a kept-alive connection
+(connections.py; an event's body is built once for all its endpoints, each signs it), bounded by
+`timeout` as a whole; a 2xx answer within it succeeds; anything else (another status, a timeout, a
+refused connection, an address the SSRF guard refuses, a redirect) is a failed attempt.
 
 Recording. A round is one short transaction: it writes the outcomes gathered since the previous
 round, in batches, then claims. Written are each delivery's status (a failed attempt is retried
@@ -28,6 +30,7 @@ audit row, a mail to its project's owner and admins, its pending deliveries fail
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -73,10 +76,10 @@ class DeliveryPolicy:
 
     @property
     def lease(self) -> float:
-        """How long a claimed row stays claimed. A claimed row is being sent (nothing waits in a
-        lane), its attempt ends within `timeout`, and its outcome is written by the next round: twice
-        the timeout and 5 s more, so a live worker's rows never come back to another one, and a dead
-        worker's come back soon."""
+        """How long a claimed row stays claimed without its worker renewing it: an attempt ends
+        within `timeout` and its outcome is written by the next round, and the worker renews every
+        third of a lease, so twice the timeout and 5 s more; a dead worker's rows come back that
+        soon."""
         return 2 * self.timeout + 5.0
 
     @classmethod
@@ -115,6 +118,16 @@ class _Job:
     body: bytes  # the same bytes on every attempt (built once per event, see `body_of`)
 
 
+@dataclasses.dataclass
+class _Lane:
+    running: int = 0
+    waiting: collections.deque[_Job] = dataclasses.field(default_factory=collections.deque)
+
+    @property
+    def held(self) -> int:
+        return self.running + len(self.waiting)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Outcome:
     job: _Job
@@ -129,26 +142,12 @@ class _Outcome:
         return self.sent and self.error is None
 
 
-# The due rows at the head of the queue ($1 at most, skipping full lanes $2), of which each endpoint
-# gets as many as its lane has free ($4/$5 for lanes in use, $6 for the others); only those are then
-# locked, skipping rows another worker is claiming, and rechecked (a row another worker claimed
-# since this statement's snapshot is no longer due). Locking the whole head instead would lock
-# (and write) a claim's worth of rows of a busy endpoint to take a half lane of them.
 _CLAIM = """
-WITH head AS (
-  SELECT id, endpoint_id, next_attempt_at FROM webhook_deliveries
+WITH due AS (
+  SELECT id FROM webhook_deliveries
    WHERE status = 'PENDING' AND next_attempt_at <= now() AND NOT (endpoint_id = ANY($2::uuid[]))
    ORDER BY next_attempt_at
    LIMIT $1
-), picked AS (
-  SELECT h.id
-    FROM (SELECT id, endpoint_id, row_number() OVER (PARTITION BY endpoint_id ORDER BY next_attempt_at, id) AS n
-            FROM head) h
-    LEFT JOIN unnest($4::uuid[], $5::int[]) AS lane(endpoint_id, free) ON lane.endpoint_id = h.endpoint_id
-   WHERE h.n <= coalesce(lane.free, $6)
-), due AS (
-  SELECT id FROM webhook_deliveries
-   WHERE id IN (SELECT id FROM picked) AND status = 'PENDING' AND next_attempt_at <= now()
    FOR UPDATE SKIP LOCKED
 )
 UPDATE webhook_deliveries d
@@ -159,6 +158,12 @@ RETURNING d.id, d.project_id, d.endpoint_id, d.event_id, d.attempts, e.url,
           e.enabled AND e.deleted_at IS NULL AS usable, e.secret,
           CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret,
           o.type, o.payload::text AS payload, o.created_at
+"""
+# The rows a worker holds stay claimed (`attempts` tells the holder of the current attempt).
+_RENEW = """
+UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $3)
+  FROM unnest($1::uuid[], $2::int[]) AS u(id, attempt)
+ WHERE d.id = u.id AND d.attempts = u.attempt AND d.status = 'PENDING'
 """
 # A round's transaction does not wait for its commit to reach the disk: losing the last moments of
 # claims and outcomes to a database crash only means those deliveries are sent again (at least once;
@@ -269,8 +274,9 @@ class DeliveryWorker(PollingWorker):
         self.on_disabled = on_disabled
         self._given_pool = pool
         self._pool: Pool | None = pool
-        self._lanes: dict[uuid.UUID, int] = {}  # endpoint -> attempts in flight (absent: none)
+        self._lanes: dict[uuid.UUID, _Lane] = {}
         self._held = 0
+        self._leased: dict[uuid.UUID, tuple[int, float]] = {}  # delivery -> (attempt, lease taken at)
         self._tasks: set[asyncio.Task[None]] = set()
         self._outcomes: list[_Outcome] = []
         self._flush_lock = asyncio.Lock()
@@ -314,6 +320,11 @@ class DeliveryWorker(PollingWorker):
             await self.flush()
         except Exception:
             log.exception("webhook delivery: recording the last outcomes failed (they will be retried)")
+        for lane in self._lanes.values():  # never started: their rows come back when the lease runs out
+            self._held -= len(lane.waiting)
+            lane.waiting.clear()
+        self._lanes.clear()
+        self._leased.clear()
         if self._pool is not None and self._given_pool is None:
             await self._pool.aclose()
             self._pool = None
@@ -334,9 +345,9 @@ class DeliveryWorker(PollingWorker):
             asked = min(p.batch_size, p.max_in_flight - self._held) if claim else 0
             if not outcomes and asked <= 0:
                 return 0, 0
-            full = [ep for ep, running in self._lanes.items() if running >= p.per_endpoint]
-            busy = [ep for ep, running in self._lanes.items() if running < p.per_endpoint]
-            free = [p.per_endpoint - self._lanes[ep] for ep in busy]
+            full = [ep for ep, lane in self._lanes.items() if lane.held >= p.per_endpoint]
+            now = time.monotonic()
+            renew = [(d, a) for d, (a, at) in self._leased.items() if now - at > p.lease / 3]
             disabled: list[DisabledEndpoint] = []
             rows: list[Any] = []
             try:
@@ -344,11 +355,16 @@ class DeliveryWorker(PollingWorker):
                     await conn.execute(_ROUND_SETTINGS)
                     if outcomes:
                         disabled = await self._record(conn, outcomes)
+                    if renew:
+                        await conn.execute(_RENEW, [d for d, _ in renew], [a for _, a in renew], p.lease)
                     if asked > 0:
-                        rows = await conn.fetch(_CLAIM, asked, full, p.lease, busy, free, p.per_endpoint)
+                        rows = await conn.fetch(_CLAIM, asked, full, p.lease)
             except BaseException:
                 self._outcomes[:0] = outcomes  # keep them for the next round
                 raise
+        for d, a in renew:
+            if d in self._leased:
+                self._leased[d] = (a, now)
         self._dispatch_all(rows)
         await self._after_record(outcomes, disabled)
         return asked, len(rows)
@@ -377,24 +393,33 @@ class DeliveryWorker(PollingWorker):
             )
 
     def _dispatch(self, job: _Job) -> None:
-        self._lanes[job.endpoint_id] = self._lanes.get(job.endpoint_id, 0) + 1
+        lane = self._lanes.setdefault(job.endpoint_id, _Lane())
         self._held += 1
+        self._leased[job.delivery_id] = (job.attempt, time.monotonic())
+        if lane.running < self.policy.per_endpoint:
+            self._start(lane, job)
+        else:
+            lane.waiting.append(job)
+
+    def _start(self, lane: _Lane, job: _Job) -> None:
+        lane.running += 1
         task = asyncio.create_task(self._attempt(job), name=f"webhook-{job.delivery_id}")
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, job))
+        task.add_done_callback(lambda t: self._finished(t, lane, job))
 
-    def _finished(self, task: asyncio.Task[None], job: _Job) -> None:
+    def _finished(self, task: asyncio.Task[None], lane: _Lane, job: _Job) -> None:
         self._tasks.discard(task)
+        self._leased.pop(job.delivery_id, None)
+        lane.running -= 1
         self._held -= 1
-        running = self._lanes[job.endpoint_id] - 1
-        if running:
-            self._lanes[job.endpoint_id] = running
-        else:
-            del self._lanes[job.endpoint_id]
-        # A round (a transaction or two) is worth it once half a lane or half a claim is free, not
-        # after every answer: a busy endpoint's deliveries then go out in batches of a half lane.
+        if lane.waiting and not self._stopping:
+            self._start(lane, lane.waiting.popleft())
+        elif lane.held == 0:
+            self._lanes.pop(job.endpoint_id, None)
+        # A round (a transaction) is worth it when this lane can be claimed for again or half a
+        # claim's worth of room is free, not after every answer.
         p = self.policy
-        if running == p.per_endpoint // 2 or self._held == max(0, p.max_in_flight - max(1, p.batch_size // 2)):
+        if lane.held == p.per_endpoint - 1 or self._held == max(0, p.max_in_flight - max(1, p.batch_size // 2)):
             self.wake()
 
     # -- one attempt ----------------------------------------------------------------------------
