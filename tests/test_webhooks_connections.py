@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,6 +98,7 @@ async def test_one_connection_serves_consecutive_posts() -> None:
 
 def test_the_same_under_uvloop() -> None:
     """`ledgerx serve` runs on uvloop (uvicorn picks it), whose transports are not asyncio's."""
+    uvloop = pytest.importorskip("uvloop")  # installed with uvicorn[standard] except on Windows
 
     async def exchanges() -> int:
         async with Scripted(lambda c, n: (OK, n == 2)) as server:
