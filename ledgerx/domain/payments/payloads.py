@@ -1,6 +1,7 @@
 """Payments' records as outbound webhook `data`: the field names of the GraphQL types `Plan`,
 `PlanSubscription` (GraphQL's name for a project's subscription: `Subscription` is the root
-subscription type) and `Payment`, each value written as the API writes it (domain/scalars.py).
+subscription type), `Payment` and `Invoice` (with its `InvoiceLine`s), each value written as the
+API writes it (domain/scalars.py); each mirrors the `of` of its type in schema/payments.py.
 tests/test_webhook_events.py checks every key against the schema and every value against a query.
 """
 
@@ -8,12 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ledgerx import ids
 from ledgerx.domain.payments import subscriptions
-from ledgerx.domain.payments.records import PaymentRecord, PlanRecord, SubscriptionRecord
+from ledgerx.domain.payments.records import (
+    InvoiceLineRecord,
+    InvoiceRecord,
+    PaymentRecord,
+    PlanRecord,
+    SubscriptionRecord,
+)
 from ledgerx.domain.scalars import bigint_text, datetime_text, optional, public_id
 
 
@@ -91,4 +98,41 @@ def payment(p: PaymentRecord) -> dict[str, Any]:
         "stripePaymentIntentId": p.stripe_payment_intent_id,
         "stripeChargeId": p.stripe_charge_id,
         "createdAt": datetime_text(p.created_at),
+    }
+
+
+def invoice_line(line: InvoiceLineRecord) -> dict[str, Any]:
+    """GraphQL `InvoiceLine`."""
+    return {
+        "description": line.description,
+        "amount": money(line.amount, line.currency),
+        "quantity": line.quantity,
+        "periodStart": optional(datetime_text, line.period_start),
+        "periodEnd": optional(datetime_text, line.period_end),
+        "proration": line.proration,
+        "planId": public_id("plan", line.plan_id),
+    }
+
+
+def invoice(i: InvoiceRecord, lines: Sequence[InvoiceLineRecord]) -> dict[str, Any]:
+    """GraphQL `Invoice` (the `invoice.*` events), its lines in their order."""
+    return {
+        "id": ids.encode("invoice", i.id),
+        "kind": i.kind,
+        "status": i.status,
+        "billingReason": i.billing_reason,
+        "total": money(i.total, i.currency),
+        "amountDue": money(i.amount_due, i.currency),
+        "amountPaid": money(i.amount_paid, i.currency),
+        "periodStart": optional(datetime_text, i.period_start),
+        "periodEnd": optional(datetime_text, i.period_end),
+        "attemptCount": i.attempt_count,
+        "nextPaymentAttempt": optional(datetime_text, i.next_payment_attempt),
+        "paidAt": optional(datetime_text, i.paid_at),
+        "credits": bigint_text(i.credits),
+        "planId": public_id("plan", i.plan_id),
+        "subscriptionId": public_id("subscription", i.subscription_id),
+        "stripeInvoiceId": i.stripe_invoice_id,
+        "lines": [invoice_line(line) for line in lines],
+        "createdAt": datetime_text(i.created_at),
     }
