@@ -625,7 +625,11 @@ async def test_a_subscription_is_created_updated_paid_and_canceled(
     types = [e["type"] for e in got]
     assert types.count("subscription.created") == 1 and types[0] == "subscription.created"
     assert types.count("payment.succeeded") == 1 and types.count("transaction.posted") == 1
-    assert set(types) <= {"subscription.created", "subscription.updated", "payment.succeeded", "transaction.posted"}
+    assert types.count("invoice.created") == 1 and types.count("invoice.paid") == 1
+    assert set(types) <= {
+        "subscription.created", "subscription.updated", "payment.succeeded", "transaction.posted",
+        "invoice.created", "invoice.paid",
+    }  # fmt: skip
     subscription = [e["data"] for e in got if e["type"].startswith("subscription.")][-1]
     assert (subscription["status"], subscription["plan"]["id"]) == ("ACTIVE", pro)
     assert subscription["plan"]["monthlyQuotas"] == [{"metric": "api_calls", "limit": "100"}]
@@ -660,3 +664,144 @@ async def test_a_subscription_is_created_updated_paid_and_canceled(
     assert data["status"] == "CANCELED" and data["endedAt"] is not None
     await schema.check("PlanSubscription", data, owner.token, SUBSCRIPTION_OF.format(pid))
     await h.nothing_more()
+
+
+INVOICES_OF = 'invoices(projectId: "{}", first: 50)'
+
+
+def of_type(events: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
+    return [e["data"] for e in events if e["type"] == event_type]
+
+
+async def test_invoices_are_created_paid_and_failed_once_each(
+    gql: GQL,
+    client: httpx.AsyncClient,
+    services: Services,
+    settings: Settings,
+    fake: FakeStripe,
+    receiver: Receiver,
+    plans: tuple[SignedIn, str, str],
+) -> None:
+    """A subscription's first invoice (paid at checkout), an upgrade's proration invoice (charged by
+    changePlan), and a renewal invoice whose first two attempts fail and the third pays: each
+    invoice is created once, paid once, and each failed attempt announced once, whatever Stripe
+    sends again, late or replayed."""
+    admin, pro, lite = plans
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    h = await hook(gql, services, receiver, owner, pid)
+    schema = Schema(gql)
+    t0 = services.payments.clock()
+
+    def at(when: dt.datetime) -> None:
+        services.payments.clock = lambda: when
+        fake.now = int(when.timestamp())
+
+    async def check(data: dict[str, Any]) -> None:
+        await schema.check("Invoice", data, owner.token, INVOICES_OF.format(pid), "{ nodes {} }")
+
+    async def received() -> list[dict[str, Any]]:
+        """Everything the outbox holds for the project that has not arrived yet."""
+        return await h.next(len(await outbox_types(settings, pid)) - h.seen)
+
+    # Checkout: Stripe's invoice.paid is the first sight of the invoice; created and paid, in order.
+    session = await checkout(gql, owner, pid, planId=lite)
+    first_events = fake.complete_checkout(session)
+    await stripe(client, services, *first_events)
+    got = await received()
+    created, paid = of_type(got, "invoice.created"), of_type(got, "invoice.paid")
+    assert len(created) == len(paid) == 1 and not of_type(got, "invoice.payment_failed")
+    assert [e["type"] for e in got if e["type"].startswith("invoice.")] == ["invoice.created", "invoice.paid"]
+    data = paid[0]
+    assert created[0] == data  # the invoice as the transaction that recorded it left it
+    assert (data["kind"], data["status"], data["billingReason"]) == ("SUBSCRIPTION", "PAID", "subscription_create")
+    assert (data["total"], data["amountPaid"]) == ({"amount": "1000", "currency": "USD"},) * 2
+    assert (data["planId"], data["credits"], data["attemptCount"]) == (lite, "500", 1)
+    assert data["paidAt"] is not None and data["stripeInvoiceId"].startswith("in_")
+    [line] = data["lines"]
+    assert (line["planId"], line["amount"]["amount"], line["proration"]) == (lite, "1000", False)
+    await check(data)
+    await again(gql, client, services, admin, *first_events)
+    await h.nothing_more()
+
+    # An upgrade a day later: changePlan charges the proration at once and records its invoice.
+    at(t0 + dt.timedelta(days=1))
+    assert (await gql.ok(CHANGE, {"i": {"projectId": pid, "planId": pro}}, token=owner.token))["changePlan"][
+        "immediate"
+    ] is True
+    got = await received()
+    created, paid = of_type(got, "invoice.created"), of_type(got, "invoice.paid")
+    assert len(created) == len(paid) == 1 and created[0] == paid[0]
+    data = paid[0]
+    assert (data["kind"], data["status"], data["planId"]) == ("PRORATION", "PAID", pro)
+    [line] = data["lines"]
+    assert line["proration"] is True and line["amount"] == data["total"] == data["amountPaid"]
+    await check(data)
+    # Stripe's own events about that invoice (it was created and paid on Stripe too): nothing new.
+    proration_invoice = fake.get(data["stripeInvoiceId"])
+    await stripe(client, services, fake.event("invoice.paid", proration_invoice))
+    await h.nothing_more()
+
+    # The renewal's first attempt fails: the invoice is first seen through invoice.payment_failed.
+    sub_id = fake.get(session)["subscription"]
+    renewal_at = dt.datetime.fromtimestamp(fake.get(sub_id)["current_period_end"], dt.UTC)
+    at(renewal_at)
+    failure = fake.renew(sub_id, pay=False)
+    await stripe(client, services, *failure)
+    got = await received()
+    created, failed = of_type(got, "invoice.created"), of_type(got, "invoice.payment_failed")
+    assert len(created) == len(failed) == 1 and created[0] == failed[0] and not of_type(got, "invoice.paid")
+    data = failed[0]
+    assert (data["kind"], data["status"], data["billingReason"]) == ("SUBSCRIPTION", "OPEN", "subscription_cycle")
+    assert (data["attemptCount"], data["paidAt"], data["amountPaid"]["amount"]) == (1, None, "0")
+    assert data["nextPaymentAttempt"] == (renewal_at + dt.timedelta(days=3)).isoformat()
+    assert data["planId"] == pro and data["total"]["amount"] == "2000"
+    await check(data)
+    invoice_id = data["id"]
+    await again(gql, client, services, admin, *failure)
+    await h.nothing_more()
+
+    # The second attempt fails three days later: one more event, for attempt 2 only.
+    at(renewal_at + dt.timedelta(days=3))
+    second = fake.fail_invoice(data["stripeInvoiceId"])
+    await stripe(client, services, *second)
+    got = await received()
+    assert [e["type"] for e in got if e["type"].startswith("invoice.")] == ["invoice.payment_failed"]
+    data = of_type(got, "invoice.payment_failed")[0]
+    assert (data["id"], data["status"], data["attemptCount"]) == (invoice_id, "OPEN", 2)
+    await check(data)
+    # A new Stripe event carrying the first attempt (late) and the second again: not new attempts.
+    first_attempt = failure[0]["data"]["object"]
+    await stripe(client, services, fake.event("invoice.payment_failed", first_attempt))
+    await again(gql, client, services, admin, *second)
+    await h.nothing_more()
+
+    # The third attempt pays it: invoice.paid once; failures reported after that are stale.
+    at(renewal_at + dt.timedelta(days=4))
+    paying = fake.pay_invoice(data["stripeInvoiceId"])
+    await stripe(client, services, *paying)
+    got = await received()
+    assert [e["type"] for e in got if e["type"].startswith("invoice.")] == ["invoice.paid"]
+    data = of_type(got, "invoice.paid")[0]
+    assert (data["id"], data["status"], data["attemptCount"], data["nextPaymentAttempt"]) == (
+        invoice_id,
+        "PAID",
+        3,
+        None,
+    )
+    assert data["amountPaid"]["amount"] == "2000" and data["paidAt"] is not None
+    await check(data)
+    await again(gql, client, services, admin, *paying)
+    await stripe(
+        client,
+        services,
+        fake.event("invoice.payment_failed", second[0]["data"]["object"]),
+        fake.event("invoice.payment_succeeded", fake.get(data["stripeInvoiceId"])),
+    )
+    await h.nothing_more()
+    invoice_types = [t for t in await outbox_types(settings, pid) if t.startswith("invoice.")]
+    assert invoice_types == [
+        "invoice.created", "invoice.paid",  # checkout
+        "invoice.created", "invoice.paid",  # proration
+        "invoice.created", "invoice.payment_failed", "invoice.payment_failed", "invoice.paid",  # renewal
+    ]  # fmt: skip

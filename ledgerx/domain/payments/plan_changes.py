@@ -129,6 +129,11 @@ async def change_plan(
             if invoice is not None and invoice.status == "PAID":
                 wallet = await grants.wallet_for(svc, project_id, sub.wallet_id)
                 await grants.grant_invoice(svc, s, invoice, wallet_id=wallet)
+            if invoice is not None:
+                # This transaction inserted the row (Stripe's events about the invoice wait on the
+                # subscription's lock, then find it and announce nothing of what is said here).
+                paid = ["invoice.paid"] if invoice.status == "PAID" else []
+                await webhook_events.invoice(s, invoice, ["invoice.created", *paid])
         after = snapshot_json(sub)
         await audit.record(
             s,

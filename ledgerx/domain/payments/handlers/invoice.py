@@ -1,5 +1,10 @@
 """`invoice.*`: record the invoice and its lines once, move its status forward only, grant a paid
-period's included credits once, and recompute the subscription's dunning state."""
+period's included credits once, and recompute the subscription's dunning state.
+
+Outbound webhooks, each from what this event's own statements did (so a stale, repeated or replayed
+Stripe event announces nothing): `invoice.created` when this insert made the row, `invoice.paid`
+when this event moved it to PAID, `invoice.payment_failed` when it records a Stripe attempt higher
+than any recorded before."""
 
 from __future__ import annotations
 
@@ -41,7 +46,9 @@ async def _invoice_plan(
 
 async def _upsert_invoice(
     s: AsyncSession, ev: Event, project_id: uuid.UUID, sub: PlanSubscription | None, plan_id: uuid.UUID | None
-) -> Invoice:
+) -> tuple[Invoice, bool]:
+    """The (locked) invoice row of the event's invoice, with its lines when first seen; True when
+    this call inserted it (exactly one of concurrent callers does: the others' inserts do nothing)."""
     inv = ev.obj
     stripe_id = str(inv["id"])
     meta = objects.metadata(inv)
@@ -112,7 +119,7 @@ async def _upsert_invoice(
         row.subscription_id = sub.id
     row.stripe_charge_id = row.stripe_charge_id or objects.invoice_charge(inv)
     row.stripe_payment_intent_id = row.stripe_payment_intent_id or objects.invoice_payment_intent(inv)
-    return row
+    return row, inserted is not None
 
 
 def _advance(row: Invoice, status: str) -> bool:
@@ -154,14 +161,18 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 s, inv, sub_meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
             )
             sub_before = None if created else await webhook_events.subscription_data(s, sub, now)
-        row = await _upsert_invoice(s, ev, project_id, sub, plan_id)
+        row, created = await _upsert_invoice(s, ev, project_id, sub, plan_id)
+        announce = ["invoice.created"] if created else []
         changed = False
         attempts = objects.integer(inv.get("attempt_count"))
+        recorded_attempts = row.attempt_count
         if paid or ev.type == "invoice.payment_failed":
             # Stripe's attempt count only grows; keep the highest seen, whatever the order.
             row.attempt_count = max(row.attempt_count, attempts)
         if paid:
             changed = _advance(row, "PAID")
+            if changed:
+                announce.append("invoice.paid")
             if row.status == "PAID":
                 row.next_payment_attempt = None
                 row.amount_paid = max(row.amount_paid, objects.integer(inv.get("amount_paid")))
@@ -184,6 +195,10 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 row.first_failed_at = min(row.first_failed_at or ev.created, ev.created)
                 row.last_failed_at = max(row.last_failed_at or ev.created, ev.created)
                 changed = True
+                # Stripe numbers its attempts: a higher one than recorded is a new failure; the same
+                # event again, or an older attempt arriving late, is not.
+                if attempts > recorded_attempts:
+                    announce.append("invoice.payment_failed")
             out.result = f"payment failed (attempt {row.attempt_count}); invoice {row.status.lower()}"
         elif ev.type == "invoice.voided":
             changed = _advance(row, "VOID")
@@ -192,6 +207,7 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
             changed = _advance(row, "UNCOLLECTIBLE")
             out.result = f"invoice {row.status.lower()}"
         row.updated_at = func.now()
+        await webhook_events.invoice(s, row, announce)
         if sub is not None:
             await dunning.recompute_dunning(svc, s, sub, out.events)
             if ev.type == "invoice.payment_failed" and changed and row.kind == "SUBSCRIPTION":
