@@ -336,18 +336,19 @@ class DeliveryWorker(PollingWorker):
         await self._record_and_claim(claim=False)
 
     async def _record_and_claim(self, *, claim: bool) -> tuple[int, int]:
-        """One transaction: the outcomes gathered since the last one are written, then (`claim`)
-        as many due deliveries are claimed as the lanes have room for, and sent once it commits.
+        """One transaction: the outcomes gathered since the last one are written, the leases of
+        held rows renewed when a third of a lease has passed, then (`claim`) due deliveries are
+        claimed for the lanes that are not full (a batch at most) and sent once it commits.
         (asked, claimed)."""
         p = self.policy
         async with self._flush_lock:
             outcomes, self._outcomes = self._outcomes, []
             asked = min(p.batch_size, p.max_in_flight - self._held) if claim else 0
-            if not outcomes and asked <= 0:
-                return 0, 0
-            full = [ep for ep, lane in self._lanes.items() if lane.held >= p.per_endpoint]
             now = time.monotonic()
             renew = [(d, a) for d, (a, at) in self._leased.items() if now - at > p.lease / 3]
+            if not outcomes and not renew and asked <= 0:
+                return 0, 0
+            full = [ep for ep, lane in self._lanes.items() if lane.held >= p.per_endpoint]
             disabled: list[DisabledEndpoint] = []
             rows: list[Any] = []
             try:
