@@ -8,7 +8,7 @@ unspecified, multicast, reserved and documentation ranges; IPv4 addresses inside
 they carry. Only http and https.
 
 The check runs twice: when the URL is saved (`check_url`), and on every connection the delivery
-worker opens (`GuardedBackend`): DNS can change after creation, so the worker resolves the name
+worker opens (`connections.py`): DNS can change after creation, so the worker resolves the name
 itself, refuses if any address is not allowed, and connects to the address it checked (no second
 lookup a rebinding DNS server could answer differently). TLS still verifies the host name.
 """
@@ -19,11 +19,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import SplitResult, urlsplit
-
-import httpcore
-import httpx
 
 from ledgerx.domain.errors import BadInput
 
@@ -33,10 +29,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Host names that name the machine itself or a cloud metadata service whatever DNS says.
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "metadata.google.internal", "metadata")
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class RefusedAddress(httpcore.ConnectError):
-    """A delivery's host resolved to an address the guard refuses (httpx reports a ConnectError)."""
 
 
 def embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
@@ -159,61 +151,3 @@ async def check_url(url: str, *, allow_private: bool) -> str:
     if why is not None:
         raise _bad(f"url may not point to this network: {why}", "PRIVATE_ADDRESS")
     return url.strip()
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the guard on every new connection (see the module doc)."""
-
-    def __init__(self, *, allow_private: bool, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.allow_private = allow_private
-        self.inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        if self.allow_private:
-            return await self.inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        why = name_refusal(host)
-        if why is not None:
-            raise RefusedAddress(f"refused: {why}")
-        try:
-            addresses = await asyncio.wait_for(resolve(host, port), timeout)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
-        why = first_refusal(addresses)
-        if why is not None:
-            raise RefusedAddress(f"refused: {why}")
-        if not addresses:
-            raise httpcore.ConnectError(f"{host} resolves to no address")
-        return await self.inner.connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise RefusedAddress("refused: unix sockets are not webhook destinations")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport whose connections go through `GuardedBackend` (the only change: the
-    connection pool it builds gets our network backend)."""
-
-    def __init__(self, *, allow_private: bool, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(allow_private=allow_private),
-        )
