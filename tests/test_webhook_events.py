@@ -18,16 +18,19 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
 from ledgerx import ids
+from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.billing import runner
 from ledgerx.domain.billing.records import Rule
 from ledgerx.domain.ledger import posting
-from ledgerx.domain.payments import inbox
+from ledgerx.domain.payments import inbox, objects
+from ledgerx.domain.payments.handlers import dispatch
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
@@ -805,3 +808,66 @@ async def test_invoices_are_created_paid_and_failed_once_each(
         "invoice.created", "invoice.paid",  # proration
         "invoice.created", "invoice.payment_failed", "invoice.payment_failed", "invoice.paid",  # renewal
     ]  # fmt: skip
+
+
+async def test_concurrent_stripe_events_create_and_pay_an_invoice_once(
+    gql: GQL, client: httpx.AsyncClient, services: Services, settings: Settings, fake: FakeStripe, receiver: Receiver
+) -> None:
+    """Six Stripe events about one new invoice (paid and payment_succeeded, each three times with
+    its own event id) are handled at once, their inserts lined up behind a lock on the invoices
+    table so that all of them find no row: one handler's insert makes it (invoice.created) and
+    moves it to PAID (invoice.paid); the others, and the inbox processing all six again, add
+    nothing. An invoice outside any subscription (metadata names the project): no subscription
+    row lock serializes its handlers."""
+    owner = await sign_up(gql)
+    pid = await create_project(gql, owner)
+    h = await hook(gql, services, receiver, owner, pid)
+    line = {
+        "id": fake.new_id("il"), "object": "line_item", "amount": 700, "currency": "usd", "description": "Setup",
+        "quantity": 1, "proration": False, "period": {"start": fake.time(), "end": fake.time()}, "price": None,
+    }  # fmt: skip
+    inv = fake._store(
+        fake._invoice(
+            fake.new_id("cus"), None, [line], 700, "usd", billing_reason="manual",
+            metadata={objects.META_PROJECT: pid},
+        )
+    )  # fmt: skip
+    fake._mark_paid(inv)
+    events = [fake.event(t, inv) for t in ("invoice.paid", "invoice.payment_succeeded") * 3]
+    for ev in events:
+        assert (await deliver(client, ev)).status_code == 200  # stored; processed below
+
+    assert settings.database_url
+    conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
+    try:
+        lock = conn.transaction()
+        await lock.start()
+        await conn.execute("LOCK TABLE invoices IN EXCLUSIVE MODE")  # reads pass, inserts wait
+        handlers = [asyncio.create_task(dispatch.handle(services.payments, ev)) for ev in events]
+        waiting = 0
+        for _ in range(500):
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'invoices'::regclass AND NOT granted"
+            )
+            if waiting == len(events):
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == len(events), "every handler reaches its insert before any commits"
+        await lock.rollback()
+        await asyncio.gather(*handlers)
+    finally:
+        await conn.close()
+    await inbox.drain(services.payments)  # the inbox processes all six again: replays
+
+    got = await h.next(len(await outbox_types(settings, pid)))
+    assert sorted(e["type"] for e in got) == ["invoice.created", "invoice.paid", "payment.succeeded"]
+    created, paid = of_type(got, "invoice.created")[0], of_type(got, "invoice.paid")[0]
+    assert created == paid
+    assert (paid["kind"], paid["status"], paid["stripeInvoiceId"], paid["amountPaid"]["amount"]) == (
+        "OTHER",
+        "PAID",
+        inv["id"],
+        "700",
+    )
+    await Schema(gql).check("Invoice", paid, owner.token, INVOICES_OF.format(pid), "{ nodes {} }")
+    await h.nothing_more()
