@@ -34,6 +34,7 @@ PREFIXES = {
     "credit_pack": "pck",
     "payment": "pay",
     "invoice": "ivc",
+    "credit_grant": "grt",
     "subscription": "sub",
     "webhook_event": "whe",
     "webhook_endpoint": "whk",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import pytest
 
 from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.domain.actor import Actor
@@ -60,3 +61,14 @@ async def check_invariants(ledger: LedgerService, project_id: uuid.UUID) -> None
 
     report = await verify_ledger(ledger, project_id)
     assert report.ok, report.mismatches
+
+
+def legacy_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Post as the ledger did before migration 0013 (no credit grants): for tests that write a
+    ledger on an older schema and then migrate it. Plain credits and debits only."""
+    from ledgerx.domain.ledger import apply, store
+
+    monkeypatch.setattr(store, "WRITE_BATCH", store.write_batch(grants=False))
+    monkeypatch.setattr(apply, "_grant_columns", lambda book, now: [])
+    monkeypatch.setattr(apply, "_takes", lambda p: False)
+    monkeypatch.setattr(apply.Book, "take", lambda self, *a, **k: [])

@@ -28,7 +28,7 @@ from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, SignedIn, sign_up
-from tests.ledger_helpers import ACTOR, new_project
+from tests.ledger_helpers import ACTOR, legacy_ledger, new_project
 from tests.ledger_helpers import new_wallet as ledger_wallet
 from tests.tcp_proxy import CuttableProxy
 from tests.tenancy_helpers import create_project, owner_sql
@@ -575,13 +575,14 @@ async def scratch_database(admin_database_url: str) -> AsyncIterator[str]:
 
 
 async def test_migration_0009_keeps_existing_ledgers_verified_and_streamable(
-    scratch_database: str, settings: Settings
+    scratch_database: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Transactions written before 0009 get commit_xid 0 (no row rewritten: the append-only
     triggers would refuse an UPDATE); the ledger still verifies, and the project stream replays
     them first, in id order, then the new ones."""
     await asyncio.to_thread(upgrade, scratch_database, "0008_outbound_webhooks")
     scratch = dataclasses.replace(settings, database_url=scratch_database)
+    legacy_ledger(monkeypatch)  # the ledger of that schema: no credit grants yet
     old_svc = Services.build(scratch)
     try:
         pid = await new_project(old_svc)
@@ -591,6 +592,7 @@ async def test_migration_0009_keeps_existing_ledgers_verified_and_streamable(
             await posting.debit_wallet(old_svc.ledger, ACTOR, ref, 3, key())
     finally:
         await old_svc.close()
+    monkeypatch.undo()
 
     await asyncio.to_thread(upgrade, scratch_database)
     svc = Services.build(scratch)

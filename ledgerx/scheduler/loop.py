@@ -22,6 +22,7 @@ from sqlalchemy import text
 from ledgerx import metrics
 from ledgerx.domain.billing import runner
 from ledgerx.domain.billing.service import BillingService
+from ledgerx.domain.ledger import expiry
 from ledgerx.scheduler.lease import Lease
 
 log = logging.getLogger("ledgerx.scheduler")
@@ -129,6 +130,10 @@ class Scheduler:
                 RULE_FAILURES.inc(batch.failed_rules)
 
         await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        try:  # credit grants that expired (or expire within 3 days: the warning mail)
+            await expiry.run(self.billing.ledger, self.clock())
+        except Exception:
+            log.exception("credit grant expiry pass failed")
         self.total.batches += stats.batches
         self.total.rules += stats.rules
         self.total.runs += stats.runs

@@ -4,9 +4,12 @@ Order of work (each numbered step is one statement):
 1. lock every wallet the batch touches, in id order (no deadlocks between batches);
 2. read the batch's idempotency keys that already exist (after the lock: a fresh snapshot sees
    what committed while we waited), and for refunds what was refunded so far;
-3. decide each posting in arrival order in memory (idempotency, credit limits, refund caps),
-   so a posting that fails writes nothing and later postings see earlier ones' balances;
-4. write everything that succeeded in one statement.
+3. read the wallets' spendable credit grants (and, for refunds and grant expiries/voids, the
+   grants and draws they name), in a statement after the lock for the same reason;
+4. decide each posting in arrival order in memory (idempotency, credit limits, refund caps, which
+   grants a debit draws: grantbook.py), so a posting that fails writes nothing and later postings
+   see earlier ones' balances and grants;
+5. write everything that succeeded in one statement (grants made and changed, draws included).
 
 A race on an idempotency key with a transaction that locks other wallets surfaces in step 4 as a
 unique violation; the caller retries (and then finds the key in step 2).
@@ -27,10 +30,15 @@ from ledgerx import ids
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
-from ledgerx.domain.ledger import alerts, codec, hashing, payloads, store
+from ledgerx.domain.ledger import alerts, codec, grantbook, hashing, payloads, store
+from ledgerx.domain.ledger.grantbook import Book, LiveGrant
 from ledgerx.domain.ledger.types import (
     MAX_BIGINT,
+    PAID_TERMS,
     EntryRecord,
+    GrantStatus,
+    GrantTerms,
+    Kind,
     Posted,
     TransactionRecord,
     TxnType,
@@ -58,6 +66,20 @@ class RefundSpec:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class GrantOp:
+    """An expiry or a void of one grant: its remainder, known only under the lock, leaves the
+    wallet to `account_id` (EXPIRATIONS, or ADJUSTMENTS for a void)."""
+
+    grant_id: uuid.UUID
+    wallet_id: uuid.UUID
+    ends_as: GrantStatus  # EXPIRED or VOIDED
+    account_id: uuid.UUID
+    system_code: str
+    # An expiry: the grant must be due by this instant (the project's clock when it was claimed).
+    due_by: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Prepared:
     """A validated posting with system accounts resolved, ready for `apply`."""
 
@@ -74,8 +96,13 @@ class Prepared:
     reason: str | None
     metadata_json: str
     refund: RefundSpec | None = None
+    # The terms of the grant the primary wallet's credit makes (None: PAID_TERMS).
+    terms: GrantTerms | None = None
+    grant_op: GrantOp | None = None
 
     def wallet_ids(self) -> set[uuid.UUID]:
+        if self.grant_op is not None:
+            return {self.grant_op.wallet_id}
         if self.refund is not None:
             return {e.wallet_id for e in self.refund.original.entries if e.wallet_id is not None}
         return {leg.wallet_id for leg in self.legs if leg.wallet_id is not None}
@@ -143,6 +170,7 @@ class _State:
     existing: dict[tuple[uuid.UUID, str], asyncpg.Record]  # idempotency key -> stored transaction row
     refunded: dict[uuid.UUID, int]  # original transaction -> refunded so far (running, in-batch too)
     webhooks: dict[uuid.UUID, list[str] | None]  # project -> event types its webhook endpoints want
+    book: Book  # the grants of the locked wallets
 
 
 @dataclasses.dataclass(slots=True)
@@ -168,7 +196,7 @@ async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.dat
     events: list[tuple[str, dict[str, Any]]] = []
     if d.new:
         hooks = webhook_events(state.webhooks, items, d.new)
-        stored_metadata = await _write(conn, d.writes, state.wallets, now, hooks)
+        stored_metadata = await _write(conn, d.writes, state.wallets, state.book, now, hooks)
         for i, posted, low in d.new:
             rec = dataclasses.replace(posted.transaction, metadata=stored_metadata[posted.transaction.id])
             done = dataclasses.replace(posted, transaction=rec)
@@ -193,14 +221,30 @@ async def _load_state(conn: asyncpg.Connection, items: Sequence[Prepared]) -> _S
     rows = await conn.fetch(store.EXISTING_TXNS, [p.project_id for p in items], [p.idempotency_key for p in items])
     refund_ids = [p.refund.original.id for p in items if p.refund is not None]
     refunded: dict[uuid.UUID, int] = {}
+    book = Book()
+    named: list[uuid.UUID] = [p.grant_op.grant_id for p in items if p.grant_op is not None]
     if refund_ids:
         refunded = {r["refund_of"]: r["total"] for r in await conn.fetch(store.REFUNDED_TOTALS, refund_ids)}
+        owed = await conn.fetch(store.REFUND_DRAWS, refund_ids)
+        book.load_owed(owed)
+        named.extend(r["grant_id"] for r in owed)
+    if named or refund_ids:
+        book.load(await conn.fetch(store.GRANTS_NAMED, wallet_ids, named, refund_ids))
+    elif any(_takes(p) for p in items):
+        book.load(await conn.fetch(store.ACTIVE_GRANTS, wallet_ids))
     return _State(
         wallets={r["id"]: _wallet_state(r) for r in locked},
         existing={(r["project_id"], r["idempotency_key"]): r for r in rows},
         refunded=refunded,
         webhooks={r["project_id"]: r["webhook_events"] for r in locked},
+        book=book,
     )
+
+
+def _takes(p: Prepared) -> bool:
+    """Whether the posting may take money out of a wallet (only then are existing grants read:
+    money in repays the overdraft, which the balance tells, and makes new grants)."""
+    return p.refund is not None or p.grant_op is not None or any(leg.amount < 0 and leg.wallet_id for leg in p.legs)
 
 
 def _decide_one(d: _Decisions, state: _State, i: int, p: Prepared, now: dt.datetime) -> None:
@@ -221,7 +265,7 @@ def _decide_one(d: _Decisions, state: _State, i: int, p: Prepared, now: dt.datet
         d.replays[i] = row
         return
     try:
-        posted, low = _decide(p, state.wallets, state.refunded, d.writes, now)
+        posted, low = _decide(p, state, d.writes, now)
     except AppError as exc:
         d.outcomes[i] = exc
         return
@@ -263,18 +307,38 @@ def _refund_legs(spec: RefundSpec, refunded: dict[uuid.UUID, int]) -> tuple[tupl
     return tuple(legs), amount
 
 
-def _decide(
-    p: Prepared,
-    wallets: dict[uuid.UUID, _Wallet],
-    refunded: dict[uuid.UUID, int],
-    writes: _Writes,
-    now: dt.datetime,
-) -> tuple[Posted, list[uuid.UUID]]:
+def _grant_op_legs(op: GrantOp, book: Book) -> tuple[tuple[ResolvedLeg, ...], LiveGrant]:
+    """The legs of an expiry or void: the grant's remainder, as it is under the lock."""
+    g = book.grants.get(op.grant_id)
+    if g is None or g.wallet_id != op.wallet_id:
+        raise NotFound("credit grant not found", field="id")
+    if g.status is not GrantStatus.ACTIVE:
+        raise Conflict(
+            f"the credit grant is {g.status.value}: nothing is left of it", field="id", status=g.status.value
+        )
+    if op.due_by is not None and (g.expires_at is None or g.expires_at > op.due_by):
+        raise Conflict("the credit grant is not due to expire", field="id")
+    legs = (
+        ResolvedLeg(-g.remaining, g.wallet_id, None, None),
+        ResolvedLeg(g.remaining, None, op.account_id, op.system_code),
+    )
+    return legs, g
+
+
+def _decide(p: Prepared, state: _State, writes: _Writes, now: dt.datetime) -> tuple[Posted, list[uuid.UUID]]:
     """Check one posting against the running wallet states; on success record its rows.
 
     Raises before touching any state, so a refused posting leaves no trace in the batch.
     """
-    legs, refund_amount = _refund_legs(p.refund, refunded) if p.refund is not None else (p.legs, 0)
+    wallets, refunded, book = state.wallets, state.refunded, state.book
+    ended: LiveGrant | None = None
+    if p.grant_op is not None:
+        legs, ended = _grant_op_legs(p.grant_op, book)
+        refund_amount = 0
+    elif p.refund is not None:
+        legs, refund_amount = _refund_legs(p.refund, refunded)
+    else:
+        legs, refund_amount = p.legs, 0
     after: dict[uuid.UUID, int] = {}
     for leg in legs:
         if leg.wallet_id is None:
@@ -342,6 +406,7 @@ def _decide(
         t_hash,
     )
     primary_before = pw.balance
+    made = _move_grants(p, legs, wallets, book, ended, txn_id, now)
     entries, low = _chain_entries(p, legs, wallets, writes, txn_id, t_hash, now)
     if p.refund is not None:
         refunded[p.refund.original.id] = refunded.get(p.refund.original.id, 0) + refund_amount
@@ -365,7 +430,62 @@ def _decide(
     )
     _audit(writes, p, record)
     snapshots = tuple(wallets[w].snapshot(now) for w in after)
-    return Posted(record, wallets=snapshots), low
+    grants = tuple(g.record(now) for g in made)
+    return Posted(record, wallets=snapshots, grants=grants, draws=tuple(book.draws_of(txn_id))), low
+
+
+def _move_grants(
+    p: Prepared,
+    legs: tuple[ResolvedLeg, ...],
+    wallets: dict[uuid.UUID, _Wallet],
+    book: Book,
+    ended: LiveGrant | None,
+    txn_id: uuid.UUID,
+    now: dt.datetime,
+) -> list[LiveGrant]:
+    """The grants side of a decided posting (grantbook.py has the rules), before its entries
+    move the balances: money out first (a transfer's target gets what the source gave up)."""
+    moved: list[grantbook.Moved] = []
+    for leg in legs:
+        if leg.wallet_id is None or leg.amount > 0:
+            continue
+        before = wallets[leg.wallet_id].balance
+        if ended is not None:
+            book.end(txn_id, ended, p.grant_op.ends_as if p.grant_op is not None else GrantStatus.EXPIRED)
+            continue
+        first = book.made_by(p.refund.original.id, leg.wallet_id) if p.refund is not None else ()
+        moved.extend(book.take(txn_id, leg.wallet_id, -leg.amount, before, first=first))
+    made: list[LiveGrant] = []
+    for leg in legs:
+        if leg.wallet_id is None or leg.amount < 0:
+            continue
+        pieces: list[tuple[LiveGrant | GrantTerms, int]]
+        if p.refund is not None:
+            pieces = book.give_back(p.refund.original.id, leg.wallet_id, leg.amount)
+        elif moved and p.kind == Kind.TRANSFER.value:
+            pieces = _split(moved, leg.amount)
+        else:
+            pieces = [(p.terms or PAID_TERMS, leg.amount)]
+        before = wallets[leg.wallet_id].balance
+        made.extend(book.give(txn_id, p.project_id, leg.wallet_id, leg.amount, before, pieces, now))
+    return made
+
+
+def _split(moved: list[grantbook.Moved], amount: int) -> list[tuple[LiveGrant | GrantTerms, int]]:
+    """Take `amount` off the front of what left the source wallets, keeping each part's terms."""
+    pieces: list[tuple[LiveGrant | GrantTerms, int]] = []
+    left = amount
+    while left and moved:
+        m = moved[0]
+        n = min(left, m.amount)
+        pieces.append((m.terms, n))
+        left -= n
+        m.amount -= n
+        if m.amount == 0:
+            moved.pop(0)
+    if left:
+        pieces.append((PAID_TERMS, left))
+    return pieces
 
 
 def _chain_entries(
@@ -476,19 +596,57 @@ def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
     writes.add_audit(*audit.values(audit.Entry(p.actor, p.action, p.project_id, "transaction", target, before, after)))
 
 
+def _grant_columns(book: Book, now: dt.datetime) -> list[list[Any]]:
+    """WRITE_BATCH's grant parameters: grants made (their final state), grants changed, draws."""
+    made, changed = book.changed()
+    new_cols: list[list[Any]] = [[] for _ in range(13)]
+    for g in made:
+        for col, v in zip(
+            new_cols,
+            (
+                g.id,
+                g.project_id,
+                g.wallet_id,
+                g.amount,
+                g.remaining,
+                g.category.value,
+                g.priority,
+                g.expires_at,
+                g.status.value,
+                g.source_transaction_id,
+                g.ended_transaction_id,
+                g.reason,
+                g.metadata_json,
+            ),
+            strict=True,
+        ):
+            col.append(v)
+    upd_cols: list[list[Any]] = [[g.id for g in changed], [g.remaining for g in changed]]
+    upd_cols += [[g.status.value for g in changed], [g.ended_transaction_id for g in changed]]
+    draw_cols: list[list[Any]] = [[] for _ in range(5)]
+    for txn_id, mine in book.draws.items():
+        for i, (gid, n) in enumerate(mine.items()):
+            row: tuple[Any, ...] = (txn_id, gid, book.grants[gid].project_id, n, i)
+            for dcol, dv in zip(draw_cols, row, strict=True):
+                dcol.append(dv)
+    return [*new_cols, *upd_cols, *draw_cols]
+
+
 async def _write(
     conn: asyncpg.Connection,
     writes: _Writes,
     wallets: dict[uuid.UUID, _Wallet],
+    book: Book,
     now: dt.datetime,
     hooks: outbox.Batch,
 ) -> dict[uuid.UUID, dict[str, Any]]:
-    """One statement for the whole batch (its webhook events too); returns each transaction's
-    metadata as stored."""
+    """One statement for the whole batch (its webhook events, grants and draws too); returns each
+    transaction's metadata as stored."""
     touched = [w for w in wallets.values() if w.touched]
     wallet_cols = [[w.row.id for w in touched], [w.balance for w in touched], [w.seq for w in touched]]
     wallet_cols.append([w.head for w in touched])
     args = [*writes.sorted_txn_columns(), *writes.ent, now, *wallet_cols, *hooks.args(), *writes.aud]
+    args += _grant_columns(book, now)
     rows = await conn.fetch(store.WRITE_BATCH, *args)
     return {r["id"]: store.parse_metadata(r["metadata"]) for r in rows}
 

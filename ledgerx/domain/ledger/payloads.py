@@ -1,5 +1,5 @@
 """The ledger's records as outbound webhook `data`: the field names of the GraphQL types
-`Transaction`, `LedgerEntry`, `Wallet` and `WalletUpdate`, each value written as the API writes it
+`Transaction`, `LedgerEntry`, `Wallet`, `WalletUpdate` and `CreditGrant`, each value written as the API writes it
 (typed public ids, BigInt as a string of digits, DateTime in ISO 8601; domain/scalars.py).
 
 Fields a resolver computes at query time (`Transaction.refundedAmount`, `Wallet.transactions`)
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ledgerx import ids
-from ledgerx.domain.ledger.types import EntryRecord, TransactionRecord, WalletRecord
+from ledgerx.domain.ledger.types import EntryRecord, GrantRecord, TransactionRecord, WalletRecord
 from ledgerx.domain.scalars import bigint_text, datetime_text, optional, public_id
 
 
@@ -73,3 +73,18 @@ def wallet_update(w: WalletRecord, t: TransactionRecord, *, low_balance: bool) -
     """GraphQL `WalletUpdate` (the `wallet.low_balance` event): the wallet right after the
     transaction that took it below its threshold, and that transaction."""
     return {"wallet": wallet(w), "transaction": transaction(t), "lowBalance": low_balance}
+
+
+def credit_grant(g: GrantRecord) -> dict[str, Any]:
+    """GraphQL `CreditGrant` (the `credit_grant.expired` event: the grant right after its expiry)."""
+    return {
+        "id": ids.encode("credit_grant", g.id),
+        "walletId": ids.encode("wallet", g.wallet_id),
+        "amount": bigint_text(g.amount),
+        "remaining": bigint_text(g.remaining),
+        "category": g.category.value,
+        "priority": g.priority,
+        "expiresAt": optional(datetime_text, g.expires_at),
+        "status": g.status.value,
+        "createdAt": datetime_text(g.created_at),
+    }

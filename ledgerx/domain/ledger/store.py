@@ -51,6 +51,31 @@ REFUNDED_TOTALS = (
     "SELECT refund_of, sum(amount)::bigint AS total FROM ledger_transactions"
     " WHERE refund_of = ANY($1::uuid[]) GROUP BY refund_of"
 )
+# A wallet's grants are read after its lock like the keys above (a fresh snapshot: grants that a
+# batch which held the lock before us made or drew are seen as committed). Only the columns the
+# draw order and the write need.
+GRANT_COLS = (
+    "id, project_id, wallet_id, amount, remaining, category, priority, expires_at, status,"
+    " source_transaction_id, ended_transaction_id, created_at"
+)
+ACTIVE_GRANTS = (
+    f"SELECT {GRANT_COLS} FROM credit_grants"  # noqa: S608
+    " WHERE wallet_id = ANY($1::uuid[]) AND status = 'ACTIVE'"
+)
+# Refunds and expiries/voids also name grants whatever their status, and a refund of a credit
+# takes back first from the grants that credit made.
+GRANTS_NAMED = (
+    f"SELECT {GRANT_COLS} FROM credit_grants"  # noqa: S608
+    " WHERE (wallet_id = ANY($1::uuid[]) AND status = 'ACTIVE') OR id = ANY($2::uuid[])"
+    " OR source_transaction_id = ANY($3::uuid[])"
+)
+# What refunded originals drew from each grant, and what their refunds gave back.
+REFUND_DRAWS = """
+SELECT coalesce(t.refund_of, t.id) AS original, d.grant_id, d.ord, d.amount, (t.refund_of IS NULL) AS is_original
+FROM credit_grant_draws d JOIN ledger_transactions t ON t.id = d.transaction_id
+WHERE d.transaction_id = ANY($1::uuid[])
+   OR d.transaction_id IN (SELECT id FROM ledger_transactions WHERE refund_of = ANY($1::uuid[]))
+"""
 ENTRIES_OF = (
     f"SELECT {ENTRY_COLS} FROM ledger_entries e"  # noqa: S608
     " LEFT JOIN ledger_system_accounts s ON s.id = e.system_account_id"
@@ -61,8 +86,11 @@ ENTRIES_OF = (
 # balances and chain tips, and the batch's outbound webhook events with their deliveries (an
 # empty array when no endpoint wants them: nothing read, nothing written). The entries' balance
 # trigger runs once for all of it. The webhook events are $38..$41 (outbox.ctes); the audit rows'
-# shape (columns from $42 on, filled with `audit.values`) is audit.py's.
-WRITE_BATCH = f"""
+# shape (columns from $42 on, filled with `audit.values`) is audit.py's. Then the credit grants:
+# those the batch made (inserted in their final state), those it changed (remaining, status, the
+# transaction that ended them) and the draws (apply._grant_columns).
+_G = 42 + len(audit.COLUMNS)
+_LEDGER = f"""
 WITH {outbox.ctes(38)}, t AS (
   INSERT INTO ledger_transactions (id, project_id, wallet_id, type, kind, currency, amount, balance_before,
     balance_after, idempotency_key, request_hash, reference, reason, metadata, refund_of, actor_type, actor_id,
@@ -83,9 +111,36 @@ WITH {outbox.ctes(38)}, t AS (
 ), a AS (
   INSERT INTO audit_log ({audit.COLUMN_NAMES}, at)
   SELECT u.*, $33 FROM {audit.unnest(42)} AS u
-)
-SELECT id, metadata FROM t
 """  # noqa: S608 (constants only)
+_GRANTS = f"""
+), gn AS (
+  INSERT INTO credit_grants (id, project_id, wallet_id, amount, remaining, category, priority, expires_at, status,
+    source_transaction_id, ended_transaction_id, reason, metadata, created_at, updated_at)
+  SELECT u.*, $33, $33 FROM unnest(${_G}::uuid[], ${_G + 1}::uuid[], ${_G + 2}::uuid[], ${_G + 3}::int8[],
+    ${_G + 4}::int8[], ${_G + 5}::text[], ${_G + 6}::int4[], ${_G + 7}::timestamptz[], ${_G + 8}::text[],
+    ${_G + 9}::uuid[], ${_G + 10}::uuid[], ${_G + 11}::text[], ${_G + 12}::jsonb[]) AS u
+), gu AS (
+  UPDATE credit_grants SET remaining = v.remaining, status = v.status,
+    ended_transaction_id = coalesce(v.ended, credit_grants.ended_transaction_id), updated_at = $33
+  FROM unnest(${_G + 13}::uuid[], ${_G + 14}::int8[], ${_G + 15}::text[], ${_G + 16}::uuid[])
+    AS v(id, remaining, status, ended)
+  WHERE credit_grants.id = v.id
+), gd AS (
+  INSERT INTO credit_grant_draws (transaction_id, grant_id, project_id, amount, ord, created_at)
+  SELECT u.*, $33 FROM unnest(${_G + 17}::uuid[], ${_G + 18}::uuid[], ${_G + 19}::uuid[], ${_G + 20}::int8[],
+    ${_G + 21}::int4[]) AS u
+)
+"""  # noqa: S608 (constants only)
+
+
+def write_batch(*, grants: bool = True) -> str:
+    """WRITE_BATCH; without `grants`, the statement as it was before migration 0013 (tests of
+    older migrations post on a schema without the grant tables)."""
+    return _LEDGER + (_GRANTS if grants else ")\n") + "SELECT id, metadata FROM t\n"  # noqa: S608
+
+
+WRITE_BATCH = write_batch()
+
 
 ENSURE_SYSTEM_ACCOUNT = """
 WITH ins AS (

@@ -131,6 +131,67 @@ class TransactionRecord:
     entries: tuple[EntryRecord, ...]
 
 
+class GrantCategory(enum.StrEnum):
+    PAID = "PAID"
+    PROMOTIONAL = "PROMOTIONAL"
+
+
+class GrantStatus(enum.StrEnum):
+    """ACTIVE exactly while something remains (a CHECK of the table says so too)."""
+
+    ACTIVE = "ACTIVE"
+    DEPLETED = "DEPLETED"
+    EXPIRED = "EXPIRED"
+    VOIDED = "VOIDED"
+
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 100
+DEFAULT_PRIORITY = 50
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantTerms:
+    """The terms of the grant a credit makes (domain/ledger/grants.py: who sets which)."""
+
+    category: GrantCategory = GrantCategory.PAID
+    priority: int = DEFAULT_PRIORITY
+    expires_at: dt.datetime | None = None
+    reason: str | None = None
+    metadata_json: str = "{}"
+
+
+PAID_TERMS = GrantTerms()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantRecord:
+    id: uuid.UUID
+    project_id: uuid.UUID
+    wallet_id: uuid.UUID
+    amount: int
+    remaining: int
+    category: GrantCategory
+    priority: int
+    expires_at: dt.datetime | None
+    status: GrantStatus
+    source_transaction_id: uuid.UUID | None
+    ended_transaction_id: uuid.UUID | None
+    reason: str | None
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class GrantDraw:
+    """What one transaction took from one grant (> 0), or gave back to it (< 0: a refund)."""
+
+    transaction_id: uuid.UUID
+    grant_id: uuid.UUID
+    amount: int
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Posted:
     """The result of `post_transaction`; `replayed` when the idempotency key had been used."""
@@ -139,6 +200,9 @@ class Posted:
     replayed: bool = False
     # Wallets touched, as they were right after this transaction (for events and responses).
     wallets: tuple[WalletRecord, ...] = ()
+    # New transactions only: the grants it made and its draws (a replay reads them: grants.py).
+    grants: tuple[GrantRecord, ...] = ()
+    draws: tuple[GrantDraw, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -9,7 +9,13 @@ a consistent ledger look inconsistent. Checks:
   balance >= -credit_limit;
 - every transaction has at least two entries summing to zero per currency, exactly one entry on
   its primary wallet that matches its amount/type/balances, and a hash recomputed from its content;
-- no transaction is refunded beyond its amount.
+- no transaction is refunded beyond its amount;
+- the credit grants (grantbook.py) agree with the books: every grant's `remaining` is its amount
+  minus its draws and never below zero; a wallet's grants hold `max(balance, 0)`; each
+  transaction changed its wallets' grants by exactly what it changed `max(balance, 0)` by (so the
+  sum held after every entry since the wallet had grants, `grants_from_seq`, not only now); an
+  ended grant (EXPIRED, VOIDED) names the transaction that ended it and holds nothing; no grant
+  expired twice.
 """
 
 from __future__ import annotations
@@ -54,6 +60,52 @@ OVER_REFUNDED = """
 SELECT o.id, o.amount, sum(r.amount)::numeric AS refunded
 FROM ledger_transactions r JOIN ledger_transactions o ON o.id = r.refund_of
 WHERE r.project_id = $1 GROUP BY o.id, o.amount HAVING sum(r.amount) > o.amount
+"""
+
+
+GRANT_REMAINING = """
+SELECT g.id, g.wallet_id, g.amount, g.remaining, coalesce(sum(d.amount), 0)::numeric AS drawn
+FROM credit_grants g LEFT JOIN credit_grant_draws d ON d.grant_id = g.id
+WHERE g.project_id = $1
+GROUP BY g.id
+HAVING g.remaining < 0 OR g.remaining <> g.amount - coalesce(sum(d.amount), 0)
+"""
+GRANTS_BALANCE = """
+SELECT w.id, w.balance, coalesce(sum(g.remaining), 0)::numeric AS held
+FROM wallets w LEFT JOIN credit_grants g ON g.wallet_id = w.id
+WHERE w.project_id = $1
+GROUP BY w.id
+HAVING coalesce(sum(g.remaining), 0) <> greatest(w.balance, 0)
+"""
+# Per wallet entry: what its transaction did to the wallet's grants (grants it made minus its
+# draws on the wallet's grants) against what it did to max(balance, 0).
+GRANT_STEPS = """
+WITH made AS (
+  SELECT source_transaction_id AS txn, wallet_id, sum(amount) AS n FROM credit_grants
+  WHERE project_id = $1 AND source_transaction_id IS NOT NULL GROUP BY 1, 2
+), drawn AS (
+  SELECT d.transaction_id AS txn, g.wallet_id, sum(d.amount) AS n
+  FROM credit_grant_draws d JOIN credit_grants g ON g.id = d.grant_id
+  WHERE d.project_id = $1 GROUP BY 1, 2
+)
+SELECT e.transaction_id, e.wallet_id,
+       (coalesce(m.n, 0) - coalesce(dr.n, 0))::numeric AS grants,
+       (greatest(e.balance_after, 0) - greatest(e.balance_before, 0))::numeric AS books
+FROM ledger_entries e
+LEFT JOIN made m ON m.txn = e.transaction_id AND m.wallet_id = e.wallet_id
+LEFT JOIN drawn dr ON dr.txn = e.transaction_id AND dr.wallet_id = e.wallet_id
+JOIN wallets w ON w.id = e.wallet_id
+WHERE e.project_id = $1 AND e.wallet_id IS NOT NULL AND e.seq > w.grants_from_seq
+  AND coalesce(m.n, 0) - coalesce(dr.n, 0) <> greatest(e.balance_after, 0) - greatest(e.balance_before, 0)
+"""
+GRANTS_ENDED = """
+SELECT id, wallet_id, status FROM credit_grants
+WHERE project_id = $1 AND status IN ('EXPIRED', 'VOIDED') AND (ended_transaction_id IS NULL OR remaining <> 0)
+"""
+EXPIRED_TWICE = """
+SELECT d.grant_id, count(*) AS n FROM credit_grant_draws d JOIN ledger_transactions t ON t.id = d.transaction_id
+WHERE d.project_id = $1 AND t.kind = 'EXPIRATION'
+GROUP BY d.grant_id HAVING count(*) > 1
 """
 
 
@@ -104,7 +156,35 @@ async def verify_ledger(ledger: LedgerService, project_id: uuid.UUID) -> Report:
         chains = await _check_entries(conn, project_id, report)
         _check_wallets(wallets, chains, report)
         await _check_transactions(conn, project_id, report)
+        await _check_grants(conn, project_id, report)
     return report
+
+
+async def _check_grants(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> None:
+    for r in await conn.fetch(GRANT_REMAINING, project_id):
+        report.add(
+            "GRANT_REMAINING",
+            f"credit grant {r['id']}: remaining {r['remaining']}, but {r['amount']} less its draws is"
+            f" {r['amount'] - r['drawn']}",
+            wallet_id=r["wallet_id"],
+        )
+    for r in await conn.fetch(GRANTS_BALANCE, project_id):
+        report.add("GRANTS_BALANCE", f"grants hold {r['held']} but the balance is {r['balance']}", wallet_id=r["id"])
+    for r in await conn.fetch(GRANT_STEPS, project_id):
+        report.add(
+            "GRANT_STEP",
+            f"the transaction changed the wallet's grants by {r['grants']}, its positive balance by {r['books']}",
+            wallet_id=r["wallet_id"],
+            transaction_id=r["transaction_id"],
+        )
+    for r in await conn.fetch(GRANTS_ENDED, project_id):
+        report.add(
+            "GRANT_ENDED",
+            f"credit grant {r['id']} is {r['status']} but holds credits or names no transaction",
+            wallet_id=r["wallet_id"],
+        )
+    for r in await conn.fetch(EXPIRED_TWICE, project_id):
+        report.add("GRANT_EXPIRED_TWICE", f"credit grant {r['grant_id']} expired {r['n']} times")
 
 
 async def _check_entries(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> dict[uuid.UUID, _Chain]:
