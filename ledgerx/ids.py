@@ -32,6 +32,8 @@ PREFIXES = {
     "metric": "met",
     "plan": "pln",
     "credit_pack": "pck",
+    "coupon": "cpn",
+    "coupon_redemption": "cpr",
     "payment": "pay",
     "invoice": "ivc",
     "credit_grant": "grt",

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -280,9 +281,11 @@ class FakeStripe:
         try:
             if head == "checkout" and parts[1] == "sessions":
                 if method == "POST" and len(parts) == 2:
-                    return 200, self._create_session(p)
+                    return self._create_session(p)
                 if method == "GET" and len(parts) == 2:
                     return 200, self._list("checkout.session", "/v1/checkout/sessions", p)
+                if method == "POST" and len(parts) == 4 and parts[3] == "expire":
+                    return self._expire_session(parts[2])
                 return 200, self.objects[parts[2]]
             if head == "events":
                 if len(parts) == 1:
@@ -412,14 +415,205 @@ class FakeStripe:
             }
         )
 
+    # coupons and promotion codes
+
+    @staticmethod
+    def _invalid(message: str, param: str | None = None, code: str | None = None) -> tuple[int, Obj]:
+        return 400, {"error": {"type": "invalid_request_error", "message": message, "param": param, "code": code}}
+
+    def _get_coupons(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        return 200, self.objects[rest[0]]
+
+    def _post_coupons(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        if rest:
+            coupon = self.objects[rest[0]]
+            if "name" in p:
+                coupon["name"] = p["name"]
+            coupon["metadata"].update(p.get("metadata", {}))
+            return 200, coupon
+        cid = p.get("id") or self.new_id("co")
+        if cid in self.objects:
+            return self._invalid("Coupon already exists.", "id", "resource_already_exists")
+        if ("percent_off" in p) == ("amount_off" in p):
+            return self._invalid("Exactly one of percent_off or amount_off is required.", "percent_off")
+        if "amount_off" in p and not p.get("currency"):
+            return self._invalid("currency is required with amount_off.", "currency")
+        if "percent_off" in p and not 0 < float(p["percent_off"]) <= 100:
+            return self._invalid("percent_off must be above 0 and at most 100.", "percent_off")
+        duration = p.get("duration", "once")
+        if (duration == "repeating") != ("duration_in_months" in p):
+            return self._invalid("duration_in_months goes with a repeating duration.", "duration_in_months")
+        if len(p.get("name") or "") > 40:
+            return self._invalid("Name must be at most 40 characters.", "name")
+        products = (p.get("applies_to") or {}).get("products") or []
+        for prod in products:
+            if self.objects.get(prod, {}).get("object") != "product":
+                return self._invalid(f"No such product: '{prod}'", "applies_to[products]", "resource_missing")
+        return 200, self._store(
+            {
+                "id": cid,
+                "object": "coupon",
+                "name": p.get("name"),
+                "percent_off": float(p["percent_off"]) if "percent_off" in p else None,
+                "amount_off": int(p["amount_off"]) if "amount_off" in p else None,
+                "currency": p.get("currency"),
+                "duration": duration,
+                "duration_in_months": int(p["duration_in_months"]) if "duration_in_months" in p else None,
+                "applies_to": {"products": products} if products else None,
+                "max_redemptions": int(p["max_redemptions"]) if "max_redemptions" in p else None,
+                "redeem_by": int(p["redeem_by"]) if "redeem_by" in p else None,
+                "times_redeemed": 0,
+                "valid": True,
+                "metadata": p.get("metadata", {}),
+                "created": self.time(),
+                "livemode": False,
+            }
+        )
+
+    def _delete_coupons(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        coupon = self.objects.pop(rest[0])
+        return 200, {"id": coupon["id"], "object": "coupon", "deleted": True}
+
+    def _get_promotion_codes(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        return 200, self.objects[rest[0]]
+
+    def _post_promotion_codes(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        if rest:
+            promo = self.objects[rest[0]]
+            if "active" in p:
+                promo["active"] = _bool(p["active"])
+            promo["metadata"].update(p.get("metadata", {}))
+            return 200, promo
+        promotion = p.get("promotion") or {}
+        if promotion.get("type") != "coupon" or "coupon" not in promotion:
+            return self._invalid("promotion[type]=coupon and promotion[coupon] are required.", "promotion")
+        coupon = self.objects.get(promotion["coupon"])
+        if coupon is None or coupon.get("object") != "coupon":
+            return self._invalid(f"No such coupon: '{promotion['coupon']}'", "promotion[coupon]", "resource_missing")
+        code = p.get("code") or secrets.token_hex(4).upper()
+        if not re.fullmatch(r"[A-Za-z0-9-]+", code):
+            return self._invalid("Invalid characters in code.", "code")
+        if any(
+            o.get("object") == "promotion_code" and o["active"] and o["code"].lower() == code.lower()
+            for o in self.objects.values()
+        ):
+            return self._invalid("An active promotion code with `code` already exists.", "code")
+        return 200, self._store(
+            {
+                "id": self.new_id("promo"),
+                "object": "promotion_code",
+                "code": code,
+                "active": True,
+                "promotion": {"type": "coupon", "coupon": coupon["id"]},
+                "customer": None,
+                "max_redemptions": int(p["max_redemptions"]) if "max_redemptions" in p else None,
+                "expires_at": int(p["expires_at"]) if "expires_at" in p else None,
+                "times_redeemed": 0,
+                "metadata": p.get("metadata", {}),
+                "created": self.time(),
+                "livemode": False,
+            }
+        )
+
+    def _promotion(self, promo_id: str) -> Obj | tuple[int, Obj]:
+        """A promotion code that can be redeemed now, or Stripe's error."""
+        promo = self.objects.get(promo_id)
+        if promo is None or promo.get("object") != "promotion_code":
+            return self._invalid(f"No such promotion code: '{promo_id}'", "discounts", "resource_missing")
+        if not promo["active"] or promo["promotion"]["coupon"] not in self.objects:
+            return self._invalid("This promotion code is inactive.", "discounts", "promotion_code_inactive")
+        if promo["expires_at"] is not None and promo["expires_at"] <= self.time():
+            return self._invalid("This promotion code has expired.", "discounts", "promotion_code_expired")
+        if promo["max_redemptions"] is not None and promo["times_redeemed"] >= promo["max_redemptions"]:
+            return self._invalid("This promotion code has been used up.", "discounts", "promotion_code_exhausted")
+        return promo
+
+    @staticmethod
+    def _discount_of(coupon: Obj, amount: int, product: str | None) -> int:
+        products = (coupon.get("applies_to") or {}).get("products") or []
+        if products and product not in products:
+            return 0
+        if coupon["percent_off"] is not None:
+            return min(amount, round(amount * coupon["percent_off"] / 100))
+        return min(amount, int(coupon["amount_off"]))
+
+    def _new_discount(self, promo: Obj, *, subscription: str | None, customer: str | None) -> Obj:
+        promo["times_redeemed"] += 1
+        coupon = self.objects[promo["promotion"]["coupon"]]
+        coupon["times_redeemed"] += 1
+        return self._store(
+            {
+                "id": self.new_id("di"),
+                "object": "discount",
+                "coupon": copy.deepcopy(coupon),
+                "promotion_code": promo["id"],
+                "subscription": subscription,
+                "customer": customer,
+                "start": self.time(),
+                "end": None,
+            }
+        )
+
+    def _subscription_discounts(self, sub: Obj, value: Any) -> tuple[int, Obj] | None:
+        """`discounts` on a subscription update: "" clears them, a list replaces them."""
+        if value == "":
+            sub["discounts"] = []
+            return None
+        out: list[str] = []
+        for d in value:
+            if "discount" in d:
+                if d["discount"] not in (sub.get("discounts") or []):
+                    return self._invalid(f"No such discount: '{d['discount']}'", "discounts", "resource_missing")
+                out.append(d["discount"])
+                continue
+            found = self._promotion(d["promotion_code"])
+            if isinstance(found, tuple):
+                return found
+            out.append(self._new_discount(found, subscription=sub["id"], customer=sub["customer"])["id"])
+        sub["discounts"] = out
+        return None
+
+    def _expire_session(self, session_id: str) -> tuple[int, Obj]:
+        sess = self.objects[session_id]
+        if sess["status"] != "open":
+            return self._invalid("Only open checkout sessions can be expired.", None, "checkout_session_not_open")
+        sess["status"] = "expired"
+        self.event("checkout.session.expired", self._public(sess))
+        return 200, self._public(sess)
+
+    def expire_checkout(self, session_id: str) -> Obj:
+        """The session's `expires_at` passed unpaid: Stripe's `checkout.session.expired` event."""
+        sess = self.objects[session_id]
+        sess["status"] = "expired"
+        return self.event("checkout.session.expired", self._public(sess))
+
     # checkout
 
-    def _create_session(self, p: dict[str, Any]) -> Obj:
+    def _create_session(self, p: dict[str, Any]) -> tuple[int, Obj]:
         items = p.get("line_items", [])
         price = self.objects[items[0]["price"]]
         quantity = int(items[0].get("quantity", 1))
+        subtotal = price["unit_amount"] * quantity
+        discounts: list[Obj] = []
+        discount = 0
+        for d in p.get("discounts") or []:
+            found = self._promotion(d["promotion_code"])
+            if isinstance(found, tuple):
+                return found
+            coupon = self.objects[found["promotion"]["coupon"]]
+            discounts.append({"coupon": coupon["id"], "promotion_code": found["id"]})
+            discount += self._discount_of(coupon, subtotal - discount, price["product"])
+        expires_at = int(p.get("expires_at") or self.time() + 86400)
+        if not self.time() + 1800 <= expires_at <= self.time() + 86400:
+            return 400, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": "expires_at must be between 30 minutes and 24 hours from now",
+                    "param": "expires_at",
+                }
+            }
         sid = self.new_id("cs_test")
-        return self._store(
+        return 200, self._store(
             {
                 "id": sid,
                 "object": "checkout.session",
@@ -432,7 +626,11 @@ class FakeStripe:
                 "metadata": p.get("metadata", {}),
                 "success_url": p.get("success_url"),
                 "cancel_url": p.get("cancel_url"),
-                "amount_total": price["unit_amount"] * quantity,
+                "amount_subtotal": subtotal,
+                "amount_total": subtotal - discount,
+                "total_details": {"amount_discount": discount, "amount_shipping": 0, "amount_tax": 0},
+                "discounts": discounts,
+                "expires_at": expires_at,
                 "currency": price["currency"],
                 "payment_intent": None,
                 "subscription": None,
@@ -456,6 +654,10 @@ class FakeStripe:
         for item in p.get("items", []):
             target = next(i for i in sub["items"]["data"] if i["id"] == item["id"])
             target["price"] = copy.deepcopy(self.objects[item["price"]])
+        if "discounts" in p:
+            made = self._subscription_discounts(sub, p["discounts"])
+            if made is not None:
+                return made
         if "cancel_at_period_end" in p:
             sub["cancel_at_period_end"] = _bool(p["cancel_at_period_end"])
             sub["canceled_at"] = self.time() if sub["cancel_at_period_end"] else None
@@ -657,6 +859,10 @@ class FakeStripe:
         sess.update(status="complete", payment_status="paid")
         events: list[Obj] = []
         if sess["mode"] == "payment":
+            for d in sess.get("discounts") or []:
+                promo = self.objects[d["promotion_code"]]
+                promo["times_redeemed"] += 1
+                self.objects[promo["promotion"]["coupon"]]["times_redeemed"] += 1
             charge = self._charge(sess["customer"], sess["amount_total"], sess["currency"])
             charge["metadata"] = sess["_payment_intent_data"].get("metadata", {})
             sess["payment_intent"] = charge["payment_intent"]
@@ -694,13 +900,21 @@ class FakeStripe:
                 "ended_at": None,
                 "schedule": None,
                 "metadata": dict(sub_data.get("metadata", {})),
+                "discounts": [],
                 "created": start,
             }
         )
+        for d in sess.get("discounts") or []:
+            promo = self.objects[d["promotion_code"]]
+            sub["discounts"].append(self._new_discount(promo, subscription=sub["id"], customer=sess["customer"])["id"])
         sess["subscription"] = sub["id"]
         events.append(self.event("customer.subscription.created", sub))
-        amount = 0 if trial_days else price["unit_amount"]
+        amount = 0 if trial_days else sess["amount_total"]
         inv = self._store(self._cycle_invoice(sub, amount, "subscription_create"))
+        if sess["total_details"]["amount_discount"] and amount:
+            inv["total_discount_amounts"] = [
+                {"amount": sess["total_details"]["amount_discount"], "discount": sub["discounts"][0]}
+            ]
         if amount:
             self._mark_paid(inv)
         else:

@@ -39,7 +39,7 @@ from tests.test_usage_helpers import api_key, define
 # Kinds whose ids name no tenant's object: the platform's catalog and inbox (plans, credit packs,
 # Stripe events, reached by platform admins only or shared by every project). "Another tenant's"
 # does not apply to them.
-GLOBAL_KINDS = {"plan", "credit_pack", "webhook_event"}
+GLOBAL_KINDS = {"plan", "credit_pack", "coupon", "webhook_event"}
 # Argument and input-field names whose kind is plain; any other ID position (`id`, new names) is
 # asked for its kind: a wrong prefix is answered "expected a <kind> id starting with <prefix>_".
 NAMED_KINDS = {
@@ -52,6 +52,7 @@ NAMED_KINDS = {
     "ownerUserId": "user",
     "planId": "plan",
     "creditPackId": "credit_pack",
+    "appliesTo": "plan",  # plan or credit pack ids: global kinds either way
 }
 EXPECTED_PREFIX = re.compile(r"expected an? ([a-z ]+) id starting with ([a-z]+)_")
 ALL_SCOPES = [

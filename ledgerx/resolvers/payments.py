@@ -230,6 +230,7 @@ class Mutation:
             success_url=input.success_url,
             cancel_url=input.cancel_url,
             wallet_id=_optional("wallet", input.wallet_id, "walletId"),
+            coupon_code=input.coupon_code,
         )
         return CheckoutSession(id=session.id, url=session.url)
 

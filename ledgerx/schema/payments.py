@@ -304,6 +304,9 @@ class CreateCheckoutSessionInput:
     wallet_id: strawberry.ID | None = strawberry.field(
         default=None, description="The CREDITS wallet to credit (default: the project's default wallet)."
     )
+    coupon_code: str | None = strawberry.field(
+        default=None, description="A coupon for this purchase (its slot is held until the session expires)."
+    )
 
 
 @strawberry.type(name="PlanSubscription", description="A project's subscription to a plan (billed through Stripe).")
@@ -503,6 +506,8 @@ class PaymentType:
     stripe_payment_intent_id: str | None
     stripe_charge_id: str | None
     created_at: dt.datetime
+    discount: Money = strawberry.field(description="What a coupon took off (`amount` is what was paid).")
+    coupon_id: strawberry.ID | None
 
     @classmethod
     def of(cls, p: PaymentRecord) -> PaymentType:
@@ -525,6 +530,8 @@ class PaymentType:
             stripe_payment_intent_id=p.stripe_payment_intent_id,
             stripe_charge_id=p.stripe_charge_id,
             created_at=p.created_at,
+            discount=money_of(p.discount, p.currency),
+            coupon_id=_id("coupon", p.coupon_id),
         )
 
 

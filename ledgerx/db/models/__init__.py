@@ -2,6 +2,7 @@
 
 from ledgerx.db.models.base import Base
 from ledgerx.db.models.billing import BillingRule, BillingRun, BillingTestClock, SchedulerLease
+from ledgerx.db.models.coupons import Coupon, CouponRedemption
 from ledgerx.db.models.identity import AuditLog, EmailVerification, RefreshToken, User
 from ledgerx.db.models.ledger import LedgerEntry, LedgerSystemAccount, LedgerTransaction, Wallet
 from ledgerx.db.models.notifications import BillingDetails, NotificationSettings
@@ -42,6 +43,8 @@ __all__ = [
     "BillingRun",
     "BillingTestClock",
     "CatalogPrice",
+    "Coupon",
+    "CouponRedemption",
     "CreditPack",
     "EmailVerification",
     "Invite",

@@ -210,6 +210,9 @@ class Payment(Base):
     amount_refunded: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     credits_reversed: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     credits_held: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # What a coupon took off (Stripe's computation), in minor units of `currency`.
+    discount: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    coupon_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("coupons.id", ondelete="RESTRICT"))
     created_at: Mapped[dt.datetime] = ts_now()
     updated_at: Mapped[dt.datetime] = ts_now()
 

@@ -4,21 +4,25 @@ credit pack (payment mode) or a plan (subscription mode), with LedgerX ids in th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import PaymentCustomer, PlanSubscription, Project, Wallet
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
-from ledgerx.domain.errors import BadInput, Conflict, NotFound
+from ledgerx.domain.errors import AppError, BadInput, Conflict, NotFound
 from ledgerx.domain.ledger.types import CREDITS
-from ledgerx.domain.payments import catalog, objects, prices, subscriptions
+from ledgerx.domain.payments import catalog, objects, prices, redemptions, subscriptions
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.settings import Settings
+
+log = logging.getLogger("ledgerx.payments.checkout")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,6 +112,7 @@ async def create_checkout_session(
     success_url: str,
     cancel_url: str,
     wallet_id: uuid.UUID | None = None,
+    coupon_code: str | None = None,
 ) -> CheckoutSession:
     if (credit_pack_id is None) == (plan_id is None):
         raise BadInput("give exactly one of creditPackId and planId", field="creditPackId")
@@ -145,6 +150,7 @@ async def create_checkout_session(
             payment_intent_data={"metadata": meta},
         )
         target = {"creditPackId": meta[objects.META_PACK], "credits": str(pack.credits)}
+        used_on = redemptions.Target(None, pack.id, pack.currency)
     else:
         assert plan_id is not None
         plan = await catalog.get_plan(svc, plan_id)
@@ -170,18 +176,62 @@ async def create_checkout_session(
             subscription_data=sub_data,
         )
         target = {"planId": meta[objects.META_PLAN], "trialDays": sub_data.get("trial_period_days", 0)}
+        used_on = redemptions.Target(plan.id, None, plan.currency)
     params["customer"] = await ensure_customer(svc, project_id)
     params["metadata"] = meta
+    if coupon_code is not None:
+        return await _with_coupon(svc, actor, project_id, coupon_code, used_on, params, target, wallet_id)
     session = await stripe.create_checkout_session(params)
     result = CheckoutSession(str(session["id"]), str(session.get("url") or ""))
     async with svc.db.transaction(project_id=project_id) as s:
-        await audit.record(
-            s,
-            actor,
-            "payments.checkout.create",
-            project_id=project_id,
-            target_type="checkout_session",
-            target_id=result.id,
-            after={"mode": params["mode"], **target},
-        )
+        await _audit(s, actor, project_id, result, params, target)
+    return result
+
+
+async def _audit(
+    s: AsyncSession,
+    actor: Actor,
+    project_id: uuid.UUID,
+    result: CheckoutSession,
+    params: dict[str, Any],
+    target: dict[str, Any],
+) -> None:
+    await audit.record(
+        s,
+        actor,
+        "payments.checkout.create",
+        project_id=project_id,
+        target_type="checkout_session",
+        target_id=result.id,
+        after={"mode": params["mode"], **target},
+    )
+
+
+async def _with_coupon(
+    svc: PaymentsService,
+    actor: Actor,
+    project_id: uuid.UUID,
+    code: str,
+    used_on: redemptions.Target,
+    params: dict[str, Any],
+    target: dict[str, Any],
+    wallet_id: uuid.UUID | None,
+) -> CheckoutSession:
+    """The session is created inside the transaction that reserves the coupon's slot: if Stripe
+    fails, the reservation rolls back; if the commit fails, the session is expired at Stripe."""
+    result: CheckoutSession | None = None
+    try:
+        async with svc.db.transaction(project_id=project_id) as s:
+            held = await redemptions.reserve_for_checkout(svc, s, actor, project_id, code, used_on, params, wallet_id)
+            session = await svc.require_stripe().create_checkout_session(params)
+            result = CheckoutSession(str(session["id"]), str(session.get("url") or ""))
+            await redemptions.attach_session(s, held, result.id)
+            await _audit(s, actor, project_id, result, params, {**target, "couponCode": held.coupon.code})
+    except BaseException:
+        if result is not None:
+            try:
+                await svc.require_stripe().expire_checkout_session(result.id)
+            except AppError:
+                log.error("could not expire unsaved checkout session %s; expire it in the dashboard", result.id)
+        raise
     return result

@@ -25,6 +25,9 @@ META_WALLET = "ledgerx_wallet_id"
 META_CREDITS = "ledgerx_credits"
 META_INVOICE = "ledgerx_invoice_id"
 META_KIND = "ledgerx_kind"
+META_COUPON = "ledgerx_coupon_id"
+# The coupon redemption a Checkout session reserved (released if the session expires).
+META_REDEMPTION = "ledgerx_coupon_redemption_id"
 
 
 def ts(value: Any) -> dt.datetime | None:

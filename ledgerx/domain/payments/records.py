@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import decimal
 import uuid
 from typing import Any
 
@@ -144,6 +145,8 @@ class PaymentRecord:
     credits_reversed: int
     credits_held: int
     created_at: dt.datetime
+    discount: int = 0  # what a coupon took off, minor units of `currency`
+    coupon_id: uuid.UUID | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,3 +181,41 @@ class WebhookAttemptRecord:
     error: str | None
     started_at: dt.datetime
     finished_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CouponRecord:
+    id: uuid.UUID
+    code: str
+    name: str
+    percent_off: decimal.Decimal | None
+    amount_off: int | None
+    currency: str | None
+    bonus_credits: int | None
+    duration: str  # ONCE | REPEATING | FOREVER
+    duration_in_months: int | None
+    max_redemptions: int | None
+    times_redeemed: int
+    expires_at: dt.datetime | None
+    plan_ids: tuple[uuid.UUID, ...]
+    credit_pack_ids: tuple[uuid.UUID, ...]
+    stripe_coupon_id: str | None
+    stripe_promotion_code_id: str | None
+    archived_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CouponRedemptionRecord:
+    id: uuid.UUID
+    project_id: uuid.UUID
+    coupon_id: uuid.UUID
+    code: str
+    status: str  # RESERVED | REDEEMED | RELEASED
+    stripe_checkout_session_id: str | None
+    subscription_id: uuid.UUID | None
+    payment_id: uuid.UUID | None
+    wallet_id: uuid.UUID | None
+    bonus_credits: int
+    bonus_transaction_id: uuid.UUID | None
+    created_at: dt.datetime

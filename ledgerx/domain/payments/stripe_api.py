@@ -138,6 +138,32 @@ class StripeGateway:
     async def deactivate_price(self, price_id: str) -> None:
         await self._call("archive a price", self.client.v1.prices.update_async(price_id, {"active": False}))
 
+    # -- coupons and promotion codes -------------------------------------------------------------
+
+    async def create_coupon(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        return await self._call(
+            "create a coupon", self.client.v1.coupons.create_async(_any(params), self._opts(idempotency_key))
+        )
+
+    async def delete_coupon(self, coupon_id: str) -> None:
+        """Deleting a coupon stops new redemptions; discounts already applied keep running."""
+        await self._call("delete a coupon", self.client.v1.coupons.delete_async(coupon_id))
+
+    async def create_promotion_code(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        return await self._call(
+            "create a promotion code",
+            self.client.v1.promotion_codes.create_async(_any(params), self._opts(idempotency_key)),
+        )
+
+    async def deactivate_promotion_code(self, promotion_code_id: str) -> dict[str, Any]:
+        return await self._call(
+            "deactivate a promotion code",
+            self.client.v1.promotion_codes.update_async(promotion_code_id, {"active": False}),
+        )
+
+    async def expire_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return await self._call("expire a checkout session", self.client.v1.checkout.sessions.expire_async(session_id))
+
     # -- customers and checkout ------------------------------------------------------------------
 
     async def create_customer(self, name: str, meta: Mapping[str, str], idempotency_key: str) -> dict[str, Any]:

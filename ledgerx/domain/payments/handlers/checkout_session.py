@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ledgerx import ids
 from ledgerx.db.models import CreditPack, Payment
 from ledgerx.domain.ledger.types import Kind
-from ledgerx.domain.payments import grants, objects, webhook_events
+from ledgerx.domain.payments import grants, objects, redemptions, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome, Permanent
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, require_plan
 from ledgerx.domain.payments.service import PaymentsService
@@ -28,10 +28,29 @@ async def on_checkout_completed(svc: PaymentsService, ev: Event) -> Outcome:
     if project_id is None:
         return Outcome("ignored: not a LedgerX checkout session", ignored=True)
     if sess.get("mode") == "payment":
-        return await _pack_purchase(svc, ev, meta, project_id)
-    if sess.get("mode") == "subscription":
-        return await _subscription_checkout(svc, ev, meta, project_id)
-    return Outcome(f"ignored: checkout mode {sess.get('mode')!r}", project_id, ignored=True)
+        out = await _pack_purchase(svc, ev, meta, project_id)
+    elif sess.get("mode") == "subscription":
+        out = await _subscription_checkout(svc, ev, meta, project_id)
+    else:
+        return Outcome(f"ignored: checkout mode {sess.get('mode')!r}", project_id, ignored=True)
+    # The coupon after the purchase it was used on (its redemption names the Payment).
+    coupon = await redemptions.complete_checkout(svc, ev.actor, project_id, sess)
+    if coupon is not None:
+        out.result = f"{out.result}; {coupon}"
+    return out
+
+
+async def on_checkout_unpaid(svc: PaymentsService, ev: Event) -> Outcome:
+    """`checkout.session.expired` / `async_payment_failed`: a coupon slot the session held is free again."""
+    sess = ev.obj
+    meta = objects.metadata(sess)
+    project_id = await project_for(svc, [meta], customer=objects.ref(sess.get("customer")))
+    if project_id is None:
+        return Outcome("ignored: not a LedgerX checkout session", ignored=True)
+    released = await redemptions.release_checkout(svc, ev.actor, project_id, sess)
+    if released is None:
+        return Outcome("ignored: no coupon on this session", project_id, ignored=True)
+    return Outcome(released, project_id)
 
 
 async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str], project_id: uuid.UUID) -> Outcome:
@@ -80,6 +99,8 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
                     transaction_id=posted.transaction.id,
                     stripe_checkout_session_id=session_id,
                     stripe_payment_intent_id=objects.ref(sess.get("payment_intent")),
+                    discount=objects.integer(objects.obj(sess.get("total_details")).get("amount_discount")),
+                    coupon_id=objects.decode_meta(meta, objects.META_COUPON, "coupon"),
                 )
                 .on_conflict_do_nothing()
                 .returning(Payment)

@@ -12,6 +12,8 @@ from ledgerx.domain.payments.service import PaymentsService
 HANDLERS: dict[str, Handler] = {
     "checkout.session.completed": checkout_session.on_checkout_completed,
     "checkout.session.async_payment_succeeded": checkout_session.on_checkout_completed,
+    "checkout.session.expired": checkout_session.on_checkout_unpaid,
+    "checkout.session.async_payment_failed": checkout_session.on_checkout_unpaid,
     "customer.subscription.created": subscription.on_subscription,
     "customer.subscription.updated": subscription.on_subscription,
     "customer.subscription.deleted": subscription.on_subscription,
