@@ -7,13 +7,14 @@ own services, Redis key prefix and data, so tests do not depend on order or on e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -27,6 +28,9 @@ from ledgerx.db.migrate import upgrade
 from ledgerx.domain.auth.keys import generate_pem
 from ledgerx.services import Services
 from ledgerx.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.fake_stripe import FakeStripe
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA = ROOT / ".ledgerx" / "test"
@@ -49,10 +53,10 @@ def redis_url() -> str:
 SESSION: dict[str, str] = {}
 
 
-@pytest.fixture(scope="session")
-async def database_url(admin_database_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, schema from the migrations (never create_all)."""
-    name = f"lxtest_{os.getpid()}_{secrets.token_hex(3)}"
+@contextlib.asynccontextmanager
+async def database_of_its_own(admin_database_url: str, prefix: str) -> AsyncIterator[str]:
+    """An empty database on the test server, dropped (with its connections) afterwards."""
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -60,15 +64,42 @@ async def database_url(admin_database_url: str) -> AsyncIterator[str]:
         await admin.close()
     base = admin_database_url.split("?", 1)
     path_start = base[0].rfind("/")
-    url = base[0][: path_start + 1] + name + ("?" + base[1] if len(base) > 1 else "")
-    await asyncio.to_thread(upgrade, url)
-    SESSION["database_url"] = url
-    yield url
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        yield base[0][: path_start + 1] + name + ("?" + base[1] if len(base) > 1 else "")
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(admin_database_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session, schema from the migrations (never create_all)."""
+    async with database_of_its_own(admin_database_url, "lxtest") as url:
+        await asyncio.to_thread(upgrade, url)
+        SESSION["database_url"] = url
+        yield url
+
+
+@pytest.fixture
+async def scratch_database(admin_database_url: str) -> AsyncIterator[str]:
+    """An empty database of the test's own, which the test migrates itself (migration tests)."""
+    async with database_of_its_own(admin_database_url, "lxmig") as url:
+        yield url
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStripe]:
+    """The fake Stripe API server (tests/fake_stripe.py); a module opts in by pointing its
+    `settings` at it (`stripe_settings`)."""
+    from tests.fake_stripe import FakeStripe  # it imports this module (free_port)
+
+    f = FakeStripe()
+    await f.start()
+    yield f
+    await f.stop()
 
 
 @pytest.fixture(scope="session")

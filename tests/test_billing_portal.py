@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload ra
 PORTAL = "mutation($i: CreateBillingPortalSessionInput!) { createBillingPortalSession(input: $i) { url } }"
 CREATE_KEY = "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secret } }"
 RETURN = "https://app.example.com/billing"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -232,25 +231,6 @@ async def test_accepting_an_invitation_verifies_the_address(gql: GQL, services: 
 
 
 # -- migration 0007 on existing data ---------------------------------------------------------------
-
-
-@pytest.fixture
-async def scratch_database(admin_database_url: str) -> AsyncIterator[str]:
-    """An empty database of its own, migrated by the test itself."""
-    name = f"lxmig_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = admin_database_url.split("?", 1)
-    cut = base[0].rfind("/")
-    yield base[0][: cut + 1] + name + ("?" + base[1] if len(base) > 1 else "")
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_migration_verifies_invite_acceptors_and_revokes_stale_invitations(scratch_database: str) -> None:

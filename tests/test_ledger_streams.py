@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import asyncpg
 import pytest
 
 from ledgerx import ids
-from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.db.migrate import upgrade
 from ledgerx.domain import events, topics
 from ledgerx.domain.ledger import Kind, Leg, Posting, SystemAccount, WalletRef, posting, wallet_feed
@@ -553,25 +549,6 @@ async def test_a_transaction_that_commits_late_with_an_older_position_comes_firs
 
 
 # -- migration 0009 on existing data ----------------------------------------------------------------
-
-
-@pytest.fixture
-async def scratch_database(admin_database_url: str) -> AsyncIterator[str]:
-    """An empty database of its own, migrated by the test itself."""
-    name = f"lxmig_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = admin_database_url.split("?", 1)
-    cut = base[0].rfind("/")
-    yield base[0][: cut + 1] + name + ("?" + base[1] if len(base) > 1 else "")
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_migration_0009_keeps_existing_ledgers_verified_and_streamable(

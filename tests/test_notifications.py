@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -53,14 +52,6 @@ READ_SETTINGS = "query($p: ID!) { project(id: $p) { notificationSettings { disab
 CREATE_WALLET = "mutation($i: CreateWalletInput!) { createWallet(input: $i) { id } }"
 CREDIT = "mutation($i: CreditWalletInput!) { creditWallet(input: $i) { id } }"
 DEBIT = "mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id } }"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture
@@ -506,24 +497,6 @@ async def test_a_disabled_endpoint_is_mailed_to_the_owner_and_admins_once(
 
 
 # -- migration 0010 on a database that already holds mail ------------------------------------------------------
-
-
-@pytest.fixture
-async def scratch_database(admin_database_url: str) -> AsyncIterator[str]:
-    name = f"lxmig_{os.getpid()}_{secrets.token_hex(3)}"
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base = admin_database_url.split("?", 1)
-    cut = base[0].rfind("/")
-    yield base[0][: cut + 1] + name + ("?" + base[1] if len(base) > 1 else "")
-    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def test_migration_0010_keeps_the_outbox_and_makes_occurrences_unique(scratch_database: str) -> None:

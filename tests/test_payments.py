@@ -24,14 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload ra
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, fake: FakeStripe) -> Settings:
     return stripe_settings(settings, fake)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -37,14 +36,6 @@ from tests.fake_stripe import (
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture

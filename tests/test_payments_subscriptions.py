@@ -37,14 +37,6 @@ def unix(t: dt.datetime) -> int:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, fake: FakeStripe) -> Settings:
     return stripe_settings(settings, fake)
 

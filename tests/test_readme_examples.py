@@ -18,7 +18,6 @@ import json
 import os
 import re
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +167,6 @@ def test_the_readme_links_only_what_a_clone_holds() -> None:
 
 
 # -- running them ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,14 +22,6 @@ from tests.fake_stripe import SECRETS, FakeStripe, checkout, create_pack, delive
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture

@@ -48,14 +48,6 @@ fragment T on __Type { kind name ofType { kind name ofType { kind name ofType { 
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, fake: FakeStripe) -> Settings:
     return stripe_settings(settings, fake)
 
