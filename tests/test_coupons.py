@@ -28,7 +28,7 @@ from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
 COUPON_FIELDS = """
-id code name percentOff amountOff { amount currency } bonusCredits duration durationInMonths
+id code name percentOff amountOff { amount currency } bonusCredits bonusCreditsValidDays duration durationInMonths
 maxRedemptions timesRedeemed expiresAt appliesTo stripeCouponId stripePromotionCodeId archived createdAt
 """
 CREATE = f"mutation($i: CreateCouponInput!) {{ createCoupon(input: $i) {{ {COUPON_FIELDS} }} }}"
@@ -44,14 +44,6 @@ query($p: ID!) { payments(projectId: $p) { edges { node {
   id amount { amount currency } discount { amount currency } couponId credits stripeCheckoutSessionId
 } } } }
 """
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeStripe]:
-    f = FakeStripe()
-    await f.start()
-    yield f
-    await f.stop()
 
 
 @pytest.fixture
@@ -212,6 +204,8 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"amountOff": {"amount": 100, "currency": "XX"}}, "amountOff.currency"),
     ({"bonusCredits": "0"}, "bonusCredits"),
     ({"bonusCredits": "100", "duration": "FOREVER"}, "duration"),
+    ({"percentOff": 10, "bonusCreditsValidDays": 30}, "bonusCreditsValidDays"),
+    ({"bonusCredits": "100", "bonusCreditsValidDays": 0}, "bonusCreditsValidDays"),
     ({"percentOff": 10, "duration": "REPEATING"}, "durationInMonths"),
     ({"percentOff": 10, "duration": "ONCE", "durationInMonths": 2}, "durationInMonths"),
     ({"percentOff": 10, "maxRedemptions": 0}, "maxRedemptions"),
@@ -272,7 +266,10 @@ async def test_non_admins_refused(world: World) -> None:
 async def test_checkout_with_coupon_discount_and_bonus_once(world: World) -> None:
     w = world
     pack = await create_pack(w.gql, w.admin, credits=1000, amount=1000)
-    c = await w.coupon(code=unique("pack"), percentOff=25, bonusCredits="500", appliesTo=[pack])
+    c = await w.coupon(
+        code=unique("pack"), percentOff=25, bonusCredits="500", bonusCreditsValidDays=30, appliesTo=[pack]
+    )
+    assert c["bonusCreditsValidDays"] == 30
     pid = await w.project()
     sid = await checkout(w.gql, w.owner, pid, creditPackId=pack, couponCode=c["code"].lower())
     call = w.fake.calls_to("POST", "checkout/sessions")[-1]
@@ -292,6 +289,15 @@ async def test_checkout_with_coupon_discount_and_bonus_once(world: World) -> Non
         sid,
     )
     assert row["status"] == "REDEEMED" and row["payment_id"] is not None and row["bonus_transaction_id"] is not None
+    # The bonus is a PROMOTIONAL grant expiring 30 days after the redemption; the pack's credits are PAID.
+    (grant,) = await w.sql(
+        "SELECT g.category, g.amount, g.expires_at, r.redeemed_at FROM credit_grants g"
+        " JOIN coupon_redemptions r ON r.bonus_transaction_id = g.source_transaction_id"
+        " WHERE r.stripe_checkout_session_id = $1",
+        sid,
+    )
+    assert (grant["category"], grant["amount"]) == ("PROMOTIONAL", 500)
+    assert grant["expires_at"] == grant["redeemed_at"] + dt.timedelta(days=30)
     pay = (await w.gql.ok(PAYMENTS, {"p": pid}, token=w.owner.token))["payments"]["edges"][0]["node"]
     assert pay["amount"] == {"amount": "750", "currency": "USD"}
     assert pay["discount"] == {"amount": "250", "currency": "USD"} and pay["couponId"] == c["id"]
@@ -449,6 +455,11 @@ async def test_apply_coupon_to_running_subscription(world: World) -> None:
     assert discount["promotion_code"] == c["stripePromotionCodeId"] and discount["coupon"]["id"] == c["id"]
     assert await w.balance(pid) == before + 300
     assert await w.times_redeemed(c["id"]) == 1
+    (grant,) = await w.sql(
+        "SELECT category, expires_at FROM credit_grants WHERE source_transaction_id = $1",
+        ids.decode("transaction", red["bonusTransactionId"]),
+    )
+    assert (grant["category"], grant["expires_at"]) == ("PROMOTIONAL", None)
 
     # Once per project; a coupon for another plan; a code that does not exist: field "code", nothing written.
     for code, reason in ((c["code"], "ALREADY_REDEEMED"), (elsewhere["code"], "NOT_APPLICABLE"), ("NOPE-NOPE", None)):

@@ -35,6 +35,7 @@ class Mutation:
             percent_off=input.percent_off,
             amount_off=input.amount_off.parse("amountOff") if input.amount_off is not None else None,
             bonus_credits=int(input.bonus_credits) if input.bonus_credits is not None else None,
+            bonus_valid_days=input.bonus_credits_valid_days,
             duration=input.duration.value,
             duration_in_months=input.duration_in_months,
             max_redemptions=input.max_redemptions,

@@ -39,6 +39,9 @@ class CouponType:
     bonus_credits: BigInt | None = strawberry.field(
         description="A PROMOTIONAL credit to the project's wallet per redemption."
     )
+    bonus_credits_valid_days: int | None = strawberry.field(
+        description="The bonus credits' grant expires this many days after the redemption (null: never)."
+    )
     duration: CouponDuration
     duration_in_months: int | None
     max_redemptions: int | None
@@ -61,6 +64,7 @@ class CouponType:
             percent_off=float(c.percent_off) if c.percent_off is not None else None,
             amount_off=money_of(c.amount_off, c.currency) if c.amount_off is not None and c.currency else None,
             bonus_credits=BigInt(c.bonus_credits) if c.bonus_credits is not None else None,
+            bonus_credits_valid_days=c.bonus_valid_days,
             duration=CouponDuration(c.duration),
             duration_in_months=c.duration_in_months,
             max_redemptions=c.max_redemptions,
@@ -120,6 +124,9 @@ class CreateCouponInput:
     amount_off: MoneyInput | None = None
     bonus_credits: BigInt | None = strawberry.field(
         default=None, description="Alone (duration ONCE) or with percentOff/amountOff."
+    )
+    bonus_credits_valid_days: int | None = strawberry.field(
+        default=None, description="The bonus credits expire this many days after each redemption (1 to 3650)."
     )
     duration_in_months: int | None = strawberry.field(default=None, description="REPEATING only (and required).")
     max_redemptions: int | None = None

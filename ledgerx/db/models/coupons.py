@@ -27,6 +27,7 @@ class Coupon(Base):
     amount_off: Mapped[int | None] = mapped_column(BigInteger)
     currency: Mapped[str | None] = mapped_column(Text)
     bonus_credits: Mapped[int | None] = mapped_column(BigInteger)
+    bonus_valid_days: Mapped[int | None] = mapped_column(Integer)
     duration: Mapped[str] = mapped_column(Text, nullable=False)
     duration_in_months: Mapped[int | None] = mapped_column(Integer)
     max_redemptions: Mapped[int | None] = mapped_column(Integer)

@@ -79,6 +79,7 @@ def snapshot(c: Coupon) -> dict[str, Any]:
         "amountOff": str(c.amount_off) if c.amount_off is not None else None,
         "currency": c.currency,
         "bonusCredits": str(c.bonus_credits) if c.bonus_credits is not None else None,
+        "bonusCreditsValidDays": c.bonus_valid_days,
         "duration": c.duration,
         "durationInMonths": c.duration_in_months,
         "maxRedemptions": c.max_redemptions,
@@ -167,6 +168,7 @@ async def create_coupon(
     percent_off: float | decimal.Decimal | None = None,
     amount_off: Money | None = None,
     bonus_credits: int | None = None,
+    bonus_valid_days: int | None = None,
     duration: str = "ONCE",
     duration_in_months: int | None = None,
     max_redemptions: int | None = None,
@@ -180,6 +182,10 @@ async def create_coupon(
         raise BadInput("give at most one of percentOff and amountOff", field="amountOff")
     percent = _percent(percent_off) if percent_off is not None else None
     bonus = positive(bonus_credits, "bonusCredits") if bonus_credits is not None else None
+    if bonus_valid_days is not None and (
+        bonus is None or isinstance(bonus_valid_days, bool) or not 1 <= bonus_valid_days <= 3650
+    ):
+        raise BadInput("bonusCreditsValidDays is 1 to 3650, with bonusCredits", field="bonusCreditsValidDays")
     has_discount = percent is not None or amount_off is not None
     if not has_discount and bonus is None:
         raise BadInput("a coupon needs percentOff, amountOff or bonusCredits", field="percentOff")
@@ -252,6 +258,7 @@ async def create_coupon(
         amount_off=amount_off.amount if amount_off else None,
         currency=amount_off.currency if amount_off else None,
         bonus_credits=bonus,
+        bonus_valid_days=bonus_valid_days,
         duration=duration,
         duration_in_months=duration_in_months,
         max_redemptions=max_redemptions,

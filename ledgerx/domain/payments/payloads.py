@@ -98,6 +98,8 @@ def payment(p: PaymentRecord) -> dict[str, Any]:
         "stripePaymentIntentId": p.stripe_payment_intent_id,
         "stripeChargeId": p.stripe_charge_id,
         "createdAt": datetime_text(p.created_at),
+        "discount": money(p.discount, p.currency),
+        "couponId": public_id("coupon", p.coupon_id),
     }
 
 

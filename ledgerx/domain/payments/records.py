@@ -192,6 +192,7 @@ class CouponRecord:
     amount_off: int | None
     currency: str | None
     bonus_credits: int | None
+    bonus_valid_days: int | None
     duration: str  # ONCE | REPEATING | FOREVER
     duration_in_months: int | None
     max_redemptions: int | None

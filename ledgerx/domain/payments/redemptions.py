@@ -17,11 +17,11 @@ also paid for. A session that is never paid holds its slot for at most the hold.
 
 A project redeems a coupon once (a partial unique index over RESERVED and REDEEMED rows).
 
-Bonus credits are a promotional credit to the project's wallet, posted in the redemption's
-transaction with an idempotency key of the redemption, so a replayed Stripe event grants nothing
-more. TODO(credit grants): post them with the ledger's `grantCredits` API (category PROMOTIONAL,
-`expiresAt` from the coupon) once domain/ledger has it; until then, a PROMOTION transaction from
-the PROMOTIONS system account.
+Bonus credits are a PROMOTIONAL grant (from the PROMOTIONS account, priority 50, expiring
+`bonus_valid_days` after the redemption if the coupon says so) into the project's wallet, posted
+in the redemption's transaction with an idempotency key of the redemption, so a replayed Stripe
+event grants nothing more. The grant's terms are those `grantCredits` gives (ledger/grants.py);
+it is posted through `post_transaction` because `grant_credits` opens a transaction of its own.
 """
 
 from __future__ import annotations
@@ -42,8 +42,17 @@ from ledgerx.db.models import Coupon, CouponRedemption, Payment, Plan, PlanSubsc
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict
-from ledgerx.domain.ledger.posting import post_transaction
-from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posting, SystemAccount
+from ledgerx.domain.ledger.posting import metadata_json, post_transaction
+from ledgerx.domain.ledger.types import (
+    CREDITS,
+    DEFAULT_PRIORITY,
+    GrantCategory,
+    GrantTerms,
+    Kind,
+    Leg,
+    Posting,
+    SystemAccount,
+)
 from ledgerx.domain.payments import grants, objects, records, subscriptions
 from ledgerx.domain.payments.coupons import clean_code
 from ledgerx.domain.payments.records import CouponRecord, CouponRedemptionRecord
@@ -131,10 +140,17 @@ async def _insert(s: AsyncSession, field: str, **values: Any) -> CouponRedemptio
 
 
 async def _bonus(
-    svc: PaymentsService, s: AsyncSession, r: CouponRedemption, wallet_id: uuid.UUID, reference: str
+    svc: PaymentsService,
+    s: AsyncSession,
+    r: CouponRedemption,
+    c: Coupon,
+    wallet_id: uuid.UUID,
+    reference: str,
 ) -> uuid.UUID:
-    # TODO(credit grants): ledger grantCredits(category=PROMOTIONAL, expiresAt=...) once it lands.
     public = ids.encode("coupon_redemption", r.id)
+    meta = {"couponRedemptionId": public, "couponId": ids.encode("coupon", r.coupon_id)}
+    redeemed = r.redeemed_at or svc.now()
+    expires = redeemed + dt.timedelta(days=c.bonus_valid_days) if c.bonus_valid_days else None
     posted = await post_transaction(
         svc.ledger,
         Posting(
@@ -147,8 +163,11 @@ async def _bonus(
             actor=Actor.system(),
             reference=reference,
             reason="Coupon bonus credits",
-            metadata={"couponRedemptionId": public, "couponId": ids.encode("coupon", r.coupon_id)},
+            metadata=meta,
             action="payments.coupon.bonus",
+            terms=GrantTerms(
+                GrantCategory.PROMOTIONAL, DEFAULT_PRIORITY, expires, "Coupon bonus credits", metadata_json(meta)
+            ),
         ),
         session=s,
     )
@@ -267,7 +286,7 @@ async def complete_checkout(
             )
         if wallet_id is not None:
             r.wallet_id = wallet_id
-            r.bonus_transaction_id = await _bonus(svc, s, r, wallet_id, session_id)
+            r.bonus_transaction_id = await _bonus(svc, s, r, c, wallet_id, session_id)
         await audit.record(
             s,
             actor,
@@ -378,7 +397,7 @@ async def apply_coupon(svc: PaymentsService, actor: Actor, project_id: uuid.UUID
                 )
                 applied = (sub.stripe_subscription_id, keep)
             if r.bonus_credits > 0:
-                r.bonus_transaction_id = await _bonus(svc, s, r, wallet_id, sub.stripe_subscription_id)
+                r.bonus_transaction_id = await _bonus(svc, s, r, c, wallet_id, sub.stripe_subscription_id)
                 await s.execute(
                     update(CouponRedemption)
                     .where(CouponRedemption.id == r.id)

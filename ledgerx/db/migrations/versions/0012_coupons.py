@@ -47,6 +47,8 @@ def upgrade() -> None:
         sa.Column("amount_off", sa.BigInteger()),
         sa.Column("currency", sa.Text()),
         sa.Column("bonus_credits", sa.BigInteger()),
+        # The bonus credits' grant expires this many days after the redemption (NULL: never).
+        sa.Column("bonus_valid_days", sa.Integer()),
         sa.Column("duration", sa.Text(), nullable=False),
         sa.Column("duration_in_months", sa.Integer()),
         sa.Column("max_redemptions", sa.Integer()),
@@ -71,6 +73,10 @@ def upgrade() -> None:
             name="amount_off",
         ),
         sa.CheckConstraint("bonus_credits IS NULL OR bonus_credits > 0", name="bonus_credits"),
+        sa.CheckConstraint(
+            "bonus_valid_days IS NULL OR (bonus_credits IS NOT NULL AND bonus_valid_days BETWEEN 1 AND 3650)",
+            name="bonus_valid_days",
+        ),
         sa.CheckConstraint("duration IN ('ONCE', 'REPEATING', 'FOREVER')", name="duration"),
         sa.CheckConstraint(
             "(duration = 'REPEATING') = (duration_in_months IS NOT NULL)"
