@@ -15,12 +15,17 @@ Both are measured on one hot wallet and spread over WALLETS wallets. Last, the s
 GraphQL request can reach on this machine, to read the API figures against. Afterwards verifyLedger must
 be clean and the transaction count must equal the successful debits.
 
+With --grants-per-wallet N the run ends with the credit grants figure (#15): the ledger core's debits
+on wallets funded by one grant against wallets funded by N grants of mixed priorities and expiries
+(the draw order has N grants to read and order for every locked wallet), hot and spread, alternating
+1 and N; --grants-only runs just that (no API, no raw loop). The N-grant figure must stay >= 0.9x.
+
 With --webhook-endpoint the project first gets an outbound webhook endpoint subscribed to `*`, so
 every posting also writes its `transaction.posted` event and delivery in the same statement
 (nothing is delivered: no worker runs); the summary counts those events.
 
     .venv/bin/python bench/ledger.py [--seconds 10] [--concurrency 64] [--wallets 1000] [--workers 2]
-                                     [--webhook-endpoint]
+                                     [--webhook-endpoint] [--grants-per-wallet 10] [--grants-only]
 """
 
 from __future__ import annotations
@@ -220,6 +225,99 @@ async def wallet_refs(services: object, public_ids: list[str]) -> list[object]:
     return list(refs)
 
 
+# -- credit grants: 1 grant per wallet against N ----------------------------------------------------------
+
+
+async def grant_wallets(services: object, project_id: uuid.UUID, count: int, grants_per_wallet: int) -> list[object]:
+    """`count` wallets, each funded with `grants_per_wallet` grants (priorities 0-90, half of them
+    expiring in 30-300 days) adding up to START_BALANCE."""
+    import datetime as dt
+
+    from ledgerx.domain.actor import Actor
+    from ledgerx.domain.ledger import WalletRef, grants, wallets
+    from ledgerx.services import Services
+
+    assert isinstance(services, Services)
+    actor = Actor.system("bench")
+    sem = asyncio.Semaphore(64)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+
+    async def one(i: int) -> object:
+        async with sem:
+            w = await wallets.create_wallet(services.ledger, actor, project_id, name=f"g{grants_per_wallet}-{i}")
+            ref = WalletRef(w.id, w.project_id, w.currency)
+            for j in range(grants_per_wallet):
+                await grants.grant_credits(
+                    services.ledger,
+                    actor,
+                    ref,
+                    START_BALANCE // grants_per_wallet,
+                    f"seed-{w.id}-{j}",
+                    category="PAID",
+                    priority=(j * 37) % 10 * 10,
+                    expires_at=soon + dt.timedelta(days=30 * j) if j % 2 else None,
+                )
+            return ref
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def grants_figures(url: str, redis_url: str, args: argparse.Namespace) -> None:
+    from ledgerx.db.engine import asyncpg_dsn
+    from ledgerx.ids import uuid7
+
+    n_grants, n, secs = args.grants_per_wallet, args.concurrency, args.seconds
+    spread_count = min(args.wallets, 200)
+    pid = uuid7()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    await conn.execute("INSERT INTO projects (id, name) VALUES ($1, 'bench grants')", pid)
+    await conn.close()
+    core = await core_services(url, redis_url)
+    try:
+        one = await grant_wallets(core, pid, spread_count + 1, 1)
+        many = await grant_wallets(core, pid, spread_count + 1, n_grants)
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        await conn.execute("ANALYZE")
+        await conn.close()
+        await load_core(core, one[:1], concurrency=n, seconds=1, tag="gwarm1")
+        await load_core(core, many[:1], concurrency=n, seconds=1, tag="gwarmn")
+        figures: dict[str, list[Result]] = {"1 hot": [], "N hot": [], "1 spread": [], "N spread": []}
+        for rnd in range(args.grant_rounds):
+            figures["1 hot"].append(await load_core(core, one[:1], concurrency=n, seconds=secs, tag=f"g1h{rnd}"))
+            figures["N hot"].append(await load_core(core, many[:1], concurrency=n, seconds=secs, tag=f"gnh{rnd}"))
+            figures["1 spread"].append(await load_core(core, one[1:], concurrency=n, seconds=secs, tag=f"g1s{rnd}"))
+            figures["N spread"].append(await load_core(core, many[1:], concurrency=n, seconds=secs, tag=f"gns{rnd}"))
+        print(
+            f"credit grants: ledger core debits, {n} concurrent clients, {args.grant_rounds} x {secs:.0f} s per figure"
+        )
+        for name, results in figures.items():
+            label = name.replace("N", str(n_grants)).replace("hot", "grant(s)/wallet, 1 hot wallet")
+            label = label.replace("spread", f"grant(s)/wallet, {spread_count} wallets")
+            total = Result(
+                sum(r.requests for r in results),
+                sum(r.seconds for r in results),
+                [x for r in results for x in r.latencies],
+                0,
+            )
+            print(total.line(label))
+        for where in ("hot", "spread"):
+            one_rps = sum(r.requests for r in figures[f"1 {where}"]) / sum(r.seconds for r in figures[f"1 {where}"])
+            n_rps = sum(r.requests for r in figures[f"N {where}"]) / sum(r.seconds for r in figures[f"N {where}"])
+            print(f"ratio {n_grants} grants / 1 grant, {where}: {n_rps / one_rps:.2f} (must be >= 0.90)")
+    finally:
+        await core.close()  # type: ignore[attr-defined]
+    from ledgerx.domain.ledger.verification import verify_ledger
+    from ledgerx.services import Services
+
+    check = await core_services(url, redis_url)
+    try:
+        assert isinstance(check, Services)
+        report = await verify_ledger(check.ledger, pid)
+        print(f"verifyLedger (grant invariants included) ok={report.ok} entries={report.entries_checked}")
+    finally:
+        await check.close()
+
+
 # -- the API --------------------------------------------------------------------------------------------
 
 
@@ -359,6 +457,9 @@ async def main() -> None:
     ap.add_argument("--raw-connections", type=int, default=40, help="connections the raw loop's clients share")
     ap.add_argument("--keep-db", action="store_true")
     ap.add_argument("--webhook-endpoint", action="store_true", help="the project has an endpoint subscribed to *")
+    ap.add_argument("--grants-per-wallet", type=int, default=0, help="add the 1 vs N credit grants figure")
+    ap.add_argument("--grant-rounds", type=int, default=3, help="alternations of the 1 and N grant figures")
+    ap.add_argument("--grants-only", action="store_true", help="only the credit grants figure")
     args = ap.parse_args()
 
     from ledgerx.db.engine import asyncpg_dsn
@@ -380,6 +481,9 @@ async def main() -> None:
     proc: Instances | None = None
     try:
         await asyncio.to_thread(upgrade, url)
+        if args.grants_only:
+            await grants_figures(url, s.redis_url, args)
+            return
         port = free_port()
         env = {
             "DATABASE_URL": url,
@@ -456,6 +560,8 @@ async def main() -> None:
         )
         print(f"core batching: {batches.postings} postings in {batches.batches} database transactions")
         print(summary)
+        if args.grants_per_wallet:
+            await grants_figures(url, s.redis_url, args)
     finally:
         if proc is not None:
             proc.terminate()

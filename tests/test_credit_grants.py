@@ -8,10 +8,15 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import os
+import secrets
 import uuid
+from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 
+from ledgerx.db.engine import asyncpg_dsn
 from ledgerx.db.migrate import upgrade
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
 from ledgerx.domain.ledger import WalletRef, expiry, grants, posting, reads
@@ -21,8 +26,13 @@ from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.ids import uuid7
 from ledgerx.services import Services
 from ledgerx.settings import Settings
+from tests.conftest import GQL
 from tests.ledger_helpers import ACTOR, legacy_ledger, new_project, new_wallet, owner_conn
-from tests.test_ledger_streams import scratch_database  # noqa: F401 (a fixture: a database of its own)
+from tests.test_ledger_api import balance as api_balance
+from tests.test_ledger_api import credit as api_credit
+from tests.test_ledger_api import new_wallet as api_wallet
+from tests.test_ledger_api import owner_and_project
+from tests.test_ledger_api import verify as api_verify
 
 DAY = dt.timedelta(days=1)
 
@@ -355,11 +365,29 @@ async def test_200_concurrent_debits_over_several_grants(services: Services) -> 
     await assert_clean(services, pid)
 
 
+@pytest.fixture
+async def migration_db(admin_database_url: str) -> AsyncIterator[str]:
+    """An empty database of the test's own, which the test migrates itself."""
+    name = f"lxmig_{os.getpid()}_{secrets.token_hex(3)}"
+    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    base = admin_database_url.split("?", 1)
+    cut = base[0].rfind("/")
+    yield base[0][: cut + 1] + name + ("?" + base[1] if len(base) > 1 else "")
+    admin = await asyncpg.connect(asyncpg_dsn(admin_database_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 async def test_migration_0013_turns_balances_into_grants_with_the_books_unchanged(
-    scratch_database: str,  # noqa: F811 (the fixture imported above)
-    settings: Settings,
-    monkeypatch: pytest.MonkeyPatch,
+    migration_db: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    scratch_database = migration_db
     await asyncio.to_thread(upgrade, scratch_database, "0012_coupons")
     scratch = dataclasses.replace(settings, database_url=scratch_database)
     legacy_ledger(monkeypatch)
@@ -409,3 +437,115 @@ async def test_migration_0013_turns_balances_into_grants_with_the_books_unchange
         await assert_clean(svc, pid)
     finally:
         await svc.close()
+
+
+GRANT_FIELDS = "id walletId amount remaining category priority expiresAt status createdAt"
+GRANT = f"mutation($i: GrantCreditsInput!) {{ grantCredits(input: $i) {{ {GRANT_FIELDS} }} }}"
+VOID = f"mutation($i: VoidCreditGrantInput!) {{ voidCreditGrant(input: $i) {{ {GRANT_FIELDS} }} }}"
+WALLET_GRANTS = f"""
+query($id: ID!, $status: CreditGrantStatus, $first: Int, $after: String) {{ wallet(id: $id) {{
+  grants(status: $status, first: $first, after: $after) {{
+    edges {{ cursor node {{ {GRANT_FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}
+"""
+DEBIT_DRAWS = """
+mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id grantDraws { grantId amount } } }
+"""
+
+
+async def test_the_api_grants_lists_draws_and_voids(gql: GQL) -> None:
+    owner, pid = await owner_and_project(gql)
+    wid = await api_wallet(gql, owner.token, pid)
+    exp = (now() + 3 * DAY).replace(microsecond=0)
+    promo = (
+        await gql.ok(
+            GRANT,
+            {
+                "i": {
+                    "walletId": wid,
+                    "amount": "50",
+                    "idempotencyKey": key(),
+                    "priority": 10,
+                    "expiresAt": exp.isoformat(),
+                    "metadata": {"campaign": "launch"},
+                }
+            },
+            token=owner.token,
+        )
+    )["grantCredits"]
+    assert promo["id"].startswith("grt_")
+    assert (promo["walletId"], promo["amount"], promo["remaining"], promo["category"], promo["priority"]) == (
+        wid,
+        "50",
+        "50",
+        "PROMOTIONAL",
+        10,
+    )
+    assert dt.datetime.fromisoformat(promo["expiresAt"]) == exp and promo["status"] == "ACTIVE"
+    paid = await api_credit(gql, owner.token, wid, 30)  # creditWallet: a PAID grant
+    debit = (
+        await gql.ok(DEBIT_DRAWS, {"i": {"walletId": wid, "amount": "60", "idempotencyKey": key()}}, token=owner.token)
+    )["debitWallet"]
+    listed = (await gql.ok(WALLET_GRANTS, {"id": wid}, token=owner.token))["wallet"]["grants"]
+    nodes = [e["node"] for e in listed["edges"]]
+    assert [(n["category"], n["remaining"], n["status"]) for n in nodes] == [
+        ("PROMOTIONAL", "0", "DEPLETED"),
+        ("PAID", "20", "ACTIVE"),
+    ]
+    assert debit["grantDraws"] == [
+        {"grantId": promo["id"], "amount": "50"},
+        {"grantId": nodes[1]["id"], "amount": "10"},
+    ]
+    assert paid["id"]
+    active = (await gql.ok(WALLET_GRANTS, {"id": wid, "status": "ACTIVE", "first": 1}, token=owner.token))["wallet"]
+    assert [e["node"]["id"] for e in active["grants"]["edges"]] == [nodes[1]["id"]]
+    page = (await gql.ok(WALLET_GRANTS, {"id": wid, "first": 1}, token=owner.token))["wallet"]["grants"]
+    assert page["pageInfo"]["hasNextPage"]
+    nxt = await gql.ok(
+        WALLET_GRANTS, {"id": wid, "first": 1, "after": page["pageInfo"]["endCursor"]}, token=owner.token
+    )
+    assert [e["node"]["id"] for e in nxt["wallet"]["grants"]["edges"]] == [nodes[1]["id"]]
+
+    voided = (await gql.ok(VOID, {"i": {"id": nodes[1]["id"], "idempotencyKey": key()}}, token=owner.token))[
+        "voidCreditGrant"
+    ]
+    assert (voided["status"], voided["remaining"], voided["amount"]) == ("VOIDED", "0", "30")
+    err = await gql.error(VOID, {"i": {"id": nodes[1]["id"], "idempotencyKey": key()}}, token=owner.token)
+    assert (err["code"], err["field"]) == ("CONFLICT", "id")
+    assert await api_balance(gql, owner.token, wid) == -0
+    assert (await api_verify(gql, owner.token, pid))["ok"]
+
+
+async def test_the_api_refuses_bad_grants_with_codes_and_fields(gql: GQL) -> None:
+    owner, pid = await owner_and_project(gql)
+    wid = await api_wallet(gql, owner.token, pid)
+    base = {"walletId": wid, "amount": "10"}
+    cases = [
+        ({"amount": "0"}, "amount"),
+        ({"amount": "-3"}, "amount"),
+        ({"priority": 101}, "priority"),
+        ({"priority": -1}, "priority"),
+        ({"expiresAt": (now() - DAY).isoformat()}, "expiresAt"),
+        ({"metadata": [1]}, "metadata"),
+    ]
+    for change, field in cases:
+        err = await gql.error(GRANT, {"i": {**base, "idempotencyKey": key(), **change}}, token=owner.token)
+        assert (err["code"], err["field"]) == ("BAD_USER_INPUT", field), change
+    err = await gql.error(VOID, {"i": {"id": "grt_nope", "idempotencyKey": key()}}, token=owner.token)
+    assert err["code"] == "BAD_USER_INPUT" and err["field"] == "id"
+    # Another tenant's grant is NOT_FOUND, exactly like a missing one; a member cannot void.
+    g = (await gql.ok(GRANT, {"i": {**base, "idempotencyKey": key()}}, token=owner.token))["grantCredits"]
+    stranger, _ = await owner_and_project(gql)
+    err = await gql.error(VOID, {"i": {"id": g["id"], "idempotencyKey": key()}}, token=stranger.token)
+    assert (err["code"], err["field"]) == ("NOT_FOUND", "id")
+    assert await api_balance(gql, owner.token, wid) == 10
+
+
+def test_plan_credits_are_promotional_and_expire_at_the_period_end() -> None:
+    from ledgerx.db.models import Invoice
+    from ledgerx.domain.payments.grants import plan_credit_terms
+
+    t = now()
+    current = plan_credit_terms(Invoice(period_end=t + 20 * DAY), t)
+    assert (current.category, current.expires_at, current.priority) == (GrantCategory.PROMOTIONAL, t + 20 * DAY, 50)
+    late = plan_credit_terms(Invoice(period_end=t - DAY), t)  # paid after its period: kept
+    assert (late.category, late.expires_at) == (GrantCategory.PROMOTIONAL, None)

@@ -186,6 +186,11 @@ async def _tenant(gql: GQL) -> tuple[SignedIn, dict[str, str]]:
     wallet = await new_wallet(gql, owner.token, project)
     credit = {"walletId": wallet, "amount": 100, "idempotencyKey": secrets.token_hex(8)}
     txn = (await gql.ok(CREDIT, {"i": credit}, token=owner.token))["creditWallet"]["id"]
+    grant = await gql.ok(
+        "mutation($i: GrantCreditsInput!) { grantCredits(input: $i) { id } }",
+        {"i": {"walletId": wallet, "amount": 5, "idempotencyKey": secrets.token_hex(8)}},
+        token=owner.token,
+    )
     invite = {"projectId": project, "email": new_email("invitee"), "role": "MEMBER"}
     inv = (await gql.ok(CREATE_INVITE, {"i": invite}, token=owner.token))["createInvite"]["id"]
     key_data = await gql.ok(
@@ -211,6 +216,7 @@ async def _tenant(gql: GQL) -> tuple[SignedIn, dict[str, str]]:
         "project": project,
         "wallet": wallet,
         "transaction": txn,
+        "credit_grant": grant["grantCredits"]["id"],
         "invite": inv,
         "api_key": key_data["createApiKey"]["apiKey"]["id"],
         "rule": rule,

@@ -85,6 +85,7 @@ def key() -> str:
 TXN_FIELDS = """
   id type kind amount balanceBefore balanceAfter refundOfId refundedAmount
   entries { id walletId systemAccount amount balanceBefore balanceAfter sequence hash }
+  grantDraws { grantId amount }
 """
 
 
@@ -121,8 +122,9 @@ async def test_ledger_lists_cost_the_same_for_5_and_50_rows(gql: GQL) -> None:
 
     await same_for_5_and_50(
         gql,
-        "wallets { transactions { refundedAmount entries } }",
+        "wallets { transactions { refundedAmount entries grantDraws } grants }",
         "query($p: ID!, $n: Int) { wallets(projectId: $p, first: $n) { nodes { id balance"
+        " grants(first: 2) { nodes { id remaining status } }"
         f" transactions(first: 2) {{ pageInfo {{ hasNextPage endCursor }} nodes {{ {TXN_FIELDS} }} }} }} }} }}",
         {"p": project_id},
         owner,
@@ -140,6 +142,9 @@ async def test_ledger_lists_cost_the_same_for_5_and_50_rows(gql: GQL) -> None:
     # The loaders hand every row its own values.
     credits = [e["node"] for e in data["wallet"]["transactions"]["edges"] if e["node"]["type"] == "CREDIT"]
     assert credits and all(t["refundedAmount"] == "3" for t in credits)
+    # A refund of a credit takes back from the grant that credit made (its own draw row).
+    refunds = [e["node"] for e in data["wallet"]["transactions"]["edges"] if e["node"]["type"] == "DEBIT"]
+    assert refunds and all([d["amount"] for d in t["grantDraws"]] == ["3"] for t in refunds)
     assert all(len(e["node"]["entries"]) == 2 for e in data["wallet"]["transactions"]["edges"])
 
 

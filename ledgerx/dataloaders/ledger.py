@@ -9,7 +9,8 @@ from strawberry.dataloader import DataLoader
 
 from ledgerx.context import Context
 from ledgerx.dataloaders import loader
-from ledgerx.domain.ledger import TransactionRecord, reads
+from ledgerx.domain.ledger import TransactionRecord, grants, reads
+from ledgerx.domain.ledger.types import GrantDraw, GrantStatus
 
 
 def transactions(ctx: Context, project_id: uuid.UUID) -> DataLoader[uuid.UUID, TransactionRecord | None]:
@@ -33,4 +34,21 @@ def wallet_transactions(
         ctx,
         f"wallet_transactions:{project_id}:{first}:{before_seq}",
         lambda keys: reads.wallets_transactions(ledger, project_id, keys, first=first, before_seq=before_seq),
+    )
+
+
+def grant_draws(ctx: Context, project_id: uuid.UUID) -> DataLoader[uuid.UUID, list[GrantDraw]]:
+    ledger = ctx.services.ledger
+    return loader(ctx, f"grant_draws:{project_id}", lambda keys: grants.draws_of(ledger, project_id, keys), default=[])
+
+
+def wallet_grants(
+    ctx: Context, project_id: uuid.UUID, *, status: GrantStatus | None, first: int, after: uuid.UUID | None
+) -> DataLoader[uuid.UUID, grants.GrantPage]:
+    """A page of each wallet's credit grants; one loader per (project, status, page size, cursor)."""
+    ledger = ctx.services.ledger
+    return loader(
+        ctx,
+        f"wallet_grants:{project_id}:{status}:{first}:{after}",
+        lambda keys: grants.wallet_grants(ledger, project_id, keys, status=status, first=first, after=after),
     )

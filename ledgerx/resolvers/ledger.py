@@ -14,12 +14,25 @@ import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.errors import BadInput, NotFound
-from ledgerx.domain.ledger import Posted, WalletRef, feed, policy, posting, reads, refunds, wallet_feed, wallets
+from ledgerx.domain.ledger import (
+    Posted,
+    WalletRef,
+    feed,
+    grants,
+    policy,
+    posting,
+    reads,
+    refunds,
+    wallet_feed,
+    wallets,
+)
+from ledgerx.domain.ledger.types import GrantCategory
 from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.resolvers.streams import guarded, member_guard
+from ledgerx.schema.grants import CreditGrantType, GrantCreditsInput, VoidCreditGrantInput
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import (
     CreateWalletInput,
@@ -180,6 +193,37 @@ class Mutation:
                 input.idempotency_key,
                 reason=input.reason,
             )
+        )
+
+    @strawberry.mutation(description="Credits into a wallet as a grant with its own terms (PROMOTIONAL by default).")
+    async def grant_credits(self, info: Info, input: GrantCreditsInput) -> CreditGrantType:
+        ref = await _wallet(info, input.wallet_id, write=True)
+        ctx = info.context
+        return CreditGrantType.of(
+            await grants.grant_credits(
+                ctx.services.ledger,
+                ctx.actor(),
+                ref,
+                input.amount,
+                input.idempotency_key,
+                category=GrantCategory(input.category.value),
+                priority=input.priority,
+                expires_at=input.expires_at,
+                reason=input.reason,
+                metadata=as_dict(input.metadata),
+            )
+        )
+
+    @strawberry.mutation(description="End a grant now: what remains of it leaves the wallet (CONFLICT if nothing).")
+    async def void_credit_grant(self, info: Info, input: VoidCreditGrantInput) -> CreditGrantType:
+        info.context.require_principal()
+        grant_id = ids.decode("credit_grant", input.id, "id")
+        ctx = info.context
+        project_id = await grants.grant_project(ctx.services.ledger, grant_id)
+        await authorizer(info).require_for(project_id, policy.WRITE, what="credit grant", field="id")
+        assert project_id is not None
+        return CreditGrantType.of(
+            await grants.void_grant(ctx.services.ledger, ctx.actor(), project_id, grant_id, input.idempotency_key)
         )
 
 

@@ -17,9 +17,10 @@ from ledgerx.dataloaders import ledger as loaders
 from ledgerx.domain.errors import BadInput
 from ledgerx.domain.ledger import EntryRecord, TransactionRecord, WalletRecord
 from ledgerx.domain.ledger import TxnType as DomainTxnType
-from ledgerx.domain.ledger.types import WalletUpdateRecord
+from ledgerx.domain.ledger.types import GrantStatus, WalletUpdateRecord
 from ledgerx.domain.ledger.verification import Mismatch, Report
-from ledgerx.domain.pagination import page_size
+from ledgerx.domain.pagination import decode_cursor, encode_cursor, page_size
+from ledgerx.schema.grants import CreditGrantStatus, CreditGrantType, GrantDrawType
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, Edge, PageInfo
 from ledgerx.schema.scalars import BigInt
@@ -128,6 +129,12 @@ class TransactionType_:
         """How much of this transaction has been refunded so far."""
         return await loaders.refunded_totals(info.context, self.project_uuid).load(self.uuid)
 
+    @strawberry.field
+    async def grant_draws(self, info: Info) -> list[GrantDrawType]:
+        """The credit grants this transaction drew (or, negative, gave back to: a refund)."""
+        draws = await loaders.grant_draws(info.context, self.project_uuid).load(self.uuid)
+        return [GrantDrawType.of(d) for d in draws]
+
     @classmethod
     def of(cls, t: TransactionRecord) -> TransactionType_:
         public_id = strawberry.ID(ids.encode("transaction", t.id))
@@ -179,6 +186,27 @@ class WalletType:
         pages = loaders.wallet_transactions(info.context, self.project_uuid, first=limit, before_seq=before_seq)
         page = await pages.load(self.uuid)
         edges = [Edge(node=TransactionType_.of(i.transaction), cursor=encode_seq_cursor(i.seq)) for i in page.items]
+        return Connection(
+            edges=edges,
+            page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),
+        )
+
+    @strawberry.field
+    async def grants(
+        self,
+        info: Info,
+        status: CreditGrantStatus | None = None,
+        first: int | None = 20,
+        after: str | None = None,
+    ) -> Connection[CreditGrantType]:
+        """The wallet's credit grants, oldest first (`status`: only those)."""
+        limit = page_size(first)
+        wanted = GrantStatus(status.value) if status is not None else None
+        pages = loaders.wallet_grants(
+            info.context, self.project_uuid, status=wanted, first=limit, after=decode_cursor(after)
+        )
+        page = await pages.load(self.uuid)
+        edges = [Edge(node=CreditGrantType.of(g), cursor=encode_cursor(g.id)) for g in page.items]
         return Connection(
             edges=edges,
             page_info=PageInfo(has_next_page=page.has_next, end_cursor=edges[-1].cursor if edges else None),

@@ -241,6 +241,13 @@ async def _wallet_currency(ledger: LedgerService, project_id: uuid.UUID, wallet_
 # -- reads ------------------------------------------------------------------------------------------
 
 
+async def grant_project(ledger: LedgerService, grant_id: uuid.UUID) -> uuid.UUID | None:
+    """The project of a grant, for authorization (system scope: the caller is checked next)."""
+    async with ledger.db.raw(system=True) as conn:
+        found = await conn.fetchval("SELECT project_id FROM credit_grants WHERE id = $1", grant_id)
+    return found if isinstance(found, uuid.UUID) else None
+
+
 async def get_grants(ledger: LedgerService, project_id: uuid.UUID, grant_ids: Sequence[uuid.UUID]) -> list[GrantRecord]:
     """The grants of `project_id` among `grant_ids` (others are invisible: RLS), in id order."""
     async with ledger.db.raw(project_id=project_id) as conn:

@@ -136,6 +136,7 @@ async def prepare(ledger: LedgerService, posting: Posting) -> apply.Prepared:
         reference=_optional_text(posting.reference, MAX_REFERENCE, "reference"),
         reason=_optional_text(posting.reason, MAX_REASON, "reason"),
         metadata_json=meta,
+        terms=posting.terms,
     )
 
 

@@ -80,6 +80,8 @@ class Posting:
     action: str | None = None
     # What "the same request" means for idempotency; defaults to everything above that moves money.
     fingerprint: Mapping[str, Any] | None = None
+    # The terms of the grant the primary wallet's credit makes (None: PAID, priority 50, no expiry).
+    terms: GrantTerms | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

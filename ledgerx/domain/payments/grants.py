@@ -11,6 +11,7 @@ Payment/Invoice rows that record them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 import weakref
 from typing import Any
@@ -24,7 +25,16 @@ from ledgerx.db.models import Invoice, Payment, Wallet
 from ledgerx.domain import topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.ledger.posting import post_transaction
-from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posted, Posting, SystemAccount
+from ledgerx.domain.ledger.types import (
+    CREDITS,
+    GrantCategory,
+    GrantTerms,
+    Kind,
+    Leg,
+    Posted,
+    Posting,
+    SystemAccount,
+)
 from ledgerx.domain.ledger.wallets import create_wallet
 from ledgerx.domain.payments import webhook_events
 from ledgerx.domain.payments.service import PaymentsService
@@ -96,8 +106,10 @@ async def post_credits(
     reference: str,
     reason: str,
     metadata: dict[str, Any],
+    terms: GrantTerms | None = None,
 ) -> Posted:
-    """Credits into a wallet from the project's EXTERNAL_FUNDING account (money paid outside)."""
+    """Credits into a wallet from the project's EXTERNAL_FUNDING account (money paid outside), as
+    one credit grant: PAID without expiry (credit packs) unless `terms` say otherwise."""
     return await post_transaction(
         svc.ledger,
         Posting(
@@ -112,9 +124,18 @@ async def post_credits(
             reason=reason,
             metadata=metadata,
             action=f"payments.{kind.value.lower()}",
+            terms=terms,
         ),
         session=s,
     )
+
+
+def plan_credit_terms(invoice: Invoice, now: dt.datetime) -> GrantTerms:
+    """Plan credits are PROMOTIONAL and expire at the end of the period they were included for
+    (an invoice paid after its period ended: no expiry, so a late payment does not lose them at
+    once). Plans with `rolloverCredits` are not there yet: every plan's credits expire."""
+    end = invoice.period_end
+    return GrantTerms(GrantCategory.PROMOTIONAL, expires_at=end if end is not None and end > now else None)
 
 
 async def grant_invoice(
@@ -140,6 +161,7 @@ async def grant_invoice(
             key=f"stripe:invoice:{invoice.stripe_invoice_id}",
             reference=invoice.stripe_invoice_id,
             reason=reason,
+            terms=plan_credit_terms(invoice, svc.ledger.now()),
             metadata={
                 "stripeInvoiceId": invoice.stripe_invoice_id,
                 "invoiceId": ids.encode("invoice", invoice.id),
