@@ -219,7 +219,12 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
 async def test_bad_input_writes_nothing(world: World) -> None:
     w = world
     taken = await w.coupon(code=unique("taken"), percentOff=5)
-    cases = [*BAD_INPUTS, ({"code": taken["code"].lower(), "percentOff": 10}, "code")]
+    eur_pack = await create_pack(w.gql, w.admin, credits=10, amount=100, currency="eur")
+    cases = [
+        *BAD_INPUTS,
+        ({"code": taken["code"].lower(), "percentOff": 10}, "code"),
+        ({"amountOff": {"amount": 100, "currency": "USD"}, "appliesTo": [eur_pack]}, "appliesTo"),
+    ]
     before_rows = await w.sql("SELECT count(*) AS n FROM coupons")
     before_stripe = (len(w.fake.of_type("coupon")), len(w.fake.of_type("promotion_code")))
     for fields, field in cases:
@@ -498,3 +503,34 @@ async def test_apply_coupon_needs_project_admin(world: World) -> None:
     ext = await w.gql.error(APPLY, {"i": {"projectId": pid, "code": c["code"]}}, token=stranger.token)
     assert ext["code"] == "NOT_FOUND"
     assert await w.times_redeemed(c["id"]) == 0
+
+
+async def test_subscription_checkout_with_coupon(world: World) -> None:
+    w = world
+    plan = await create_plan(w.gql, w.admin, name="Coupon Checkout Sub", amount=2000)
+    c = await w.coupon(
+        code=unique("first"), amountOff={"amount": 500, "currency": "USD"}, duration="ONCE", bonusCredits="200"
+    )
+    pid = await w.project()
+    sid = await checkout(w.gql, w.owner, pid, planId=plan, couponCode=c["code"])
+    sess = w.fake.get(sid)
+    assert sess["amount_total"] == 1500 and sess["discounts"][0]["promotion_code"] == c["stripePromotionCodeId"]
+    before = await w.balance(pid)
+    await w.send(*w.fake.complete_checkout(sid))
+    stripe_sub = w.fake.get(str(w.fake.get(sid)["subscription"]))
+    assert len(stripe_sub["discounts"]) == 1
+    (row,) = await w.sql(
+        "SELECT r.status, r.subscription_id, r.stripe_subscription_id, s.id AS sub FROM coupon_redemptions r"
+        " JOIN subscriptions s ON s.stripe_subscription_id = r.stripe_subscription_id"
+        " WHERE r.stripe_checkout_session_id = $1",
+        sid,
+    )
+    assert row["status"] == "REDEEMED" and row["subscription_id"] == row["sub"]
+    assert row["stripe_subscription_id"] == stripe_sub["id"]
+    assert await w.balance(pid) == before + 200
+    assert await w.times_redeemed(c["id"]) == 1
+    actions = await w.sql(
+        "SELECT action FROM audit_log WHERE project_id = $1 AND action LIKE 'payments.coupon.%' ORDER BY id",
+        ids.decode("project", pid),
+    )
+    assert [a["action"] for a in actions] == ["payments.coupon.bonus", "payments.coupon.redeem"]

@@ -96,8 +96,11 @@ def record_of(c: Coupon) -> CouponRecord:
     return records.of(CouponRecord, c, plan_ids=tuple(c.plan_ids or ()), credit_pack_ids=tuple(c.credit_pack_ids or ()))
 
 
-async def _targets(svc: PaymentsService, applies_to: Sequence[str]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
-    """The plans and credit packs named by `appliesTo` (public ids), each existing and sellable."""
+async def _targets(
+    svc: PaymentsService, applies_to: Sequence[str], currency: str | None
+) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+    """The plans and credit packs named by `appliesTo` (public ids), each existing, not free, and
+    priced in `currency` when the coupon takes an amount off (Stripe applies it to that currency only)."""
     if len(applies_to) > MAX_APPLIES_TO:
         raise BadInput(f"at most {MAX_APPLIES_TO} plans and credit packs", field="appliesTo")
     plan_ids: list[uuid.UUID] = []
@@ -116,16 +119,22 @@ async def _targets(svc: PaymentsService, applies_to: Sequence[str]) -> tuple[lis
             raise BadInput(f"{value!r} is not a plan or credit pack id", field="appliesTo")
     async with svc.db.read() as s:
         plans = {p.id: p for p in (await s.execute(select(Plan).where(Plan.id.in_(plan_ids)))).scalars()}
-        packs = set((await s.execute(select(CreditPack.id).where(CreditPack.id.in_(pack_ids)))).scalars())
+        packs = {
+            p.id: p.currency for p in (await s.execute(select(CreditPack).where(CreditPack.id.in_(pack_ids)))).scalars()
+        }
     for uid in plan_ids:
         plan = plans.get(uid)
         if plan is None:
             raise BadInput(f"plan {ids.encode('plan', uid)} not found", field="appliesTo")
         if plan.price_amount == 0:
             raise BadInput(f"plan {ids.encode('plan', uid)} is free: nothing to discount", field="appliesTo")
+        if currency is not None and plan.currency != currency:
+            raise BadInput(f"plan {ids.encode('plan', uid)} is priced in {plan.currency}", field="appliesTo")
     for uid in pack_ids:
         if uid not in packs:
             raise BadInput(f"credit pack {ids.encode('credit_pack', uid)} not found", field="appliesTo")
+        if currency is not None and packs[uid] != currency:
+            raise BadInput(f"credit pack {ids.encode('credit_pack', uid)} is priced in {packs[uid]}", field="appliesTo")
     return plan_ids, pack_ids
 
 
@@ -210,7 +219,7 @@ async def create_coupon(
             raise BadInput("expiresAt must be in the future", field="expiresAt")
         if expires_at > now + MAX_EXPIRY:
             raise BadInput("expiresAt must be within five years", field="expiresAt")
-    plan_ids, pack_ids = await _targets(svc, applies_to)
+    plan_ids, pack_ids = await _targets(svc, applies_to, amount_off.currency if amount_off else None)
     async with svc.db.read() as s:
         if await s.scalar(select(Coupon.id).where(Coupon.code == clean)) is not None:
             raise BadInput(f"a coupon with code {clean} exists", field="code")
