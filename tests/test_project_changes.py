@@ -29,9 +29,9 @@ from tests.fake_stripe import FakeStripe
 from tests.tenancy_helpers import add_member, create_project
 from tests.test_ledger_api import new_wallet
 from tests.test_live_support import WsClient, ends_with
-from tests.test_payments_subscriptions import OVERRIDE, World, fake, settings, subscribe, world
+from tests.test_payments_subscriptions import OVERRIDE, World, settings, subscribe, world
 
-__all__ = ["fake", "settings", "world"]  # fixtures of the payments tests, used here
+__all__ = ["settings", "world"]  # fixtures of the payments tests, used here (fake is in conftest)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
