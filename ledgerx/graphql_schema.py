@@ -29,6 +29,7 @@ from ledgerx.resolvers import (
     payments,
     system,
     tenancy,
+    top_up,
     usage,
     webhooks,
 )
@@ -66,6 +67,7 @@ Mutation = merge_types(
         billing.Mutation,
         payments.Mutation,
         coupons.Mutation,
+        top_up.Mutation,
         webhooks.Mutation,
         notifications.Mutation,
     ),

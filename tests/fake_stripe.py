@@ -254,6 +254,13 @@ class FakeStripe:
         key = request.headers.get("idempotency-key")
         self.calls.append(Call(request.method, path, params, key, request_id))
         forced = self._forced(request.method, path)
+        if forced is not None and forced.body["error"]["type"] == "card_error" and path.strip("/") == "payment_intents":
+            # A decline of an off-session PaymentIntent: Stripe makes the intent, fails it, sends
+            # payment_intent.payment_failed and answers 402 with the intent (kept for the key).
+            body = self._declined_intent(params, forced.body)
+            if key is not None:
+                self._idem[key] = (forced.status, body)
+            return JSONResponse(body, status_code=forced.status, headers=headers)
         if forced is not None:
             headers["Stripe-Should-Retry"] = "true" if forced.retry else "false"
             return JSONResponse(forced.body, status_code=forced.status, headers=headers)
@@ -851,6 +858,75 @@ class FakeStripe:
             }
         )
 
+    # payment intents (auto top-up: off-session, confirmed at once)
+
+    def _intent(self, p: dict[str, Any], status: str) -> Obj:
+        return self._store(
+            {
+                "id": self.new_id("pi"),
+                "object": "payment_intent",
+                "amount": int(p["amount"]),
+                "currency": p["currency"],
+                "customer": p.get("customer"),
+                "payment_method": p.get("payment_method"),
+                "off_session": _bool(p.get("off_session")),
+                "confirm": _bool(p.get("confirm")),
+                "description": p.get("description"),
+                "metadata": p.get("metadata", {}),
+                "status": status,
+                "latest_charge": None,
+                "last_payment_error": None,
+                "created": self.time(),
+                "livemode": False,
+            }
+        )
+
+    def _post_payment_intents(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        if rest:
+            return self._invalid("only creating a payment intent is faked")
+        if not p.get("customer") or not p.get("payment_method"):
+            return self._invalid("an off-session payment needs a customer and a payment method", "payment_method")
+        pi = self._intent(p, "succeeded")
+        charge = self._charge(pi["customer"], pi["amount"], pi["currency"])
+        charge.update(payment_intent=pi["id"], metadata=pi["metadata"])
+        pi["latest_charge"] = charge["id"]
+        self.event("payment_intent.succeeded", pi)
+        return 200, pi
+
+    def _declined_intent(self, p: dict[str, Any], error: Obj) -> Obj:
+        pi = self._intent(p, "requires_payment_method")
+        pi["last_payment_error"] = {**error["error"], "payment_method": {"id": p.get("payment_method")}}
+        self.event("payment_intent.payment_failed", pi)
+        return {"error": {**error["error"], "payment_intent": copy.deepcopy(pi)}}
+
+    def _checkout_intent(self, sess: Obj, charge: Obj) -> Obj:
+        """The PaymentIntent of a paid Checkout that asked to save the card for off-session use."""
+        pi = self._store(
+            {
+                "id": charge["payment_intent"],
+                "object": "payment_intent",
+                "amount": charge["amount"],
+                "currency": charge["currency"],
+                "customer": sess["customer"],
+                "payment_method": self.new_id("pm"),
+                "setup_future_usage": sess["_payment_intent_data"]["setup_future_usage"],
+                "metadata": sess["_payment_intent_data"].get("metadata", {}),
+                "status": "succeeded",
+                "latest_charge": charge["id"],
+                "created": self.time(),
+                "livemode": False,
+            }
+        )
+        return pi
+
+    def intent_succeeded(self, payment_intent_id: str) -> Obj:
+        """`payment_intent.succeeded` of a Checkout's intent (not kept in `events`, so tests that
+        count or reconcile events see what they saw before; a test delivers it when it wants)."""
+        return self.event("payment_intent.succeeded", self.objects[payment_intent_id], record=False)
+
+    def last_event(self, event_type: str) -> Obj:
+        return next(e for e in reversed(self.events) if e["type"] == event_type)
+
     # -- the Stripe side of the story ----------------------------------------------------------------------
 
     def complete_checkout(self, session_id: str, *, trial: bool = True) -> list[Obj]:
@@ -866,6 +942,8 @@ class FakeStripe:
             charge = self._charge(sess["customer"], sess["amount_total"], sess["currency"])
             charge["metadata"] = sess["_payment_intent_data"].get("metadata", {})
             sess["payment_intent"] = charge["payment_intent"]
+            if sess["_payment_intent_data"].get("setup_future_usage"):
+                self._checkout_intent(sess, charge)
             events.append(self.event("checkout.session.completed", self._public(sess)))
             return events
         price = self.objects[sess["_line_items"][0]["price"]]

@@ -69,6 +69,9 @@ def legacy_ledger(monkeypatch: pytest.MonkeyPatch) -> None:
     from ledgerx.domain.ledger import apply, store
 
     monkeypatch.setattr(store, "WRITE_BATCH", store.write_batch(grants=False))
+    # Nor auto top-up (0014): the wallets have no threshold column to lock with.
+    no_top_up = store.LOCK_WALLETS.replace("auto_top_up_below,", "NULL::bigint AS auto_top_up_below,")
+    monkeypatch.setattr(store, "LOCK_WALLETS", no_top_up)
     monkeypatch.setattr(apply, "_grant_columns", lambda book, now: [])
     monkeypatch.setattr(apply, "_takes", lambda p: False)
     monkeypatch.setattr(apply.Book, "take", lambda self, *a, **k: [])

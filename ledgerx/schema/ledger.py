@@ -24,6 +24,7 @@ from ledgerx.schema.grants import CreditGrantStatus, CreditGrantType, GrantDrawT
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, Edge, PageInfo
 from ledgerx.schema.scalars import BigInt
+from ledgerx.schema.top_up import AutoTopUpType, of_wallet
 
 
 @strawberry.enum(description="The direction of a transaction on its primary wallet.")
@@ -175,6 +176,11 @@ class WalletType:
     updated_at: dt.datetime
     project_uuid: strawberry.Private[uuid.UUID]
     uuid: strawberry.Private[uuid.UUID]
+
+    @strawberry.field
+    async def auto_top_up(self, info: Info) -> AutoTopUpType | None:
+        """The wallet's auto top-up (null: never set)."""
+        return await of_wallet(info, self.project_uuid, self.uuid)
 
     @strawberry.field
     async def transactions(

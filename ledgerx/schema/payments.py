@@ -91,11 +91,14 @@ class InvoiceStatus(enum.Enum):
     UNCOLLECTIBLE = "UNCOLLECTIBLE"
 
 
-@strawberry.enum(description="SUBSCRIPTION: a period of a plan; PRORATION: an upgrade charged by LedgerX.")
+@strawberry.enum(
+    description="SUBSCRIPTION: a period of a plan; PRORATION: an upgrade charged by LedgerX; TOP_UP: an auto top-up."
+)
 class InvoiceKind(enum.Enum):
     SUBSCRIPTION = "SUBSCRIPTION"
     PRORATION = "PRORATION"
     OTHER = "OTHER"
+    TOP_UP = "TOP_UP"
 
 
 @strawberry.enum

@@ -3,7 +3,8 @@
 Each round claims due events with SKIP LOCKED and a lease (several instances never take the same
 row), processes them oldest first, and records every attempt; failures come back after an
 exponential backoff. Every `dunning_interval` it also announces subscriptions whose grace period
-ran out, and mails those whose grace period ends within a day (payments/notices.py).
+ran out, and mails those whose grace period ends within a day (payments/notices.py). Each round
+also starts the auto top-ups the ledger asked for (payments/top_up_intents.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import time
 
 from ledgerx.background import PollingWorker
-from ledgerx.domain.payments import dunning, inbox, notices
+from ledgerx.domain.payments import dunning, inbox, notices, top_up_intents
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.processor")
@@ -29,6 +30,8 @@ class WebhookProcessor(PollingWorker):
     async def run_once(self) -> int:
         settings = self.payments.settings
         claimed = await inbox.run_once(self.payments, settings.webhook_batch_size)
+        # Auto top-ups the ledger wanted: their PaymentIntents, outside any ledger transaction.
+        await top_up_intents.run_once(self.payments)
         if time.monotonic() >= self._next_dunning:
             self._next_dunning = time.monotonic() + settings.dunning_interval
             await dunning.run_dunning(self.payments)

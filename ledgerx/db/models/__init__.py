@@ -22,6 +22,7 @@ from ledgerx.db.models.payments import (
     WebhookEvent,
 )
 from ledgerx.db.models.tenancy import ROLES, ApiKey, Invite, MailOutbox, Project, ProjectMember
+from ledgerx.db.models.top_ups import AutoTopUp, AutoTopUpAttempt
 from ledgerx.db.models.usage import (
     UsageCharge,
     UsageChargeRemainder,
@@ -37,6 +38,8 @@ __all__ = [
     "ROLES",
     "ApiKey",
     "AuditLog",
+    "AutoTopUp",
+    "AutoTopUpAttempt",
     "Base",
     "BillingDetails",
     "BillingRule",

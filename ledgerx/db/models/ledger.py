@@ -34,6 +34,8 @@ class Wallet(Base):
     # How far below zero the balance may go (>= 0); the database checks balance >= -credit_limit.
     credit_limit: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     low_balance_threshold: Mapped[int | None] = mapped_column(BigInteger)
+    # Auto top-up's threshold while it is on, else NULL (domain/ledger/top_ups.py).
+    auto_top_up_below: Mapped[int | None] = mapped_column(BigInteger)
     # The hash-chain tip: number of entries so far and the last entry's hash.
     entry_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     head_hash: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -81,6 +81,9 @@ class PaymentCustomer(Base):
 
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), primary_key=True)
     stripe_customer_id: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    # The payment method Stripe saved for off-session use (auto top-up charges it).
+    default_payment_method: Mapped[str | None] = mapped_column(Text)
+    payment_method_saved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = ts_now()
 
 
@@ -138,7 +141,7 @@ class Invoice(Base):
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False)
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("subscriptions.id", ondelete="RESTRICT"))
     stripe_invoice_id: Mapped[str | None] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(Text, nullable=False)  # SUBSCRIPTION | PRORATION | OTHER
+    kind: Mapped[str] = mapped_column(Text, nullable=False)  # SUBSCRIPTION | PRORATION | OTHER | TOP_UP
     billing_reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, nullable=False)  # DRAFT | OPEN | PAID | VOID | UNCOLLECTIBLE
     currency: Mapped[str] = mapped_column(Text, nullable=False)

@@ -30,7 +30,7 @@ from ledgerx import ids
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, IdempotencyConflict, InsufficientFunds, NotFound
-from ledgerx.domain.ledger import alerts, codec, grantbook, hashing, payloads, store
+from ledgerx.domain.ledger import alerts, codec, grantbook, hashing, payloads, store, top_ups
 from ledgerx.domain.ledger.grantbook import Book, LiveGrant
 from ledgerx.domain.ledger.types import (
     MAX_BIGINT,
@@ -121,6 +121,7 @@ class _Wallet:
     seq: int
     head: bytes
     touched: bool = False
+    top_up_below: int | None = None  # auto top-up's threshold while it is on (top_ups.py)
 
     def snapshot(self, now: dt.datetime) -> WalletRecord:
         return dataclasses.replace(self.row, balance=self.balance, updated_at=now)
@@ -134,6 +135,7 @@ class _Writes:
     ent: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(13)])
     aud: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in audit.COLUMNS])
     order: list[tuple[uuid.UUID, str]] = dataclasses.field(default_factory=list)
+    top_ups: list[top_ups.Crossing] = dataclasses.field(default_factory=list)
 
     def add_txn(self, *values: Any) -> None:
         for col, v in zip(self.txn, values, strict=True):
@@ -204,6 +206,8 @@ async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.dat
             events.extend(ledger_events(done, low))
             if low:  # a crossing below a threshold (rare): mail it in this transaction
                 await alerts.low_balance(conn, done, low)
+        if d.writes.top_ups:  # a crossing of an auto top-up threshold (rare)
+            await top_ups.wanted(conn, d.writes.top_ups, now)
     for i, first in d.duplicates.items():
         original = d.outcomes[first]
         assert isinstance(original, Posted)
@@ -280,6 +284,7 @@ def _wallet_state(r: asyncpg.Record) -> _Wallet:
         r["balance"],
         r["entry_seq"],
         bytes(r["head_hash"]) if r["head_hash"] is not None else hashing.GENESIS,
+        top_up_below=r["auto_top_up_below"],
     )
 
 
@@ -577,6 +582,8 @@ def _chain_entries(
         # A downward crossing of the threshold: at most one event per crossing, by construction.
         if threshold is not None and before >= threshold > w.balance:
             low.append(leg.wallet_id)
+        if w.top_up_below is not None and before >= w.top_up_below > w.balance:
+            writes.top_ups.append((p.project_id, leg.wallet_id, txn_id))
     return entries, low
 
 

@@ -35,9 +35,10 @@ ENTRY_COLS = (
 # rows are locked in that order and two batches can never wait on each other in a cycle.
 # `webhook_events`: the event types the enabled webhook endpoints of the wallet's project want
 # (NULL: none), so a batch builds outbound events only for projects that have a taker; one index
-# probe per wallet, in a statement the batch sends anyway.
+# probe per wallet, in a statement the batch sends anyway. `auto_top_up_below`: top_ups.py.
 LOCK_WALLETS = (
-    f"SELECT {WALLET_COLS}, (SELECT array_agg(DISTINCT t) FROM webhook_endpoints h, unnest(h.events) t"  # noqa: S608
+    f"SELECT {WALLET_COLS}, auto_top_up_below,"  # noqa: S608
+    " (SELECT array_agg(DISTINCT t) FROM webhook_endpoints h, unnest(h.events) t"
     " WHERE h.project_id = wallets.project_id AND h.enabled AND h.deleted_at IS NULL) AS webhook_events"
     " FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE OF wallets"
 )

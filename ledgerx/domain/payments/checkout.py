@@ -147,7 +147,9 @@ async def create_checkout_session(
         params.update(
             mode="payment",
             line_items=[{"price": pack.stripe_price_id, "quantity": 1}],
-            payment_intent_data={"metadata": meta},
+            # Stripe keeps the card for off-session use: auto top-up charges it later (the
+            # payment_intent.succeeded handler records it as the project's payment method).
+            payment_intent_data={"metadata": meta, "setup_future_usage": "off_session"},
         )
         target = {"creditPackId": meta[objects.META_PACK], "credits": str(pack.credits)}
         used_on = redemptions.Target(None, pack.id, pack.currency)

@@ -184,6 +184,24 @@ class StripeGateway:
             self.client.v1.billing_portal.sessions.create_async({"customer": customer_id, "return_url": return_url}),
         )
 
+    async def create_off_session_payment(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """A PaymentIntent confirmed at once without the customer (auto top-up). A decline is not an
+        error here: Stripe answers 402 with the failed intent, which is returned (status
+        `requires_payment_method`, `last_payment_error`) so the caller records the failure."""
+        try:
+            created = await self.client.v1.payment_intents.create_async(_any(params), self._opts(idempotency_key))
+        except stripe.CardError as exc:
+            intent = getattr(exc.error, "payment_intent", None) if exc.error is not None else None
+            if intent is None:
+                raise translate(exc, "create a payment") from exc
+            out = _plain(intent)
+            if not out.get("last_payment_error"):
+                out["last_payment_error"] = {"message": exc.user_message, "code": exc.code}
+            return out
+        except stripe.StripeError as exc:
+            raise translate(exc, "create a payment") from exc
+        return _plain(created)
+
     # -- subscriptions and invoices ---------------------------------------------------------------
 
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:

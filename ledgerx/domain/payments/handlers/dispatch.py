@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ledgerx.domain.payments.handlers import charge, checkout_session, invoice, subscription
+from ledgerx.domain.payments.handlers import charge, checkout_session, invoice, payment_intent, subscription
 from ledgerx.domain.payments.handlers.event import Event, Handler, Outcome
 from ledgerx.domain.payments.service import PaymentsService
 
@@ -24,6 +24,8 @@ HANDLERS: dict[str, Handler] = {
     "invoice.payment_failed": invoice.on_invoice,
     "invoice.voided": invoice.on_invoice,
     "invoice.marked_uncollectible": invoice.on_invoice,
+    "payment_intent.succeeded": payment_intent.on_succeeded,
+    "payment_intent.payment_failed": payment_intent.on_failed,
     "charge.refunded": charge.on_charge_refunded,
     "charge.dispute.created": charge.on_dispute,
     "charge.dispute.updated": charge.on_dispute,

@@ -1,0 +1,402 @@
+"""Auto top-up's PaymentIntents: claim the wanted top-ups, charge the saved payment method
+off-session through the Stripe SDK, and apply the outcome.
+
+The ledger only records that a top-up is wanted (ledger/top_ups.py); Stripe is called here, by the
+webhook processor's rounds, never inside a ledger transaction:
+
+1. claim (one transaction, system path): WANTED rows, oldest first, `FOR UPDATE SKIP LOCKED` (two
+   instances never take the same row). Each becomes PENDING with `started_at`, the pack's price
+   and credits, and an OPEN `TOP_UP` invoice (`invoice.created`); or SKIPPED when auto top-up is
+   off by now, or when the project has no saved payment method (`lastStatus: NO_PAYMENT_METHOD`,
+   no Stripe call).
+2. after the commit: one PaymentIntent per claimed row (`off_session`, `confirm`), with the Stripe
+   idempotency key `ledgerx:auto-top-up:<attempt id>`; its id is recorded on the row. A row left
+   PENDING without an intent for `LOST_AFTER` (the process died, or Stripe could not be reached)
+   is claimed again and asks Stripe again with the same key: Stripe answers with the same intent,
+   so a top-up is never charged twice.
+3. the outcome: `payment_intent.succeeded` credits the pack (`succeeded`: one PAID grant, keyed by
+   the intent, so replays credit once), pays the invoice and records the Payment; a decline (the
+   intent Stripe answers with, or `payment_intent.payment_failed`) is `failed`: FAILED, the invoice
+   voided, `invoice.payment_failed`, a PAYMENT_FAILED mail. Each outcome is applied once, under
+   the attempt row's lock.
+
+One in flight per wallet: the partial unique index over WANTED/PENDING rows. No retry storm: a
+failed top-up is retried only by a new crossing (the balance must first be credited back to the
+threshold) or by saving the settings again (top_ups.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ledgerx import ids
+from ledgerx.db.models import AutoTopUp, AutoTopUpAttempt, CreditPack, Invoice, InvoiceLine, Payment, PaymentCustomer
+from ledgerx.domain import audit
+from ledgerx.domain.actor import Actor
+from ledgerx.domain.errors import AppError
+from ledgerx.domain.ledger.types import Kind, Posted
+from ledgerx.domain.notifications import amounts, links
+from ledgerx.domain.notifications.kinds import Kind as Mail
+from ledgerx.domain.notifications.notify import notify
+from ledgerx.domain.payments import grants, objects, webhook_events
+from ledgerx.domain.payments.objects import Obj
+from ledgerx.domain.payments.service import PaymentsService
+from ledgerx.domain.payments.top_ups import FAILED, NO_PAYMENT_METHOD, PENDING, SUCCEEDED
+from ledgerx.ids import uuid7
+
+log = logging.getLogger("ledgerx.payments.top_up")
+
+META_ATTEMPT = "ledgerx_auto_top_up_id"
+LOST_AFTER = dt.timedelta(seconds=60)
+CLAIM_LIMIT = 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed attempt: what the PaymentIntent is made of."""
+
+    attempt_id: uuid.UUID
+    project_id: uuid.UUID
+    wallet_id: uuid.UUID
+    customer: str
+    payment_method: str
+    amount: int
+    currency: str
+    credits: int
+    credit_pack_id: uuid.UUID
+    invoice_id: uuid.UUID
+
+    def params(self) -> dict[str, Any]:
+        meta = {
+            objects.META_PROJECT: ids.encode("project", self.project_id),
+            objects.META_WALLET: ids.encode("wallet", self.wallet_id),
+            objects.META_PACK: ids.encode("credit_pack", self.credit_pack_id),
+            objects.META_CREDITS: str(self.credits),
+            objects.META_INVOICE: ids.encode("invoice", self.invoice_id),
+            META_ATTEMPT: str(self.attempt_id),
+        }
+        return {
+            "amount": self.amount,
+            "currency": self.currency.lower(),
+            "customer": self.customer,
+            "payment_method": self.payment_method,
+            "off_session": True,
+            "confirm": True,
+            "description": f"Auto top-up: {self.credits} credits",
+            "metadata": meta,
+        }
+
+
+async def run_once(svc: PaymentsService, limit: int = CLAIM_LIMIT) -> int:
+    """One round: claim, then call Stripe for each claimed attempt. Returns how many were claimed."""
+    if svc.stripe is None:
+        return 0  # payments are not configured: the wanted rows wait (one per wallet at most)
+    jobs, claimed = await _claim(svc, limit)
+    for job in jobs:
+        await _charge(svc, job)
+    return claimed
+
+
+async def _claim(svc: PaymentsService, limit: int) -> tuple[list[Job], int]:
+    now = svc.now()
+    jobs: list[Job] = []
+    async with svc.db.transaction(system=True) as s:
+        rows = list(
+            await s.scalars(
+                select(AutoTopUpAttempt)
+                .where(
+                    or_(
+                        AutoTopUpAttempt.status == "WANTED",
+                        (AutoTopUpAttempt.status == "PENDING")
+                        & AutoTopUpAttempt.stripe_payment_intent_id.is_(None)
+                        & (AutoTopUpAttempt.started_at < now - LOST_AFTER),
+                    )
+                )
+                .order_by(AutoTopUpAttempt.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        for a in rows:
+            job = await _start(svc, s, a, now)
+            if job is not None:
+                jobs.append(job)
+    return jobs, len(rows)
+
+
+async def _start(svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, now: dt.datetime) -> Job | None:
+    settings = await s.get(AutoTopUp, a.wallet_id, with_for_update=True)
+    customer = await s.get(PaymentCustomer, a.project_id)
+    if a.status == "PENDING":  # lost before Stripe answered: ask again with the same key
+        a.started_at = now
+        if customer is None or customer.default_payment_method is None:
+            await _fail(svc, s, a, None, "the saved payment method is gone", now)
+            return None
+        return _job(a, customer)
+    if settings is None or not settings.enabled:
+        _skip(a, "auto top-up is off", now)
+        return None
+    settings.last_attempt_at = now
+    if customer is None or customer.default_payment_method is None:
+        _skip(a, "the project has no saved payment method", now)
+        settings.last_status, settings.last_error = NO_PAYMENT_METHOD, "buy a credit pack through Checkout first"
+        return None
+    pack = await s.get(CreditPack, settings.credit_pack_id)
+    if pack is None or pack.archived_at is not None:
+        _skip(a, "the credit pack is archived", now)
+        settings.last_status, settings.last_error = FAILED, "the credit pack is archived"
+        return None
+    invoice = Invoice(
+        id=uuid7(),
+        project_id=a.project_id,
+        kind="TOP_UP",
+        billing_reason="auto_top_up",
+        status="OPEN",
+        currency=pack.currency,
+        total=pack.price_amount,
+        amount_due=pack.price_amount,
+        credits=pack.credits,
+    )
+    s.add(invoice)
+    await s.flush()
+    s.add(
+        InvoiceLine(
+            id=uuid7(),
+            invoice_id=invoice.id,
+            project_id=a.project_id,
+            position=0,
+            description=f"Auto top-up: {pack.name} ({pack.credits} credits)",
+            amount=pack.price_amount,
+            currency=pack.currency,
+            quantity=1,
+        )
+    )
+    a.status, a.started_at, a.invoice_id = "PENDING", now, invoice.id
+    a.credit_pack_id, a.credits, a.amount, a.currency = pack.id, pack.credits, pack.price_amount, pack.currency
+    settings.last_status, settings.last_error = PENDING, None
+    await webhook_events.invoice(s, invoice, ["invoice.created"])
+    await _audit(s, a, "wallet.auto_top_up.start", invoiceId=ids.encode("invoice", invoice.id))
+    return _job(a, customer)
+
+
+def _job(a: AutoTopUpAttempt, customer: PaymentCustomer) -> Job:
+    assert customer.default_payment_method is not None
+    assert a.invoice_id is not None
+    assert a.credit_pack_id is not None
+    assert a.amount is not None
+    assert a.currency is not None
+    assert a.credits is not None
+    return Job(
+        a.id,
+        a.project_id,
+        a.wallet_id,
+        customer.stripe_customer_id,
+        customer.default_payment_method,
+        a.amount,
+        a.currency,
+        a.credits,
+        a.credit_pack_id,
+        a.invoice_id,
+    )
+
+
+def _skip(a: AutoTopUpAttempt, why: str, now: dt.datetime) -> None:
+    a.status, a.error, a.finished_at = "SKIPPED", why, now
+
+
+async def _charge(svc: PaymentsService, job: Job) -> None:
+    """Create the PaymentIntent (outside any transaction) and record what Stripe answered."""
+    try:
+        intent = await svc.require_stripe().create_off_session_payment(
+            job.params(), f"ledgerx:auto-top-up:{job.attempt_id}"
+        )
+    except AppError as exc:
+        if exc.extra.get("retryable"):
+            log.warning("auto top-up %s: Stripe failed (%s); asking again later", job.attempt_id, exc)
+            return  # PENDING without an intent: claimed again after LOST_AFTER
+        async with svc.db.transaction(system=True) as s:
+            a = await _locked(s, job.attempt_id)
+            if a is not None:
+                await _fail(svc, s, a, None, str(exc), svc.now())
+        return
+    intent_id = str(intent["id"])
+    async with svc.db.transaction(system=True) as s:
+        await s.execute(
+            update(AutoTopUpAttempt)
+            .where(AutoTopUpAttempt.id == job.attempt_id, AutoTopUpAttempt.stripe_payment_intent_id.is_(None))
+            .values(stripe_payment_intent_id=intent_id)
+        )
+        status = intent.get("status")
+        if status in ("requires_payment_method", "requires_action", "canceled"):
+            a = await _locked(s, job.attempt_id)
+            if a is not None:
+                await _fail(svc, s, a, intent_id, decline_message(intent), svc.now())
+    # "succeeded" or "processing": payment_intent.succeeded / .payment_failed apply the outcome.
+
+
+def decline_message(intent: Obj) -> str:
+    err = objects.obj(intent.get("last_payment_error"))
+    if intent.get("status") == "requires_action":
+        return "the payment needs the customer's authentication (not possible off-session)"
+    return str(err.get("message") or err.get("code") or "the payment failed")[:500]
+
+
+async def _locked(s: AsyncSession, attempt_id: uuid.UUID) -> AutoTopUpAttempt | None:
+    return await s.get(AutoTopUpAttempt, attempt_id, with_for_update=True, populate_existing=True)
+
+
+async def attempt_of(s: AsyncSession, intent: Obj) -> AutoTopUpAttempt | None:
+    """The attempt an intent belongs to (locked), by our metadata, else by the intent's id."""
+    raw = objects.metadata(intent).get(META_ATTEMPT)
+    attempt_id: uuid.UUID | None = None
+    if raw:
+        try:
+            attempt_id = uuid.UUID(raw)
+        except ValueError:
+            attempt_id = None
+    if attempt_id is None:
+        attempt_id = await s.scalar(
+            select(AutoTopUpAttempt.id).where(AutoTopUpAttempt.stripe_payment_intent_id == str(intent.get("id")))
+        )
+    return await _locked(s, attempt_id) if attempt_id is not None else None
+
+
+async def succeeded(
+    svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, intent: Obj, actor: Actor
+) -> tuple[Posted | None, Payment | None]:
+    """The top-up was paid: credit the pack once, pay the invoice, record the Payment (in `s`)."""
+    if a.status in ("WANTED", "SKIPPED") or a.credits is None or a.invoice_id is None:
+        return None, None  # not ours to credit (never charged)
+    intent_id = str(intent["id"])
+    posted = await grants.post_credits(
+        svc,
+        s,
+        project_id=a.project_id,
+        wallet_id=a.wallet_id,
+        credits=a.credits,
+        kind=Kind.PURCHASE,
+        key=f"stripe:payment_intent:{intent_id}",
+        reference=intent_id,
+        reason="Auto top-up",
+        metadata={
+            "stripePaymentIntentId": intent_id,
+            "creditPackId": ids.encode("credit_pack", a.credit_pack_id) if a.credit_pack_id else None,
+            "invoiceId": ids.encode("invoice", a.invoice_id),
+        },
+    )
+    if a.status == "SUCCEEDED":
+        return posted, None
+    now = svc.now()
+    paid = objects.integer(intent.get("amount_received")) or objects.integer(intent.get("amount"))
+    charge = objects.ref(intent.get("latest_charge"))
+    invoice = await s.get(Invoice, a.invoice_id, with_for_update=True)
+    assert invoice is not None
+    invoice.status, invoice.amount_paid, invoice.paid_at = "PAID", paid, now
+    invoice.attempt_count = max(invoice.attempt_count, 1)
+    invoice.grant_transaction_id = posted.transaction.id
+    invoice.stripe_payment_intent_id, invoice.stripe_charge_id = intent_id, charge
+    invoice.updated_at = now
+    payment = Payment(
+        id=uuid7(),
+        project_id=a.project_id,
+        kind="CREDIT_PACK",
+        status="SUCCEEDED",
+        amount=paid,
+        currency=invoice.currency,
+        credits=a.credits,
+        credit_pack_id=a.credit_pack_id,
+        invoice_id=invoice.id,
+        wallet_id=a.wallet_id,
+        transaction_id=posted.transaction.id,
+        stripe_payment_intent_id=intent_id,
+        stripe_charge_id=charge,
+    )
+    s.add(payment)
+    a.status, a.finished_at, a.stripe_payment_intent_id, a.error = "SUCCEEDED", now, intent_id, None
+    await s.execute(
+        update(AutoTopUp)
+        .where(AutoTopUp.wallet_id == a.wallet_id)
+        .values(last_status=SUCCEEDED, last_error=None, updated_at=now)
+    )
+    await webhook_events.invoice(s, invoice, ["invoice.paid"])
+    await s.flush()
+    await s.refresh(payment)
+    await webhook_events.payment(s, "payment.succeeded", payment)
+    await _audit(s, a, "wallet.auto_top_up.succeeded", actor=actor, stripePaymentIntentId=intent_id)
+    return posted, payment
+
+
+async def failed(
+    svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, intent: Obj, actor: Actor | None = None
+) -> bool:
+    """`payment_intent.payment_failed`: as a decline the worker saw (once, whoever is first)."""
+    return await _fail(svc, s, a, str(intent["id"]), decline_message(intent), svc.now(), actor=actor)
+
+
+async def _fail(
+    svc: PaymentsService,
+    s: AsyncSession,
+    a: AutoTopUpAttempt,
+    intent_id: str | None,
+    why: str,
+    now: dt.datetime,
+    *,
+    actor: Actor | None = None,
+) -> bool:
+    if a.status != "PENDING":
+        return False  # already decided (a second delivery, or the worker saw the decline first)
+    a.status, a.finished_at, a.error = "FAILED", now, why
+    if intent_id is not None:
+        a.stripe_payment_intent_id = intent_id
+    await s.execute(
+        update(AutoTopUp)
+        .where(AutoTopUp.wallet_id == a.wallet_id)
+        .values(last_status=FAILED, last_error=why, updated_at=now)
+    )
+    invoice = await s.get(Invoice, a.invoice_id, with_for_update=True) if a.invoice_id is not None else None
+    if invoice is not None:
+        invoice.attempt_count += 1
+        invoice.first_failed_at = invoice.first_failed_at or now
+        invoice.last_failed_at = now
+        invoice.stripe_payment_intent_id = intent_id
+        # Not collected: a later top-up makes a new invoice (this one is never charged again).
+        invoice.status, invoice.updated_at = "VOID", now
+        await webhook_events.invoice(s, invoice, ["invoice.payment_failed"])
+    await notify(
+        s,
+        a.project_id,
+        Mail.PAYMENT_FAILED,
+        intent_id or f"auto-top-up:{a.id}",
+        {
+            "amount": amounts.amount(a.amount or 0, a.currency or "USD"),
+            "invoice_id": ids.encode("invoice", a.invoice_id) if a.invoice_id else "none",
+            "attempt": "1",
+            "next_attempt": "none: auto top-up waits until the wallet is credited back above its threshold"
+            " or its settings are saved again",
+            "grace_until": "any time (an auto top-up, not the plan)",
+            "portal_url": links.billing_page(svc.settings.public_url, a.project_id),
+        },
+    )
+    await _audit(s, a, "wallet.auto_top_up.failed", actor=actor, stripePaymentIntentId=intent_id, error=why)
+    return True
+
+
+async def _audit(
+    s: AsyncSession, a: AutoTopUpAttempt, action: str, *, actor: Actor | None = None, **after: Any
+) -> None:
+    await audit.record(
+        s,
+        actor or Actor.system(),
+        action,
+        project_id=a.project_id,
+        target_type="wallet",
+        target_id=ids.encode("wallet", a.wallet_id),
+        after={"attemptId": str(a.id), **after},
+    )
