@@ -549,3 +549,15 @@ def test_plan_credits_are_promotional_and_expire_at_the_period_end() -> None:
     assert (current.category, current.expires_at, current.priority) == (GrantCategory.PROMOTIONAL, t + 20 * DAY, 50)
     late = plan_credit_terms(Invoice(period_end=t - DAY), t)  # paid after its period: kept
     assert (late.category, late.expires_at) == (GrantCategory.PROMOTIONAL, None)
+
+
+async def test_a_debit_past_the_first_grants_read_draws_in_order(services: Services) -> None:
+    """A batch reads a wallet's first grants in draw order (8); a debit needing more reads them all."""
+    pid = await new_project(services)
+    w = await new_wallet(services, pid)
+    gs = [await grant(services, w, 2, priority=90 - i) for i in range(12)]  # the newest first in order
+    d = await posting.debit_wallet(services.ledger, ACTOR, w, 21, key())
+    assert await draws(services, pid, d.transaction.id) == [(g.id, 2) for g in reversed(gs[2:])] + [(gs[1].id, 1)]
+    small = await posting.debit_wallet(services.ledger, ACTOR, w, 2, key())
+    assert await draws(services, pid, small.transaction.id) == [(gs[1].id, 1), (gs[0].id, 1)]
+    await assert_clean(services, pid)

@@ -235,7 +235,7 @@ async def _load_state(conn: asyncpg.Connection, items: Sequence[Prepared]) -> _S
     if named or refund_ids:
         book.load(await conn.fetch(store.GRANTS_NAMED, wallet_ids, named, refund_ids))
     elif any(_takes(p) for p in items):
-        book.load(await conn.fetch(store.ACTIVE_GRANTS, wallet_ids))
+        book.load(await _spendable(conn, items))
     return _State(
         wallets={r["id"]: _wallet_state(r) for r in locked},
         existing={(r["project_id"], r["idempotency_key"]): r for r in rows},
@@ -243,6 +243,34 @@ async def _load_state(conn: asyncpg.Connection, items: Sequence[Prepared]) -> _S
         webhooks={r["project_id"]: r["webhook_events"] for r in locked},
         book=book,
     )
+
+
+HEAD_GRANTS = 8
+
+
+async def _spendable(conn: asyncpg.Connection, items: Sequence[Prepared]) -> list[asyncpg.Record]:
+    """The grants the batch's debits can draw (no refunds or grant ends in it): of each wallet,
+    the prefix of its draw order that holds what the batch takes out of it in total (read from
+    its first HEAD_GRANTS, or all of them when those do not hold enough). Draws never go past that
+    prefix (they take at most that total; a grant made in the batch only lessens what the prefix
+    gives), so the order is kept exactly while a wallet with many grants costs no more to debit."""
+    need: dict[uuid.UUID, int] = {}
+    for p in items:
+        for leg in p.legs:
+            if leg.wallet_id is not None and leg.amount < 0:
+                need[leg.wallet_id] = need.get(leg.wallet_id, 0) - leg.amount
+    wallets = sorted(need)
+    rows: list[asyncpg.Record] = await conn.fetch(store.GRANTS_HEAD, wallets, [need[w] for w in wallets], HEAD_GRANTS)
+    seen: dict[uuid.UUID, tuple[int, int]] = {}
+    for r in rows:
+        count, upto = seen.get(r["wallet_id"], (0, 0))
+        seen[r["wallet_id"]] = (count + 1, max(upto, r["upto"]))
+    short = [w for w, (count, upto) in seen.items() if count == HEAD_GRANTS and upto < need[w]]
+    if not short:
+        return rows
+    rest = [r for r in rows if r["wallet_id"] not in short]
+    whole: list[asyncpg.Record] = await conn.fetch(store.ACTIVE_GRANTS, short)
+    return rest + whole
 
 
 def _takes(p: Prepared) -> bool:

@@ -63,6 +63,18 @@ ACTIVE_GRANTS = (
     f"SELECT {GRANT_COLS} FROM credit_grants"  # noqa: S608
     " WHERE wallet_id = ANY($1::uuid[]) AND status = 'ACTIVE'"
 )
+# Of each wallet $1 (taking out $2 in total in the batch), the spendable grants in draw order
+# (ix_credit_grants_draw_order) among the first $3 that the draws can reach: those before which
+# less than the total is held. `upto`: held up to and including the row. A batch of small debits
+# reads one grant per wallet however many it has; apply._spendable reads all of a wallet's grants
+# when the first $3 do not cover it.
+GRANTS_HEAD = (
+    "SELECT g.* FROM unnest($1::uuid[], $2::int8[]) AS w(id, need) CROSS JOIN LATERAL ("  # noqa: S608
+    " SELECT x.*, sum(x.remaining) OVER (ORDER BY x.priority, x.expires_at, x.created_at, x.id) AS upto"
+    f" FROM (SELECT {GRANT_COLS} FROM credit_grants WHERE wallet_id = w.id AND status = 'ACTIVE'"
+    " ORDER BY priority, expires_at, created_at, id LIMIT $3) x) g"
+    " WHERE g.upto - g.remaining < w.need"
+)
 # Refunds and expiries/voids also name grants whatever their status, and a refund of a credit
 # takes back first from the grants that credit made.
 GRANTS_NAMED = (
