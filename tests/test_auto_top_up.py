@@ -393,3 +393,67 @@ async def test_bad_input_is_refused_and_writes_nothing(shop: Shop) -> None:
         "SELECT after FROM audit_log WHERE project_id = $1 AND action = 'wallet.auto_top_up.set'", pid
     )
     assert audit["after"] is not None
+
+
+async def test_outcome_races_saves_and_debits_without_deadlock(shop: Shop) -> None:
+    """The succeeded handler credits (wallet lock) before it locks the attempt, the order of the
+    ledger's crossing insert and setAutoTopUp: all of them at once finish, and credit once."""
+    s = shop
+    await s.save_card()
+    await s.set(threshold="300")
+    await s.debit(300)  # 500 -> 200: wanted
+    await top_up_intents.run_once(s.services.payments)
+    paid = s.fake.last_event("payment_intent.succeeded")
+
+    async def deliver_and_drain() -> None:
+        r = await deliver(s.client, paid)
+        assert r.status_code == 200, r.text
+        await inbox.drain(s.services.payments)
+
+    async def cross_again() -> dict[str, Any]:
+        await s.credit(150)  # 200.. -> at or above 300 again, then a debit crosses while the top-up is pending
+        return await s.debit(160)
+
+    results = await asyncio.gather(
+        *(deliver_and_drain() for _ in range(5)),
+        *(
+            s.gql(
+                SET,
+                {"i": {"walletId": s.wallet_id, "enabled": True, "threshold": "300", "creditPackId": s.pack_id}},
+                token=s.owner.token,
+            )
+            for _ in range(5)
+        ),
+        *(cross_again() for _ in range(5)),
+    )
+    assert all(not (r or {}).get("errors") for r in results), [r for r in results if r and r.get("errors")]
+    await inbox.drain(s.services.payments)
+    rows = await s.sql(
+        "SELECT count(*) AS n FROM ledger_transactions WHERE idempotency_key = $1",
+        f"stripe:payment_intent:{paid['data']['object']['id']}",
+    )
+    assert rows[0]["n"] == 1
+    assert (await s.wallet())["balance"] == str(200 + 500 + 5 * 150 - 5 * 160)
+    assert next(a["status"] for a in await s.attempts()) == "SUCCEEDED"
+
+
+async def test_processor_round_tops_up_and_a_refund_takes_the_credits_back(shop: Shop) -> None:
+    """The app's webhook processor round starts the top-up; a refund of its charge reverses the
+    top-up's credits like a Checkout pack's (the Payment names the intent and the charge)."""
+    s = shop
+    await s.save_card()
+    await s.set(threshold="300")
+    await s.debit(300)
+    await s.services.webhook_processor.run_once()
+    [call] = s.intents()
+    assert call.params["metadata"]["ledgerx_wallet_id"] == s.wallet_id
+    paid = s.fake.last_event("payment_intent.succeeded")
+    await s.send(paid)
+    assert (await s.wallet())["balance"] == "700"
+    await s.send(s.fake.refund(paid["data"]["object"]["latest_charge"]))
+    assert (await s.wallet())["balance"] == "200"
+    [payment] = await s.sql(
+        "SELECT status, amount_refunded, credits_reversed FROM payments WHERE stripe_payment_intent_id = $1",
+        paid["data"]["object"]["id"],
+    )
+    assert (payment["status"], payment["amount_refunded"], payment["credits_reversed"]) == ("REFUNDED", 900, 500)

@@ -122,8 +122,8 @@ async def test_ledger_lists_cost_the_same_for_5_and_50_rows(gql: GQL) -> None:
 
     await same_for_5_and_50(
         gql,
-        "wallets { transactions { refundedAmount entries grantDraws } grants }",
-        "query($p: ID!, $n: Int) { wallets(projectId: $p, first: $n) { nodes { id balance"
+        "wallets { transactions { refundedAmount entries grantDraws } grants autoTopUp }",
+        "query($p: ID!, $n: Int) { wallets(projectId: $p, first: $n) { nodes { id balance autoTopUp { enabled }"
         " grants(first: 2) { nodes { id remaining status } }"
         f" transactions(first: 2) {{ pageInfo {{ hasNextPage endCursor }} nodes {{ {TXN_FIELDS} }} }} }} }} }}",
         {"p": project_id},

@@ -252,8 +252,9 @@ async def _locked(s: AsyncSession, attempt_id: uuid.UUID) -> AutoTopUpAttempt | 
     return await s.get(AutoTopUpAttempt, attempt_id, with_for_update=True, populate_existing=True)
 
 
-async def attempt_of(s: AsyncSession, intent: Obj) -> AutoTopUpAttempt | None:
-    """The attempt an intent belongs to (locked), by our metadata, else by the intent's id."""
+async def attempt_of(s: AsyncSession, intent: Obj, *, lock: bool = True) -> AutoTopUpAttempt | None:
+    """The attempt an intent belongs to (locked unless `lock=False`), by our metadata, else by the
+    intent's id."""
     raw = objects.metadata(intent).get(META_ATTEMPT)
     attempt_id: uuid.UUID | None = None
     if raw:
@@ -265,33 +266,42 @@ async def attempt_of(s: AsyncSession, intent: Obj) -> AutoTopUpAttempt | None:
         attempt_id = await s.scalar(
             select(AutoTopUpAttempt.id).where(AutoTopUpAttempt.stripe_payment_intent_id == str(intent.get("id")))
         )
-    return await _locked(s, attempt_id) if attempt_id is not None else None
+    if attempt_id is None:
+        return None
+    return await _locked(s, attempt_id) if lock else await s.get(AutoTopUpAttempt, attempt_id)
 
 
 async def succeeded(
-    svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, intent: Obj, actor: Actor
+    svc: PaymentsService, s: AsyncSession, found: AutoTopUpAttempt, intent: Obj, actor: Actor
 ) -> tuple[Posted | None, Payment | None]:
-    """The top-up was paid: credit the pack once, pay the invoice, record the Payment (in `s`)."""
-    if a.status in ("WANTED", "SKIPPED") or a.credits is None or a.invoice_id is None:
+    """The top-up was paid: credit the pack once, pay the invoice, record the Payment (in `s`).
+
+    `found` is read without a lock: the credit comes first (it takes the wallet's lock), then the
+    attempt's lock, the order of the ledger and setAutoTopUp (wallet, then attempt), so a debit
+    crossing the threshold meanwhile cannot deadlock with this handler. The posting's key makes
+    two deliveries at once credit once; the attempt's status under its lock decides the rest."""
+    credits, invoice_id, pack_id = found.credits, found.invoice_id, found.credit_pack_id
+    if found.status in ("WANTED", "SKIPPED") or credits is None or invoice_id is None:
         return None, None  # not ours to credit (never charged)
     intent_id = str(intent["id"])
     posted = await grants.post_credits(
         svc,
         s,
-        project_id=a.project_id,
-        wallet_id=a.wallet_id,
-        credits=a.credits,
+        project_id=found.project_id,
+        wallet_id=found.wallet_id,
+        credits=credits,
         kind=Kind.PURCHASE,
         key=f"stripe:payment_intent:{intent_id}",
         reference=intent_id,
         reason="Auto top-up",
         metadata={
             "stripePaymentIntentId": intent_id,
-            "creditPackId": ids.encode("credit_pack", a.credit_pack_id) if a.credit_pack_id else None,
-            "invoiceId": ids.encode("invoice", a.invoice_id),
+            "creditPackId": ids.encode("credit_pack", pack_id) if pack_id else None,
+            "invoiceId": ids.encode("invoice", invoice_id),
         },
     )
-    if a.status == "SUCCEEDED":
+    a = await _locked(s, found.id)
+    if a is None or a.status == "SUCCEEDED" or a.invoice_id is None:
         return posted, None
     now = svc.now()
     paid = objects.integer(intent.get("amount_received")) or objects.integer(intent.get("amount"))

@@ -103,6 +103,11 @@ async def set_auto_top_up(
                 field="creditPackId",
                 reason="CURRENCY_MISMATCH",
             )
+        # The wanted row before the settings row: every writer takes the wallet, then the attempt
+        # (this insert waits on an attempt a worker or handler is changing), then the settings.
+        wanted = None
+        if enabled and w.balance < threshold:
+            wanted = await s.scalar(_WANT_NOW, {"id": uuid7(), "p": project_id, "w": wallet_id})
         old = await s.get(AutoTopUp, wallet_id, with_for_update=True)
         before = _public(records.of(AutoTopUpRecord, old)) if old is not None else None
         values = {"enabled": enabled, "threshold": threshold, "credit_pack_id": credit_pack_id}
@@ -117,9 +122,6 @@ async def set_auto_top_up(
             text("UPDATE wallets SET auto_top_up_below = :t WHERE id = :w"),
             {"t": threshold if enabled else None, "w": wallet_id},
         )
-        wanted = None
-        if enabled and w.balance < threshold:
-            wanted = await s.scalar(_WANT_NOW, {"id": uuid7(), "p": project_id, "w": wallet_id})
         s.expire_all()
         row = await s.get(AutoTopUp, wallet_id)
         assert row is not None

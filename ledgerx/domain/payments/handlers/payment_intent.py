@@ -42,7 +42,7 @@ async def on_failed(svc: PaymentsService, ev: Event) -> Outcome:
 
 async def _top_up_paid(svc: PaymentsService, ev: Event) -> Outcome:
     async with svc.db.transaction(system=True) as s:
-        a = await top_up_intents.attempt_of(s, ev.obj)
+        a = await top_up_intents.attempt_of(s, ev.obj, lock=False)  # locked after the credit
         if a is None:
             return Outcome("ignored: unknown auto top-up", ignored=True)
         posted, payment = await top_up_intents.succeeded(svc, s, a, ev.obj, ev.actor)
