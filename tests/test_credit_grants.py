@@ -561,3 +561,70 @@ async def test_a_debit_past_the_first_grants_read_draws_in_order(services: Servi
     small = await posting.debit_wallet(services.ledger, ACTOR, w, 2, key())
     assert await draws(services, pid, small.transaction.id) == [(gs[1].id, 1), (gs[0].id, 1)]
     await assert_clean(services, pid)
+
+
+async def test_verify_ledger_finds_grants_that_disagree_with_the_books(services: Services) -> None:
+    pid = await new_project(services)
+    w = await new_wallet(services, pid)
+    a = await grant(services, w, 10, priority=10)
+    b = await grant(services, w, 10, priority=20)
+    await posting.debit_wallet(services.ledger, ACTOR, w, 5, key())
+    await assert_clean(services, pid)
+    conn = await owner_conn(services)
+    try:
+        # b now looks as if it came first: the debit that drew a broke the order.
+        await conn.execute("UPDATE credit_grants SET priority = 0 WHERE id = $1", b.id)
+        kinds = {m.kind for m in (await verify_ledger(services.ledger, pid)).mismatches}
+        assert kinds == {"GRANT_ORDER"}
+        await conn.execute("UPDATE credit_grants SET priority = 20, remaining = 9 WHERE id = $1", b.id)
+        kinds = {m.kind for m in (await verify_ledger(services.ledger, pid)).mismatches}
+        assert kinds == {"GRANT_REMAINING", "GRANTS_BALANCE"}
+        await conn.execute("UPDATE credit_grants SET remaining = 10 WHERE id = $1", b.id)
+        await conn.execute("UPDATE credit_grants SET status = 'EXPIRED', remaining = 0 WHERE id = $1", a.id)
+        kinds = {m.kind for m in (await verify_ledger(services.ledger, pid)).mismatches}
+        assert "GRANT_ENDED" in kinds and "GRANT_REMAINING" in kinds
+    finally:
+        await conn.close()
+
+
+async def test_two_scheduler_instances_expire_each_grant_once_on_each_clock(services: Services) -> None:
+    from ledgerx.domain.billing import clocks
+    from ledgerx.scheduler.loop import Scheduler
+
+    live = await new_project(services)
+    test_mode = await new_project(services)
+    clock = now() - 30 * DAY
+    conn = await owner_conn(services)
+    try:
+        await conn.execute("UPDATE projects SET test_mode = true WHERE id = $1", test_mode)
+        await conn.execute("INSERT INTO billing_test_clocks (project_id, now) VALUES ($1, $2)", test_mode, clock)
+    finally:
+        await conn.close()
+    lw, tw = await new_wallet(services, live), await new_wallet(services, test_mode)
+    lg = await grant(services, lw, 10, expires_at=now() + DAY)
+    tg = await grant(services, tw, 10, expires_at=clock + DAY)
+    later = now() + 2 * DAY
+    name = f"grants-{uuid7()}"
+    a, b = (Scheduler(services.billing, name=name, holder=h, clock=lambda: later) for h in ("a", "b"))
+    for _ in range(3):
+        ticks = await asyncio.gather(a.tick(), b.tick())
+        assert sum(t.leader for t in ticks) == 1
+    # The live grant expired on the real time; the test-mode one waits for its clock.
+    assert await state(services, live, lg) == [(0, "EXPIRED")]
+    assert await state(services, test_mode, tg) == [(10, "ACTIVE")]
+    await clocks.advance(services.billing, ACTOR, test_mode, clock + 2 * DAY)
+    await asyncio.gather(a.tick(), b.tick())
+    await a.stop(grace=1)  # a restart: the other instance takes over and finds nothing left
+    await b.tick()
+    assert await state(services, test_mode, tg) == [(0, "EXPIRED")]
+    conn = await owner_conn(services)
+    try:
+        n = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE project_id = ANY($1::uuid[]) AND kind = 'EXPIRATION'",
+            [live, test_mode],
+        )
+    finally:
+        await conn.close()
+    assert n == 2
+    await assert_clean(services, live)
+    await assert_clean(services, test_mode)

@@ -15,12 +15,14 @@ a consistent ledger look inconsistent. Checks:
   transaction changed its wallets' grants by exactly what it changed `max(balance, 0)` by (so the
   sum held after every entry since the wallet had grants, `grants_from_seq`, not only now); an
   ended grant (EXPIRED, VOIDED) names the transaction that ended it and holds nothing; no grant
-  expired twice.
+  expired twice; and, replaying each wallet's grants entry by entry, every debit drew in the
+  order (no grant before the last one it drew was left holding anything).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -101,6 +103,18 @@ WHERE e.project_id = $1 AND e.wallet_id IS NOT NULL AND e.seq > w.grants_from_se
 GRANTS_ENDED = """
 SELECT id, wallet_id, status FROM credit_grants
 WHERE project_id = $1 AND status IN ('EXPIRED', 'VOIDED') AND (ended_transaction_id IS NULL OR remaining <> 0)
+"""
+# For the order replay: every grant, every draw, and each wallet's entries in sequence.
+ORDER_GRANTS = """
+SELECT id, wallet_id, amount, priority, expires_at, created_at, source_transaction_id, ended_transaction_id
+FROM credit_grants WHERE project_id = $1
+"""
+ORDER_DRAWS = "SELECT transaction_id, grant_id, amount FROM credit_grant_draws WHERE project_id = $1"
+ORDER_ENTRIES = """
+SELECT e.wallet_id, e.seq, e.transaction_id, e.amount, t.kind, t.refund_of, w.grants_from_seq
+FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id JOIN wallets w ON w.id = e.wallet_id
+WHERE e.project_id = $1 AND e.wallet_id IS NOT NULL
+ORDER BY e.wallet_id, e.seq
 """
 EXPIRED_TWICE = """
 SELECT d.grant_id, count(*) AS n FROM credit_grant_draws d JOIN ledger_transactions t ON t.id = d.transaction_id
@@ -185,6 +199,56 @@ async def _check_grants(conn: asyncpg.Connection, project_id: uuid.UUID, report:
         )
     for r in await conn.fetch(EXPIRED_TWICE, project_id):
         report.add("GRANT_EXPIRED_TWICE", f"credit grant {r['grant_id']} expired {r['n']} times")
+    await _check_draw_order(conn, project_id, report)
+
+
+_NEVER = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _order_key(g: Mapping[str, Any]) -> tuple[int, bool, dt.datetime, dt.datetime, uuid.UUID]:
+    return (g["priority"], g["expires_at"] is None, g["expires_at"] or _NEVER, g["created_at"], g["id"])
+
+
+async def _check_draw_order(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> None:
+    """Replay each wallet's grants entry by entry: before a debit, its wallet's grants hold what
+    the draws before it left; after it, every grant that comes before the last one it drew must be
+    empty. Refunds of credits (they take back their own grants first) and grant ends (expiry, void:
+    one named grant) are not debits in this sense."""
+    grants = {r["id"]: r for r in await conn.fetch(ORDER_GRANTS, project_id)}
+    if not grants:
+        return
+    draws: dict[uuid.UUID, list[tuple[uuid.UUID, int]]] = {}
+    for r in await conn.fetch(ORDER_DRAWS, project_id):
+        draws.setdefault(r["transaction_id"], []).append((r["grant_id"], r["amount"]))
+    made: dict[tuple[uuid.UUID, uuid.UUID], list[uuid.UUID]] = {}
+    ends = {g["ended_transaction_id"] for g in grants.values() if g["ended_transaction_id"] is not None}
+    live: dict[uuid.UUID, dict[uuid.UUID, int]] = {}  # wallet -> grant -> remaining
+    for g in grants.values():
+        if g["source_transaction_id"] is None:
+            live.setdefault(g["wallet_id"], {})[g["id"]] = g["amount"]
+        else:
+            made.setdefault((g["source_transaction_id"], g["wallet_id"]), []).append(g["id"])
+    async for e in conn.cursor(ORDER_ENTRIES, project_id, prefetch=2000):
+        wallet, txn = e["wallet_id"], e["transaction_id"]
+        held = live.setdefault(wallet, {})
+        for gid in made.get((txn, wallet), ()):
+            held[gid] = grants[gid]["amount"]
+        mine = [(gid, n) for gid, n in draws.get(txn, ()) if gid in held]
+        for gid, n in mine:
+            held[gid] -= n
+        plain_debit = e["amount"] < 0 and e["refund_of"] is None and txn not in ends
+        taken = [gid for gid, n in mine if n > 0]
+        if not plain_debit or not taken or e["seq"] <= e["grants_from_seq"]:
+            continue
+        last = max(_order_key(grants[gid]) for gid in taken)
+        skipped = [gid for gid, left in held.items() if left > 0 and _order_key(grants[gid]) < last]
+        if skipped:
+            report.add(
+                "GRANT_ORDER",
+                f"the debit drew a grant after {len(skipped)} grant(s) that come first and still hold credits",
+                wallet_id=wallet,
+                transaction_id=txn,
+            )
 
 
 async def _check_entries(conn: asyncpg.Connection, project_id: uuid.UUID, report: Report) -> dict[uuid.UUID, _Chain]:
