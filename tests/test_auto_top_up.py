@@ -250,10 +250,10 @@ async def test_decline_reported_once_and_no_retry_storm(shop: Shop, receiver: Re
     mails = [m for m in smtp.inbox.to("billing@shop.test") if "failed" in str(m["Subject"])]
     assert len(mails) == 1
     rows = await s.sql(
-        "SELECT occurrence_key FROM mail_outbox WHERE project_id = $1 AND kind = 'payment_failed'",
+        "SELECT occurrence_key FROM mail_outbox WHERE project_id = $1 AND kind = 'top_up_failed'",
         ids.decode("project", s.project_id),
     )
-    assert [r["occurrence_key"] for r in rows] == [f"payment_failed:{attempt['stripe_payment_intent_id']}"]
+    assert [r["occurrence_key"] for r in rows] == [f"top_up_failed:{attempt['stripe_payment_intent_id']}"]
 
     # Further debits below the threshold cross nothing: no new attempt, no Stripe call.
     for _ in range(5):

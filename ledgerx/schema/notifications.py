@@ -35,6 +35,9 @@ class NotificationKind(enum.Enum):
         "WEBHOOK_ENDPOINT_DISABLED",
         description="A webhook endpoint failed for too long and was disabled (mailed to the owner and admins).",
     )
+    TOP_UP_FAILED = strawberry.enum_value(
+        "TOP_UP_FAILED", description="A wallet's automatic top-up payment failed (it is not retried by itself)."
+    )
 
     @classmethod
     def of(cls, kind: Kind) -> NotificationKind:

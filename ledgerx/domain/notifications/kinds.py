@@ -25,6 +25,7 @@ class Kind(enum.Enum):
     CREDITS_EXPIRING = "CREDITS_EXPIRING"
     INVOICE_ISSUED = "INVOICE_ISSUED"
     WEBHOOK_ENDPOINT_DISABLED = "WEBHOOK_ENDPOINT_DISABLED"
+    TOP_UP_FAILED = "TOP_UP_FAILED"
 
     @property
     def slug(self) -> str:
@@ -53,5 +54,6 @@ SPECS: dict[Kind, Spec] = {
     Kind.CREDITS_EXPIRING: Spec(Audience.BILLING, ("wallet_name", "wallet_id", "amount", "expires_at")),
     Kind.INVOICE_ISSUED: Spec(Audience.BILLING, ("invoice_number", "amount", "due_date", "pdf_url")),
     Kind.WEBHOOK_ENDPOINT_DISABLED: Spec(Audience.ADMINS, ("endpoint_id", "endpoint_url", "failing_since", "reason")),
+    Kind.TOP_UP_FAILED: Spec(Audience.BILLING, ("amount", "wallet_id", "invoice_id", "reason", "portal_url")),
 }
 COMMON_FACTS = ("project_name", "project_id")

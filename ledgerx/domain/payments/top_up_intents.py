@@ -17,7 +17,7 @@ webhook processor's rounds, never inside a ledger transaction:
 3. the outcome: `payment_intent.succeeded` credits the pack (`succeeded`: one PAID grant, keyed by
    the intent, so replays credit once), pays the invoice and records the Payment; a decline (the
    intent Stripe answers with, or `payment_intent.payment_failed`) is `failed`: FAILED, the invoice
-   voided, `invoice.payment_failed`, a PAYMENT_FAILED mail. Each outcome is applied once, under
+   voided, `invoice.payment_failed`, a TOP_UP_FAILED mail. Each outcome is applied once, under
    the attempt row's lock.
 
 One in flight per wallet: the partial unique index over WANTED/PENDING rows. No retry storm: a
@@ -299,6 +299,7 @@ async def succeeded(
             "creditPackId": ids.encode("credit_pack", pack_id) if pack_id else None,
             "invoiceId": ids.encode("invoice", invoice_id),
         },
+        terms=grants.pack_credit_terms(await grants.pack_validity(s, pack_id), svc.ledger.now()),
     )
     a = await _locked(s, found.id)
     if a is None or a.status == "SUCCEEDED" or a.invoice_id is None:
@@ -382,15 +383,13 @@ async def _fail(
     await notify(
         s,
         a.project_id,
-        Mail.PAYMENT_FAILED,
+        Mail.TOP_UP_FAILED,
         intent_id or f"auto-top-up:{a.id}",
         {
             "amount": amounts.amount(a.amount or 0, a.currency or "USD"),
+            "wallet_id": ids.encode("wallet", a.wallet_id),
             "invoice_id": ids.encode("invoice", a.invoice_id) if a.invoice_id else "none",
-            "attempt": "1",
-            "next_attempt": "none: auto top-up waits until the wallet is credited back above its threshold"
-            " or its settings are saved again",
-            "grace_until": "any time (an auto top-up, not the plan)",
+            "reason": why,
             "portal_url": links.billing_page(svc.settings.public_url, a.project_id),
         },
     )
