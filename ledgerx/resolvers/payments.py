@@ -142,6 +142,7 @@ class Mutation:
             name=input.name,
             credits=int(input.credits),
             price=input.price.parse(),
+            validity=input.validity_days,
         )
         return CreditPackType.of(pack)
 
@@ -155,6 +156,7 @@ class Mutation:
             name=input.name,
             credits=int(input.credits) if input.credits is not None else None,
             price=input.price.parse() if input.price is not None else None,
+            validity=credit_packs.KEEP if input.validity_days is strawberry.UNSET else input.validity_days,
         )
         return CreditPackType.of(pack)
 
@@ -181,6 +183,7 @@ class Mutation:
             monthly_quotas=parse_quotas(input.monthly_quotas),
             features=input.features,
             trial_days=input.trial_days,
+            rollover_credits=input.rollover_credits,
         )
         return PlanType.of(plan)
 
@@ -202,6 +205,7 @@ class Mutation:
             monthly_quotas=parse_quotas(input.monthly_quotas),
             features=input.features,
             trial_days=input.trial_days,
+            rollover_credits=input.rollover_credits,
             **kwargs,  # type: ignore[arg-type]
         )
         return PlanType.of(plan)

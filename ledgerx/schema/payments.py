@@ -191,6 +191,9 @@ class PlanType:
     monthly_quotas: list[Quota]
     features: list[str]
     trial_days: int
+    rollover_credits: bool = strawberry.field(
+        description="Included credits never expire (else they expire at the end of their period)."
+    )
     archived: bool
     archived_at: dt.datetime | None
     stripe_price_id: str | None
@@ -210,6 +213,7 @@ class PlanType:
             monthly_quotas=_quotas(p.monthly_quotas),
             features=list(p.features or []),
             trial_days=p.trial_days,
+            rollover_credits=p.rollover_credits,
             archived=p.archived_at is not None,
             archived_at=p.archived_at,
             stripe_price_id=p.stripe_price_id,
@@ -224,6 +228,9 @@ class CreditPackType:
     name: str
     credits: BigInt
     price: Money
+    validity_days: int | None = strawberry.field(
+        description="Days a purchase's credits stay spendable after the payment; null: they never expire."
+    )
     archived: bool
     archived_at: dt.datetime | None
     stripe_price_id: str | None
@@ -237,6 +244,7 @@ class CreditPackType:
             name=p.name,
             credits=BigInt(p.credits),
             price=money_of(p.price_amount, p.currency),
+            validity_days=p.validity_days,
             archived=p.archived_at is not None,
             archived_at=p.archived_at,
             stripe_price_id=p.stripe_price_id,
@@ -250,6 +258,9 @@ class CreateCreditPackInput:
     name: str
     credits: BigInt
     price: MoneyInput
+    validity_days: int | None = strawberry.field(
+        default=None, description="1 to 3650: each purchase's credits expire that many days after the payment."
+    )
 
 
 @strawberry.input
@@ -258,6 +269,9 @@ class UpdateCreditPackInput:
     name: str | None = None
     credits: BigInt | None = None
     price: MoneyInput | None = None
+    validity_days: int | None = strawberry.field(
+        default=strawberry.UNSET, description="null: purchases from then on never expire; omitted: unchanged."
+    )
 
 
 @strawberry.input
@@ -271,6 +285,9 @@ class CreatePlanInput:
     monthly_quotas: list[QuotaInput] = strawberry.field(default_factory=list)
     features: list[str] = strawberry.field(default_factory=list)
     trial_days: int = 0
+    rollover_credits: bool = strawberry.field(
+        default=False, description="Included credits never expire (else at the end of their period)."
+    )
 
 
 @strawberry.input
@@ -286,6 +303,7 @@ class UpdatePlanInput:
     monthly_quotas: list[QuotaInput] | None = None
     features: list[str] | None = None
     trial_days: int | None = None
+    rollover_credits: bool | None = None
 
 
 # -- checkout and subscriptions ----------------------------------------------------------------------------

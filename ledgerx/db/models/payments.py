@@ -37,6 +37,8 @@ class Plan(Base):
     monthly_quotas: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     features: Mapped[list[str]] = mapped_column(JSONB, nullable=False, default=list)
     trial_days: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Included credits without expiry (else they expire at the end of their period).
+    rollover_credits: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     stripe_product_id: Mapped[str | None] = mapped_column(Text)
     stripe_price_id: Mapped[str | None] = mapped_column(Text)
     archived_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
@@ -52,6 +54,8 @@ class CreditPack(Base):
     credits: Mapped[int] = mapped_column(BigInteger, nullable=False)
     price_amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
     currency: Mapped[str] = mapped_column(Text, nullable=False)
+    # Days a purchase's credits stay spendable (1-3650); NULL: they never expire.
+    validity_days: Mapped[int | None] = mapped_column(Integer)
     stripe_product_id: Mapped[str | None] = mapped_column(Text)
     stripe_price_id: Mapped[str | None] = mapped_column(Text)
     archived_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

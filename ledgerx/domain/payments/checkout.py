@@ -142,8 +142,10 @@ async def create_checkout_session(
             raise BadInput("this credit pack is archived", field="creditPackId")
         pack = await prices.ensure_pack_price(svc, pack)
         meta[objects.META_PACK] = ids.encode("credit_pack", pack.id)
-        # The credits are fixed when the customer sees the price, whatever the pack becomes later.
+        # The credits and their validity are fixed when the customer sees the price, whatever the
+        # pack becomes later.
         meta[objects.META_CREDITS] = str(pack.credits)
+        meta[objects.META_VALIDITY] = str(pack.validity_days or 0)
         params.update(
             mode="payment",
             line_items=[{"price": pack.stripe_price_id, "quantity": 1}],

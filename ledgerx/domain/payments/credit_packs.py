@@ -20,6 +20,21 @@ from ledgerx.domain.payments.records import CreditPackRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
 
+MAX_VALIDITY_DAYS = 3650
+# `update_credit_pack(validity=KEEP)`: leave the validity as it is (None clears it).
+KEEP: Any = object()
+
+
+def validity_days(days: int | None) -> int | None:
+    """None: the pack's credits never expire; else 1 to 3650 days after each purchase."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_VALIDITY_DAYS:
+        raise BadInput(
+            f"validityDays must be between 1 and {MAX_VALIDITY_DAYS} (null: no expiry)", field="validityDays"
+        )
+    return days
+
 
 def pack_snapshot(p: CreditPack) -> dict[str, Any]:
     return {
@@ -27,18 +42,20 @@ def pack_snapshot(p: CreditPack) -> dict[str, Any]:
         "credits": str(p.credits),
         "price": str(p.price_amount),
         "currency": p.currency,
+        "validityDays": p.validity_days,
         "stripePriceId": p.stripe_price_id,
         "archived": p.archived_at is not None,
     }
 
 
 async def create_credit_pack(
-    svc: PaymentsService, actor: Actor, *, name: str, credits: int, price: Money
+    svc: PaymentsService, actor: Actor, *, name: str, credits: int, price: Money, validity: int | None = None
 ) -> CreditPackRecord:
     clean = clean_name(name)
     positive(credits, "credits")
     if price.amount <= 0:
         raise BadInput("a credit pack needs a price above zero", field="price.amount")
+    validity = validity_days(validity)
     pack_id = uuid7()
     stripe_ids = await stripe_price(
         svc,
@@ -56,6 +73,7 @@ async def create_credit_pack(
         credits=credits,
         price_amount=price.amount,
         currency=price.currency,
+        validity_days=validity,
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
@@ -73,10 +91,16 @@ async def update_credit_pack(
     name: str | None = None,
     credits: int | None = None,
     price: Money | None = None,
+    validity: int | None = KEEP,
 ) -> CreditPackRecord:
+    """Edit a pack. A new validity applies to Checkouts opened and top-ups paid from then on."""
+    if validity is not KEEP:
+        validity_days(validity)  # refused before Stripe is asked
     changes = StripeChanges()
     try:
-        pack = await _update_credit_pack(svc, actor, pack_id, name=name, credits=credits, price=price, changes=changes)
+        pack = await _update_credit_pack(
+            svc, actor, pack_id, name=name, credits=credits, price=price, validity=validity, changes=changes
+        )
     except BaseException:
         await changes.undo(svc)
         raise
@@ -92,6 +116,7 @@ async def _update_credit_pack(
     name: str | None,
     credits: int | None,
     price: Money | None,
+    validity: int | None,
     changes: StripeChanges,
 ) -> CreditPack:
     async with svc.db.transaction(system=True) as s:
@@ -105,6 +130,8 @@ async def _update_credit_pack(
                 await svc.stripe.update_product(pack.stripe_product_id, {"name": pack.name})
         if credits is not None:
             pack.credits = positive(credits, "credits")
+        if validity is not KEEP:
+            pack.validity_days = validity_days(validity)
         if price is not None and (price.amount, price.currency) != (pack.price_amount, pack.currency):
             if price.amount <= 0:
                 raise BadInput("a credit pack needs a price above zero", field="price.amount")

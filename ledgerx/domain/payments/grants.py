@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import Invoice, Payment, Wallet
+from ledgerx.db.models import CreditPack, Invoice, Payment, Plan, Wallet
 from ledgerx.domain import topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.ledger.posting import post_transaction
@@ -109,7 +109,8 @@ async def post_credits(
     terms: GrantTerms | None = None,
 ) -> Posted:
     """Credits into a wallet from the project's EXTERNAL_FUNDING account (money paid outside), as
-    one credit grant: PAID without expiry (credit packs) unless `terms` say otherwise."""
+    one credit grant: PAID without expiry unless `terms` say otherwise (`pack_credit_terms`,
+    `plan_credit_terms`)."""
     return await post_transaction(
         svc.ledger,
         Posting(
@@ -130,12 +131,35 @@ async def post_credits(
     )
 
 
-def plan_credit_terms(invoice: Invoice, now: dt.datetime) -> GrantTerms:
+def plan_credit_terms(invoice: Invoice, now: dt.datetime, *, rollover: bool = False) -> GrantTerms:
     """Plan credits are PROMOTIONAL and expire at the end of the period they were included for
     (an invoice paid after its period ended: no expiry, so a late payment does not lose them at
-    once). Plans with `rolloverCredits` are not there yet: every plan's credits expire."""
+    once); a plan with `rolloverCredits` keeps them without expiry."""
     end = invoice.period_end
-    return GrantTerms(GrantCategory.PROMOTIONAL, expires_at=end if end is not None and end > now else None)
+    keep = rollover or end is None or end <= now
+    return GrantTerms(GrantCategory.PROMOTIONAL, expires_at=None if keep else end)
+
+
+def pack_credit_terms(validity_days: int | None, now: dt.datetime) -> GrantTerms:
+    """The terms of a credit pack purchase (Checkout or auto top-up): PAID, expiring `validityDays`
+    after the payment is recorded when the pack sets it. `now` is the ledger's clock, the one
+    that stamps the grant, as plan credits compare their period end with (payments do not follow
+    a project's test clock)."""
+    return GrantTerms(GrantCategory.PAID, expires_at=now + dt.timedelta(days=validity_days) if validity_days else None)
+
+
+async def pack_validity(s: AsyncSession, pack_id: uuid.UUID | None) -> int | None:
+    """The pack's `validityDays` as it is now (None: no expiry, or no pack)."""
+    if pack_id is None:
+        return None
+    days = await s.scalar(select(CreditPack.validity_days).where(CreditPack.id == pack_id))
+    return int(days) if days is not None else None
+
+
+async def _rollover(s: AsyncSession, plan_id: uuid.UUID | None) -> bool:
+    if plan_id is None:
+        return False
+    return bool(await s.scalar(select(Plan.rollover_credits).where(Plan.id == plan_id)))
 
 
 async def grant_invoice(
@@ -161,7 +185,7 @@ async def grant_invoice(
             key=f"stripe:invoice:{invoice.stripe_invoice_id}",
             reference=invoice.stripe_invoice_id,
             reason=reason,
-            terms=plan_credit_terms(invoice, svc.ledger.now()),
+            terms=plan_credit_terms(invoice, svc.ledger.now(), rollover=await _rollover(s, invoice.plan_id)),
             metadata={
                 "stripeInvoiceId": invoice.stripe_invoice_id,
                 "invoiceId": ids.encode("invoice", invoice.id),

@@ -23,6 +23,8 @@ META_PACK = "ledgerx_credit_pack_id"
 META_PLAN = "ledgerx_plan_id"
 META_WALLET = "ledgerx_wallet_id"
 META_CREDITS = "ledgerx_credits"
+# A credit pack's validityDays when its Checkout opened ("0": no expiry).
+META_VALIDITY = "ledgerx_validity_days"
 META_INVOICE = "ledgerx_invoice_id"
 META_KIND = "ledgerx_kind"
 META_COUPON = "ledgerx_coupon_id"
@@ -85,6 +87,16 @@ def decode_meta(meta: Mapping[str, str], key: str, kind: str) -> uuid.UUID | Non
         return ids.decode(kind, raw)
     except AppError:
         return None
+
+
+def validity_days(meta: Mapping[str, str], current: int | None) -> int | None:
+    """The pack's validityDays when the Checkout opened (the customer bought those terms);
+    `current`, the pack's validity now, for a session opened before LedgerX wrote it."""
+    raw = meta.get(META_VALIDITY)
+    if raw is None:
+        return current
+    days = integer(raw)
+    return days if 1 <= days <= 3650 else None
 
 
 def data_object(event: Obj) -> Obj:

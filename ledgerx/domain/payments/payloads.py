@@ -45,6 +45,7 @@ def plan(p: PlanRecord) -> dict[str, Any]:
         ],
         "features": list(p.features or []),
         "trialDays": p.trial_days,
+        "rolloverCredits": p.rollover_credits,
         "archived": p.archived_at is not None,
         "archivedAt": optional(datetime_text, p.archived_at),
         "stripePriceId": p.stripe_price_id,

@@ -88,6 +88,12 @@ def _trial_days(days: int) -> int:
     return days
 
 
+def _rollover(value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise BadInput("rolloverCredits must be true or false", field="rolloverCredits")
+    return value
+
+
 def plan_snapshot(p: Plan) -> dict[str, Any]:
     return {
         "name": p.name,
@@ -100,6 +106,7 @@ def plan_snapshot(p: Plan) -> dict[str, Any]:
         "monthlyQuotas": {k: str(v) for k, v in (p.monthly_quotas or {}).items()},
         "features": p.features,
         "trialDays": p.trial_days,
+        "rolloverCredits": p.rollover_credits,
         "stripePriceId": p.stripe_price_id,
         "archived": p.archived_at is not None,
     }
@@ -118,6 +125,7 @@ async def create_plan(
     monthly_quotas: Mapping[str, int] | None = None,
     features: Sequence[str] = (),
     trial_days: int = 0,
+    rollover_credits: bool = False,
 ) -> PlanRecord:
     # Every check before Stripe is asked, so refused input never leaves Stripe objects behind.
     clean = clean_name(name)
@@ -127,6 +135,7 @@ async def create_plan(
     quotas = quotas_json(monthly_quotas or {})
     feature_list = _features(features)
     trial = _trial_days(trial_days)
+    rollover = _rollover(rollover_credits)
     plan_id = uuid7()
     stripe_ids = None
     if price.amount > 0:
@@ -152,6 +161,7 @@ async def create_plan(
         monthly_quotas=quotas,
         features=feature_list,
         trial_days=trial,
+        rollover_credits=rollover,
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
         stripe_price_id=stripe_ids[1] if stripe_ids else None,
     )
@@ -177,8 +187,10 @@ async def update_plan(
     monthly_quotas: Mapping[str, int] | None = None,
     features: Sequence[str] | None = None,
     trial_days: int | None = None,
+    rollover_credits: bool | None = None,
 ) -> PlanRecord:
-    """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs."""
+    """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs. A change
+    of `rollover_credits` applies to credits granted from then on."""
     changes = StripeChanges()
     try:
         plan = await _update_plan(
@@ -192,6 +204,7 @@ async def update_plan(
             monthly_quotas=monthly_quotas,
             features=features,
             trial_days=trial_days,
+            rollover_credits=rollover_credits,
             changes=changes,
         )
     except BaseException:
@@ -213,6 +226,7 @@ async def _update_plan(
     monthly_quotas: Mapping[str, int] | None,
     features: Sequence[str] | None,
     trial_days: int | None,
+    rollover_credits: bool | None,
     changes: StripeChanges,
 ) -> Plan:
     async with svc.db.transaction(system=True) as s:
@@ -234,6 +248,8 @@ async def _update_plan(
             plan.features = _features(features)
         if trial_days is not None:
             plan.trial_days = _trial_days(trial_days)
+        if rollover_credits is not None:
+            plan.rollover_credits = _rollover(rollover_credits)
         if price is not None and (price.amount, price.currency) != (plan.price_amount, plan.currency):
             _tier(plan.tier, price)
             created = None

@@ -31,6 +31,7 @@ class PlanRecord:
     monthly_quotas: dict[str, Any]
     features: list[str]
     trial_days: int
+    rollover_credits: bool
     stripe_product_id: str | None
     stripe_price_id: str | None
     archived_at: dt.datetime | None
@@ -45,6 +46,7 @@ class CreditPackRecord:
     credits: int
     price_amount: int
     currency: str
+    validity_days: int | None
     stripe_product_id: str | None
     stripe_price_id: str | None
     archived_at: dt.datetime | None

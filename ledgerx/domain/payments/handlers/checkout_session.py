@@ -60,9 +60,12 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
     if pack_id is None:
         return Outcome("ignored: no credit pack in the session metadata", project_id, ignored=True)
     async with svc.db.read() as s:
-        pack_credits = await s.scalar(select(CreditPack.credits).where(CreditPack.id == pack_id))
-    if pack_credits is None:
+        pack = (
+            await s.execute(select(CreditPack.credits, CreditPack.validity_days).where(CreditPack.id == pack_id))
+        ).first()
+    if pack is None:
         raise Permanent(f"credit pack {meta[objects.META_PACK]} not found")
+    pack_credits = pack.credits
     credits = objects.integer(meta.get(objects.META_CREDITS))
     if credits <= 0:
         credits = int(pack_credits)
@@ -82,6 +85,7 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
             reference=session_id,
             reason="Credit pack purchase",
             metadata={"stripeCheckoutSessionId": session_id, "creditPackId": meta[objects.META_PACK]},
+            terms=grants.pack_credit_terms(objects.validity_days(meta, pack.validity_days), svc.ledger.now()),
         )
         payment = (
             await s.execute(
