@@ -231,8 +231,20 @@ async def test_auto_top_up_credits_the_pack_with_its_validity(buyer: Buyer) -> N
     debit = {"walletId": b.wallet_id, "amount": "300", "idempotencyKey": uuid.uuid4().hex}
     assert (await b.gql.ok(DEBIT, {"i": debit}, token=b.owner.token))["debitWallet"]["balanceAfter"] == "200"
     before = now()
-    assert await top_up_intents.run_once(b.services.payments) == 1
-    await b.send(b.fake.last_event("payment_intent.succeeded"))
+    # (The round also claims what earlier tests in this database left wanted: look for ours.)
+    assert await top_up_intents.run_once(b.services.payments) >= 1
+    [attempt] = await owner_sql(
+        b.settings,
+        "SELECT status, stripe_payment_intent_id AS pi FROM auto_top_up_attempts WHERE wallet_id = $1",
+        ids.decode("wallet", b.wallet_id),
+    )
+    assert attempt["status"] == "PENDING"
+    [paid] = [
+        e
+        for e in b.fake.events
+        if e["type"] == "payment_intent.succeeded" and e["data"]["object"]["id"] == attempt["pi"]
+    ]
+    await b.send(paid)
     after = now()
     assert (await b.wallet())["balance"] == "700"
     rows = await owner_sql(
@@ -312,11 +324,13 @@ def test_the_terms_functions() -> None:
 async def test_bad_terms_are_refused_on_their_field_and_write_nothing(buyer: Buyer) -> None:
     b = buyer
     products = len(b.fake.of_type("product"))
+    name = f"refused {uuid.uuid4().hex}"
     for bad in (0, -1, 3651, 2**31 - 1):
-        err = await b.gql.error(CREATE_PACK, {"i": pack_input(10, validityDays=bad)}, token=b.admin.token)
+        refused = pack_input(10, validityDays=bad, name=name)
+        err = await b.gql.error(CREATE_PACK, {"i": refused}, token=b.admin.token)
         assert (err["code"], err["field"]) == ("BAD_USER_INPUT", "validityDays"), bad
     assert len(b.fake.of_type("product")) == products  # refused before Stripe is asked
-    rows = await owner_sql(b.settings, "SELECT count(*) AS n FROM credit_packs WHERE name = '10 credits'")
+    rows = await owner_sql(b.settings, "SELECT count(*) AS n FROM credit_packs WHERE name = $1", name)
     assert rows[0]["n"] == 0
 
     pack = await b.pack(credits=20, validityDays=3650)
