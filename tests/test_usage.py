@@ -115,7 +115,8 @@ async def test_who_may_define_record_and_read(gql: GQL) -> None:
     err = await gql.error(RECORD, {"i": {**record, "idempotencyKey": "v-1"}}, token=team.viewer.token)
     assert err["code"] == "FORBIDDEN"
 
-    summary = {"projectId": p, "metricKey": "api_calls", "from": iso(NOW - dt.timedelta(hours=1)), "to": iso(NOW)}
+    now = dt.datetime.now(dt.UTC)  # after the event: the module's NOW is from import time, hours before in a long run
+    summary = {"projectId": p, "metricKey": "api_calls", "from": iso(now - dt.timedelta(hours=1)), "to": iso(now)}
     data = await gql.ok(SUMMARY, {"i": {**summary, "granularity": "HOUR"}}, token=team.viewer.token)
     assert sum(int(x["events"]) for x in data["usageSummary"]) == 1
 
