@@ -534,3 +534,7 @@ async def test_subscription_checkout_with_coupon(world: World) -> None:
         ids.decode("project", pid),
     )
     assert [a["action"] for a in actions] == ["payments.coupon.bonus", "payments.coupon.redeem"]
+    # The subscription's first invoice was paid at the discounted price: its Payment says by how much.
+    payments = (await w.gql.ok(PAYMENTS, {"p": pid}, token=w.owner.token))["payments"]["edges"]
+    (paid,) = [e["node"] for e in payments if e["node"]["amount"]["amount"] == "1500"]
+    assert paid["discount"] == {"amount": "500", "currency": "USD"}

@@ -163,10 +163,11 @@ async def _rollover(s: AsyncSession, plan_id: uuid.UUID | None) -> bool:
 
 
 async def grant_invoice(
-    svc: PaymentsService, s: AsyncSession, invoice: Invoice, *, wallet_id: uuid.UUID
+    svc: PaymentsService, s: AsyncSession, invoice: Invoice, *, wallet_id: uuid.UUID, discount: int = 0
 ) -> Posted | None:
     """Grant a paid invoice's credits once (keyed by the Stripe invoice) and record its Payment
-    (announced as `payment.succeeded` when this call recorded it)."""
+    (announced as `payment.succeeded` when this call recorded it), with `discount`: what coupons
+    took off the invoice (Stripe's `total_discount_amounts`)."""
     assert invoice.stripe_invoice_id is not None
     posted: Posted | None = None
     if invoice.credits > 0 and invoice.grant_transaction_id is None:
@@ -202,6 +203,7 @@ async def grant_invoice(
                 kind="SUBSCRIPTION",
                 status="SUCCEEDED",
                 amount=invoice.amount_paid,
+                discount=discount,
                 currency=invoice.currency,
                 credits=invoice.credits if invoice.grant_transaction_id else 0,
                 plan_id=invoice.plan_id,

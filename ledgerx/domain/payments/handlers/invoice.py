@@ -179,7 +179,9 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 transitions = objects.obj(inv.get("status_transitions"))
                 row.paid_at = row.paid_at or objects.ts(transitions.get("paid_at")) or ev.created
                 assert wallet_id is not None
-                posted = await grants.grant_invoice(svc, s, row, wallet_id=wallet_id)
+                discounts = inv.get("total_discount_amounts") or []
+                discount = sum(objects.integer(objects.obj(d).get("amount")) for d in discounts)
+                posted = await grants.grant_invoice(svc, s, row, wallet_id=wallet_id, discount=discount)
                 if posted is not None and not posted.replayed:
                     changed = True
                 if sub is not None and sub.synced_at is None:
