@@ -457,3 +457,24 @@ async def test_processor_round_tops_up_and_a_refund_takes_the_credits_back(shop:
         paid["data"]["object"]["id"],
     )
     assert (payment["status"], payment["amount_refunded"], payment["credits_reversed"]) == ("REFUNDED", 900, 500)
+
+
+async def test_a_refund_or_dispute_of_the_top_up_charges_nothing_again(shop: Shop) -> None:
+    """Taking the top-up's money back crosses the threshold again, but must not re-charge the card
+    that was just refunded (or that its holder disputed)."""
+    s = shop
+    await s.save_card()
+    await s.set(threshold="300")
+    for taken_back in ("refund", "dispute"):
+        await s.debit(int((await s.wallet())["balance"]) - 200)  # down to 200: a crossing
+        await s.services.webhook_processor.run_once()
+        paid = s.fake.last_event("payment_intent.succeeded")
+        await s.send(paid)
+        assert (await s.wallet())["balance"] == "700"
+        intents = len(s.intents())
+        charge = paid["data"]["object"]["latest_charge"]
+        await s.send(s.fake.refund(charge) if taken_back == "refund" else s.fake.dispute(charge))
+        assert (await s.wallet())["balance"] == "200", taken_back  # 700 -> 200: below the threshold
+        await s.services.webhook_processor.run_once()
+        assert len(s.intents()) == intents, f"the {taken_back} charged the card again"
+        await s.credit(100)  # back to 300 (at the threshold): the next debit may cross again

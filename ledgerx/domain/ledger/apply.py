@@ -47,6 +47,9 @@ from ledgerx.domain.ledger.types import (
 from ledgerx.domain.webhooks import outbox
 from ledgerx.ids import uuid7
 
+# Kinds whose crossing of an auto top-up threshold starts no purchase (see _chain_entries).
+_NO_TOP_UP = frozenset({Kind.REFUND.value, Kind.DISPUTE.value})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ResolvedLeg:
@@ -610,7 +613,9 @@ def _chain_entries(
         # A downward crossing of the threshold: at most one event per crossing, by construction.
         if threshold is not None and before >= threshold > w.balance:
             low.append(leg.wallet_id)
-        if w.top_up_below is not None and before >= w.top_up_below > w.balance:
+        # Money taken back (a refund, a dispute hold) never buys more: re-charging the card that was
+        # just refunded or disputed is the one thing the customer did not ask for.
+        if w.top_up_below is not None and before >= w.top_up_below > w.balance and p.kind not in _NO_TOP_UP:
             writes.top_ups.append((p.project_id, leg.wallet_id, txn_id))
     return entries, low
 
