@@ -55,10 +55,17 @@ def _one_line(value: str) -> str:
     return " ".join(value.split())
 
 
+def instant(t: dt.datetime | None, *, none: str = "none") -> str:
+    """How every mail writes an instant: `2026-02-08 00:00 UTC` (`none` when there is none)."""
+    if t is None:
+        return none
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def verification_mail(*, name: str, email: str, link: str, expires_at: dt.datetime) -> tuple[str, str]:
     """Subject and body of the email-verification mail (sign-up and `resendVerification`)."""
     greeting = f"Hi {_one_line(name)}," if name.strip() else "Hi,"
-    expires = expires_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    expires = instant(expires_at)
     body = (
         f"{greeting}\n"
         "\n"

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from ledgerx import ids
+from ledgerx.domain import mail
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError
 from ledgerx.domain.ledger import apply, grants, payloads
@@ -183,6 +184,6 @@ async def _warn(conn: asyncpg.Connection, r: asyncpg.Record) -> None:
             "wallet_name": r["name"],
             "wallet_id": ids.encode("wallet", r["wallet_id"]),
             "amount": amounts.amount(r["remaining"], r["currency"]),
-            "expires_at": amounts.instant(r["expires_at"]),
+            "expires_at": mail.instant(r["expires_at"]),
         },
     )

@@ -1,8 +1,7 @@
-"""Amounts and instants as a mail writes them (money is integers in minor units everywhere else)."""
+"""Amounts as a mail writes them (money is integers in minor units everywhere else; instants:
+`mail.instant`)."""
 
 from __future__ import annotations
-
-import datetime as dt
 
 # ISO 4217 currencies without minor units (Stripe's zero-decimal list).
 ZERO_DECIMAL = frozenset(
@@ -22,10 +21,3 @@ def amount(minor: int, currency: str) -> str:
     sign = "-" if minor < 0 else ""
     whole, frac = divmod(abs(minor), 10**places)
     return f"{code} {sign}{whole:,}.{frac:0{places}d}"
-
-
-def instant(t: dt.datetime | None, *, none: str = "none") -> str:
-    """`2026-02-08 00:00 UTC`."""
-    if t is None:
-        return none
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -18,6 +18,7 @@ from sqlalchemy.types import BigInteger, Text
 
 from ledgerx import ids
 from ledgerx.db.models import Invoice, MailOutbox, Plan, PlanSubscription
+from ledgerx.domain import mail
 from ledgerx.domain.notifications import amounts, links
 from ledgerx.domain.notifications.kinds import Kind
 from ledgerx.domain.notifications.notify import notify
@@ -53,8 +54,8 @@ async def payment_failed(
             "amount": amounts.amount(invoice.amount_due, invoice.currency),
             "invoice_id": ids.encode("invoice", invoice.id),
             "attempt": str(max(attempt, invoice.attempt_count, 1)),
-            "next_attempt": amounts.instant(invoice.next_payment_attempt, none="none scheduled"),
-            "grace_until": amounts.instant(sub.grace_until, none="the end of the grace period"),
+            "next_attempt": mail.instant(invoice.next_payment_attempt, none="none scheduled"),
+            "grace_until": mail.instant(sub.grace_until, none="the end of the grace period"),
             "portal_url": links.billing_page(svc.settings.public_url, invoice.project_id),
         },
     )
@@ -123,7 +124,7 @@ async def warn_grace_ending(svc: PaymentsService, *, limit: int = 200) -> int:
                 grace_key(sub.id, sub.grace_until),
                 {
                     "plan_name": await _plan_name(s, sub.plan_id),
-                    "grace_until": amounts.instant(sub.grace_until),
+                    "grace_until": mail.instant(sub.grace_until),
                     "portal_url": links.billing_page(svc.settings.public_url, sub.project_id),
                 },
             )

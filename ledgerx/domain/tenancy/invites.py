@@ -43,7 +43,7 @@ from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.service import normalize_email
 from ledgerx.domain.auth.verification import mark_verified
 from ledgerx.domain.errors import BadInput, Conflict, Forbidden, NotFound, ProjectSuspended, RateLimited
-from ledgerx.domain.mail import Mailer
+from ledgerx.domain.mail import Mailer, instant
 from ledgerx.domain.records import of
 from ledgerx.domain.tenancy.records import InviteRecord, MemberRecord
 from ledgerx.ids import encode, uuid7
@@ -478,7 +478,7 @@ class InviteService:
         ).first()
         project_name = row[0] if row else "a project"
         inviter = (row[1] if row else None) or "A project admin"
-        expires = inv.expires_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        expires = instant(inv.expires_at)
         body = (
             f"{inviter} invited you to join the project {project_name} on LedgerX as {inv.role.lower()}.\n"
             "\n"

@@ -12,7 +12,7 @@ import uuid
 
 import asyncpg
 
-from ledgerx.domain.notifications import amounts
+from ledgerx.domain import mail
 from ledgerx.domain.notifications.kinds import Kind
 from ledgerx.domain.notifications.notify import notify
 from ledgerx.ids import encode
@@ -34,7 +34,7 @@ async def endpoint_disabled(
         {
             "endpoint_id": encode("webhook_endpoint", endpoint_id),
             "endpoint_url": url,
-            "failing_since": amounts.instant(failing_since),
+            "failing_since": mail.instant(failing_since),
             "reason": f"every attempt failed for {failing_for}",
         },
     )
