@@ -31,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ledgerx.domain.payments import inbox
+from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import free_port
 
@@ -114,6 +116,14 @@ async def deliver(
         content=payload,
         headers={"Stripe-Signature": sign(payload, secret, timestamp), "Content-Type": "application/json"},
     )
+
+
+async def deliver_and_process(client: httpx.AsyncClient, services: Services, *events: Obj) -> None:
+    """Each event through the signed route (each must be accepted), then the inbox processed."""
+    for ev in events:
+        r = await deliver(client, ev)
+        assert r.status_code == 200, r.text
+    await inbox.drain(services.payments)
 
 
 # -- the fake ------------------------------------------------------------------------------------------------

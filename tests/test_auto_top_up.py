@@ -22,7 +22,7 @@ from ledgerx.domain.payments import inbox, top_up_intents
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
-from tests.fake_stripe import FakeStripe, checkout, create_pack, deliver, stripe_settings
+from tests.fake_stripe import FakeStripe, checkout, create_pack, deliver, deliver_and_process, stripe_settings
 from tests.tenancy_helpers import add_member, create_project, make_platform_admin, owner_sql
 from tests.test_invites import SmtpServer, fast_mail
 from tests.test_webhook_events import CREATE_ENDPOINT, Hook, receiver
@@ -76,10 +76,7 @@ class Shop:
     pack_id: str
 
     async def send(self, *events: dict[str, Any]) -> None:
-        for ev in events:
-            r = await deliver(self.client, ev)
-            assert r.status_code == 200, r.text
-        await inbox.drain(self.services.payments)
+        await deliver_and_process(self.client, self.services, *events)
 
     async def save_card(self) -> None:
         """A credit-pack Checkout (setup_future_usage=off_session): its payment_intent.succeeded

@@ -17,12 +17,19 @@ import pytest
 
 from ledgerx import ids
 from ledgerx.domain.ledger.verification import verify_ledger
-from ledgerx.domain.payments import inbox
 from ledgerx.domain.payments.handlers import dispatch
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
-from tests.fake_stripe import CHECKOUT, FakeStripe, checkout, create_pack, create_plan, deliver, stripe_settings
+from tests.fake_stripe import (
+    CHECKOUT,
+    FakeStripe,
+    checkout,
+    create_pack,
+    create_plan,
+    deliver_and_process,
+    stripe_settings,
+)
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -73,10 +80,7 @@ class World:
         return dict(data["createCoupon"])
 
     async def send(self, *events: dict[str, Any]) -> None:
-        for ev in events:
-            r = await deliver(self.client, ev)
-            assert r.status_code == 200, r.text
-        await inbox.drain(self.services.payments)
+        await deliver_and_process(self.client, self.services, *events)
 
     async def sql(self, query: str, *args: object) -> list[Any]:
         return await owner_sql(self.settings, query, *args)

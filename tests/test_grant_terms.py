@@ -23,12 +23,12 @@ from ledgerx.db.models import Invoice
 from ledgerx.domain.ledger import expiry
 from ledgerx.domain.ledger.types import GrantCategory
 from ledgerx.domain.ledger.verification import verify_ledger
-from ledgerx.domain.payments import inbox, top_up_intents
+from ledgerx.domain.payments import top_up_intents
 from ledgerx.domain.payments.grants import pack_credit_terms, plan_credit_terms
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
-from tests.fake_stripe import FakeStripe, checkout, deliver, stripe_settings
+from tests.fake_stripe import FakeStripe, checkout, deliver_and_process, stripe_settings
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
@@ -83,10 +83,7 @@ class Buyer:
     wallet_id: str
 
     async def send(self, *events: dict[str, Any]) -> None:
-        for ev in events:
-            r = await deliver(self.client, ev)
-            assert r.status_code == 200, r.text
-        await inbox.drain(self.services.payments)
+        await deliver_and_process(self.client, self.services, *events)
 
     async def open(self, pack_id: str) -> str:
         return await checkout(self.gql, self.owner, self.project_id, creditPackId=pack_id, walletId=self.wallet_id)
