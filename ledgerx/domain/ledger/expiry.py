@@ -49,16 +49,16 @@ EVENT = "credit_grant.expired"
 # The project's now for each grant: its test clock in test mode (the real time until first read).
 _DUE = """
 SELECT g.id, g.project_id, g.wallet_id, w.currency,
-       CASE WHEN p.test_mode THEN coalesce(c.now, $1) ELSE $1 END AS project_now
+       {now} AS project_now
 FROM credit_grants g
 JOIN wallets w ON w.id = g.wallet_id
 JOIN projects p ON p.id = g.project_id
 LEFT JOIN billing_test_clocks c ON c.project_id = g.project_id
 WHERE g.status = 'ACTIVE' AND g.expires_at IS NOT NULL AND g.expires_at <= $2
-  AND g.expires_at <= CASE WHEN p.test_mode THEN coalesce(c.now, $1) ELSE $1 END
+  AND g.expires_at <= {now}
 ORDER BY g.expires_at, g.id
 LIMIT $3
-"""
+""".format(now=grants.project_now_sql("$1"))
 # The wallets of the candidates, locked in id order; those another transaction holds are skipped
 # (a batch of postings is working on them, or another pass: the next pass takes them).
 _CLAIM = "SELECT id FROM wallets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE SKIP LOCKED"
@@ -70,11 +70,11 @@ JOIN projects p ON p.id = g.project_id
 LEFT JOIN billing_test_clocks c ON c.project_id = g.project_id
 WHERE g.status = 'ACTIVE' AND g.expires_at IS NOT NULL AND g.expiry_notified_at IS NULL
   AND g.expires_at <= $2
-  AND g.expires_at <= CASE WHEN p.test_mode THEN coalesce(c.now, $1) ELSE $1 END + $3::interval
+  AND g.expires_at <= {now} + $3::interval
 ORDER BY g.expires_at, g.id
 LIMIT $4
 FOR UPDATE OF g SKIP LOCKED
-"""
+""".format(now=grants.project_now_sql("$1"))
 _WARNED = "UPDATE credit_grants SET expiry_notified_at = $2 WHERE id = ANY($1::uuid[])"
 # Test clocks can run ahead of the real time; this bounds the candidate scan by the furthest one.
 _HORIZON = "SELECT greatest($1::timestamptz, (SELECT max(now) FROM billing_test_clocks))"

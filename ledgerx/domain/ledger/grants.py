@@ -60,10 +60,18 @@ _DRAWS = (
     "SELECT transaction_id, grant_id, amount FROM credit_grant_draws"
     " WHERE transaction_id = ANY($1::uuid[]) ORDER BY transaction_id, ord"
 )
+
+
 # A test-mode project's grants expire on its test clock (billing_test_clocks; the real time until
 # the clock is first read).
+def project_now_sql(real_now: str) -> str:
+    """The project's now as SQL over `projects p LEFT JOIN billing_test_clocks c` (the one
+    definition here and in expiry.py); `real_now` is the parameter holding the real time."""
+    return f"CASE WHEN p.test_mode THEN coalesce(c.now, {real_now}) ELSE {real_now} END"
+
+
 PROJECT_NOW = (
-    "SELECT CASE WHEN p.test_mode THEN coalesce(c.now, $2) ELSE $2 END FROM projects p"
+    f"SELECT {project_now_sql('$2')} FROM projects p"  # noqa: S608
     " LEFT JOIN billing_test_clocks c ON c.project_id = p.id WHERE p.id = $1"
 )
 
