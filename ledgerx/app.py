@@ -19,6 +19,7 @@ from ledgerx import metrics
 from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
+from ledgerx.http.documents import document_routes
 from ledgerx.http.usage import usage_endpoint
 from ledgerx.middleware import RequestContext
 from ledgerx.services import Services
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if owned:
                 await holder["services"].close()
 
+    documents = document_routes(svc)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
@@ -131,6 +133,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         *dashboard_routes(),
         Route("/v1/usage", usage_endpoint(svc), methods=["POST"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
+        Route("/invoices/{id}.pdf", documents["invoice_pdf"], methods=["GET"]),
+        Route("/credit-notes/{id}.pdf", documents["credit_note_pdf"], methods=["GET"]),
+        Route("/wallets/{id}/statement.pdf", documents["statement_pdf"], methods=["GET"]),
+        Route("/admin/invoices.csv", documents["invoices_csv"], methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestContext),

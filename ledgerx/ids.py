@@ -36,6 +36,8 @@ PREFIXES = {
     "coupon_redemption": "cpr",
     "payment": "pay",
     "invoice": "ivc",
+    "credit_note": "crn",
+    "tax_rate": "txr",
     "credit_grant": "grt",
     "subscription": "sub",
     "webhook_event": "whe",

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from ledgerx import embedded
 from ledgerx.db.engine import Database, asyncpg_dsn, make_engine
 from ledgerx.domain.analytics import LiveAnalytics
-from ledgerx.domain.auth.keys import KeyRing
+from ledgerx.domain.auth.keys import KeyRing, derived_secrets
 from ledgerx.domain.auth.oidc import OidcClient
 from ledgerx.domain.auth.passwords import Passwords
 from ledgerx.domain.auth.principal import Principal
@@ -22,6 +22,7 @@ from ledgerx.domain.auth.verification import EmailVerifier
 from ledgerx.domain.billing.service import BillingPolicy, BillingService
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.events import EventBus
+from ledgerx.domain.invoicing.links import DocumentLinks
 from ledgerx.domain.ledger import LedgerService
 from ledgerx.domain.limits import LimitPolicy
 from ledgerx.domain.mail import Mailer, OutboxSender, SenderPolicy, SmtpConfig, SmtpTransport
@@ -169,6 +170,9 @@ class Services:
             ),
         )
         svc.payments = PaymentsService(db, svc.ledger, settings, changes=svc.changes)
+        svc.payments.documents = DocumentLinks(
+            derived_secrets(keys, "document-links"), settings.public_url, settings.document_link_ttl
+        )
         svc.changes.forgets_plans(svc.payments.forget_plan)
         svc.webhook_processor = WebhookProcessor(svc.payments)
         svc.webhook_delivery = DeliveryWorker(db, DeliveryPolicy.from_settings(settings))

@@ -118,6 +118,31 @@ def _pem_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return blocks
 
 
+def _invoice_prefix(env: Mapping[str, str]) -> str:
+    value = env.get("INVOICE_NUMBER_PREFIX") or "LX-"
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,16}", value):
+        raise SettingsError(f"INVOICE_NUMBER_PREFIX: expected 1-16 letters, digits or dashes, got {value!r}")
+    return value
+
+
+def _tax_mode(env: Mapping[str, str]) -> Literal["none", "rates", "stripe"]:
+    value = (env.get("TAX_MODE") or "none").strip().lower()
+    if value == "rates":
+        return "rates"
+    if value == "stripe":
+        return "stripe"
+    if value != "none":
+        raise SettingsError(f"TAX_MODE: expected none, rates or stripe, got {value!r}")
+    return "none"
+
+
+def _country(env: Mapping[str, str], name: str) -> str | None:
+    value = (env.get(name) or "").strip().upper()
+    if value and not re.fullmatch(r"[A-Z]{2}", value):
+        raise SettingsError(f"{name}: expected an ISO 3166-1 alpha-2 country code, got {value!r}")
+    return value or None
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
@@ -229,6 +254,17 @@ class Settings:
     outbound_webhook_disable_after: int = 5 * 86400
     outbound_webhook_allow_private: bool = True
     outbound_webhook_poll_interval: float = 0.25
+    # Invoices (DESIGN.md "Invoices, taxes, credit notes, statements"): the number prefix, how taxes
+    # are computed (none | rates | stripe), the seller printed on every document (SELLER_COUNTRY
+    # also decides EU reverse charge), and how long a signed document link (pdfUrl) works.
+    invoice_number_prefix: str = "LX-"
+    tax_mode: Literal["none", "rates", "stripe"] = "none"
+    seller_name: str = "LedgerX"
+    seller_address: tuple[str, ...] = ()
+    seller_country: str | None = None
+    seller_tax_id: str | None = None
+    seller_email: str | None = None
+    document_link_ttl: int = 30 * 86400
 
     @property
     def production(self) -> bool:
@@ -333,6 +369,14 @@ class Settings:
             outbound_webhook_timeout=float(_duration(e, "OUTBOUND_WEBHOOK_TIMEOUT", 10)),
             outbound_webhook_disable_after=_duration(e, "OUTBOUND_WEBHOOK_DISABLE_AFTER", 5 * 86400),
             outbound_webhook_allow_private=_bool(e, "OUTBOUND_WEBHOOK_ALLOW_PRIVATE", not production),
+            invoice_number_prefix=_invoice_prefix(e),
+            tax_mode=_tax_mode(e),
+            seller_name=(e.get("SELLER_NAME") or "LedgerX").strip() or "LedgerX",
+            seller_address=tuple(x.strip() for x in (e.get("SELLER_ADDRESS") or "").split("|") if x.strip()),
+            seller_country=_country(e, "SELLER_COUNTRY"),
+            seller_tax_id=(e.get("SELLER_TAX_ID") or "").strip() or None,
+            seller_email=(e.get("SELLER_EMAIL") or "").strip() or None,
+            document_link_ttl=_duration(e, "DOCUMENT_LINK_TTL", 30 * 86400),
         )
         for origin in s.cors_origins:
             if origin != "*" and urlsplit(origin).scheme not in ("http", "https"):

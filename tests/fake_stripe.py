@@ -12,6 +12,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime as dt
+import decimal
 import hashlib
 import hmac
 import itertools
@@ -604,6 +605,72 @@ class FakeStripe:
         sess["status"] = "expired"
         return self.event("checkout.session.expired", self._public(sess))
 
+    # tax rates (TAX_MODE=rates) and Stripe Tax (TAX_MODE=stripe)
+
+    AUTOMATIC_TAX = {"display_name": "Sales tax", "percentage": 10.0, "inclusive": False}
+
+    def _post_tax_rates(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        if rest:
+            rate = self.objects[rest[0]]
+            if "active" in p:
+                rate["active"] = _bool(p["active"])
+            return 200, rate
+        return 200, self._store(
+            {
+                "id": self.new_id("txr"),
+                "object": "tax_rate",
+                "display_name": p["display_name"],
+                "percentage": float(p["percentage"]),
+                "inclusive": _bool(p.get("inclusive")),
+                "country": p.get("country"),
+                "state": p.get("state"),
+                "active": True,
+                "metadata": p.get("metadata", {}),
+            }
+        )
+
+    @staticmethod
+    def _tax_on(net: int, rate: Obj) -> int:
+        """A line's tax: Stripe computes it per line on the discounted amount, to the nearest minor
+        unit (this fake rounds ties to even, as LedgerX documents; see invoicing/composing.py)."""
+        pct = decimal.Decimal(str(rate["percentage"]))
+        exact = decimal.Decimal(net) * pct / ((100 + pct) if rate["inclusive"] else 100)
+        return int(exact.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_EVEN))
+
+    def _taxes(self, net: int, rate_ids: list[str], automatic: bool) -> tuple[int, int, list[Obj]]:
+        """(tax, exclusive part, breakdown) of a line of `net` with these tax rates or Stripe Tax."""
+        rates = [self.objects[r] for r in rate_ids] + ([self.AUTOMATIC_TAX] if automatic else [])
+        tax = exclusive = 0
+        breakdown = []
+        for rate in rates:
+            amount = self._tax_on(net, rate)
+            tax += amount
+            exclusive += 0 if rate["inclusive"] else amount
+            breakdown.append({"amount": amount, "rate": copy.deepcopy(rate)})
+        return tax, exclusive, breakdown
+
+    # refunds
+
+    def _post_refunds(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        if rest:
+            return self._invalid("only creating a refund is faked")
+        charge_id = p.get("charge")
+        if charge_id is None and p.get("payment_intent"):
+            charge_id = next(
+                (c["id"] for c in self.of_type("charge") if c["payment_intent"] == p["payment_intent"]), None
+            )
+        if charge_id is None or charge_id not in self.objects:
+            return self._invalid("No such charge or payment intent", "charge", "resource_missing")
+        ch = self.objects[charge_id]
+        left = ch["amount"] - ch["amount_refunded"]
+        amount = int(p.get("amount", left))
+        if amount > left:
+            return self._invalid(
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})", "amount"
+            )
+        refund = self._refund(charge_id, amount, metadata=p.get("metadata", {}))
+        return 200, refund
+
     # checkout
 
     def _create_session(self, p: dict[str, Any]) -> tuple[int, Obj]:
@@ -620,6 +687,8 @@ class FakeStripe:
             coupon = self.objects[found["promotion"]["coupon"]]
             discounts.append({"coupon": coupon["id"], "promotion_code": found["id"]})
             discount += self._discount_of(coupon, subtotal - discount, price["product"])
+        automatic = _bool((p.get("automatic_tax") or {}).get("enabled"))
+        tax, exclusive, breakdown = self._taxes(subtotal - discount, list(items[0].get("tax_rates") or []), automatic)
         expires_at = int(p.get("expires_at") or self.time() + 86400)
         if not self.time() + 1800 <= expires_at <= self.time() + 86400:
             return 400, {
@@ -644,8 +713,14 @@ class FakeStripe:
                 "success_url": p.get("success_url"),
                 "cancel_url": p.get("cancel_url"),
                 "amount_subtotal": subtotal,
-                "amount_total": subtotal - discount,
-                "total_details": {"amount_discount": discount, "amount_shipping": 0, "amount_tax": 0},
+                "amount_total": subtotal - discount + exclusive,
+                "total_details": {
+                    "amount_discount": discount,
+                    "amount_shipping": 0,
+                    "amount_tax": tax,
+                    "breakdown": {"taxes": breakdown, "discounts": []},
+                },
+                "automatic_tax": {"enabled": automatic},
                 "discounts": discounts,
                 "expires_at": expires_at,
                 "currency": price["currency"],
@@ -742,6 +817,7 @@ class FakeStripe:
             "description": p.get("description"),
             "subscription": p.get("subscription"),
             "metadata": p.get("metadata", {}),
+            "tax_rates": list(p.get("tax_rates") or []),
         }
         self.pending_items.setdefault(p["customer"], []).append(item)
         return 200, self._store(item)
@@ -760,10 +836,13 @@ class FakeStripe:
                     "proration": False,
                     "period": {"start": self.time(), "end": self.time()},
                     "price": None,
+                    "tax_rates": [copy.deepcopy(self.objects[r]) for r in i["tax_rates"]],
                 }
                 for i in items
             ]
-            total = sum(line["amount"] for line in lines)
+            automatic = _bool((p.get("automatic_tax") or {}).get("enabled"))
+            taxed = [self._taxes(line["amount"], [r["id"] for r in line["tax_rates"]], automatic) for line in lines]
+            total = sum(line["amount"] for line in lines) + sum(t[1] for t in taxed)
             return 200, self._store(
                 self._invoice(
                     p["customer"],
@@ -774,6 +853,7 @@ class FakeStripe:
                     billing_reason="manual",
                     metadata=p.get("metadata", {}),
                     status="draft",
+                    taxes=[b for t in taxed for b in t[2]],
                 )
             )
         inv = self.objects[rest[0]]
@@ -807,6 +887,7 @@ class FakeStripe:
         billing_reason: str,
         metadata: Obj | None = None,
         status: str = "open",
+        taxes: list[Obj] | None = None,
     ) -> Obj:
         sub_meta = self.objects[subscription]["metadata"] if subscription in self.objects else {}
         return {
@@ -836,6 +917,10 @@ class FakeStripe:
             "period_start": lines[0]["period"]["start"] if lines else self.time(),
             "period_end": lines[0]["period"]["end"] if lines else self.time(),
             "created": self.time(),
+            "total_tax_amounts": [
+                {"amount": t["amount"], "inclusive": t["rate"]["inclusive"], "tax_rate": t["rate"].get("id")}
+                for t in taxes or []
+            ],
         }
 
     def _mark_paid(self, inv: Obj) -> None:
@@ -977,6 +1062,8 @@ class FakeStripe:
                             "quantity": 1,
                             "current_period_start": start,
                             "current_period_end": end,
+                            "tax_rates": list(sess["_line_items"][0].get("tax_rates") or []),
+                            "_automatic_tax": bool(sess["automatic_tax"]["enabled"]),
                         }
                     ],
                 },
@@ -997,13 +1084,14 @@ class FakeStripe:
             sub["discounts"].append(self._new_discount(promo, subscription=sub["id"], customer=sess["customer"])["id"])
         sess["subscription"] = sub["id"]
         events.append(self.event("customer.subscription.created", sub))
-        amount = 0 if trial_days else sess["amount_total"]
-        inv = self._store(self._cycle_invoice(sub, amount, "subscription_create"))
+        amount = 0 if trial_days else sess["amount_subtotal"]
+        discount = 0 if trial_days else sess["total_details"]["amount_discount"]
+        inv = self._store(self._cycle_invoice(sub, amount, "subscription_create", discount=discount))
         if sess["total_details"]["amount_discount"] and amount:
             inv["total_discount_amounts"] = [
                 {"amount": sess["total_details"]["amount_discount"], "discount": sub["discounts"][0]}
             ]
-        if amount:
+        if inv["total"]:
             self._mark_paid(inv)
         else:
             inv.update(status="paid")
@@ -1012,9 +1100,14 @@ class FakeStripe:
         events.append(self.event("checkout.session.completed", self._public(sess)))
         return events
 
-    def _cycle_invoice(self, sub: Obj, amount: int, reason: str) -> Obj:
+    def _cycle_invoice(self, sub: Obj, amount: int, reason: str, *, discount: int = 0) -> Obj:
+        """A period's invoice: the price's line (before discount, as Stripe shows lines), taxed by
+        the item's tax rates (or Stripe Tax) after the discount."""
         item = sub["items"]["data"][0]
         price = item["price"]
+        tax, exclusive, breakdown = self._taxes(
+            max(amount - discount, 0), list(item.get("tax_rates") or []), bool(item.get("_automatic_tax"))
+        )
         line = {
             "id": self.new_id("il"),
             "object": "line_item",
@@ -1025,8 +1118,12 @@ class FakeStripe:
             "proration": False,
             "period": {"start": sub["current_period_start"], "end": sub["current_period_end"]},
             "price": {"id": price["id"]},
+            "tax_rates": [copy.deepcopy(self.objects[r]) for r in item.get("tax_rates") or []],
         }
-        return self._invoice(sub["customer"], sub["id"], [line], amount, price["currency"], billing_reason=reason)
+        total = amount - discount + exclusive
+        return self._invoice(
+            sub["customer"], sub["id"], [line], total, price["currency"], billing_reason=reason, taxes=breakdown
+        )
 
     @staticmethod
     def _public(obj: Obj) -> Obj:
@@ -1082,21 +1179,32 @@ class FakeStripe:
             events.append(self.event("customer.subscription.updated", sub))
         return events
 
-    def refund(self, charge_id: str, amount: int | None = None) -> Obj:
+    def _refund(self, charge_id: str, amount: int, *, metadata: Obj | None = None) -> Obj:
         ch = self.objects[charge_id]
-        amount = ch["amount"] - ch["amount_refunded"] if amount is None else amount
-        refund = {
-            "id": self.new_id("re"),
-            "object": "refund",
-            "amount": amount,
-            "charge": charge_id,
-            "status": "succeeded",
-            "created": self.time(),
-        }
+        refund = self._store(
+            {
+                "id": self.new_id("re"),
+                "object": "refund",
+                "amount": amount,
+                "charge": charge_id,
+                "payment_intent": ch["payment_intent"],
+                "status": "succeeded",
+                "reason": None,
+                "metadata": metadata or {},
+                "created": self.time(),
+            }
+        )
         ch["refunds"]["data"].insert(0, refund)
         ch["amount_refunded"] += amount
         ch["refunded"] = ch["amount_refunded"] >= ch["amount"]
-        return self.event("charge.refunded", ch)
+        self.event("charge.refunded", ch)
+        return refund
+
+    def refund(self, charge_id: str, amount: int | None = None) -> Obj:
+        """A refund made in Stripe's dashboard: its `charge.refunded` event."""
+        ch = self.objects[charge_id]
+        self._refund(charge_id, ch["amount"] - ch["amount_refunded"] if amount is None else amount)
+        return self.last_event("charge.refunded")
 
     def dispute(self, charge_id: str, amount: int | None = None) -> Obj:
         ch = self.objects[charge_id]

@@ -521,7 +521,17 @@ async def test_a_credit_pack_is_paid_refunded_and_disputed(
     session = await checkout(gql, owner, pid, creditPackId=pack)
     (completed,) = fake.complete_checkout(session)
     await stripe(client, services, completed)
-    posted, paid = await h.next(2)
+    posted, created, invoice_paid, paid = await h.next(4)
+    # The pack's own invoice (issued and paid at once), before the payment that names it.
+    assert (created["type"], invoice_paid["type"]) == ("invoice.created", "invoice.paid")
+    assert created["data"] == invoice_paid["data"]
+    assert (created["data"]["kind"], created["data"]["status"], created["data"]["total"]["amount"]) == (
+        "CREDIT_PACK",
+        "PAID",
+        "4900",
+    )
+    assert created["data"]["number"].startswith("LX-")
+    await schema.check("Invoice", created["data"], owner.token, INVOICES_OF.format(pid), "{ nodes {} }")
     assert (posted["type"], posted["data"]["kind"], posted["data"]["amount"]) == (
         "transaction.posted",
         "PURCHASE",
@@ -536,6 +546,7 @@ async def test_a_credit_pack_is_paid_refunded_and_disputed(
         "5000",
     )
     assert data["transactionId"] == posted["data"]["id"]
+    assert data["invoiceId"] == created["data"]["id"]
     await schema.check("Payment", data, owner.token, PAYMENTS_OF.format(pid), "{ nodes {} }")
     # The same Stripe event again (a retry of the delivery, a replay): nothing new.
     await again(gql, client, services, admin, completed)
@@ -569,8 +580,8 @@ async def test_a_credit_pack_is_paid_refunded_and_disputed(
     await stripe(client, services, fake.event("charge.dispute.updated", fake.get(dispute["data"]["object"]["id"])))
     await h.nothing_more()
     assert await outbox_types(settings, pid) == [
-        "transaction.posted", "payment.succeeded", "transaction.posted", "payment.refunded",
-        "transaction.posted", "payment.disputed",
+        "transaction.posted", "invoice.created", "invoice.paid", "payment.succeeded",
+        "transaction.posted", "payment.refunded", "transaction.posted", "payment.disputed",
     ]  # fmt: skip
 
 

@@ -80,17 +80,6 @@ class Query:
             await subscriptions.effective_plan(info.context.services.payments, access.project_id)
         )
 
-    @strawberry.field(description="The project's invoices with their lines, newest first (project admins).")
-    async def invoices(
-        self, info: Info, project_id: strawberry.ID, first: int | None = 20, after: str | None = None
-    ) -> Connection[InvoiceType]:
-        access = await project_access(info, project_id, Need.ADMIN, write=False)
-        limit = page_size(first)
-        rows, lines = await reads.list_invoices(
-            info.context.services.payments, access.project_id, limit=limit, before=decode_cursor(after)
-        )
-        return connection(rows, limit, lambda i: i.id, lambda i: InvoiceType.of(i, lines.get(i.id, [])))
-
     @strawberry.field(description="The project's payments, newest first (project admins).")
     async def payments(
         self, info: Info, project_id: strawberry.ID, first: int | None = 20, after: str | None = None

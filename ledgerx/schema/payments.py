@@ -15,6 +15,10 @@ from strawberry.scalars import JSON
 
 from ledgerx import ids
 from ledgerx.dataloaders import payments as loaders
+from ledgerx.domain.invoicing import issuing
+from ledgerx.domain.invoicing.credit_notes import CreditNoteRecord
+from ledgerx.domain.invoicing.links import DocumentLinks
+from ledgerx.domain.notifications import billing_details
 from ledgerx.domain.payments import money, subscriptions
 from ledgerx.domain.payments.plans import rate_limit_json
 from ledgerx.domain.payments.records import (
@@ -28,6 +32,7 @@ from ledgerx.domain.payments.records import (
     WebhookEventRecord,
 )
 from ledgerx.schema.info import Info
+from ledgerx.schema.notifications import BillingDetails
 from ledgerx.schema.scalars import BigInt
 
 
@@ -92,13 +97,15 @@ class InvoiceStatus(enum.Enum):
 
 
 @strawberry.enum(
-    description="SUBSCRIPTION: a period of a plan; PRORATION: an upgrade charged by LedgerX; TOP_UP: an auto top-up."
+    description="SUBSCRIPTION: a period of a plan; PRORATION: an upgrade charged by LedgerX; TOP_UP: an auto"
+    " top-up; CREDIT_PACK: a credit pack bought through Checkout."
 )
 class InvoiceKind(enum.Enum):
     SUBSCRIPTION = "SUBSCRIPTION"
     PRORATION = "PRORATION"
     OTHER = "OTHER"
     TOP_UP = "TOP_UP"
+    CREDIT_PACK = "CREDIT_PACK"
 
 
 @strawberry.enum
@@ -426,15 +433,25 @@ class OverridePlanInput:
 # -- invoices and payments ---------------------------------------------------------------------------------
 
 
+@strawberry.enum(description="ITEM: something charged; DISCOUNT: a coupon or credit taken off (negative).")
+class InvoiceLineKind(enum.Enum):
+    ITEM = "ITEM"
+    DISCOUNT = "DISCOUNT"
+
+
 @strawberry.type(name="InvoiceLine")
 class InvoiceLineType:
     description: str
-    amount: Money = strawberry.field(description="Signed: credits are negative.")
+    amount: Money = strawberry.field(description="Signed: discount lines are negative.")
     quantity: int
     period_start: dt.datetime | None
     period_end: dt.datetime | None
     proration: bool
     plan_id: strawberry.ID | None
+    kind: InvoiceLineKind
+    unit_amount: Money = strawberry.field(description="`amount` / `quantity` when it divides.")
+    discount: Money = strawberry.field(description="This line's share of the discount.")
+    tax: Money = strawberry.field(description="This line's tax (rounded half-even per line).")
 
     @classmethod
     def of(cls, line: InvoiceLineRecord) -> InvoiceLineType:
@@ -446,6 +463,75 @@ class InvoiceLineType:
             period_end=line.period_end,
             proration=line.proration,
             plan_id=_id("plan", line.plan_id),
+            kind=InvoiceLineKind(line.kind),
+            unit_amount=money_of(line.unit_amount if line.unit_amount is not None else line.amount, line.currency),
+            discount=money_of(line.discount, line.currency),
+            tax=money_of(line.tax, line.currency),
+        )
+
+
+@strawberry.type(name="TaxLine")
+class TaxLineType:
+    name: str
+    rate: str = strawberry.field(description='A percentage as a decimal string: "20" is 20 %.')
+    inclusive: bool = strawberry.field(description="True: the tax is included in the line amounts.")
+    amount: Money
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], currency: str) -> TaxLineType:
+        return cls(
+            name=str(raw.get("name") or "Tax"),
+            rate=str(raw.get("rate") or "0"),
+            inclusive=bool(raw.get("inclusive")),
+            amount=money_of(int(raw.get("amount") or 0), currency),
+        )
+
+
+@strawberry.type(name="CreditNoteLine")
+class CreditNoteLineType:
+    description: str
+    quantity: int
+    unit_amount: Money
+    amount: Money
+
+
+@strawberry.type(name="CreditNote")
+class CreditNoteType:
+    id: strawberry.ID
+    number: str
+    invoice_id: strawberry.ID
+    lines: list[CreditNoteLineType]
+    subtotal: Money
+    tax: Money = strawberry.field(description="The tax credited back (the refund's share of the invoice's tax).")
+    total: Money
+    reason: str
+    issued_at: dt.datetime
+    pdf_url: str | None = strawberry.field(description="A signed link to the PDF; it expires.")
+
+    @classmethod
+    def of(cls, n: CreditNoteRecord, pdf_url: str | None) -> CreditNoteType:
+        def m(amount: int) -> Money:
+            return money_of(amount, n.currency)
+
+        return cls(
+            id=strawberry.ID(ids.encode("credit_note", n.id)),
+            number=n.number,
+            invoice_id=strawberry.ID(ids.encode("invoice", n.invoice_id)),
+            lines=[
+                CreditNoteLineType(
+                    description=str(x["description"]),
+                    quantity=int(x["quantity"]),
+                    unit_amount=m(int(x["unitAmount"])),
+                    amount=m(int(x["amount"])),
+                )
+                for x in n.lines
+            ],
+            subtotal=m(n.subtotal),
+            tax=m(n.tax),
+            total=m(n.total),
+            reason=n.reason,
+            issued_at=n.issued_at,
+            pdf_url=pdf_url,
         )
 
 
@@ -455,8 +541,8 @@ class InvoiceType:
     kind: InvoiceKind
     status: InvoiceStatus
     billing_reason: str | None
-    total: Money
-    amount_due: Money
+    total: Money = strawberry.field(description="What the buyer pays: subtotal - discount + exclusive tax.")
+    amount_due: Money = strawberry.field(description="The total less the credit notes issued against it.")
     amount_paid: Money
     period_start: dt.datetime | None
     period_end: dt.datetime | None
@@ -469,11 +555,39 @@ class InvoiceType:
     stripe_invoice_id: str | None
     lines: list[InvoiceLineType]
     created_at: dt.datetime
+    number: str | None = strawberry.field(
+        description="Gapless per year (LX-2026-000042), given when issued (paid); null before."
+    )
+    issued_at: dt.datetime | None
+    subtotal: Money = strawberry.field(description="The item lines before discount and tax.")
+    discount: Money = strawberry.field(description="What the discount lines take off.")
+    tax: Money
+    tax_lines: list[TaxLineType]
+    tax_note: str | None = strawberry.field(description="Reverse charge wording, or why there is no tax.")
+    billing_details: BillingDetails | None = strawberry.field(
+        description="The buyer's billing details as they were when the invoice was issued (null before)."
+    )
+    amount_credited: Money = strawberry.field(description="The credit notes' total.")
+    credit_notes: list[CreditNoteType]
+    pdf_url: str | None = strawberry.field(
+        description="A signed link to the PDF that works without signing in; it expires. Null until issued."
+    )
 
     @classmethod
-    def of(cls, i: InvoiceRecord, lines: Sequence[InvoiceLineRecord]) -> InvoiceType:
+    def of(
+        cls,
+        i: InvoiceRecord,
+        lines: Sequence[InvoiceLineRecord],
+        *,
+        credit_notes: Sequence[CreditNoteRecord] = (),
+        links: DocumentLinks | None = None,
+        now: dt.datetime | None = None,
+    ) -> InvoiceType:
         def m(amount: int) -> Money:
             return money_of(amount, i.currency)
+
+        def link(path: str) -> str | None:
+            return links.sign(path, now) if links is not None and now is not None else None
 
         return cls(
             id=strawberry.ID(ids.encode("invoice", i.id)),
@@ -494,6 +608,19 @@ class InvoiceType:
             stripe_invoice_id=i.stripe_invoice_id,
             lines=[InvoiceLineType.of(line) for line in lines],
             created_at=i.created_at,
+            number=i.number,
+            issued_at=i.issued_at,
+            subtotal=m(i.subtotal),
+            discount=m(i.discount),
+            tax=m(i.tax),
+            tax_lines=[TaxLineType.of(t, i.currency) for t in i.tax_lines],
+            tax_note=i.tax_note,
+            billing_details=BillingDetails.of(billing_details.from_snapshot(i.project_id, i.billing_details))
+            if i.billing_details is not None
+            else None,
+            amount_credited=m(i.amount_credited),
+            credit_notes=[CreditNoteType.of(n, link(issuing.credit_note_pdf_path(n.id))) for n in credit_notes],
+            pdf_url=link(issuing.pdf_path(i.id)) if i.number is not None else None,
         )
 
 

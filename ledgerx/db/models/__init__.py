@@ -4,6 +4,7 @@ from ledgerx.db.models.base import Base
 from ledgerx.db.models.billing import BillingRule, BillingRun, BillingTestClock, SchedulerLease
 from ledgerx.db.models.coupons import Coupon, CouponRedemption
 from ledgerx.db.models.identity import AuditLog, EmailVerification, RefreshToken, User
+from ledgerx.db.models.invoicing import CreditNote, DocumentSequence, TaxRate
 from ledgerx.db.models.ledger import LedgerEntry, LedgerSystemAccount, LedgerTransaction, Wallet
 from ledgerx.db.models.notifications import BillingDetails, NotificationSettings
 from ledgerx.db.models.payments import (
@@ -48,7 +49,9 @@ __all__ = [
     "CatalogPrice",
     "Coupon",
     "CouponRedemption",
+    "CreditNote",
     "CreditPack",
+    "DocumentSequence",
     "EmailVerification",
     "Invite",
     "Invoice",
@@ -69,6 +72,7 @@ __all__ = [
     "ProjectMember",
     "RefreshToken",
     "SchedulerLease",
+    "TaxRate",
     "UsageCharge",
     "UsageChargeRemainder",
     "UsageEvent",

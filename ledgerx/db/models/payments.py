@@ -145,7 +145,7 @@ class Invoice(Base):
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False)
     subscription_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("subscriptions.id", ondelete="RESTRICT"))
     stripe_invoice_id: Mapped[str | None] = mapped_column(Text, unique=True)
-    kind: Mapped[str] = mapped_column(Text, nullable=False)  # SUBSCRIPTION | PRORATION | OTHER | TOP_UP
+    kind: Mapped[str] = mapped_column(Text, nullable=False)  # SUBSCRIPTION | PRORATION | OTHER | TOP_UP | CREDIT_PACK
     billing_reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text, nullable=False)  # DRAFT | OPEN | PAID | VOID | UNCOLLECTIBLE
     currency: Mapped[str] = mapped_column(Text, nullable=False)
@@ -165,6 +165,20 @@ class Invoice(Base):
     grant_transaction_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     stripe_charge_id: Mapped[str | None] = mapped_column(Text)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(Text)
+    # Set once, in the transaction that issues it (domain/invoicing/issuing.py): a gapless number.
+    number: Mapped[str | None] = mapped_column(Text, unique=True)
+    issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    subtotal: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    discount: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    tax: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # [{"name", "rate" (a percentage as a string), "inclusive", "amount"}]
+    tax_lines: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, default=list)
+    tax_note: Mapped[str | None] = mapped_column(Text)
+    tax_rate_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tax_rates.id", ondelete="RESTRICT"))
+    # The buyer's billing details at issue (billing_details.snapshot()).
+    billing_details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    amount_credited: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    coupon_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("coupons.id", ondelete="RESTRICT"))
     created_at: Mapped[dt.datetime] = ts_now()
     updated_at: Mapped[dt.datetime] = ts_now()
 
@@ -185,6 +199,11 @@ class InvoiceLine(Base):
     period_end: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     plan_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     proration: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    kind: Mapped[str] = mapped_column(Text, nullable=False, default="ITEM")  # ITEM | DISCOUNT
+    unit_amount: Mapped[int | None] = mapped_column(BigInteger)
+    # The line's share of the invoice discount and its tax (ITEM lines; rounding: domain/invoicing/tax.py).
+    discount: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    tax: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class Payment(Base):

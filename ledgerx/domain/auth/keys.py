@@ -95,3 +95,16 @@ class KeyRing:
             with os.fdopen(fd, "w") as f:
                 f.write(generate_pem())
         return cls([path.read_text()])
+
+
+def derived_secrets(ring: KeyRing, label: str) -> tuple[bytes, ...]:
+    """Secrets for another use of the same key material (document links): one per configured key,
+    the signing key's first, so a link made before a key rotation still checks until it expires.
+    Derived one-way (SHA-256 over a label and the private key), so a link never reveals the key."""
+    out = []
+    for k in ring.keys:
+        der = k.private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        out.append(hashlib.sha256(b"ledgerx:" + label.encode() + b"\0" + der).digest())
+    return tuple(out)

@@ -134,7 +134,7 @@ def tax_id_list(values: Sequence[TaxIdInput] | None) -> tuple[TaxId, ...]:
     return tuple(out)
 
 
-def _record(row: BillingDetails) -> BillingDetailsRecord:
+def record_of(row: BillingDetails) -> BillingDetailsRecord:
     addr = None
     if row.address_country is not None:
         addr = Address(
@@ -157,6 +157,20 @@ def snapshot(r: BillingDetailsRecord) -> dict[str, Any]:
         "address": None if r.address is None else dataclasses.asdict(r.address),
         "taxIds": [dataclasses.asdict(t) for t in r.tax_ids],
     }
+
+
+def from_snapshot(project_id: uuid.UUID, d: Mapping[str, Any]) -> BillingDetailsRecord:
+    """The record a `snapshot` froze (an invoice's billing details as they were at issue)."""
+    a = d.get("address")
+    addr = None
+    if isinstance(a, Mapping) and a.get("country"):
+        addr = Address(
+            a.get("line1"), a.get("line2"), a.get("city"), a.get("postal_code"), a.get("state"), str(a["country"])
+        )
+    tids = tuple(
+        TaxId(str(t.get("type")), str(t.get("value"))) for t in d.get("taxIds") or [] if isinstance(t, Mapping)
+    )
+    return BillingDetailsRecord(project_id, d.get("email"), d.get("legalName"), addr, tids, None)
 
 
 def _columns(changes: Changes) -> dict[str, Any]:
@@ -187,14 +201,14 @@ async def update(db: Database, actor: Actor, project_id: uuid.UUID, changes: Cha
         row = (
             await s.execute(select(BillingDetails).where(BillingDetails.project_id == project_id).with_for_update())
         ).scalar_one_or_none()
-        before = _record(row) if row is not None else BillingDetailsRecord.empty(project_id)
+        before = record_of(row) if row is not None else BillingDetailsRecord.empty(project_id)
         by = actor.id if actor.type == "user" else None
         stmt = pg_insert(BillingDetails).values(project_id=project_id, updated_by=by, **cols)
         upsert = stmt.on_conflict_do_update(
             index_elements=[BillingDetails.project_id],
             set_={**cols, "updated_by": by, "updated_at": stmt.excluded.updated_at},
         ).returning(BillingDetails)
-        saved = _record((await s.execute(upsert.execution_options(populate_existing=True))).scalar_one())
+        saved = record_of((await s.execute(upsert.execution_options(populate_existing=True))).scalar_one())
         await audit.record(
             s,
             actor,
@@ -215,7 +229,7 @@ async def get_many(db: Database, project_ids: Sequence[uuid.UUID]) -> Mapping[uu
         return {}
     async with db.transaction(project_ids=keys) as s:
         rows = (await s.execute(select(BillingDetails).where(BillingDetails.project_id.in_(keys)))).scalars().all()
-        found = {r.project_id: _record(r) for r in rows}
+        found = {r.project_id: record_of(r) for r in rows}
     return {p: found.get(p) or BillingDetailsRecord.empty(p) for p in keys}
 
 

@@ -2,8 +2,8 @@
 
 A kind's cause calls `notify.notify` with an occurrence key that names the occurrence (a failed
 attempt of one invoice, one wallet's crossing below its threshold, ...): the same key is mailed
-once per recipient, however often the cause is replayed. CREDITS_EXPIRING and INVOICE_ISSUED have
-templates but no cause yet (credit grants and invoices come with their own issues).
+once per recipient, however often the cause is replayed. INVOICE_ISSUED is queued by
+invoicing/issuing.py in the transaction that numbers the invoice.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ SPECS: dict[Kind, Spec] = {
     Kind.DOWNGRADED: Spec(Audience.BILLING, ("plan_name", "free_plan_name", "portal_url")),
     Kind.LOW_BALANCE: Spec(Audience.BILLING, ("wallet_name", "wallet_id", "balance", "threshold")),
     Kind.CREDITS_EXPIRING: Spec(Audience.BILLING, ("wallet_name", "wallet_id", "amount", "expires_at")),
-    Kind.INVOICE_ISSUED: Spec(Audience.BILLING, ("invoice_number", "amount", "due_date", "pdf_url")),
+    Kind.INVOICE_ISSUED: Spec(Audience.BILLING, ("invoice_number", "amount", "issued_on", "pdf_url")),
     Kind.WEBHOOK_ENDPOINT_DISABLED: Spec(Audience.ADMINS, ("endpoint_id", "endpoint_url", "failing_since", "reason")),
     Kind.TOP_UP_FAILED: Spec(Audience.BILLING, ("amount", "wallet_id", "invoice_id", "reason", "portal_url")),
 }

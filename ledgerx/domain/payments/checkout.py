@@ -17,6 +17,7 @@ from ledgerx.db.models import PaymentCustomer, PlanSubscription, Project, Wallet
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, Conflict, NotFound
+from ledgerx.domain.invoicing import tax_rates
 from ledgerx.domain.ledger.types import CREDITS
 from ledgerx.domain.payments import catalog, objects, prices, redemptions, subscriptions
 from ledgerx.domain.payments.service import PaymentsService
@@ -181,6 +182,9 @@ async def create_checkout_session(
         )
         target = {"planId": meta[objects.META_PLAN], "trialDays": sub_data.get("trial_period_days", 0)}
         used_on = redemptions.Target(plan.id, None, plan.currency)
+    async with svc.db.transaction(project_id=project_id) as s:
+        choice = await tax_rates.choose(svc, s, project_id)
+    _charge_tax(params, await tax_rates.ensure_stripe_rate(svc, choice), meta)
     params["customer"] = await ensure_customer(svc, project_id)
     params["metadata"] = meta
     if coupon_code is not None:
@@ -190,6 +194,19 @@ async def create_checkout_session(
     async with svc.db.transaction(project_id=project_id) as s:
         await _audit(s, actor, project_id, result, params, target)
     return result
+
+
+def _charge_tax(params: dict[str, Any], choice: tax_rates.TaxChoice, meta: dict[str, str]) -> None:
+    """Make Checkout charge the tax the invoice will show: Stripe Tax decides (TAX_MODE=stripe), or
+    our rate for the buyer as a Stripe TaxRate on the line (rates; a subscription keeps it on its
+    item, so renewals are taxed alike). The metadata records the choice for the invoice."""
+    if choice.mode == "stripe":
+        params["automatic_tax"] = {"enabled": True}
+        params["customer_update"] = {"address": "auto", "name": "auto"}
+    elif choice.mode == "rates":
+        meta[objects.META_TAX] = tax_rates.reference(choice)
+        if choice.stripe_rates:
+            params["line_items"][0]["tax_rates"] = list(choice.stripe_rates)
 
 
 async def _audit(

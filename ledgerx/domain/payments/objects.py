@@ -27,6 +27,8 @@ META_CREDITS = "ledgerx_credits"
 META_VALIDITY = "ledgerx_validity_days"
 META_INVOICE = "ledgerx_invoice_id"
 META_KIND = "ledgerx_kind"
+# The tax the buyer was charged at Checkout: a tax rate id (txr_…), "reverse_charge" or "none".
+META_TAX = "ledgerx_tax"
 META_COUPON = "ledgerx_coupon_id"
 # The coupon redemption a Checkout session reserved (released if the session expires).
 META_REDEMPTION = "ledgerx_coupon_redemption_id"
@@ -207,3 +209,31 @@ def invoice_payment_intent(inv: Obj) -> str | None:
             if found:
                 return found
     return None
+
+
+def invoice_tax(inv: Obj) -> tuple[int, bool]:
+    """The tax Stripe computed on an invoice and whether it is included in the prices, whatever the
+    API version: `total_taxes` (2025+), `total_tax_amounts`, or the older `tax` figure."""
+    taxes = inv.get("total_taxes")
+    if isinstance(taxes, list) and taxes:
+        items = [obj(t) for t in taxes]
+        return sum(integer(t.get("amount")) for t in items), items[0].get("tax_behavior") == "inclusive"
+    amounts = inv.get("total_tax_amounts")
+    if isinstance(amounts, list) and amounts:
+        items = [obj(t) for t in amounts]
+        return sum(integer(t.get("amount")) for t in items), bool(items[0].get("inclusive"))
+    return max(integer(inv.get("tax")), 0), False
+
+
+def line_tax_rates(line: Obj) -> list[str]:
+    """The Stripe TaxRate ids applied to an invoice line (`tax_rates`, or `taxes[].tax_rate_details`)."""
+    found = [r for r in (ref(x) for x in (line.get("tax_rates") or [])) if r]
+    for t in line.get("taxes") or []:
+        rate = ref(obj(obj(t).get("tax_rate_details")).get("tax_rate"))
+        if rate:
+            found.append(rate)
+    return found
+
+
+def invoice_discount(inv: Obj) -> int:
+    return sum(integer(obj(d).get("amount")) for d in (inv.get("total_discount_amounts") or []))

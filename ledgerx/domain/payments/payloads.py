@@ -114,6 +114,10 @@ def invoice_line(line: InvoiceLineRecord) -> dict[str, Any]:
         "periodEnd": optional(datetime_text, line.period_end),
         "proration": line.proration,
         "planId": public_id("plan", line.plan_id),
+        "kind": line.kind,
+        "unitAmount": money(line.unit_amount if line.unit_amount is not None else line.amount, line.currency),
+        "discount": money(line.discount, line.currency),
+        "tax": money(line.tax, line.currency),
     }
 
 
@@ -138,4 +142,20 @@ def invoice(i: InvoiceRecord, lines: Sequence[InvoiceLineRecord]) -> dict[str, A
         "stripeInvoiceId": i.stripe_invoice_id,
         "lines": [invoice_line(line) for line in lines],
         "createdAt": datetime_text(i.created_at),
+        "number": i.number,
+        "issuedAt": optional(datetime_text, i.issued_at),
+        "subtotal": money(i.subtotal, i.currency),
+        "discount": money(i.discount, i.currency),
+        "tax": money(i.tax, i.currency),
+        "taxLines": [
+            {
+                "name": t.get("name"),
+                "rate": str(t.get("rate")),
+                "inclusive": bool(t.get("inclusive")),
+                "amount": money(int(t.get("amount") or 0), i.currency),
+            }
+            for t in i.tax_lines
+        ],
+        "taxNote": i.tax_note,
+        "amountCredited": money(i.amount_credited, i.currency),
     }

@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
+from ledgerx.db.models import Invoice, Plan, PlanSubscription
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict
+from ledgerx.domain.invoicing import composing, issuing, tax_rates
 from ledgerx.domain.payments import catalog, grants, objects, prices, proration, records, webhook_events
 from ledgerx.domain.payments.records import InvoiceRecord, PlanRecord, SubscriptionRecord
 from ledgerx.domain.payments.service import PaymentsService
@@ -194,19 +195,42 @@ async def _charge_proration(
     public = ids.encode("invoice", invoice_id)
     share = proration.describe_share(sub.current_period_start, sub.current_period_end, now)
     description = f"Upgrade from {old.name} to {new.name}, prorated for {share} left in the period"
+    choice = await tax_rates.ensure_stripe_rate(svc, await tax_rates.choose(svc, s, sub.project_id))
     meta = {
         objects.META_INVOICE: public,
         objects.META_KIND: "proration",
         objects.META_PROJECT: ids.encode("project", sub.project_id),
         objects.META_PLAN: ids.encode("plan", new.id),
         objects.META_CREDITS: str(change.credits),
+        objects.META_TAX: tax_rates.reference(choice),
     }
     assert sub.stripe_customer_id is not None
     assert sub.stripe_subscription_id is not None
     paid = await stripe.charge_now(
-        sub.stripe_customer_id, sub.stripe_subscription_id, change.amount, new.currency, description, meta, key
+        sub.stripe_customer_id,
+        sub.stripe_subscription_id,
+        change.amount,
+        new.currency,
+        description,
+        meta,
+        key,
+        tax_rates=choice.stripe_rates,
+        automatic_tax=choice.mode == "stripe",
     )
     status = "PAID" if paid.get("status") == "paid" else "OPEN"
+    charged = objects.integer(paid.get("total"), change.amount)
+    stripe_tax, inclusive = objects.invoice_tax(paid)
+    comp, choice = await composing.charged(
+        svc,
+        s,
+        sub.project_id,
+        [composing.item(description, change.amount, period_start=now, period_end=sub.current_period_end)],
+        0,
+        charged_total=charged,
+        stripe_tax=stripe_tax,
+        stripe_tax_inclusive=inclusive,
+        tax_ref=meta[objects.META_TAX],
+    )
     invoice = Invoice(
         id=invoice_id,
         project_id=sub.project_id,
@@ -216,9 +240,7 @@ async def _charge_proration(
         billing_reason="subscription_update",
         status=status,
         currency=new.currency,
-        total=change.amount,
-        amount_due=change.amount,
-        amount_paid=change.amount if status == "PAID" else 0,
+        amount_paid=charged if status == "PAID" else 0,
         period_start=now,
         period_end=sub.current_period_end,
         paid_at=now if status == "PAID" else None,
@@ -227,23 +249,9 @@ async def _charge_proration(
         stripe_charge_id=objects.invoice_charge(paid),
         stripe_payment_intent_id=objects.invoice_payment_intent(paid),
     )
-    s.add(invoice)
-    s.add(
-        InvoiceLine(
-            id=uuid7(),
-            invoice_id=invoice_id,
-            project_id=sub.project_id,
-            position=0,
-            description=description,
-            amount=change.amount,
-            currency=new.currency,
-            quantity=1,
-            period_start=now,
-            period_end=sub.current_period_end,
-            plan_id=new.id,
-            proration=True,
-        )
-    )
+    await composing.write(s, invoice, comp, choice=choice, plan_id=new.id, proration=True)
+    if status == "PAID":
+        await issuing.issue(svc, s, invoice)
     await s.flush()
     return invoice
 

@@ -13,11 +13,13 @@ from ledgerx.domain.payments.service import PaymentsService
 
 
 async def list_invoices(
-    svc: PaymentsService, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None
+    svc: PaymentsService, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None, status: str | None = None
 ) -> tuple[list[InvoiceRecord], dict[uuid.UUID, list[InvoiceLineRecord]]]:
     """Up to `limit + 1` invoices (the extra one only tells that more exist) and their lines."""
     async with svc.db.transaction(project_id=project_id) as s:
         q = select(Invoice).where(Invoice.project_id == project_id).order_by(Invoice.id.desc()).limit(limit + 1)
+        if status is not None:
+            q = q.where(Invoice.status == status)
         if before is not None:
             q = q.where(Invoice.id < before)
         invoices = [records.of(InvoiceRecord, i) for i in (await s.execute(q)).scalars()]

@@ -100,6 +100,10 @@ class InvoiceLineRecord:
     period_end: dt.datetime | None
     plan_id: uuid.UUID | None
     proration: bool
+    kind: str = "ITEM"  # ITEM | DISCOUNT (negative amount)
+    unit_amount: int | None = None
+    discount: int = 0  # the line's share of the invoice discount
+    tax: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,7 +112,7 @@ class InvoiceRecord:
     project_id: uuid.UUID
     subscription_id: uuid.UUID | None
     stripe_invoice_id: str | None
-    kind: str  # SUBSCRIPTION | PRORATION | OTHER
+    kind: str  # SUBSCRIPTION | PRORATION | OTHER | TOP_UP | CREDIT_PACK
     billing_reason: str | None
     status: str  # DRAFT | OPEN | PAID | VOID | UNCOLLECTIBLE
     currency: str
@@ -123,6 +127,16 @@ class InvoiceRecord:
     plan_id: uuid.UUID | None
     credits: int
     created_at: dt.datetime
+    # Issued invoices (invoicing/issuing.py): the number, the instant, the frozen billing details.
+    number: str | None = None
+    issued_at: dt.datetime | None = None
+    subtotal: int = 0
+    discount: int = 0
+    tax: int = 0
+    tax_lines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    tax_note: str | None = None
+    billing_details: dict[str, Any] | None = None
+    amount_credited: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

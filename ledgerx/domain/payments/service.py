@@ -15,6 +15,7 @@ from typing import Any
 
 from ledgerx.db.engine import Database
 from ledgerx.domain.changes import ProjectChanges
+from ledgerx.domain.invoicing.links import DocumentLinks
 from ledgerx.domain.ledger.service import LedgerService
 from ledgerx.domain.payments.stripe_api import StripeGateway, StripeNotConfigured
 from ledgerx.settings import Settings
@@ -49,6 +50,8 @@ class PaymentsService:
             stripe = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
         self.stripe = stripe
         self.grace = dt.timedelta(seconds=settings.subscription_grace_period)
+        # Signed links to invoice and statement PDFs (set by Services.build; None: no links).
+        self.documents: DocumentLinks | None = None
         # project -> (expires, value): effective plans are read on hot paths (rate limits, quotas).
         self._plan_cache: dict[uuid.UUID, tuple[float, Any]] = {}
 

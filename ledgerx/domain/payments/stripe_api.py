@@ -138,6 +138,22 @@ class StripeGateway:
     async def deactivate_price(self, price_id: str) -> None:
         await self._call("archive a price", self.client.v1.prices.update_async(price_id, {"active": False}))
 
+    # -- tax rates and refunds -------------------------------------------------------------------
+
+    async def create_tax_rate(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """A Stripe TaxRate mirroring one of ours (TAX_MODE=rates): Checkout and subscriptions apply it."""
+        return await self._call(
+            "create a tax rate", self.client.v1.tax_rates.create_async(_any(params), self._opts(idempotency_key))
+        )
+
+    async def archive_tax_rate(self, tax_rate_id: str) -> None:
+        await self._call("archive a tax rate", self.client.v1.tax_rates.update_async(tax_rate_id, {"active": False}))
+
+    async def create_refund(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
+        return await self._call(
+            "refund a payment", self.client.v1.refunds.create_async(_any(params), self._opts(idempotency_key))
+        )
+
     # -- coupons and promotion codes -------------------------------------------------------------
 
     async def create_coupon(self, params: Mapping[str, Any], idempotency_key: str) -> dict[str, Any]:
@@ -277,37 +293,39 @@ class StripeGateway:
         description: str,
         meta: Mapping[str, str],
         idempotency_key: str,
+        *,
+        tax_rates: tuple[str, ...] = (),
+        automatic_tax: bool = False,
     ) -> dict[str, Any]:
-        """A one-off invoice for `amount`, finalized and paid at once (a proration charge)."""
+        """A one-off invoice for `amount`, finalized and paid at once (a proration charge), taxed
+        with `tax_rates` (TAX_MODE=rates) or by Stripe Tax (`automatic_tax`, TAX_MODE=stripe)."""
         v1 = self.client.v1
+        item: dict[str, Any] = {
+            "customer": customer_id,
+            "amount": amount,
+            "currency": currency.lower(),
+            "description": description,
+            "subscription": subscription_id,
+            "metadata": dict(meta),
+        }
+        if tax_rates:
+            item["tax_rates"] = list(tax_rates)
         await self._call(
-            "add an invoice item",
-            v1.invoice_items.create_async(
-                {
-                    "customer": customer_id,
-                    "amount": amount,
-                    "currency": currency.lower(),
-                    "description": description,
-                    "subscription": subscription_id,
-                    "metadata": dict(meta),
-                },
-                self._opts(idempotency_key + ":item"),
-            ),
+            "add an invoice item", v1.invoice_items.create_async(_any(item), self._opts(idempotency_key + ":item"))
         )
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "subscription": subscription_id,
+            "collection_method": "charge_automatically",
+            "pending_invoice_items_behavior": "include",
+            "auto_advance": True,
+            "description": description,
+            "metadata": dict(meta),
+        }
+        if automatic_tax:
+            params["automatic_tax"] = {"enabled": True}
         invoice = await self._call(
-            "create an invoice",
-            v1.invoices.create_async(
-                {
-                    "customer": customer_id,
-                    "subscription": subscription_id,
-                    "collection_method": "charge_automatically",
-                    "pending_invoice_items_behavior": "include",
-                    "auto_advance": True,
-                    "description": description,
-                    "metadata": dict(meta),
-                },
-                self._opts(idempotency_key + ":invoice"),
-            ),
+            "create an invoice", v1.invoices.create_async(_any(params), self._opts(idempotency_key + ":invoice"))
         )
         invoice_id = str(invoice["id"])
         await self._call("finalize an invoice", v1.invoices.finalize_invoice_async(invoice_id))

@@ -37,10 +37,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import AutoTopUp, AutoTopUpAttempt, CreditPack, Invoice, InvoiceLine, Payment, PaymentCustomer
+from ledgerx.db.models import AutoTopUp, AutoTopUpAttempt, CreditPack, Invoice, Payment, PaymentCustomer
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError
+from ledgerx.domain.invoicing import composing, issuing, tax_rates
 from ledgerx.domain.ledger.types import Kind, Posted
 from ledgerx.domain.notifications import amounts, links
 from ledgerx.domain.notifications.kinds import Kind as Mail
@@ -153,6 +154,12 @@ async def _start(svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, now
         _skip(a, "the credit pack is archived", now)
         settings.last_status, settings.last_error = FAILED, "the credit pack is archived"
         return None
+    # LedgerX sets this charge's amount itself: the pack's price plus the exclusive tax it computes
+    # (TAX_MODE=rates; Stripe Tax does not price a bare PaymentIntent, so TAX_MODE=stripe charges
+    # no tax on top-ups and the invoice says so).
+    choice = await tax_rates.choose(svc, s, a.project_id)
+    items = [composing.item(f"Auto top-up: {pack.name} ({pack.credits:,} credits)", pack.price_amount)]
+    comp = composing.compute(items, 0, choice)
     invoice = Invoice(
         id=uuid7(),
         project_id=a.project_id,
@@ -160,26 +167,11 @@ async def _start(svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, now
         billing_reason="auto_top_up",
         status="OPEN",
         currency=pack.currency,
-        total=pack.price_amount,
-        amount_due=pack.price_amount,
         credits=pack.credits,
     )
-    s.add(invoice)
-    await s.flush()
-    s.add(
-        InvoiceLine(
-            id=uuid7(),
-            invoice_id=invoice.id,
-            project_id=a.project_id,
-            position=0,
-            description=f"Auto top-up: {pack.name} ({pack.credits} credits)",
-            amount=pack.price_amount,
-            currency=pack.currency,
-            quantity=1,
-        )
-    )
+    await composing.write(s, invoice, comp, choice=choice)
     a.status, a.started_at, a.invoice_id = "PENDING", now, invoice.id
-    a.credit_pack_id, a.credits, a.amount, a.currency = pack.id, pack.credits, pack.price_amount, pack.currency
+    a.credit_pack_id, a.credits, a.amount, a.currency = pack.id, pack.credits, comp.total, pack.currency
     settings.last_status, settings.last_error = PENDING, None
     await webhook_events.invoice(s, invoice, ["invoice.created"])
     await _audit(s, a, "wallet.auto_top_up.start", invoiceId=ids.encode("invoice", invoice.id))
@@ -336,6 +328,7 @@ async def succeeded(
         .where(AutoTopUp.wallet_id == a.wallet_id)
         .values(last_status=SUCCEEDED, last_error=None, updated_at=now)
     )
+    await issuing.issue(svc, s, invoice)
     await webhook_events.invoice(s, invoice, ["invoice.paid"])
     await s.flush()
     await s.refresh(payment)

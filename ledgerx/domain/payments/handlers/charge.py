@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import LedgerTransaction, Payment, PaymentCustomer, PaymentDispute, PaymentRefund
+from ledgerx.domain.invoicing import credit_notes
+from ledgerx.domain.invoicing.refunds import META_REASON
 from ledgerx.domain.ledger.posting import post_transaction
 from ledgerx.domain.ledger.refunds import refund_transaction
 from ledgerx.domain.ledger.types import CREDITS, Kind, Leg, Posted, Posting, SystemAccount
@@ -73,6 +75,21 @@ async def _posted_amount(s: AsyncSession, project_id: uuid.UUID, key: str) -> tu
     return (row.id, row.amount) if row is not None else None
 
 
+_REASONS = {
+    "duplicate": "Refund: duplicate payment",
+    "fraudulent": "Refund: fraudulent payment",
+    "requested_by_customer": "Refund requested by the customer",
+}
+
+
+def _refund_reason(refund: objects.Obj) -> str:
+    """What the credit note says: the reason given to `refundInvoice`, else Stripe's reason."""
+    given = objects.metadata(refund).get(META_REASON)
+    if given:
+        return given
+    return _REASONS.get(str(refund.get("reason") or ""), "Refund")
+
+
 async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
     ch = ev.obj
     charge_id = objects.ref(ch.get("id"))
@@ -90,14 +107,19 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
         payment.stripe_charge_id = payment.stripe_charge_id or charge_id
         refunds = sorted(
             (
-                (objects.integer(r.get("created")), str(r.get("id")), objects.integer(r.get("amount")))
+                (
+                    objects.integer(r.get("created")),
+                    str(r.get("id")),
+                    objects.integer(r.get("amount")),
+                    _refund_reason(r),
+                )
                 for r in (objects.obj(r) for r in (objects.obj(ch.get("refunds")).get("data") or []))
                 if r.get("id") and r.get("status") in ("succeeded", "pending", None)
             ),
         )
         if not refunds and total > payment.amount_refunded:
             # Newer API versions do not embed the refunds: name the refund by the cumulative total.
-            refunds = [(0, f"{charge_id}@{total}", total - payment.amount_refunded)]
+            refunds = [(0, f"{charge_id}@{total}", total - payment.amount_refunded, "Refund")]
         known = set(
             (
                 await s.execute(select(PaymentRefund.stripe_refund_id).where(PaymentRefund.payment_id == payment.id))
@@ -105,7 +127,7 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
         )
         reversed_now = 0
         refunded_before = payment.amount_refunded
-        for _, refund_id, amount in refunds:
+        for _, refund_id, amount, reason in refunds:
             if refund_id in known:
                 continue
             money = min(amount, total - payment.amount_refunded)
@@ -145,6 +167,7 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
                     transaction_id=txn_id,
                 )
             )
+            await credit_notes.for_refund(svc, s, payment.invoice_id, refund_id=refund_id, amount=money, reason=reason)
             payment.amount_refunded += money
             payment.credits_reversed += credits
             reversed_now += credits

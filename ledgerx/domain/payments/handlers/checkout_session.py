@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from ledgerx import ids
 from ledgerx.db.models import CreditPack, Payment
+from ledgerx.domain.invoicing import purchases
 from ledgerx.domain.ledger.types import Kind
 from ledgerx.domain.payments import grants, objects, redemptions, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome, Permanent
@@ -61,7 +62,9 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
         return Outcome("ignored: no credit pack in the session metadata", project_id, ignored=True)
     async with svc.db.read() as s:
         pack = (
-            await s.execute(select(CreditPack.credits, CreditPack.validity_days).where(CreditPack.id == pack_id))
+            await s.execute(
+                select(CreditPack.name, CreditPack.credits, CreditPack.validity_days).where(CreditPack.id == pack_id)
+            )
         ).first()
     if pack is None:
         raise Permanent(f"credit pack {meta[objects.META_PACK]} not found")
@@ -122,6 +125,8 @@ async def _pack_purchase(svc: PaymentsService, ev: Event, meta: Mapping[str, str
                 credits=str(credits),
                 transactionId=ids.encode("transaction", posted.transaction.id),
             )
+            # The invoice first: the payment event then names it (`invoiceId`).
+            await purchases.pack_invoice(svc, s, payment, sess, pack_name=pack.name)
             out.events.append(grants.payment_event("payment.succeeded", payment))
             await webhook_events.payment(s, "payment.succeeded", payment)
     out.result = f"already credited {credits} credits" if posted.replayed else f"credited {credits} credits"

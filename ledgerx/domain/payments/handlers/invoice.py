@@ -16,7 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import Invoice, InvoiceLine, Plan, PlanSubscription
+from ledgerx.db.models import Invoice, Plan, PlanSubscription
+from ledgerx.domain.invoicing import composing, issuing, tax_rates
 from ledgerx.domain.payments import catalog, dunning, grants, notices, objects, webhook_events
 from ledgerx.domain.payments.handlers.event import Event, Outcome
 from ledgerx.domain.payments.handlers.lookups import audit_event, ensure_subscription, project_for, subscription_row
@@ -44,8 +45,56 @@ async def _invoice_plan(
     return objects.decode_meta(sub_meta, objects.META_PLAN, "plan") or (sub.plan_id if sub else None)
 
 
+async def _compose(svc: PaymentsService, s: AsyncSession, row: Invoice, inv: Obj, meta: Mapping[str, str]) -> None:
+    """The new invoice's lines, discount and tax (invoicing/composing.py) from Stripe's lines: a
+    negative line (a credit for unused time) counts as a discount, so tax applies after it."""
+    items, extras, credit = [], [], 0
+    tax_ref = meta.get(objects.META_TAX) or objects.invoice_subscription_metadata(inv).get(objects.META_TAX)
+    for line in objects.invoice_lines(inv):
+        amount = objects.integer(line.get("amount"))
+        if amount < 0:
+            credit -= amount
+            continue
+        ls, le = objects.line_period(line)
+        quantity = max(objects.integer(line.get("quantity"), 1), 1)
+        items.append(
+            composing.item(
+                str(line.get("description") or "")[:500], amount, quantity=quantity, period_start=ls, period_end=le
+            )
+        )
+        extras.append((await catalog.plan_for_price(s, objects.line_price(line)), bool(line.get("proration"))))
+        rate = await tax_rates.rate_by_stripe_id(s, objects.line_tax_rates(line))
+        if rate is not None:
+            tax_ref = ids.encode("tax_rate", rate.id)
+    stripe_tax, inclusive = objects.invoice_tax(inv)
+    comp, choice = await composing.charged(
+        svc,
+        s,
+        row.project_id,
+        items,
+        objects.invoice_discount(inv) + credit,
+        charged_total=objects.integer(inv.get("total")),
+        stripe_tax=stripe_tax,
+        stripe_tax_inclusive=inclusive,
+        tax_ref=tax_ref,
+    )
+    await composing.write(
+        s,
+        row,
+        comp,
+        choice=choice,
+        discount_label="Discount" if credit == 0 else "Discounts and credits",
+        extras=extras,
+    )
+
+
 async def _upsert_invoice(
-    s: AsyncSession, ev: Event, project_id: uuid.UUID, sub: PlanSubscription | None, plan_id: uuid.UUID | None
+    svc: PaymentsService,
+    s: AsyncSession,
+    ev: Event,
+    project_id: uuid.UUID,
+    sub: PlanSubscription | None,
+    plan_id: uuid.UUID | None,
 ) -> tuple[Invoice, bool]:
     """The (locked) invoice row of the event's invoice, with its lines when first seen; True when
     this call inserted it (exactly one of concurrent callers does: the others' inserts do nothing)."""
@@ -87,26 +136,6 @@ async def _upsert_invoice(
             .returning(Invoice.id)
         )
     ).scalar()
-    if inserted is not None:
-        for pos, line in enumerate(objects.invoice_lines(inv)):
-            ls, le = objects.line_period(line)
-            s.add(
-                InvoiceLine(
-                    id=uuid7(),
-                    invoice_id=inserted,
-                    project_id=project_id,
-                    position=pos,
-                    description=str(line.get("description") or "")[:500],
-                    amount=objects.integer(line.get("amount")),
-                    currency=objects.currency(line.get("currency")) or currency,
-                    quantity=objects.integer(line.get("quantity"), 1),
-                    period_start=ls,
-                    period_end=le,
-                    plan_id=await catalog.plan_for_price(s, objects.line_price(line)),
-                    proration=bool(line.get("proration")),
-                )
-            )
-        await s.flush()
     row = (
         await s.execute(
             select(Invoice)
@@ -115,6 +144,8 @@ async def _upsert_invoice(
             .execution_options(populate_existing=True)
         )
     ).scalar_one()
+    if inserted is not None:
+        await _compose(svc, s, row, inv, meta)
     if row.subscription_id is None and sub is not None:
         row.subscription_id = sub.id
     row.stripe_charge_id = row.stripe_charge_id or objects.invoice_charge(inv)
@@ -161,7 +192,7 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 s, inv, sub_meta, stripe_subscription_id=stripe_sub, project_id=project_id, plan_id=plan_id
             )
             sub_before = None if created else await webhook_events.subscription_data(s, sub, now)
-        row, created = await _upsert_invoice(s, ev, project_id, sub, plan_id)
+        row, created = await _upsert_invoice(svc, s, ev, project_id, sub, plan_id)
         announce = ["invoice.created"] if created else []
         changed = False
         attempts = objects.integer(inv.get("attempt_count"))
@@ -179,11 +210,12 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 transitions = objects.obj(inv.get("status_transitions"))
                 row.paid_at = row.paid_at or objects.ts(transitions.get("paid_at")) or ev.created
                 assert wallet_id is not None
-                discounts = inv.get("total_discount_amounts") or []
-                discount = sum(objects.integer(objects.obj(d).get("amount")) for d in discounts)
+                discount = objects.invoice_discount(inv)
                 posted = await grants.grant_invoice(svc, s, row, wallet_id=wallet_id, discount=discount)
                 if posted is not None and not posted.replayed:
                     changed = True
+                if row.total > 0:  # a trial's zero invoice moved no money: nothing to number
+                    await issuing.issue(svc, s, row)
                 if sub is not None and sub.synced_at is None:
                     # No subscription snapshot yet: the paid invoice is the best evidence of its state.
                     sub.stripe_status = "active"

@@ -1,0 +1,203 @@
+"""Document routes: PDFs of invoices, credit notes and wallet statements, and the accountant's CSV.
+
+- `GET /invoices/{id}.pdf`, `GET /credit-notes/{id}.pdf`, `GET /wallets/{id}/statement.pdf?from=&to=`:
+  for the project's members and API keys (`Authorization: Bearer …`), or for anyone holding the
+  signed, expiring link the API hands out (`pdfUrl`). Everything else is 404, whether the
+  document exists or not, so ids cannot be probed.
+- `GET /admin/invoices.csv?from=&to=`: platform admins; issued invoices and credit notes of the
+  period (at most about a year per file).
+
+Every request spends one token of the caller's gateway bucket first (as /graphql and /v1/usage),
+so rendering PDFs cannot be used to flood the server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ledgerx import gateway, ids
+from ledgerx.context import authenticate
+from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.invoicing import issuing, printing, reads, statements
+from ledgerx.domain.tenancy.access import Need, is_platform_admin
+from ledgerx.domain.tenancy.authorize import Authorizer, Rule
+from ledgerx.http.usage import error_response
+from ledgerx.services import Services
+
+READ = Rule(Need.MEMBER, write=False)
+_NOT_FOUND = NotFound("document not found")
+
+
+def _credential(request: Request) -> str | None:
+    credential = request.headers.get("authorization")
+    if not credential and request.headers.get("x-api-key"):
+        credential = "Bearer " + request.headers["x-api-key"]
+    return credential
+
+
+def _instant(value: str | None, field: str) -> dt.datetime:
+    if not value:
+        raise BadInput(f"{field} is required (an ISO 8601 instant with a time zone)", field=field)
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise BadInput(f"{field} must be an ISO 8601 instant with a time zone", field=field) from None
+    if t.tzinfo is None:
+        raise BadInput(f"{field} needs a time zone", field=field)
+    return t
+
+
+def _pdf(data: bytes, filename: str) -> Response:
+    return Response(
+        data,
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "Cache-Control": "private, no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+class _Caller:
+    """Who asks: a valid signed link for this path, or an authenticated principal (or neither)."""
+
+    def __init__(self, svc: Services, request: Request, principal: Principal | None, params: dict[str, str]) -> None:
+        self.svc = svc
+        self.principal = principal
+        links = svc.payments.documents
+        q = request.query_params
+        self.signed = links is not None and links.check(
+            request.url.path, params, q.get("expires"), q.get("signature"), svc.payments.now()
+        )
+
+    async def may_read(self, project_id: uuid.UUID | None) -> bool:
+        if project_id is None:
+            return False
+        if self.signed:
+            return True
+        if self.principal is None:
+            return False
+        try:
+            await Authorizer(self.svc.db, self.svc.access_cache, self.principal).require(project_id, READ)
+        except AppError:
+            return False
+        return True
+
+
+def document_routes(services: Callable[[], Services]) -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    """The endpoints by name (app.py mounts them); `services` returns the app's services."""
+
+    def guarded(
+        handler: Callable[[Services, Request, Principal | None], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            svc = services()
+            principal: Principal | None = None
+            try:
+                principal = await authenticate(svc, _credential(request))
+            except AppError:
+                principal = None
+            decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
+            if not decision.allowed:
+                response = error_response(
+                    RateLimited(
+                        f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s
+                    )
+                )
+            else:
+                try:
+                    response = await handler(svc, request, principal)
+                except AppError as exc:
+                    response = error_response(exc)
+            gateway.apply_headers(response.headers, decision)
+            return response
+
+        return endpoint
+
+    async def invoice_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
+        try:
+            invoice_id = ids.decode("invoice", request.path_params["id"], "id")
+        except AppError:
+            raise _NOT_FOUND from None
+        project_id = await reads.invoice_project(svc.payments, invoice_id)
+        if not await _Caller(svc, request, principal, {}).may_read(project_id):
+            raise _NOT_FOUND
+        assert project_id is not None
+        found = await reads.get_invoice(svc.payments, project_id, invoice_id)
+        if found is None or found[0].number is None:
+            raise _NOT_FOUND
+        inv, lines, notes, project_name = found
+        doc = printing.invoice_document(svc.settings, inv, lines, project_name, notes)
+        return _pdf(await printing.render_invoice(doc), f"{inv.number}.pdf")
+
+    async def credit_note_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
+        try:
+            note_id = ids.decode("credit_note", request.path_params["id"], "id")
+        except AppError:
+            raise _NOT_FOUND from None
+        project_id = await reads.credit_note_project(svc.payments, note_id)
+        if not await _Caller(svc, request, principal, {}).may_read(project_id):
+            raise _NOT_FOUND
+        assert project_id is not None
+        found = await reads.get_credit_note(svc.payments, project_id, note_id)
+        if found is None:
+            raise _NOT_FOUND
+        note, invoice_number, project_name = found
+        doc = printing.credit_note_document(svc.settings, note, invoice_number, project_name)
+        return _pdf(await printing.render_invoice(doc), f"{note.number}.pdf")
+
+    async def statement_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
+        try:
+            wallet_id = ids.decode("wallet", request.path_params["id"], "id")
+        except AppError:
+            raise _NOT_FOUND from None
+        raw_from, raw_to = request.query_params.get("from"), request.query_params.get("to")
+        start, end = statements.period(_instant(raw_from, "from"), _instant(raw_to, "to"))
+        ref = await svc.ledger.wallet_ref(wallet_id)
+        project_id = ref.project_id if ref is not None else None
+        caller = _Caller(svc, request, principal, {"from": raw_from or "", "to": raw_to or ""})
+        if not await caller.may_read(project_id):
+            raise _NOT_FOUND
+        assert project_id is not None
+        async with svc.db.transaction(project_id=project_id) as s:
+            st = await statements.summary(s, project_id, wallet_id, start, end)
+            lines = await statements.entries(s, wallet_id, start, end, limit=statements.PDF_ENTRIES)
+            details = await issuing.details_snapshot(s, project_id)
+            name = await reads.project_name(s, project_id)
+        doc = printing.statement_document(svc.settings, st, lines, details, name, svc.payments.now())
+        return _pdf(await printing.render_statement(doc), f"statement-{ids.encode('wallet', wallet_id)}.pdf")
+
+    async def invoices_csv(svc: Services, request: Request, principal: Principal | None) -> Response:
+        if principal is None:
+            raise Unauthenticated("missing credentials")
+        if principal.kind != "user" or principal.user_id is None:
+            raise Forbidden("platform admins only")
+        if not await is_platform_admin(svc.db, principal.user_id):
+            raise Forbidden("platform admins only")
+        start = _instant(request.query_params.get("from"), "from")
+        end = _instant(request.query_params.get("to"), "to")
+        if end <= start:
+            raise BadInput("to must be after from", field="to")
+        if end - start > reads.MAX_EXPORT:
+            raise BadInput("export at most 370 days per file", field="to")
+        body = await reads.export_csv(svc.payments, start.astimezone(dt.UTC), end.astimezone(dt.UTC))
+        name = f"invoices-{start.date().isoformat()}-{end.date().isoformat()}.csv"
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "private, no-store"},
+        )
+
+    return {
+        "invoice_pdf": guarded(invoice_pdf),
+        "credit_note_pdf": guarded(credit_note_pdf),
+        "statement_pdf": guarded(statement_pdf),
+        "invoices_csv": guarded(invoices_csv),
+    }
