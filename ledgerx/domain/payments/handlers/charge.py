@@ -127,6 +127,7 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
         )
         reversed_now = 0
         refunded_before = payment.amount_refunded
+        noted: list[tuple[str, int, str]] = []
         for _, refund_id, amount, reason in refunds:
             if refund_id in known:
                 continue
@@ -167,7 +168,7 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
                     transaction_id=txn_id,
                 )
             )
-            await credit_notes.for_refund(svc, s, payment.invoice_id, refund_id=refund_id, amount=money, reason=reason)
+            noted.append((refund_id, money, reason))
             payment.amount_refunded += money
             payment.credits_reversed += credits
             reversed_now += credits
@@ -178,6 +179,10 @@ async def on_charge_refunded(svc: PaymentsService, ev: Event) -> Outcome:
                 else ("PARTIALLY_REFUNDED" if payment.amount_refunded > 0 else payment.status)
             )
         payment.updated_at = func.now()
+        # The credit notes after the ledger's refunds (their own transactions): a credit note's
+        # number locks its sequence until this commits, so nothing slow may follow it.
+        for refund_id, money, reason in noted:
+            await credit_notes.for_refund(svc, s, payment.invoice_id, refund_id=refund_id, amount=money, reason=reason)
         await s.flush()
         if refunded_before != payment.amount_refunded:
             # Money went back (whatever credits it reversed): once per Stripe refund recorded.
