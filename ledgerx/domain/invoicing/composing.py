@@ -61,8 +61,13 @@ def from_stripe(
     return tax.Computation(taxed, base.subtotal, base.discount, tax_amount, total, (line,), False, None)
 
 
+def rate_text(rate: decimal.Decimal) -> str:
+    """A percentage as the API shows it: "19", "7.25" (no trailing zeros, no exponent)."""
+    return format(rate.normalize(), "f")
+
+
 def tax_lines_json(lines: Sequence[tax.TaxLine]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "rate": str(t.rate), "inclusive": t.inclusive, "amount": t.amount} for t in lines]
+    return [{"name": t.name, "rate": rate_text(t.rate), "inclusive": t.inclusive, "amount": t.amount} for t in lines]
 
 
 async def write(
@@ -149,6 +154,8 @@ async def charged(
     charged_total: int | None,
     stripe_tax: int = 0,
     stripe_tax_inclusive: bool = False,
+    stripe_tax_name: str | None = None,
+    stripe_tax_rate: decimal.Decimal | None = None,
     tax_ref: str | None = None,
 ) -> tuple[tax.Computation, TaxChoice]:
     """The computation of a charge Stripe made (`charged_total`, with `stripe_tax` when Stripe
@@ -159,7 +166,15 @@ async def charged(
     should Stripe's rounding of a tie ever differ from ours by a minor unit, the invoice states what
     was charged (the exclusive tax becomes the charge minus the net) and the difference is logged."""
     if svc.settings.tax_mode == "stripe":
-        return from_stripe(items, discount, stripe_tax, inclusive=stripe_tax_inclusive), TaxChoice("stripe")
+        comp = from_stripe(
+            items,
+            discount,
+            stripe_tax,
+            inclusive=stripe_tax_inclusive,
+            name=stripe_tax_name,
+            percentage=stripe_tax_rate,
+        )
+        return comp, TaxChoice("stripe")
     choice = await tax_rates.choice_of(svc, s, project_id, tax_ref)
     comp = compute(items, discount, choice)
     if charged_total is not None and comp.total != charged_total:

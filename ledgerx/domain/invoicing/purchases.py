@@ -48,7 +48,7 @@ async def pack_invoice(
     meta = objects.metadata(session)
     subtotal = objects.integer(session.get("amount_subtotal"), payment.amount + payment.discount)
     charged = objects.integer(session.get("amount_total"), payment.amount)
-    tax_amount, inclusive, _, _ = stripe_tax(session)
+    tax_amount, inclusive, tax_name, tax_rate = stripe_tax(session)
     items = [composing.item(f"{pack_name} ({payment.credits:,} credits)", subtotal)]
     comp, choice = await composing.charged(
         svc,
@@ -59,6 +59,8 @@ async def pack_invoice(
         charged_total=charged,
         stripe_tax=tax_amount,
         stripe_tax_inclusive=inclusive,
+        stripe_tax_name=tax_name,
+        stripe_tax_rate=tax_rate,
         tax_ref=meta.get(objects.META_TAX),
     )
     invoice = Invoice(

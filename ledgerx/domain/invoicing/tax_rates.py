@@ -232,6 +232,7 @@ async def choice_for_rate(svc: PaymentsService, s: AsyncSession, rate_id: uuid.U
 
 REVERSE_CHARGE = "reverse_charge"
 NO_TAX = "none"
+UNLOCATED = "unlocated"  # no tax because the buyer had no billing country (and no seller-country rate)
 
 
 def reference(choice: TaxChoice) -> str:
@@ -241,7 +242,7 @@ def reference(choice: TaxChoice) -> str:
         return REVERSE_CHARGE
     if choice.rate is not None and choice.rate.id is not None:
         return ids.encode("tax_rate", choice.rate.id)
-    return NO_TAX
+    return UNLOCATED if choice.note == UNLOCATED_NOTE else NO_TAX
 
 
 async def choice_of(svc: PaymentsService, s: AsyncSession, project_id: uuid.UUID, ref: str | None) -> TaxChoice:
@@ -252,6 +253,8 @@ async def choice_of(svc: PaymentsService, s: AsyncSession, project_id: uuid.UUID
             return TaxChoice(mode, reverse_charge=True, note=tax.REVERSE_CHARGE_NOTE)
         if ref == NO_TAX:
             return TaxChoice(mode)
+        if ref == UNLOCATED:
+            return TaxChoice(mode, note=UNLOCATED_NOTE)
         try:
             rate_id = ids.decode("tax_rate", ref)
         except AppError:  # a foreign or garbled value: decide as if it were absent

@@ -55,6 +55,7 @@ from ledgerx.ids import uuid7
 log = logging.getLogger("ledgerx.payments.top_up")
 
 META_ATTEMPT = "ledgerx_auto_top_up_id"
+STRIPE_TAX_NOTE = "No tax: Stripe Tax does not price automatic top-ups (TAX_MODE=stripe)."
 LOST_AFTER = dt.timedelta(seconds=60)
 CLAIM_LIMIT = 20
 
@@ -158,6 +159,8 @@ async def _start(svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, now
     # (TAX_MODE=rates; Stripe Tax does not price a bare PaymentIntent, so TAX_MODE=stripe charges
     # no tax on top-ups and the invoice says so).
     choice = await tax_rates.choose(svc, s, a.project_id)
+    if choice.mode == "stripe":
+        choice = dataclasses.replace(choice, note=STRIPE_TAX_NOTE)
     items = [composing.item(f"Auto top-up: {pack.name} ({pack.credits:,} credits)", pack.price_amount)]
     comp = composing.compute(items, 0, choice)
     invoice = Invoice(
