@@ -878,11 +878,6 @@ async def test_platform_admins_list_every_projects_invoices_and_export_the_csv(
     assert r.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="statements.py picks the opening balance by created_at and the entry order by seq; created_at is "
-    "the posting instance's clock (ledger.now() before the wallet lock), which need not follow seq",
-)
 async def test_a_statement_adds_up_when_entry_times_do_not_follow_the_ledger_order(
     gql: GQL, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:

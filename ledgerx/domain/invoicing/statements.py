@@ -2,9 +2,10 @@
 money: no tax, no number). `walletStatement{walletId, from, to}` reads it; its PDF is served at
 `/wallets/<id>/statement.pdf?from=&to=` to the project's members or through the signed link.
 
-The period is [from, to) by entry time. The opening balance is the wallet's balance after its last
-entry before `from` (0 before its first), the closing balance after its last entry before `to`;
-`credits` and `debits` sum the entries in between, so opening + credits - debits = closing.
+The period is [from, to) by entry time. The opening balance sums the wallet's entries before
+`from`, the closing balance those before `to`; `credits` and `debits` sum the entries in between,
+so opening + credits - debits = closing (sums, not the balance after the last entry: entry times
+need not follow the ledger's order exactly, see `_balance_before`).
 Entries are ordered and paged by the wallet's entry sequence (the order the ledger applied them).
 """
 
@@ -61,11 +62,14 @@ def period(start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, dt.dateti
 
 
 async def _balance_before(s: AsyncSession, wallet_id: uuid.UUID, at: dt.datetime) -> int:
+    """The sum of the wallet's entries stamped before `at`. Summed rather than read off the last
+    entry's balance: entry times need not follow the wallet's sequence (the time is read before the
+    wallet's lock is taken, and instances' clocks differ), and only sums keep
+    opening + credits - debits = closing whatever the order."""
     found = await s.scalar(
-        select(LedgerEntry.balance_after)
-        .where(LedgerEntry.wallet_id == wallet_id, LedgerEntry.created_at < at)
-        .order_by(LedgerEntry.seq.desc())
-        .limit(1)
+        select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
+            LedgerEntry.wallet_id == wallet_id, LedgerEntry.created_at < at
+        )
     )
     return int(found or 0)
 
