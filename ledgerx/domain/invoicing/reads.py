@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledgerx import ids
 from ledgerx.db.models import CreditNote, Invoice, InvoiceLine, Project
 from ledgerx.domain.invoicing.credit_notes import CreditNoteRecord, record
+from ledgerx.domain.payments import reads as payment_reads
 from ledgerx.domain.payments import records
 from ledgerx.domain.payments.records import InvoiceLineRecord, InvoiceRecord
 from ledgerx.domain.payments.service import PaymentsService
@@ -97,24 +98,9 @@ async def credit_notes_of(
 async def list_all_invoices(
     svc: PaymentsService, *, status: str | None, limit: int, before: uuid.UUID | None
 ) -> tuple[list[InvoiceRecord], dict[uuid.UUID, list[InvoiceLineRecord]]]:
-    """Platform admins: every project's invoices, newest first, optionally of one status."""
+    """Platform admins: a page of every project's invoices, newest first, optionally of one status."""
     async with svc.db.transaction(system=True) as s:
-        q = select(Invoice).order_by(Invoice.id.desc()).limit(limit + 1)
-        if status is not None:
-            q = q.where(Invoice.status == status)
-        if before is not None:
-            q = q.where(Invoice.id < before)
-        invoices = [records.of(InvoiceRecord, i) for i in (await s.execute(q)).scalars()]
-        lines: dict[uuid.UUID, list[InvoiceLineRecord]] = {i.id: [] for i in invoices}
-        if invoices:
-            rows = await s.execute(
-                select(InvoiceLine)
-                .where(InvoiceLine.invoice_id.in_(list(lines)))
-                .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
-            )
-            for line in rows.scalars():
-                lines[line.invoice_id].append(records.of(InvoiceLineRecord, line))
-    return invoices, lines
+        return await payment_reads.invoices_with_lines(s, payment_reads.newest_first(limit, before, status))
 
 
 CSV_COLUMNS = (

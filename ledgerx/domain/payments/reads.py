@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx.db.models import Invoice, InvoiceLine, Payment
 from ledgerx.domain.payments import records
@@ -12,27 +13,39 @@ from ledgerx.domain.payments.records import InvoiceLineRecord, InvoiceRecord, Pa
 from ledgerx.domain.payments.service import PaymentsService
 
 
+async def invoices_with_lines(
+    s: AsyncSession, q: Select[Invoice]
+) -> tuple[list[InvoiceRecord], dict[uuid.UUID, list[InvoiceLineRecord]]]:
+    """The invoices `q` selects and their lines (one statement for all the lines)."""
+    invoices = [records.of(InvoiceRecord, i) for i in (await s.execute(q)).scalars()]
+    lines: dict[uuid.UUID, list[InvoiceLineRecord]] = {i.id: [] for i in invoices}
+    if invoices:
+        rows = await s.execute(
+            select(InvoiceLine)
+            .where(InvoiceLine.invoice_id.in_(list(lines)))
+            .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
+        )
+        for line in rows.scalars():
+            lines[line.invoice_id].append(records.of(InvoiceLineRecord, line))
+    return invoices, lines
+
+
+def newest_first(limit: int, before: uuid.UUID | None, status: str | None) -> Select[Invoice]:
+    """A page of invoices, newest first: up to `limit + 1` (the extra one only tells that more exist)."""
+    q = select(Invoice).order_by(Invoice.id.desc()).limit(limit + 1)
+    if before is not None:
+        q = q.where(Invoice.id < before)
+    if status is not None:
+        q = q.where(Invoice.status == status)
+    return q
+
+
 async def list_invoices(
     svc: PaymentsService, project_id: uuid.UUID, *, limit: int, before: uuid.UUID | None, status: str | None = None
 ) -> tuple[list[InvoiceRecord], dict[uuid.UUID, list[InvoiceLineRecord]]]:
-    """Up to `limit + 1` invoices (the extra one only tells that more exist) and their lines."""
+    """A page of the project's invoices and their lines."""
     async with svc.db.transaction(project_id=project_id) as s:
-        q = select(Invoice).where(Invoice.project_id == project_id).order_by(Invoice.id.desc()).limit(limit + 1)
-        if status is not None:
-            q = q.where(Invoice.status == status)
-        if before is not None:
-            q = q.where(Invoice.id < before)
-        invoices = [records.of(InvoiceRecord, i) for i in (await s.execute(q)).scalars()]
-        lines: dict[uuid.UUID, list[InvoiceLineRecord]] = {i.id: [] for i in invoices}
-        if invoices:
-            rows = await s.execute(
-                select(InvoiceLine)
-                .where(InvoiceLine.invoice_id.in_(list(lines)))
-                .order_by(InvoiceLine.invoice_id, InvoiceLine.position)
-            )
-            for line in rows.scalars():
-                lines[line.invoice_id].append(records.of(InvoiceLineRecord, line))
-    return invoices, lines
+        return await invoices_with_lines(s, newest_first(limit, before, status).where(Invoice.project_id == project_id))
 
 
 async def lines_of(svc: PaymentsService, project_id: uuid.UUID, invoice_id: uuid.UUID) -> list[InvoiceLineRecord]:
