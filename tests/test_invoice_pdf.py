@@ -278,13 +278,28 @@ def test_text_outside_the_cut_faces_embeds_the_full_faces() -> None:
 
 @pytest.mark.skipif(not DEJAVU, reason="DejaVu Sans is not installed")
 def test_cut_faces_removed_under_a_running_process_are_cut_again() -> None:
-    pdf.render_invoice(invoice())
+    polish = invoice(buyer=Party("Łódź Sp. z o.o."))  # beyond Windows-1252, within the Latin cut
+    pdf.render_invoice(polish)
     fonts = pdf._font_set()
     assert fonts is not None and fonts.cuts
     for faces in fonts.cuts.values():
         faces.regular.unlink()
-    assert "Müller GmbH" in text(pdf.render_invoice(invoice()))
+    assert "Łódź Sp. z o.o." in text(pdf.render_invoice(polish))
     assert fonts.cuts[0].regular.is_file()  # the Latin cut, which this document embeds
+
+
+def test_text_windows_1252_covers_uses_the_core_fonts_and_embeds_none() -> None:
+    data = pdf.render_invoice(invoice())  # Müller GmbH, Hauptstraße, €-free amounts: all in cp1252
+    assert "Müller GmbH" in text(data)
+    reader = PdfReader(io.BytesIO(data))
+    fonts = reader.pages[0]["/Resources"]["/Font"]
+    names = {str(fonts[k].get_object()["/BaseFont"]) for k in fonts}
+    assert names <= {"/Helvetica", "/Helvetica-Bold"}, names
+    assert all("/FontDescriptor" not in fonts[k].get_object() for k in fonts)  # nothing embedded
+    polish = pdf.render_invoice(invoice(buyer=Party("Łódź Sp. z o.o.")))
+    if DEJAVU:
+        pfonts = PdfReader(io.BytesIO(polish)).pages[0]["/Resources"]["/Font"]
+        assert any("DejaVu" in str(pfonts[k].get_object()["/BaseFont"]) for k in pfonts)
 
 
 def test_concurrent_renders_in_threads_give_the_serial_bytes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -455,10 +455,17 @@ def _notes(pdf: _Pdf, notes: Iterable[str]) -> None:
 
 
 def _faces_for(texts: Iterable[str]) -> _Faces | None:
+    """The faces to embed, or None for the PDF core fonts. A document whose text Windows-1252 covers
+    (most Western names and addresses) uses Helvetica, which every PDF reader has built in: nothing
+    is embedded, and a render costs a third of one that embeds even a cut face (bench/invoices.py).
+    Other scripts (Polish, Greek, Cyrillic …) embed DejaVu Sans."""
+    used = {ord(c) for text in texts for c in text}
+    if used <= CORE_COVERS:
+        return None
     fonts = _font_set()
     if fonts is None:
         return None
-    return fonts.faces({ord(c) for text in texts for c in text})
+    return fonts.faces(used)
 
 
 def _party_texts(party: Party) -> Iterator[str]:
