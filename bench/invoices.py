@@ -1,5 +1,5 @@
-"""Invoices: PDF renders/s (ledgerx.domain.invoicing.pdf) against fpdf2's own floor, and (to come)
-invoices issued/s with gap-free numbering under concurrent issuers.
+"""Invoices: PDF renders/s (ledgerx.domain.invoicing.pdf) against fpdf2's own floor, and invoices
+issued/s with gap-free numbering under concurrent issuers against the same transaction without it.
 
 One process, no database for the PDF sections. Each figure is taken after a warm-up render (the
 first render of a process cuts the embedded font faces once; see pdf.py) over --seconds of
@@ -7,10 +7,11 @@ back-to-back renders on this thread:
 
 0. baseline: fpdf2 alone drawing one A4 page of plain text (60 lines) in the core Helvetica font,
    nothing embedded: what any fpdf2 document costs here, to read ours against;
-1. a 5-line invoice (DejaVu Sans regular and bold embedded, Latin-script text: the cut faces);
+1. a 5-line invoice whose text Windows-1252 covers (core fonts, nothing embedded);
 2. a 60-line invoice (3 pages, header repeated);
-3. the 5-line invoice for a Cyrillic buyer (outside the cut faces: the full faces embedded);
-4. issuing: invoices issued/s under 16 concurrent issuers (stub, see `bench_issuing`).
+3. the 5-line invoice for a Cyrillic buyer (DejaVu Sans embedded: the Latin+Greek+Cyrillic cut);
+4. issuing: invoices issued/s under 16 concurrent issuers, and the same transactions without a
+   number (DATABASE_URL; see `bench_issuing`).
 
     .venv/bin/python bench/invoices.py [--seconds 3] [--only baseline,pdf,issuing]
 """
@@ -328,7 +329,7 @@ async def main() -> None:
     if "pdf" in sections:
         bench_pdf(args.seconds, baseline)
     if "issuing" in sections:
-        await bench_issuing()
+        await bench_issuing(seconds=args.seconds)
 
 
 if __name__ == "__main__":

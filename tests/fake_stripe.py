@@ -1105,7 +1105,7 @@ class FakeStripe:
         the item's tax rates (or Stripe Tax) after the discount."""
         item = sub["items"]["data"][0]
         price = item["price"]
-        tax, exclusive, breakdown = self._taxes(
+        _, exclusive, breakdown = self._taxes(
             max(amount - discount, 0), list(item.get("tax_rates") or []), bool(item.get("_automatic_tax"))
         )
         line = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 from alembic import context
@@ -37,9 +38,17 @@ async def _run_async() -> None:
         try:
             await conn.run_sync(_run)
             await conn.commit()
+        except BaseException:
+            # Out of the failed transaction first, or the unlock below fails too and its "current
+            # transaction is aborted" replaces the migration's own error.
+            await conn.rollback()
+            raise
         finally:
-            await conn.exec_driver_sql("SELECT pg_advisory_unlock(7412093)")
-            await conn.commit()
+            # A session lock: closing the connection releases it too, so a failed unlock may not
+            # hide what happened above.
+            with contextlib.suppress(Exception):
+                await conn.exec_driver_sql("SELECT pg_advisory_unlock(7412093)")
+                await conn.commit()
     await engine.dispose()
 
 

@@ -32,7 +32,9 @@ _TAKE = text(
     INSERT INTO document_sequences AS d (kind, year, last_value)
     VALUES (:kind, extract(year FROM clock_timestamp() AT TIME ZONE 'UTC')::int, 1)
     ON CONFLICT (kind, year) DO UPDATE SET last_value = d.last_value + 1
-    RETURNING d.year, d.last_value, clock_timestamp() AS at
+    RETURNING d.year, d.last_value,
+              -- An issuer that waited for the lock across New Year's midnight keeps its number's year.
+              least(clock_timestamp(), make_timestamptz(d.year, 12, 31, 23, 59, 59.999999, 'UTC')) AS at
     """
 )
 

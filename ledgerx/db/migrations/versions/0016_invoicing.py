@@ -21,9 +21,11 @@ unique), numbered from its own sequence, linked to its invoice.
 live rate per country and state.
 
 Existing data: every credit-pack payment gets the PAID `CREDIT_PACK` invoice it would have got
-(its price, its coupon as a discount line); then every PAID invoice is numbered in the order it was
+(its price, its coupon as a discount line); then every PAID invoice that moved money (total above
+zero: a trial's zero invoice is not numbered, as issuing.py does) is numbered in the order it was
 paid, per year of payment, with the billing details the project has now (the best record there
 is) and no tax (none was computed before). Unpaid invoices stay unnumbered until they are paid.
+Refunds made before the upgrade get no credit notes (their numbers would be dated today).
 """
 
 from __future__ import annotations
@@ -156,19 +158,22 @@ def _backfill() -> None:
         """
         CREATE TEMP TABLE _pack_invoices ON COMMIT DROP AS
         SELECT p.id AS payment_id, gen_random_uuid() AS invoice_id, p.project_id, p.amount, p.discount,
-               p.currency, p.credits, p.created_at, p.coupon_id, p.stripe_charge_id,
-               p.stripe_payment_intent_id, coalesce(cp.name, 'Credit pack') AS pack_name
-        FROM payments p LEFT JOIN credit_packs cp ON cp.id = p.credit_pack_id
+               p.currency, p.credits, p.created_at, p.coupon_id, p.stripe_charge_id, p.transaction_id,
+               p.stripe_payment_intent_id, coalesce(cp.name, 'Credit pack') AS pack_name,
+               CASE WHEN c.id IS NULL THEN 'Discount' ELSE 'Coupon ' || c.code || ': ' || c.name END AS discount_label
+        FROM payments p
+        LEFT JOIN credit_packs cp ON cp.id = p.credit_pack_id
+        LEFT JOIN coupons c ON c.id = p.coupon_id
         WHERE p.kind = 'CREDIT_PACK' AND p.invoice_id IS NULL
         """
     )
     op.execute(
         """
         INSERT INTO invoices (id, project_id, kind, billing_reason, status, currency, total, amount_due,
-                              amount_paid, paid_at, credits, subtotal, discount, coupon_id,
+                              amount_paid, paid_at, credits, subtotal, discount, coupon_id, grant_transaction_id,
                               stripe_charge_id, stripe_payment_intent_id, created_at, updated_at)
         SELECT invoice_id, project_id, 'CREDIT_PACK', 'credit_pack', 'PAID', currency, amount, amount,
-               amount, created_at, credits, amount + discount, discount, coupon_id,
+               amount, created_at, credits, amount + discount, discount, coupon_id, transaction_id,
                stripe_charge_id, stripe_payment_intent_id, created_at, created_at
         FROM _pack_invoices
         """
@@ -178,11 +183,12 @@ def _backfill() -> None:
         INSERT INTO invoice_lines (id, invoice_id, project_id, position, kind, description, amount, unit_amount,
                                    discount, currency, quantity)
         SELECT gen_random_uuid(), invoice_id, project_id, 0, 'ITEM',
-               pack_name || ' (' || credits || ' credits)', amount + discount, amount + discount, discount,
+               pack_name || ' (' || to_char(credits, 'FM999,999,999,999,999,999') || ' credits)',
+               amount + discount, amount + discount, discount,
                currency, 1
         FROM _pack_invoices
         UNION ALL
-        SELECT gen_random_uuid(), invoice_id, project_id, 1, 'DISCOUNT', 'Discount', -discount, -discount, 0,
+        SELECT gen_random_uuid(), invoice_id, project_id, 1, 'DISCOUNT', discount_label, -discount, -discount, 0,
                currency, 1
         FROM _pack_invoices WHERE discount > 0
         """
@@ -197,7 +203,7 @@ def _backfill() -> None:
                  row_number() OVER (
                    PARTITION BY extract(year FROM coalesce(i.paid_at, i.created_at) AT TIME ZONE 'UTC')
                    ORDER BY coalesce(i.paid_at, i.created_at), i.id) AS n
-          FROM invoices i WHERE i.status = 'PAID' AND i.number IS NULL
+          FROM invoices i WHERE i.status = 'PAID' AND i.number IS NULL AND i.total > 0
         )
         UPDATE invoices i
         SET number = '{_prefix()}' || o.year || '-' || CASE WHEN o.n < 1000000 THEN lpad(o.n::text, 6, '0')
@@ -225,15 +231,20 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    # Credit notes first: they name the invoices deleted below.
+    op.drop_table("credit_notes")
     op.execute("DELETE FROM invoice_lines WHERE invoice_id IN (SELECT id FROM invoices WHERE kind = 'CREDIT_PACK')")
-    op.execute("UPDATE payments SET invoice_id = NULL WHERE kind = 'CREDIT_PACK'")
+    # Only the payments of the invoices going away (a top-up's payment is a CREDIT_PACK payment of a
+    # TOP_UP invoice, which stays).
+    op.execute(
+        "UPDATE payments SET invoice_id = NULL WHERE invoice_id IN (SELECT id FROM invoices WHERE kind = 'CREDIT_PACK')"
+    )
     op.execute("DELETE FROM invoices WHERE kind = 'CREDIT_PACK'")
     op.execute("ALTER TABLE invoices DROP CONSTRAINT ck_invoices_kind")
     op.execute(
         "ALTER TABLE invoices ADD CONSTRAINT ck_invoices_kind"
         " CHECK (kind IN ('SUBSCRIPTION', 'PRORATION', 'OTHER', 'TOP_UP'))"
     )
-    op.drop_table("credit_notes")
     op.drop_constraint("kind", "invoice_lines", type_="check")
     for column in ("tax", "discount", "unit_amount", "kind"):
         op.drop_column("invoice_lines", column)
