@@ -736,6 +736,9 @@ class FakeStripe:
 
     # subscriptions
 
+    def _get_payment_intents(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
+        return 200, self.objects[rest[0]]
+
     def _get_subscriptions(self, rest: list[str], p: dict[str, Any]) -> tuple[int, Obj]:
         return 200, self.objects[rest[0]]
 

@@ -220,6 +220,14 @@ class StripeGateway:
 
     # -- subscriptions and invoices ---------------------------------------------------------------
 
+    async def retrieve_payment_intent(self, payment_intent_id: str) -> dict[str, Any]:
+        return await self._call(
+            "read a payment intent", self.client.v1.payment_intents.retrieve_async(payment_intent_id)
+        )
+
+    async def retrieve_checkout_session(self, session_id: str) -> dict[str, Any]:
+        return await self._call("read a checkout session", self.client.v1.checkout.sessions.retrieve_async(session_id))
+
     async def retrieve_subscription(self, subscription_id: str) -> dict[str, Any]:
         return await self._call("read a subscription", self.client.v1.subscriptions.retrieve_async(subscription_id))
 
