@@ -4,7 +4,8 @@ Each round claims due events with SKIP LOCKED and a lease (several instances nev
 row), processes them oldest first, and records every attempt; failures come back after an
 exponential backoff. Every `dunning_interval` it also announces subscriptions whose grace period
 ran out, and mails those whose grace period ends within a day (payments/notices.py). Each round
-also starts the auto top-ups the ledger asked for (payments/top_up_intents.py).
+also starts the auto top-ups the ledger asked for (payments/top_up_intents.py), and every
+`redemptions.SWEEP_INTERVAL` it settles coupon reservations whose Checkout outcome event was lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import time
 
 from ledgerx.background import PollingWorker
-from ledgerx.domain.payments import dunning, inbox, notices, top_up_intents
+from ledgerx.domain.payments import dunning, inbox, notices, redemptions, top_up_intents
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.processor")
@@ -26,6 +27,7 @@ class WebhookProcessor(PollingWorker):
         super().__init__(log)
         self.payments = payments
         self._next_dunning = 0.0
+        self._next_coupon_sweep = 0.0
 
     async def run_once(self) -> int:
         settings = self.payments.settings
@@ -36,6 +38,9 @@ class WebhookProcessor(PollingWorker):
             self._next_dunning = time.monotonic() + settings.dunning_interval
             await dunning.run_dunning(self.payments)
             await notices.warn_grace_ending(self.payments)
+        if time.monotonic() >= self._next_coupon_sweep:
+            self._next_coupon_sweep = time.monotonic() + redemptions.SWEEP_INTERVAL
+            await redemptions.sweep_reservations(self.payments)
         return claimed
 
     def _idle_wait(self) -> float:
