@@ -28,9 +28,10 @@ from graphql import (
 
 from ledgerx import ids
 from ledgerx.graphql_schema import build_schema
+from ledgerx.ids import uuid7
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, new_email, sign_up
-from tests.tenancy_helpers import create_project, make_platform_admin
+from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 from tests.test_billing import CREATE_RULE, RUN
 from tests.test_invites import CREATE_INVITE
 from tests.test_ledger_api import CREDIT, new_wallet
@@ -39,7 +40,7 @@ from tests.test_usage_helpers import api_key, define
 # Kinds whose ids name no tenant's object: the platform's catalog and inbox (plans, credit packs,
 # Stripe events, reached by platform admins only or shared by every project). "Another tenant's"
 # does not apply to them.
-GLOBAL_KINDS = {"plan", "credit_pack", "coupon", "webhook_event"}
+GLOBAL_KINDS = {"plan", "credit_pack", "coupon", "webhook_event", "tax_rate"}
 # Argument and input-field names whose kind is plain; any other ID position (`id`, new names) is
 # asked for its kind: a wrong prefix is answered "expected a <kind> id starting with <prefix>_".
 NAMED_KINDS = {
@@ -178,10 +179,20 @@ async def _kind_of(caller: Caller, op: str, fname: str, field: GraphQLField, pat
     return kind
 
 
-async def _tenant(gql: GQL) -> tuple[SignedIn, dict[str, str]]:
+async def _tenant(gql: GQL, settings: Settings) -> tuple[SignedIn, dict[str, str]]:
     """A project with one object of every tenant kind; returns its owner and the ids by kind."""
     owner = await sign_up(gql)
     project = await create_project(gql, owner)
+    # An invoice (made by Stripe events elsewhere; written as its row here: no Stripe in this test).
+    # OPEN, so unnumbered: it stays out of other tests' exports and sequences.
+    invoice = uuid7()  # time-ordered, as the app makes them (listings are newest first by id)
+    await owner_sql(
+        settings,
+        "INSERT INTO invoices (id, project_id, kind, status, currency, total, subtotal)"
+        " VALUES ($1, $2, 'TOP_UP', 'OPEN', 'USD', 100, 100)",
+        invoice,
+        ids.decode("project", project),
+    )
     await define(gql, owner, project, "api_calls")
     wallet = await new_wallet(gql, owner.token, project)
     credit = {"walletId": wallet, "amount": 100, "idempotencyKey": secrets.token_hex(8)}
@@ -222,13 +233,14 @@ async def _tenant(gql: GQL) -> tuple[SignedIn, dict[str, str]]:
         "rule": rule,
         "run": run,
         "user": owner.user_id,
+        "invoice": ids.encode("invoice", invoice),
     }
 
 
 async def test_another_tenants_ids_and_made_up_ids_get_the_same_error(gql: GQL, settings: Settings) -> None:
     schema = build_schema()._schema
-    me, mine = await _tenant(gql)
-    _, theirs = await _tenant(gql)
+    me, mine = await _tenant(gql, settings)
+    _, theirs = await _tenant(gql, settings)
     secret = await api_key(gql, me, mine["project"], ALL_SCOPES)
     callers = {"owner": Caller(gql, me.token, mine), "api key": Caller(gql, secret, mine)}
     # Asks the kinds: a platform admin gets past the permission checks of admin-only fields.

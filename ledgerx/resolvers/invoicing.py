@@ -18,7 +18,8 @@ from ledgerx.domain.ledger import policy, wallets
 from ledgerx.domain.pagination import decode_cursor, encode_cursor, page_size
 from ledgerx.domain.payments import reads as payment_reads
 from ledgerx.domain.tenancy.access import Need
-from ledgerx.resolvers.guards import access_by_uuid, authorizer, project_access, require_platform_admin
+from ledgerx.domain.tenancy.authorize import Rule
+from ledgerx.resolvers.guards import authorizer, project_access, require_platform_admin
 from ledgerx.schema.info import Info
 from ledgerx.schema.invoicing import (
     CreateTaxRateInput,
@@ -122,11 +123,13 @@ class Query:
     async def invoice(self, info: Info, id: strawberry.ID) -> InvoiceType:
         svc = info.context.services.payments
         invoice_id = ids.decode("invoice", id, "id")
+        info.context.require_principal()
         project_id = await reads.invoice_project(svc, invoice_id)
-        if project_id is None:
-            raise NotFound("invoice not found", field="id")
-        await access_by_uuid(info, project_id, Need.ADMIN, write=False)
-        found = await reads.get_invoice(svc, project_id, invoice_id)
+        # A missing invoice and another tenant's answer alike (no id oracle).
+        access = await authorizer(info).require_for(
+            project_id, Rule(Need.ADMIN, write=False), what="invoice", field="id"
+        )
+        found = await reads.get_invoice(svc, access.project_id, invoice_id)
         if found is None:
             raise NotFound("invoice not found", field="id")
         inv, lines, notes, _ = found
