@@ -7,8 +7,11 @@ webhook processor's rounds, never inside a ledger transaction:
 1. claim (one transaction, system path): WANTED rows, oldest first, `FOR UPDATE SKIP LOCKED` (two
    instances never take the same row). Each becomes PENDING with `started_at`, the pack's price
    and credits, and an OPEN `TOP_UP` invoice (`invoice.created`); or SKIPPED when auto top-up is
-   off by now, or when the project has no saved payment method (`lastStatus: NO_PAYMENT_METHOD`,
-   no Stripe call).
+   off by now, when the project has no saved payment method (`lastStatus: NO_PAYMENT_METHOD`,
+   no Stripe call), or when the wallet's balance is back at or above the threshold (something
+   credited it since the crossing: the top-up is no longer wanted; the settings' `lastStatus`
+   stays as it was, the attempt's `error` says why). That last decision is taken under the
+   wallet's lock (see `_credited_back`).
 2. after the commit: one PaymentIntent per claimed row (`off_session`, `confirm`), with the Stripe
    idempotency key `ledgerx:auto-top-up:<attempt id>`; its id is recorded on the row. A row left
    PENDING without an intent for `LOST_AFTER` (the process died, or Stripe could not be reached)
@@ -19,6 +22,18 @@ webhook processor's rounds, never inside a ledger transaction:
    intent Stripe answers with, or `payment_intent.payment_failed`) is `failed`: FAILED, the invoice
    voided, `invoice.payment_failed`, a TOP_UP_FAILED mail. Each outcome is applied once, under
    the attempt row's lock.
+4. recovery of a lost outcome event (`recover`, in the same round): a row PENDING with an intent
+   whose `started_at` is older than `RECOVER_AFTER` (its event never came: an endpoint
+   misconfigured, an event lost) is leased (`started_at` := now, committed, SKIP LOCKED: one
+   worker looks) and Stripe is asked for the intent. `succeeded` and a decline (`DECLINED`: as
+   `_charge` reads the intent it creates; `requires_action` too, since off-session nobody
+   authenticates it) apply exactly what the webhook handlers apply (the same functions, so the
+   event arriving later changes nothing); any other status (`processing`, ...) is left for the
+   next look, `RECOVER_AFTER` later. For a PENDING row with an intent, `started_at` is thus when
+   Stripe was last asked about it (no column of its own: no migration). A look Stripe could not
+   answer (unreachable, 5xx, rate limited) is due again `LOST_AFTER` later (`started_at` is set
+   back accordingly); one it refused (the intent unknown, the API key refused) waits the whole
+   interval. A Stripe error never stops the round.
 
 One in flight per wallet: the partial unique index over WANTED/PENDING rows. No retry storm: a
 failed top-up is retried only by a new crossing (the balance must first be credited back to the
@@ -33,7 +48,7 @@ import logging
 import uuid
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
@@ -57,7 +72,17 @@ log = logging.getLogger("ledgerx.payments.top_up")
 META_ATTEMPT = "ledgerx_auto_top_up_id"
 STRIPE_TAX_NOTE = "No tax: Stripe Tax does not price automatic top-ups (TAX_MODE=stripe)."
 LOST_AFTER = dt.timedelta(seconds=60)
+# How long an intent's outcome event may take before the worker asks Stripe itself, and how often
+# it asks again about an intent that is still undecided (`processing`): Stripe sends the event
+# within seconds, so a quarter of an hour means it was lost, and one look per attempt per quarter
+# hour is nothing to Stripe's rate limits.
+RECOVER_AFTER = dt.timedelta(minutes=15)
 CLAIM_LIMIT = 20
+# The statuses of an off-session intent that will not be paid without the customer.
+DECLINED = ("requires_payment_method", "requires_action", "canceled")
+
+_BALANCE = text("SELECT balance FROM wallets WHERE id = :w")
+_BALANCE_LOCKED = text("SELECT balance FROM wallets WHERE id = :w FOR UPDATE SKIP LOCKED")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -97,12 +122,14 @@ class Job:
 
 
 async def run_once(svc: PaymentsService, limit: int = CLAIM_LIMIT) -> int:
-    """One round: claim, then call Stripe for each claimed attempt. Returns how many were claimed."""
+    """One round: claim, call Stripe for each claimed attempt, then look up the intents whose
+    outcome event is overdue (`recover`). Returns how many were claimed."""
     if svc.stripe is None:
         return 0  # payments are not configured: the wanted rows wait (one per wallet at most)
     jobs, claimed = await _claim(svc, limit)
     for job in jobs:
         await _charge(svc, job)
+    await recover(svc, limit)
     return claimed
 
 
@@ -144,6 +171,13 @@ async def _start(svc: PaymentsService, s: AsyncSession, a: AutoTopUpAttempt, now
         return _job(a, customer)
     if settings is None or not settings.enabled:
         _skip(a, "auto top-up is off", now)
+        return None
+    stale = await _credited_back(s, a.wallet_id, settings.threshold)
+    if stale is None:
+        return None  # a posting holds the wallet: left WANTED, decided by the next round
+    if stale:
+        _skip(a, "the balance is back at or above the threshold (credited since the crossing)", now)
+        log.info("auto top-up %s skipped: the wallet was credited back above the threshold", a.id)
         return None
     settings.last_attempt_at = now
     if customer is None or customer.default_payment_method is None:
@@ -202,6 +236,24 @@ def _job(a: AutoTopUpAttempt, customer: PaymentCustomer) -> Job:
     )
 
 
+async def _credited_back(s: AsyncSession, wallet_id: uuid.UUID, threshold: int) -> bool | None:
+    """Whether the wallet's balance is back at or above `threshold` (the wanted top-up is stale);
+    None: it cannot be decided now.
+
+    Still low (the usual case) is decided without the wallet's lock: charging then is right
+    whatever happens next. Back up is decided under it: skipping frees the wallet's in-flight
+    slot only at our commit, so a debit crossing again meanwhile would find this row WANTED, add
+    nothing (ON CONFLICT DO NOTHING) and its crossing would be lost. SKIP LOCKED: the claim holds
+    attempt rows and never waits on a wallet (the ledger and setAutoTopUp lock the wallet first)."""
+    balance = await s.scalar(_BALANCE, {"w": wallet_id})
+    if balance is None or balance < threshold:
+        return False
+    balance = await s.scalar(_BALANCE_LOCKED, {"w": wallet_id})
+    if balance is None:
+        return None
+    return bool(balance >= threshold)
+
+
 def _skip(a: AutoTopUpAttempt, why: str, now: dt.datetime) -> None:
     a.status, a.error, a.finished_at = "SKIPPED", why, now
 
@@ -228,8 +280,7 @@ async def _charge(svc: PaymentsService, job: Job) -> None:
             .where(AutoTopUpAttempt.id == job.attempt_id, AutoTopUpAttempt.stripe_payment_intent_id.is_(None))
             .values(stripe_payment_intent_id=intent_id)
         )
-        status = intent.get("status")
-        if status in ("requires_payment_method", "requires_action", "canceled"):
+        if intent.get("status") in DECLINED:
             a = await _locked(s, job.attempt_id)
             if a is not None:
                 await _fail(svc, s, a, intent_id, decline_message(intent), svc.now())
@@ -240,7 +291,97 @@ def decline_message(intent: Obj) -> str:
     err = objects.obj(intent.get("last_payment_error"))
     if intent.get("status") == "requires_action":
         return "the payment needs the customer's authentication (not possible off-session)"
+    if intent.get("status") == "canceled" and not err:
+        return f"the payment was canceled ({intent.get('cancellation_reason') or 'at Stripe'})"[:500]
     return str(err.get("message") or err.get("code") or "the payment failed")[:500]
+
+
+async def recover(svc: PaymentsService, limit: int = CLAIM_LIMIT) -> int:
+    """Ask Stripe about the PENDING intents whose outcome event is overdue (step 4 of the module
+    doc) and apply what it says. Returns how many were looked up. Never raises for one attempt:
+    the others are still looked at, and the round goes on."""
+    due = await _lease_overdue(svc, limit)
+    for attempt_id, intent_id in due:
+        try:
+            await _look(svc, attempt_id, intent_id)
+        except Exception:
+            # Not Stripe (handled in _look): applying the outcome failed. Leased, so looked at
+            # again after RECOVER_AFTER; the webhook may still bring the event meanwhile.
+            log.exception("auto top-up %s: applying intent %s failed", attempt_id, intent_id)
+    return len(due)
+
+
+async def _lease_overdue(svc: PaymentsService, limit: int) -> list[tuple[uuid.UUID, str]]:
+    """The overdue rows, each leased for RECOVER_AFTER (`started_at` := now, committed before
+    Stripe is asked): two workers at once never look up the same intent."""
+    now = svc.now()
+    async with svc.db.transaction(system=True) as s:
+        rows = (
+            await s.execute(
+                select(AutoTopUpAttempt.id, AutoTopUpAttempt.stripe_payment_intent_id)
+                .where(
+                    AutoTopUpAttempt.status == "PENDING",
+                    AutoTopUpAttempt.stripe_payment_intent_id.is_not(None),
+                    AutoTopUpAttempt.started_at < now - RECOVER_AFTER,
+                )
+                .order_by(AutoTopUpAttempt.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if rows:
+            await s.execute(
+                update(AutoTopUpAttempt)
+                .where(AutoTopUpAttempt.id.in_([r.id for r in rows]))
+                .values(started_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return [(r.id, str(r.stripe_payment_intent_id)) for r in rows]
+
+
+async def _look(svc: PaymentsService, attempt_id: uuid.UUID, intent_id: str) -> None:
+    try:
+        intent = await svc.require_stripe().retrieve_payment_intent(intent_id)
+    except AppError as exc:
+        retryable = bool(exc.extra.get("retryable"))
+        log.warning(
+            "auto top-up %s: Stripe could not say how intent %s ended (%s); asking again in %s",
+            attempt_id,
+            intent_id,
+            exc,
+            LOST_AFTER if retryable else RECOVER_AFTER,
+        )
+        if retryable:  # Stripe unreachable or overloaded: sooner than a whole interval
+            async with svc.db.transaction(system=True) as s:
+                await s.execute(
+                    update(AutoTopUpAttempt)
+                    .where(AutoTopUpAttempt.id == attempt_id, AutoTopUpAttempt.status == "PENDING")
+                    .values(started_at=svc.now() - RECOVER_AFTER + LOST_AFTER)
+                    .execution_options(synchronize_session=False)
+                )
+        return
+    status = intent.get("status")
+    if intent.get("id") != intent_id:
+        log.error("auto top-up %s: Stripe answered intent %s for %s", attempt_id, intent.get("id"), intent_id)
+        return
+    if status == "succeeded":
+        # What payment_intent.succeeded applies (handlers/payment_intent.py), in the same order:
+        # the credit (keyed by the intent) first, then the attempt under its lock.
+        async with svc.db.transaction(system=True) as s:
+            found = await s.get(AutoTopUpAttempt, attempt_id)
+            if found is None:
+                return
+            _, payment = await succeeded(svc, s, found, intent, Actor.system())
+        if payment is not None:
+            log.info("auto top-up %s: intent %s succeeded (its event never came): credited", attempt_id, intent_id)
+            svc.publish([grants.payment_event("payment.succeeded", payment)])
+    elif status in DECLINED:
+        async with svc.db.transaction(system=True) as s:
+            a = await _locked(s, attempt_id)
+            if a is not None and await failed(svc, s, a, intent):
+                log.info("auto top-up %s: intent %s was declined (its event never came)", attempt_id, intent_id)
+    else:
+        log.info("auto top-up %s: intent %s is %s; looking again in %s", attempt_id, intent_id, status, RECOVER_AFTER)
 
 
 async def _locked(s: AsyncSession, attempt_id: uuid.UUID) -> AutoTopUpAttempt | None:
