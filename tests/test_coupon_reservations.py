@@ -1,5 +1,5 @@
 """Coupon reservations whose Checkout outcome event was lost, settled by the sweep
-(`redemptions.sweep_reservations`) by asking Stripe (the fake) for the session: an expired one is
+(`reservation_sweep.sweep_reservations`) by asking Stripe (the fake) for the session: an expired one is
 released, an open one past its expiry is expired at Stripe and released, a paid one is processed
 as its `checkout.session.completed` would have been; the real event arriving later changes
 nothing; Stripe failures are retried at the next sweep; two sweeps settle each reservation once.
@@ -18,8 +18,8 @@ import pytest
 from ledgerx import ids
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.payments import redemptions
-from ledgerx.domain.payments.redemptions import SweepReport
+from ledgerx.domain.payments import redemptions, reservation_sweep
+from ledgerx.domain.payments.reservation_sweep import SweepReport
 from ledgerx.ids import uuid7
 from tests.fake_stripe import checkout, create_pack, create_plan
 from tests.test_coupons import World, settings, unique, world
@@ -29,8 +29,8 @@ __all__ = ["settings", "world"]  # fixtures reused from test_coupons
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 
 # A reservation is due for the sweep once its session's hold and the grace have passed.
-DUE = redemptions.CHECKOUT_HOLD + redemptions.SWEEP_GRACE + dt.timedelta(minutes=1)
-EARLY = redemptions.CHECKOUT_HOLD + redemptions.SWEEP_GRACE - dt.timedelta(minutes=1)
+DUE = redemptions.CHECKOUT_HOLD + reservation_sweep.SWEEP_GRACE + dt.timedelta(minutes=1)
+EARLY = redemptions.CHECKOUT_HOLD + reservation_sweep.SWEEP_GRACE - dt.timedelta(minutes=1)
 
 
 async def sweep_at(w: World, after: dt.timedelta, sweeps: int = 1) -> list[SweepReport]:
@@ -39,7 +39,9 @@ async def sweep_at(w: World, after: dt.timedelta, sweeps: int = 1) -> list[Sweep
     real = svc.clock
     svc.clock = lambda: real() + after
     try:
-        return list(await asyncio.gather(*(redemptions.sweep_reservations(svc, limit=1000) for _ in range(sweeps))))
+        return list(
+            await asyncio.gather(*(reservation_sweep.sweep_reservations(svc, limit=1000) for _ in range(sweeps)))
+        )
     finally:
         svc.clock = real
 

@@ -5,7 +5,7 @@ row), processes them oldest first, and records every attempt; failures come back
 exponential backoff. Every `dunning_interval` it also announces subscriptions whose grace period
 ran out, and mails those whose grace period ends within a day (payments/notices.py). Each round
 also starts the auto top-ups the ledger asked for (payments/top_up_intents.py), and every
-`redemptions.SWEEP_INTERVAL` it settles coupon reservations whose Checkout outcome event was lost.
+`reservation_sweep.SWEEP_INTERVAL` it settles coupon reservations whose Checkout outcome event was lost.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import time
 
 from ledgerx.background import PollingWorker
-from ledgerx.domain.payments import dunning, inbox, notices, redemptions, top_up_intents
+from ledgerx.domain.payments import dunning, inbox, notices, reservation_sweep, top_up_intents
 from ledgerx.domain.payments.service import PaymentsService
 
 log = logging.getLogger("ledgerx.webhooks.processor")
@@ -39,8 +39,8 @@ class WebhookProcessor(PollingWorker):
             await dunning.run_dunning(self.payments)
             await notices.warn_grace_ending(self.payments)
         if time.monotonic() >= self._next_coupon_sweep:
-            self._next_coupon_sweep = time.monotonic() + redemptions.SWEEP_INTERVAL
-            await redemptions.sweep_reservations(self.payments)
+            self._next_coupon_sweep = time.monotonic() + reservation_sweep.SWEEP_INTERVAL
+            await reservation_sweep.sweep_reservations(self.payments)
         return claimed
 
     def _idle_wait(self) -> float:
