@@ -20,6 +20,7 @@ import pytest
 from pypdf import PdfReader
 
 from ledgerx import ids
+from ledgerx.domain.invoicing import credit_notes
 from ledgerx.ids import uuid7
 from ledgerx.services import Services
 from ledgerx.settings import Settings
@@ -296,11 +297,20 @@ async def test_who_may_read_an_invoice_pdf(
     assert await status(signed) == 200  # the signed link, without credentials
     assert await status(signed, bearer(theirs.owner.token)) == 200  # the link alone suffices
 
-    # An API key of the project (either header), until it is revoked.
+    # An API key of the project without `billing:read` is refused (as the billing details are).
+    usage_only = (
+        await gql.ok(
+            CREATE_KEY,
+            {"i": {"projectId": mine.project_id, "name": "meter", "scopes": ["usage:write"]}},
+            token=mine.owner.token,
+        )
+    )["createApiKey"]["secret"]
+    assert await status(path, bearer(usage_only)) == 404
+    # One with it (either header), until it is revoked.
     made = (
         await gql.ok(
             CREATE_KEY,
-            {"i": {"projectId": mine.project_id, "name": "books", "scopes": ["wallets:read"]}},
+            {"i": {"projectId": mine.project_id, "name": "books", "scopes": ["billing:read"]}},
             token=mine.owner.token,
         )
     )["createApiKey"]
@@ -324,6 +334,7 @@ async def test_who_may_read_an_invoice_pdf(
     flipped = ("A" if sig[0] != "A" else "B") + sig[1:]
     assert await status(with_query(signed, signature=flipped)) == 404
     assert await status(with_query(signed, signature="")) == 404
+    assert await status(with_query(signed, signature="é")) == 404  # not ASCII: still a plain 404
     assert await status(with_query(signed, expires=str(int(q["expires"]) + 1))) == 404
     assert await status(f"/invoices/{other['id']}.pdf?{urlsplit(signed).query}") == 404
     assert (
@@ -901,3 +912,20 @@ async def test_a_statement_adds_up_when_entry_times_do_not_follow_the_ledger_ord
     # Today: opening 150 (the balance after the last entry, by seq, of those stamped before `from`),
     # credits 100, closing 150.
     assert opening + credits - debits == closing
+
+
+@pytest.mark.parametrize(
+    ("amount", "left", "tax_left", "expected"),
+    [
+        (1000, 5880, 980, 167),  # a share, half-even: 1000 * 980 / 5880 = 166.67
+        (4880, 4880, 813, 813),  # the last refund takes the tax left
+        (2, 2, 20, 2),  # many small refunds credited 0 tax each: the last is capped by its amount
+        (0, 10, 5, 0),
+    ],
+)
+def test_a_credit_notes_tax_share_never_exceeds_its_amount(
+    amount: int, left: int, tax_left: int, expected: int
+) -> None:
+    got = credit_notes.tax_share(amount, left=left, invoice_total=5880, invoice_tax=980, tax_left=tax_left)
+    assert got == expected
+    assert 0 <= got <= amount

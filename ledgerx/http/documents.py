@@ -1,8 +1,9 @@
 """Document routes: PDFs of invoices, credit notes and wallet statements, and the accountant's CSV.
 
 - `GET /invoices/{id}.pdf`, `GET /credit-notes/{id}.pdf`, `GET /wallets/{id}/statement.pdf?from=&to=`:
-  for the project's members and API keys (`Authorization: Bearer …`), or for anyone holding the
-  signed, expiring link the API hands out (`pdfUrl`). Everything else is 404, whether the
+  for the project's members and its API keys with `billing:read` (statements: `wallets:read`)
+  (`Authorization: Bearer …`), or for anyone holding the signed, expiring link the API hands out
+  (`pdfUrl`). Everything else is 404, whether the
   document exists or not, so ids cannot be probed.
 - `GET /admin/invoices.csv?from=&to=`: platform admins; issued invoices and credit notes of the
   period (at most about a year per file).
@@ -25,12 +26,16 @@ from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
 from ledgerx.domain.invoicing import issuing, printing, reads, statements
+from ledgerx.domain.ledger import policy as ledger_policy
 from ledgerx.domain.tenancy.access import Need, is_platform_admin
 from ledgerx.domain.tenancy.authorize import Authorizer, Rule
+from ledgerx.domain.tenancy.scopes import BILLING_READ
 from ledgerx.http.usage import error_response
 from ledgerx.services import Services
 
-READ = Rule(Need.MEMBER, write=False)
+# Invoices and credit notes print the billing details: members, and API keys with `billing:read`
+# (as the billing details themselves); statements are the wallet's: the ledger's read rule.
+DOCUMENT_READ = Rule(Need.MEMBER, write=False, scope=BILLING_READ)
 _NOT_FOUND = NotFound("document not found")
 
 
@@ -77,7 +82,7 @@ class _Caller:
             request.url.path, params, q.get("expires"), q.get("signature"), svc.payments.now()
         )
 
-    async def may_read(self, project_id: uuid.UUID | None) -> bool:
+    async def may_read(self, project_id: uuid.UUID | None, rule: Rule = DOCUMENT_READ) -> bool:
         if project_id is None:
             return False
         if self.signed:
@@ -85,7 +90,7 @@ class _Caller:
         if self.principal is None:
             return False
         try:
-            await Authorizer(self.svc.db, self.svc.access_cache, self.principal).require(project_id, READ)
+            await Authorizer(self.svc.db, self.svc.access_cache, self.principal).require(project_id, rule)
         except AppError:
             return False
         return True
@@ -163,7 +168,7 @@ def document_routes(services: Callable[[], Services]) -> dict[str, Callable[[Req
         ref = await svc.ledger.wallet_ref(wallet_id)
         project_id = ref.project_id if ref is not None else None
         caller = _Caller(svc, request, principal, {"from": raw_from or "", "to": raw_to or ""})
-        if not await caller.may_read(project_id):
+        if not await caller.may_read(project_id, ledger_policy.READ):
             raise _NOT_FOUND
         assert project_id is not None
         async with svc.db.transaction(project_id=project_id) as s:

@@ -64,7 +64,9 @@ def record(row: CreditNote) -> CreditNoteRecord:
 def tax_share(amount: int, *, left: int, invoice_total: int, invoice_tax: int, tax_left: int) -> int:
     """The tax credited by a refund of `amount` when `left` of the invoice is not credited yet."""
     if amount >= left:
-        return tax_left
+        # The last refund takes the tax left, never more than its own amount (many small refunds
+        # may each have credited 0 tax; the note's subtotal must stay >= 0).
+        return max(0, min(tax_left, amount))
     if invoice_total <= 0:
         return 0
     return max(0, min(tax.round_half_even(amount * invoice_tax, invoice_total), tax_left))

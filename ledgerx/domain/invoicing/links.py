@@ -54,6 +54,7 @@ class DocumentLinks:
         if int(expires) <= now.timestamp():
             return False
         full = f"{path}?{urlencode(params)}" if params else path
+        given = signature.encode("utf-8", "replace")  # compare_digest refuses non-ASCII str
         return any(
-            hmac.compare_digest(self._signature(secret, full, int(expires)), signature) for secret in self._secrets
+            hmac.compare_digest(self._signature(secret, full, int(expires)).encode(), given) for secret in self._secrets
         )

@@ -130,6 +130,9 @@ async def change_plan(
             if invoice is not None and invoice.status == "PAID":
                 wallet = await grants.wallet_for(svc, project_id, sub.wallet_id)
                 await grants.grant_invoice(svc, s, invoice, wallet_id=wallet)
+                # Numbered after Stripe's calls and the grant: the number's lock is held to commit,
+                # and every issuer takes the wallet before the number (no lock-order deadlock).
+                await issuing.issue(svc, s, invoice)
             if invoice is not None:
                 # This transaction inserted the row (Stripe's events about the invoice wait on the
                 # subscription's lock, then find it and announce nothing of what is said here).
@@ -250,8 +253,6 @@ async def _charge_proration(
         stripe_payment_intent_id=objects.invoice_payment_intent(paid),
     )
     await composing.write(s, invoice, comp, choice=choice, plan_id=new.id, proration=True)
-    if status == "PAID":
-        await issuing.issue(svc, s, invoice)
     await s.flush()
     return invoice
 

@@ -55,8 +55,8 @@ WALLETS_WRITE = Scope(
 )
 BILLING_READ = Scope(
     "billing:read",
-    "Read billing rules, their runs and previews, the test clock, and the project's billing details and"
-    " notification settings.",
+    "Read billing rules, their runs and previews, the test clock, the project's billing details and"
+    " notification settings, and its invoice and credit note PDFs.",
     (
         "billingRule",
         "billingRules",

@@ -147,6 +147,9 @@ def upgrade() -> None:
 
 
 def _backfill() -> None:
+    # The tables force row-level security on their owner too: this is the system path (0013 does
+    # the same), else a non-superuser owner (a managed database) would fill in nothing at all.
+    op.execute("SELECT set_config('ledgerx.scope', 'system', true)")
     # Existing lines: what they were (one ITEM each), their unit amount where it divides.
     op.execute(
         "UPDATE invoice_lines SET unit_amount = CASE WHEN quantity > 0 AND amount % quantity = 0"
@@ -157,7 +160,12 @@ def _backfill() -> None:
     op.execute(
         """
         CREATE TEMP TABLE _pack_invoices ON COMMIT DROP AS
-        SELECT p.id AS payment_id, gen_random_uuid() AS invoice_id, p.project_id, p.amount, p.discount,
+        SELECT p.id AS payment_id,
+               -- Time-ordered like the app's UUIDv7 ids (listings are newest first by id): the
+               -- payment's time in milliseconds, version 7, the variant, then bits of the payment id.
+               (lpad(to_hex((extract(epoch FROM p.created_at) * 1000)::bigint), 12, '0') || '7'
+                || substr(md5(p.id::text), 1, 3) || '8' || substr(md5(p.id::text), 4, 15))::uuid AS invoice_id,
+               p.project_id, p.amount, p.discount,
                p.currency, p.credits, p.created_at, p.coupon_id, p.stripe_charge_id, p.transaction_id,
                p.stripe_payment_intent_id, coalesce(cp.name, 'Credit pack') AS pack_name,
                CASE WHEN c.id IS NULL THEN 'Discount' ELSE 'Coupon ' || c.code || ': ' || c.name END AS discount_label
@@ -231,6 +239,7 @@ def _backfill() -> None:
 
 
 def downgrade() -> None:
+    op.execute("SELECT set_config('ledgerx.scope', 'system', true)")
     # Credit notes first: they name the invoices deleted below.
     op.drop_table("credit_notes")
     op.execute("DELETE FROM invoice_lines WHERE invoice_id IN (SELECT id FROM invoices WHERE kind = 'CREDIT_PACK')")
