@@ -15,6 +15,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -381,3 +382,40 @@ async def test_a_trials_zero_invoice_stays_unnumbered(scratch_database: str, con
     got = await numbers(conn)
     assert got[paid][0] == "LX-2025-000001"
     assert got[trial] == (None, None)
+
+
+async def test_the_backfill_runs_for_an_owner_that_is_not_a_superuser(scratch_database: str) -> None:
+    """Managed databases give the migrating owner no superuser. The tables force row-level security
+    on their owner too, so the backfill must take the system path, or it fills in nothing at all."""
+    role = f"lx_owner_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(scratch_database)
+    db = parts.path.lstrip("/")
+    owner_url = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+    admin = await asyncpg.connect(asyncpg_dsn(scratch_database))  # a superuser: no RLS binds it
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+        await admin.execute(f'ALTER DATABASE "{db}" OWNER TO "{role}"')
+        await admin.execute(f'GRANT ALL ON SCHEMA public TO "{role}"')
+        await asyncio.to_thread(upgrade, owner_url, BEFORE)
+        pid = uuid7()
+        await admin.execute("INSERT INTO projects (id, name) VALUES ($1, 'managed')", pid)
+        paid = await paid_invoice(admin, pid, 2000, dt.datetime(2025, 4, 1, tzinfo=UTC))
+        pack = await insert(
+            admin, "payments", project_id=pid, kind="CREDIT_PACK", status="SUCCEEDED", amount=900, currency="USD",
+            credits=90,
+        )  # fmt: skip
+        await asyncio.to_thread(upgrade, owner_url)
+        row = await admin.fetchrow("SELECT number, subtotal, issued_at FROM invoices WHERE id = $1", paid)
+        assert (row["number"], row["subtotal"]) == ("LX-2025-000001", 2000)
+        made = await admin.fetchval("SELECT invoice_id FROM payments WHERE id = $1", pack)
+        assert made is not None
+        kind, number = await admin.fetchrow("SELECT kind, number FROM invoices WHERE id = $1", made)
+        assert kind == "CREDIT_PACK" and number is not None
+        await asyncio.to_thread(downgrade, owner_url, BEFORE)  # on the system path too
+        assert await admin.fetchval("SELECT count(*) FROM invoices WHERE project_id = $1", pid) == 1
+    finally:
+        await admin.execute(f'ALTER DATABASE "{db}" OWNER TO CURRENT_USER')
+        await admin.execute(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER')
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+        await admin.close()
