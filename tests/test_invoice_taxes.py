@@ -60,7 +60,7 @@ id kind status number issuedAt billingReason credits
 subtotal { amount currency } discount { amount } tax { amount } total { amount } amountDue { amount }
 amountPaid { amount }
 taxLines { name rate inclusive amount { amount } }
-taxNote
+taxNote amountCredited { amount } creditNotes { number total { amount } tax { amount } }
 billingDetails { legalName address { line1 city state country } taxIds { type value } }
 lines { kind description quantity unitAmount { amount } amount { amount } discount { amount } tax { amount }
   proration }
@@ -795,3 +795,33 @@ async def test_tax_lines_print_the_rate_as_documented(world: World) -> None:
     await w.buy(pid, pack)
     (inv,) = await w.invoices(pid)
     assert [t["rate"] for t in inv["taxLines"]] == ["19"]
+
+
+REVENUE = """query($from: DateTime!, $to: DateTime!, $c: String!) {
+  revenueAnalytics(from: $from, to: $to, granularity: DAY, currency: $c) { grossRevenue refunds netRevenue payments }
+}"""
+
+
+async def test_revenue_is_net_of_the_tax_collected(world: World) -> None:
+    """Tax is collected for the tax authority: revenue counts the price, refunds the price given back."""
+    w = world
+    await w.rate("VAT", "19", "DE")
+    # A currency no other test pays in, so the platform-wide figures are this test's alone.
+    pack = await create_pack(w.gql, w.admin, credits=5000, amount=4900, currency="isk")
+    pid = await w.project(BERLIN)
+    sid = await w.buy(pid, pack)
+    (inv,) = await w.invoices(pid)
+    assert figures(inv) == (4900, 0, 931, 5831)
+    charge = w.fake.charge_of_session(sid)["id"]
+    await w.send(w.fake.refund(charge, 1166))  # a fifth of the 5831 paid: 933 of price, 233 of tax
+    (inv,) = await w.invoices(pid)
+    (note,) = inv["creditNotes"]
+    assert (amount(note["total"]), amount(note["tax"])) == (1166, 186)
+    now = dt.datetime.now(dt.UTC)
+    span = {
+        "from": (now - dt.timedelta(days=1)).isoformat(),
+        "to": (now + dt.timedelta(days=1)).isoformat(),
+        "c": "ISK",
+    }
+    got = (await w.gql.ok(REVENUE, span, token=w.admin.token))["revenueAnalytics"]
+    assert (got["grossRevenue"], got["refunds"], got["netRevenue"], got["payments"]) == ("4900", "980", "3920", 1)

@@ -152,7 +152,10 @@ class MrrPoint:
         )
 
 
-@strawberry.type(description="Payments received in a bucket, refunds given in it, and the difference.")
+@strawberry.type(
+    description="Payments received in a bucket, refunds given in it, and the difference; net of the tax their"
+    " invoices and credit notes show (collected for the tax authority, not earned)."
+)
 class RevenuePoint:
     bucket: dt.datetime
     gross: BigInt
@@ -383,7 +386,9 @@ class LiveRevenue:
     arr: BigInt
     customers: int
     active_subscriptions: int
-    revenue_today: BigInt = strawberry.field(description="Payments since 00:00 UTC minus refunds given since then.")
+    revenue_today: BigInt = strawberry.field(
+        description="Payments since 00:00 UTC minus refunds given since then, net of tax."
+    )
     refunds_today: BigInt
     payments_today: int
     recent_payments: list[LivePayment] = strawberry.field(description="The newest payments (up to 10), newest first.")

@@ -73,15 +73,20 @@ PAID_BEFORE = text(
       AND (kind = 'PRORATION' OR total > 0) AND price_amount > 0
     """  # noqa: S608 (constants only)
 )
+# Money received and given back, net of tax: the tax a payment's invoice shows (and a refund's
+# credit note gives back) was collected for the tax authority, not earned.
 REVENUE = text(
     """
     SELECT bucket, sum(gross) AS gross, sum(refunds) AS refunds, sum(n) AS payments
     FROM (
-      SELECT date_trunc(CAST(:g AS text), created_at, 'UTC') AS bucket, amount AS gross, 0 AS refunds, 1 AS n
-      FROM payments WHERE upper(currency) = :c AND created_at >= :from AND created_at < :to
+      SELECT date_trunc(CAST(:g AS text), p.created_at, 'UTC') AS bucket, p.amount - coalesce(i.tax, 0) AS gross,
+             0 AS refunds, 1 AS n
+      FROM payments p LEFT JOIN invoices i ON i.id = p.invoice_id
+      WHERE upper(p.currency) = :c AND p.created_at >= :from AND p.created_at < :to
       UNION ALL
-      SELECT date_trunc(CAST(:g AS text), r.created_at, 'UTC'), 0, r.amount, 0
+      SELECT date_trunc(CAST(:g AS text), r.created_at, 'UTC'), 0, r.amount - coalesce(cn.tax, 0), 0
       FROM payment_refunds r JOIN payments p ON p.id = r.payment_id
+      LEFT JOIN credit_notes cn ON cn.stripe_refund_id = r.stripe_refund_id
       WHERE upper(p.currency) = :c AND r.created_at >= :from AND r.created_at < :to
     ) x
     GROUP BY bucket
