@@ -748,7 +748,10 @@ class FakeStripe:
             return 400, {"error": {"type": "invalid_request_error", "message": "subscription is canceled"}}
         for item in p.get("items", []):
             target = next(i for i in sub["items"]["data"] if i["id"] == item["id"])
-            target["price"] = copy.deepcopy(self.objects[item["price"]])
+            if "price" in item:
+                target["price"] = copy.deepcopy(self.objects[item["price"]])
+            if "tax_rates" in item:  # "" clears them, as Stripe's form encoding of an empty list
+                target["tax_rates"] = [] if item["tax_rates"] == "" else list(item["tax_rates"])
         if "discounts" in p:
             made = self._subscription_discounts(sub, p["discounts"])
             if made is not None:

@@ -825,3 +825,38 @@ async def test_revenue_is_net_of_the_tax_collected(world: World) -> None:
     }
     got = (await w.gql.ok(REVENUE, span, token=w.admin.token))["revenueAnalytics"]
     assert (got["grossRevenue"], got["refunds"], got["netRevenue"], got["payments"]) == ("4900", "980", "3920", 1)
+
+
+async def test_a_running_subscription_follows_its_buyers_tax(world: World, plans: tuple[str, str]) -> None:
+    """A move to France with a VAT id (reverse charge), then back to Germany: each renewal is charged
+    and invoiced with the tax the billing details call for when it renews."""
+    w = world
+    pro, _ = plans
+    clock = Clock(w.services, w.fake)
+    de = await w.rate("VAT", "19", "DE")
+    stripe_de = next(r["id"] for r in w.fake.of_type("tax_rate") if r["metadata"]["ledgerx_tax_rate"] == de["id"])
+    pid = await w.project(BERLIN)
+    sid = await checkout(w.gql, w.owner, pid, planId=pro)
+    await w.send(*w.fake.complete_checkout(sid))
+    sub = w.fake.get(w.fake.get(sid)["subscription"])
+    assert sub["items"]["data"][0]["tax_rates"] == [stripe_de]
+
+    moved = {"projectId": pid, "address": PARIS, "taxIds": [{"type": "eu_vat", "value": FR_VAT}]}
+    await w.gql.ok(UPDATE_DETAILS, {"i": moved}, token=w.owner.token)
+    assert sub["items"]["data"][0]["tax_rates"] == []  # reverse charge: Stripe charges no tax
+    assert sub["metadata"]["ledgerx_tax"] == "reverse_charge"
+    clock.at(FEB1)
+    await w.send(*w.fake.renew(sub["id"]))
+    _, second = await w.invoices(pid)
+    assert figures(second) == (2000, 0, 0, 2000)
+    assert second["taxNote"] == tax.REVERSE_CHARGE_NOTE
+    assert amount(second["amountPaid"]) == 2000
+
+    back = {"projectId": pid, "address": BERLIN, "taxIds": []}
+    await w.gql.ok(UPDATE_DETAILS, {"i": back}, token=w.owner.token)
+    assert sub["items"]["data"][0]["tax_rates"] == [stripe_de]  # the same choice as before, applied again
+    clock.at(dt.datetime(2026, 3, 1, tzinfo=UTC))
+    await w.send(*w.fake.renew(sub["id"]))
+    _, _, third = await w.invoices(pid)
+    assert figures(third) == (2000, 0, 380, 2380)
+    assert tax_lines(third) == [("VAT", decimal.Decimal(19), False, 380)]

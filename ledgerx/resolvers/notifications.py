@@ -8,6 +8,7 @@ from typing import Any
 
 import strawberry
 
+from ledgerx.domain.invoicing import subscription_tax
 from ledgerx.domain.notifications import billing_details, policy, preferences
 from ledgerx.domain.payments import portal
 from ledgerx.resolvers.guards import project_access
@@ -57,6 +58,8 @@ class Mutation:
         ctx = info.context
         access = await project_access(info, input.project_id, policy.MANAGE)
         saved = await billing_details.update(ctx.services.db, ctx.actor(), access.project_id, _changes(input))
+        # A running subscription's renewals are taxed as the details now say (TAX_MODE=rates).
+        await subscription_tax.follow_billing_details(ctx.services.payments, access.project_id)
         return BillingDetails.of(saved)
 
     @strawberry.mutation(description="Turn notification kinds off (exactly those listed) or on (project admins).")
