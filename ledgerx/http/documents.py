@@ -21,29 +21,21 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ledgerx import gateway, ids
-from ledgerx.context import authenticate
+from ledgerx import ids
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.errors import AppError, BadInput, Forbidden, NotFound, Unauthenticated
 from ledgerx.domain.invoicing import issuing, printing, reads, statements
 from ledgerx.domain.ledger import policy as ledger_policy
 from ledgerx.domain.tenancy.access import Need, is_platform_admin
 from ledgerx.domain.tenancy.authorize import Authorizer, Rule
 from ledgerx.domain.tenancy.scopes import BILLING_READ
-from ledgerx.http.usage import error_response
+from ledgerx.http import edge
 from ledgerx.services import Services
 
 # Invoices and credit notes print the billing details: members, and API keys with `billing:read`
 # (as the billing details themselves); statements are the wallet's: the ledger's read rule.
 DOCUMENT_READ = Rule(Need.MEMBER, write=False, scope=BILLING_READ)
 _NOT_FOUND = NotFound("document not found")
-
-
-def _credential(request: Request) -> str | None:
-    credential = request.headers.get("authorization")
-    if not credential and request.headers.get("x-api-key"):
-        credential = "Bearer " + request.headers["x-api-key"]
-    return credential
 
 
 def _instant(value: str | None, field: str) -> dt.datetime:
@@ -82,9 +74,7 @@ class _Caller:
             request.url.path, params, q.get("expires"), q.get("signature"), svc.payments.now()
         )
 
-    async def may_read(self, project_id: uuid.UUID | None, rule: Rule = DOCUMENT_READ) -> bool:
-        if project_id is None:
-            return False
+    async def may_read(self, project_id: uuid.UUID, rule: Rule) -> bool:
         if self.signed:
             return True
         if self.principal is None:
@@ -104,37 +94,39 @@ def document_routes(services: Callable[[], Services]) -> dict[str, Callable[[Req
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             svc = services()
-            principal: Principal | None = None
-            try:
-                principal = await authenticate(svc, _credential(request))
-            except AppError:
-                principal = None
-            decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
-            if not decision.allowed:
-                response = error_response(
-                    RateLimited(
-                        f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s
-                    )
-                )
-            else:
-                try:
-                    response = await handler(svc, request, principal)
-                except AppError as exc:
-                    response = error_response(exc)
-            gateway.apply_headers(response.headers, decision)
-            return response
+
+            async def handle(principal: Principal | None, _: AppError | None) -> Response:
+                # No credential is not refused here: a signed link needs none (else: 404).
+                return await handler(svc, request, principal)
+
+            return await edge.admitted(svc, request, handle)
 
         return endpoint
 
-    async def invoice_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
+    async def readable(
+        svc: Services,
+        request: Request,
+        principal: Principal | None,
+        kind: str,
+        project_of: Callable[[uuid.UUID], Awaitable[uuid.UUID | None]],
+        rule: Rule = DOCUMENT_READ,
+        params: dict[str, str] | None = None,
+    ) -> tuple[uuid.UUID, uuid.UUID]:
+        """The document's id (of `kind`) and its project, once the caller may read it; a malformed
+        id, a missing document and one the caller may not read are the same 404."""
         try:
-            invoice_id = ids.decode("invoice", request.path_params["id"], "id")
+            doc_id = ids.decode(kind, request.path_params["id"], "id")
         except AppError:
             raise _NOT_FOUND from None
-        project_id = await reads.invoice_project(svc.payments, invoice_id)
-        if not await _Caller(svc, request, principal, {}).may_read(project_id):
+        project_id = await project_of(doc_id)
+        if project_id is None or not await _Caller(svc, request, principal, params or {}).may_read(project_id, rule):
             raise _NOT_FOUND
-        assert project_id is not None
+        return doc_id, project_id
+
+    async def invoice_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
+        invoice_id, project_id = await readable(
+            svc, request, principal, "invoice", lambda i: reads.invoice_project(svc.payments, i)
+        )
         found = await reads.get_invoice(svc.payments, project_id, invoice_id)
         if found is None or found[0].number is None:
             raise _NOT_FOUND
@@ -143,14 +135,9 @@ def document_routes(services: Callable[[], Services]) -> dict[str, Callable[[Req
         return _pdf(await printing.render_invoice(doc), f"{inv.number}.pdf")
 
     async def credit_note_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
-        try:
-            note_id = ids.decode("credit_note", request.path_params["id"], "id")
-        except AppError:
-            raise _NOT_FOUND from None
-        project_id = await reads.credit_note_project(svc.payments, note_id)
-        if not await _Caller(svc, request, principal, {}).may_read(project_id):
-            raise _NOT_FOUND
-        assert project_id is not None
+        note_id, project_id = await readable(
+            svc, request, principal, "credit_note", lambda i: reads.credit_note_project(svc.payments, i)
+        )
         found = await reads.get_credit_note(svc.payments, project_id, note_id)
         if found is None:
             raise _NOT_FOUND
@@ -158,19 +145,17 @@ def document_routes(services: Callable[[], Services]) -> dict[str, Callable[[Req
         doc = printing.credit_note_document(svc.settings, note, invoice_number, project_name)
         return _pdf(await printing.render_invoice(doc), f"{note.number}.pdf")
 
+    async def wallet_project(wallet_id: uuid.UUID) -> uuid.UUID | None:
+        ref = await services().ledger.wallet_ref(wallet_id)
+        return ref.project_id if ref is not None else None
+
     async def statement_pdf(svc: Services, request: Request, principal: Principal | None) -> Response:
-        try:
-            wallet_id = ids.decode("wallet", request.path_params["id"], "id")
-        except AppError:
-            raise _NOT_FOUND from None
         raw_from, raw_to = request.query_params.get("from"), request.query_params.get("to")
         start, end = statements.period(_instant(raw_from, "from"), _instant(raw_to, "to"))
-        ref = await svc.ledger.wallet_ref(wallet_id)
-        project_id = ref.project_id if ref is not None else None
-        caller = _Caller(svc, request, principal, {"from": raw_from or "", "to": raw_to or ""})
-        if not await caller.may_read(project_id, ledger_policy.READ):
-            raise _NOT_FOUND
-        assert project_id is not None
+        signed = {"from": raw_from or "", "to": raw_to or ""}  # the link's signature covers the period
+        wallet_id, project_id = await readable(
+            svc, request, principal, "wallet", wallet_project, ledger_policy.READ, signed
+        )
         async with svc.db.transaction(project_id=project_id) as s:
             st = await statements.summary(s, project_id, wallet_id, start, end)
             lines = await statements.entries(s, wallet_id, start, end, limit=statements.PDF_ENTRIES)

@@ -21,7 +21,6 @@ the caller cannot reach), 413 (BAD_USER_INPUT, reason BATCH_TOO_LARGE: too many 
 from __future__ import annotations
 
 import decimal
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,44 +29,20 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ledgerx import gateway, ids
-from ledgerx.context import authenticate
+from ledgerx import ids
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, BadInput, NotFound, RateLimited, Unauthenticated
+from ledgerx.domain.errors import AppError, BadInput, NotFound, Unauthenticated
 from ledgerx.domain.tenancy.authorize import Authorizer, check_key_scope
 from ledgerx.domain.usage import ingest, policy, validate
-from ledgerx.http import jsonbody
+from ledgerx.http import edge, jsonbody
+from ledgerx.http.edge import error_response, json_response
 from ledgerx.services import Services
 
 log = logging.getLogger("ledgerx.http.usage")
 
-_JSON = "application/json"
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type=_JSON, headers=headers)
-
-
-def error_response(exc: AppError, status: int | None = None) -> Response:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    body.update({k: v for k, v in exc.extensions.items() if k != "code"})
-    headers: dict[str, str] = {}
-    if exc.code == Unauthenticated.code:
-        headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(exc.retry_after)
-    return _json(status or exc.http_status, {"error": body}, headers)
-
 
 def _too_large(message: str) -> Response:
     return error_response(BadInput(message, field="events", reason=validate.BATCH_TOO_LARGE), 413)
-
-
-def _credential(request: Request) -> str | None:
-    credential = request.headers.get("authorization")
-    if not credential and request.headers.get("x-api-key"):
-        credential = "Bearer " + request.headers["x-api-key"]
-    return credential
 
 
 async def _project(services: Services, principal: Principal, payload: dict[str, Any]) -> uuid.UUID:
@@ -91,32 +66,19 @@ async def _project(services: Services, principal: Principal, payload: dict[str, 
 def usage_endpoint(services: Callable[[], Services]) -> Callable[[Request], Awaitable[Response]]:
     """The Starlette endpoint; `services` returns the app's services (they exist once it started).
 
-    Like /graphql, every request spends one token of the caller's gateway bucket (the API key's,
-    the user's, or the client address's when unauthenticated) before any work, and every answer
-    carries the RateLimit-* headers; a refused request is 429 RATE_LIMITED with Retry-After.
+    Like /graphql, every request spends one token of the caller's gateway bucket before any work
+    (http/edge.py); an unauthenticated one is then refused.
     """
 
     async def ingest_usage(request: Request) -> Response:
         svc = services()
-        principal: Principal | None = None
-        auth_error: AppError | None = None
-        try:
-            principal = await authenticate(svc, _credential(request))
-        except AppError as exc:
-            auth_error = exc
-        decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
-        if not decision.allowed:
-            response = error_response(
-                RateLimited(
-                    f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s
-                )
-            )
-        elif principal is None:
-            response = error_response(auth_error or Unauthenticated("missing credentials"))
-        else:
-            response = await _ingest(svc, principal, request)
-        gateway.apply_headers(response.headers, decision)
-        return response
+
+        async def handle(principal: Principal | None, auth_error: AppError | None) -> Response:
+            if principal is None:
+                return error_response(auth_error or Unauthenticated("missing credentials"))
+            return await _ingest(svc, principal, request)
+
+        return await edge.admitted(svc, request, handle)
 
     return ingest_usage
 
@@ -149,4 +111,4 @@ async def _ingest(svc: Services, principal: Principal, request: Request) -> Resp
         )
     except AppError as exc:
         return error_response(exc)
-    return _json(200, result.to_json())
+    return json_response(200, result.to_json())

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import CreditNote, Invoice
+from ledgerx.domain import records
 from ledgerx.domain.invoicing import issuing, numbering, tax
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.ids import uuid7
@@ -44,21 +45,7 @@ class CreditNoteRecord:
 
 
 def record(row: CreditNote) -> CreditNoteRecord:
-    return CreditNoteRecord(
-        row.id,
-        row.project_id,
-        row.invoice_id,
-        row.number,
-        row.currency,
-        row.subtotal,
-        row.tax,
-        row.total,
-        list(row.lines),
-        row.reason,
-        row.stripe_refund_id,
-        row.billing_details,
-        row.issued_at,
-    )
+    return records.of(CreditNoteRecord, row, lines=list(row.lines))
 
 
 def tax_share(amount: int, *, left: int, invoice_total: int, invoice_tax: int, tax_left: int) -> int:

@@ -42,8 +42,10 @@ def pdf_url(svc: PaymentsService, invoice_id: uuid.UUID) -> str | None:
 
 
 async def issue(svc: PaymentsService, s: AsyncSession, invoice: Invoice) -> bool:
-    """Number and freeze `invoice` (locked by the caller) if it is not issued yet; True if this did."""
-    if invoice.number is not None:
+    """Number and freeze `invoice` (locked by the caller) if it is not issued yet; True if this did.
+    An invoice of zero (a trial's period, a pack a coupon made free) moved no money: it is never
+    numbered."""
+    if invoice.number is not None or invoice.total <= 0:
         return False
     invoice.billing_details = await details_snapshot(s, invoice.project_id)
     # The number last: issuers serialize on the sequence row from here to their commit.

@@ -80,7 +80,6 @@ async def pack_invoice(
     )
     await composing.write(s, invoice, comp, choice=choice, discount_label=await discount_label(s, payment.coupon_id))
     payment.invoice_id = invoice.id
-    if invoice.total > 0:  # a pack a coupon made free moved no money: nothing to number
-        await issuing.issue(svc, s, invoice)
+    await issuing.issue(svc, s, invoice)
     await webhook_events.invoice(s, invoice, ["invoice.created", "invoice.paid"])
     return invoice

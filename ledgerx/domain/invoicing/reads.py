@@ -130,6 +130,37 @@ def _cell(value: object) -> str:
     return text
 
 
+def _csv_row(
+    document: str,
+    row: Invoice | CreditNote,
+    project_name: str,
+    amounts: tuple[int, int, int, int],
+    note: str | None,
+    invoice_number: str | None,
+    invoice_id: uuid.UUID,
+) -> list[str]:
+    """One document's row (CSV_COLUMNS): the buyer as frozen on it, `amounts` signed as booked."""
+    d = row.billing_details or {}
+    addr = d.get("address") or {}
+    return [
+        _cell(x)
+        for x in (
+            document,
+            row.number,
+            row.issued_at.isoformat() if row.issued_at else None,
+            ids.encode("project", row.project_id),
+            d.get("legalName") or project_name,
+            addr.get("country") if isinstance(addr, dict) else None,
+            " ".join(f"{t.get('type')}:{t.get('value')}" for t in d.get("taxIds") or []),
+            row.currency,
+            *amounts,
+            note,
+            invoice_number,
+            ids.encode("invoice", invoice_id),
+        )
+    ]
+
+
 async def export_csv(svc: PaymentsService, start: dt.datetime, end: dt.datetime) -> str:
     """Issued invoices and credit notes of [start, end), in number order (credit notes signed
     negative), one row each, for the accountant. Amounts are minor units."""
@@ -155,53 +186,9 @@ async def export_csv(svc: PaymentsService, start: dt.datetime, end: dt.datetime)
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for inv, project_name in invs:
-        d = inv.billing_details or {}
-        addr = d.get("address") or {}
-        w.writerow(
-            [
-                _cell(x)
-                for x in (
-                    "INVOICE",
-                    inv.number,
-                    inv.issued_at.isoformat() if inv.issued_at else None,
-                    ids.encode("project", inv.project_id),
-                    d.get("legalName") or project_name,
-                    addr.get("country") if isinstance(addr, dict) else None,
-                    " ".join(f"{t.get('type')}:{t.get('value')}" for t in d.get("taxIds") or []),
-                    inv.currency,
-                    inv.subtotal,
-                    inv.discount,
-                    inv.tax,
-                    inv.total,
-                    inv.tax_note,
-                    inv.number,
-                    ids.encode("invoice", inv.id),
-                )
-            ]
-        )
+        amounts = (inv.subtotal, inv.discount, inv.tax, inv.total)
+        w.writerow(_csv_row("INVOICE", inv, project_name, amounts, inv.tax_note, inv.number, inv.id))
     for cn, invoice_number, project_name in notes:
-        d = cn.billing_details or {}
-        addr = d.get("address") or {}
-        w.writerow(
-            [
-                _cell(x)
-                for x in (
-                    "CREDIT_NOTE",
-                    cn.number,
-                    cn.issued_at.isoformat(),
-                    ids.encode("project", cn.project_id),
-                    d.get("legalName") or project_name,
-                    addr.get("country") if isinstance(addr, dict) else None,
-                    " ".join(f"{t.get('type')}:{t.get('value')}" for t in d.get("taxIds") or []),
-                    cn.currency,
-                    -cn.subtotal,
-                    0,
-                    -cn.tax,
-                    -cn.total,
-                    cn.reason,
-                    invoice_number,
-                    ids.encode("invoice", cn.invoice_id),
-                )
-            ]
-        )
+        amounts = (-cn.subtotal, 0, -cn.tax, -cn.total)
+        w.writerow(_csv_row("CREDIT_NOTE", cn, project_name, amounts, cn.reason, invoice_number, cn.invoice_id))
     return out.getvalue()

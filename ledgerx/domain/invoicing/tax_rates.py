@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
 from ledgerx.db.models import BillingDetails, TaxRate
-from ledgerx.domain import audit
+from ledgerx.domain import audit, records
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput, NotFound
 from ledgerx.domain.invoicing import tax
@@ -70,17 +70,7 @@ class TaxChoice:
 
 
 def _record(row: TaxRate) -> TaxRateRecord:
-    return TaxRateRecord(
-        row.id,
-        row.name,
-        row.percentage,
-        row.inclusive,
-        row.country,
-        row.state,
-        row.stripe_tax_rate_id,
-        row.archived_at,
-        row.created_at,
-    )
+    return records.of(TaxRateRecord, row)
 
 
 def engine_rate(row: TaxRate | TaxRateRecord) -> tax.Rate:
@@ -88,16 +78,29 @@ def engine_rate(row: TaxRate | TaxRateRecord) -> tax.Rate:
 
 
 def _percentage(value: decimal.Decimal | float | str) -> decimal.Decimal:
+    """The decimal text of the input, checked by the engine's own rule (tax.percentage)."""
     try:
         p = decimal.Decimal(str(value))
     except decimal.InvalidOperation:
         raise BadInput("percentage must be a number from 0 to 100", field="percentage") from None
-    if not p.is_finite() or not 0 <= p <= 100:
-        raise BadInput("percentage must be a number from 0 to 100", field="percentage")
-    exponent = p.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -4:
-        raise BadInput("percentage has at most 4 decimals", field="percentage")
+    tax.percentage(p, "percentage")
     return p
+
+
+async def _mirror(svc: PaymentsService, rate: tax.Rate) -> str:
+    """The Stripe TaxRate of one of ours (its id): created once per rate, whatever retries."""
+    assert rate.id is not None
+    params: dict[str, object] = {
+        "display_name": rate.name,
+        "percentage": str(rate.percentage),
+        "inclusive": rate.inclusive,
+        "country": rate.country,
+        "metadata": {"ledgerx_tax_rate": ids.encode("tax_rate", rate.id)},
+    }
+    if rate.state:
+        params["state"] = rate.state
+    made = await svc.require_stripe().create_tax_rate(params, f"ledgerx:tax-rate:{rate.id}")
+    return str(made["id"])
 
 
 async def create_tax_rate(
@@ -132,17 +135,7 @@ async def create_tax_rate(
     rate_id = uuid7()
     stripe_id: str | None = None
     if svc.stripe is not None:
-        params: dict[str, object] = {
-            "display_name": title,
-            "percentage": str(p),
-            "inclusive": inclusive,
-            "country": code,
-            "metadata": {"ledgerx_tax_rate": ids.encode("tax_rate", rate_id)},
-        }
-        if region:
-            params["state"] = region
-        made = await svc.stripe.create_tax_rate(params, f"ledgerx:tax-rate:{rate_id}")
-        stripe_id = str(made["id"])
+        stripe_id = await _mirror(svc, tax.Rate(title, p, bool(inclusive), code, region, rate_id))
     async with svc.db.transaction(system=True) as s:
         row = TaxRate(
             id=rate_id,
@@ -270,22 +263,9 @@ async def ensure_stripe_rate(svc: PaymentsService, choice: TaxChoice) -> TaxChoi
     configured (Checkout can only charge a tax it has a TaxRate for)."""
     if choice.rate is None or choice.stripe_tax_rate_id is not None or choice.rate.id is None:
         return choice
-    stripe = svc.require_stripe()
-    r = choice.rate
-    rate_id = r.id
-    assert rate_id is not None
-    params: dict[str, object] = {
-        "display_name": r.name,
-        "percentage": str(r.percentage),
-        "inclusive": r.inclusive,
-        "country": r.country,
-        "metadata": {"ledgerx_tax_rate": ids.encode("tax_rate", rate_id)},
-    }
-    if r.state:
-        params["state"] = r.state
-    made = await stripe.create_tax_rate(params, f"ledgerx:tax-rate:{rate_id}")
+    stripe_id = await _mirror(svc, choice.rate)
     async with svc.db.transaction(system=True) as s:
-        row = await s.get(TaxRate, rate_id, with_for_update=True)
+        row = await s.get(TaxRate, choice.rate.id, with_for_update=True)
         if row is not None and row.stripe_tax_rate_id is None:
-            row.stripe_tax_rate_id = str(made["id"])
-    return dataclasses.replace(choice, stripe_tax_rate_id=str(made["id"]))
+            row.stripe_tax_rate_id = stripe_id
+    return dataclasses.replace(choice, stripe_tax_rate_id=stripe_id)

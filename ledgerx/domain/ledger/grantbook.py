@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ledgerx.domain.ledger import store
 from ledgerx.domain.ledger.types import (
     PAID_TERMS,
     GrantCategory,
@@ -89,13 +89,15 @@ class LiveGrant:
             source_transaction_id=self.source_transaction_id,
             ended_transaction_id=self.ended_transaction_id,
             reason=self.reason,
-            metadata=json.loads(self.metadata_json),
+            metadata=store.parse_metadata(self.metadata_json),
             created_at=self.created_at,
             updated_at=now,
         )
 
 
 def from_row(r: Mapping[str, Any]) -> LiveGrant:
+    """A grant row as the batch works on it (the draw columns; `reason` and `metadata` when the
+    row has them: grants.record reads whole rows through here)."""
     return LiveGrant(
         id=r["id"],
         project_id=r["project_id"],
@@ -109,6 +111,8 @@ def from_row(r: Mapping[str, Any]) -> LiveGrant:
         source_transaction_id=r["source_transaction_id"],
         ended_transaction_id=r["ended_transaction_id"],
         created_at=r["created_at"],
+        reason=r.get("reason"),
+        metadata_json=r.get("metadata") or "{}",
     )
 
 

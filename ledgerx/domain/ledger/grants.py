@@ -30,7 +30,7 @@ import asyncpg
 from ledgerx import ids
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, NotFound
-from ledgerx.domain.ledger import apply, hashing, store
+from ledgerx.domain.ledger import apply, grantbook, hashing
 from ledgerx.domain.ledger.posting import check_amount, check_key, metadata_json, prepare, submit
 from ledgerx.domain.ledger.service import LedgerService, WalletRef
 from ledgerx.domain.ledger.types import (
@@ -77,23 +77,8 @@ PROJECT_NOW = (
 
 
 def record(r: asyncpg.Record) -> GrantRecord:
-    return GrantRecord(
-        id=r["id"],
-        project_id=r["project_id"],
-        wallet_id=r["wallet_id"],
-        amount=r["amount"],
-        remaining=r["remaining"],
-        category=GrantCategory(r["category"]),
-        priority=r["priority"],
-        expires_at=r["expires_at"],
-        status=GrantStatus(r["status"]),
-        source_transaction_id=r["source_transaction_id"],
-        ended_transaction_id=r["ended_transaction_id"],
-        reason=r["reason"],
-        metadata=store.parse_metadata(r["metadata"]),
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-    )
+    """A whole grant row's record (the batch's own conversion, so the two never drift)."""
+    return grantbook.from_row(r).record(r["updated_at"])
 
 
 def check_priority(priority: int) -> int:

@@ -214,8 +214,7 @@ async def on_invoice(svc: PaymentsService, ev: Event) -> Outcome:
                 posted = await grants.grant_invoice(svc, s, row, wallet_id=wallet_id, discount=discount)
                 if posted is not None and not posted.replayed:
                     changed = True
-                if row.total > 0:  # a trial's zero invoice moved no money: nothing to number
-                    await issuing.issue(svc, s, row)
+                await issuing.issue(svc, s, row)
                 if sub is not None and sub.synced_at is None:
                     # No subscription snapshot yet: the paid invoice is the best evidence of its state.
                     sub.stripe_status = "active"

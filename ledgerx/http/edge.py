@@ -1,0 +1,70 @@
+"""What every plain HTTP route of the API does at its edge, one way: read the credential
+(`Authorization: Bearer …` or `X-Api-Key`), authenticate it, spend one token of the caller's gateway
+bucket before any work (the API key's, the user's, or the client address's when unauthenticated),
+answer errors as `{"error": {code, message, …}}` with their HTTP status, and put the RateLimit-*
+headers on every answer (a refused request is 429 RATE_LIMITED with Retry-After)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ledgerx import gateway
+from ledgerx.context import authenticate
+from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import AppError, RateLimited, Unauthenticated
+from ledgerx.services import Services
+
+_JSON = "application/json"
+
+# What a route does once the caller was admitted: the principal, or None and why (a route that
+# needs one answers the error; one that also takes signed links may go on without).
+Handler = Callable[[Principal | None, AppError | None], Awaitable[Response]]
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type=_JSON, headers=headers)
+
+
+def error_response(exc: AppError, status: int | None = None) -> Response:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    body.update({k: v for k, v in exc.extensions.items() if k != "code"})
+    headers: dict[str, str] = {}
+    if exc.code == Unauthenticated.code:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
+    return json_response(status or exc.http_status, {"error": body}, headers)
+
+
+def credential(request: Request) -> str | None:
+    found = request.headers.get("authorization")
+    if not found and request.headers.get("x-api-key"):
+        found = "Bearer " + request.headers["x-api-key"]
+    return found
+
+
+async def admitted(svc: Services, request: Request, handle: Handler) -> Response:
+    """Authenticate, admit through the gateway, then `handle`; an AppError it raises is answered."""
+    principal: Principal | None = None
+    auth_error: AppError | None = None
+    try:
+        principal = await authenticate(svc, credential(request))
+    except AppError as exc:
+        auth_error = exc
+    decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
+    if not decision.allowed:
+        response = error_response(
+            RateLimited(f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s)
+        )
+    else:
+        try:
+            response = await handle(principal, auth_error)
+        except AppError as exc:
+            response = error_response(exc)
+    gateway.apply_headers(response.headers, decision)
+    return response
