@@ -30,6 +30,7 @@ from ledgerx.domain.tenancy.access import Need, is_platform_admin
 from ledgerx.domain.tenancy.authorize import Authorizer, Rule
 from ledgerx.domain.tenancy.scopes import BILLING_READ
 from ledgerx.http import edge
+from ledgerx.schema.scalars import parse_datetime
 from ledgerx.services import Services
 
 # Invoices and credit notes print the billing details: members, and API keys with `billing:read`
@@ -39,12 +40,14 @@ _NOT_FOUND = NotFound("document not found")
 
 
 def _instant(value: str | None, field: str) -> dt.datetime:
+    """A query parameter read as the API's DateTime (schema/scalars.py), with a time zone; a `+`
+    left unescaped in the URL arrives as a space."""
     if not value:
         raise BadInput(f"{field} is required (an ISO 8601 instant with a time zone)", field=field)
     try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        raise BadInput(f"{field} must be an ISO 8601 instant with a time zone", field=field) from None
+        t = parse_datetime(value.replace(" ", "+"))
+    except BadInput as exc:
+        raise BadInput(exc.message, field=field) from None
     if t.tzinfo is None:
         raise BadInput(f"{field} needs a time zone", field=field)
     return t

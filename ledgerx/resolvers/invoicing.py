@@ -167,7 +167,7 @@ class Query:
         public = ids.encode("wallet", ref.id)
         pdf_url = (
             svc.documents.sign(
-                f"/wallets/{public}/statement.pdf", svc.now(), {"from": start.isoformat(), "to": end.isoformat()}
+                statements.pdf_path(ref.id), svc.now(), {"from": start.isoformat(), "to": end.isoformat()}
             )
             if svc.documents is not None
             else None

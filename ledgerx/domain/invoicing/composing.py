@@ -94,43 +94,39 @@ async def write(
     invoice.tax_rate_id = choice.rate.id if choice is not None and choice.rate is not None else None
     s.add(invoice)
     await s.flush()
-    position = 0
+    lines: list[dict[str, Any]] = []
     for i, t in enumerate(comp.items):
         line_plan, line_proration = extras[i] if extras is not None else (plan_id, proration)
-        s.add(
-            InvoiceLine(
-                id=uuid7(),
-                invoice_id=invoice.id,
-                project_id=invoice.project_id,
-                position=position,
-                kind="ITEM",
-                description=t.item.description[:500],
-                quantity=t.item.quantity,
-                unit_amount=t.item.unit_amount,
-                amount=t.item.amount,
-                discount=t.discount,
-                tax=t.tax,
-                currency=invoice.currency,
-                period_start=t.item.period_start,
-                period_end=t.item.period_end,
-                plan_id=line_plan,
-                proration=line_proration,
-            )
+        lines.append(
+            {
+                "kind": "ITEM",
+                "description": t.item.description,
+                "quantity": t.item.quantity,
+                "unit_amount": t.item.unit_amount,
+                "amount": t.item.amount,
+                "discount": t.discount,
+                "tax": t.tax,
+                "period_start": t.item.period_start,
+                "period_end": t.item.period_end,
+                "plan_id": line_plan,
+                "proration": line_proration,
+            }
         )
-        position += 1
     if comp.discount:
+        label = discount_label or "Discount"
+        lines.append(
+            {"kind": "DISCOUNT", "description": label, "unit_amount": -comp.discount, "amount": -comp.discount}
+        )
+    for position, values in enumerate(lines):
+        values["description"] = values["description"][:500]
         s.add(
             InvoiceLine(
                 id=uuid7(),
                 invoice_id=invoice.id,
                 project_id=invoice.project_id,
                 position=position,
-                kind="DISCOUNT",
-                description=(discount_label or "Discount")[:500],
-                quantity=1,
-                unit_amount=-comp.discount,
-                amount=-comp.discount,
                 currency=invoice.currency,
+                **values,
             )
         )
     await s.flush()

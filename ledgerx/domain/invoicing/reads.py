@@ -13,10 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import CreditNote, Invoice, InvoiceLine, Project
+from ledgerx.db.models import CreditNote, Invoice, Project
 from ledgerx.domain.invoicing.credit_notes import CreditNoteRecord, record
 from ledgerx.domain.payments import reads as payment_reads
-from ledgerx.domain.payments import records
 from ledgerx.domain.payments.records import InvoiceLineRecord, InvoiceRecord
 from ledgerx.domain.payments.service import PaymentsService
 
@@ -43,18 +42,12 @@ async def get_invoice(
 ) -> tuple[InvoiceRecord, list[InvoiceLineRecord], list[CreditNoteRecord], str] | None:
     """The invoice, its lines, its credit notes and the project's name, in the project's transaction."""
     async with svc.db.transaction(project_id=project_id) as s:
-        row = await s.get(Invoice, invoice_id)
-        if row is None or row.project_id != project_id:
+        found, lines_of = await payment_reads.invoices_with_lines(
+            s, select(Invoice).where(Invoice.id == invoice_id, Invoice.project_id == project_id)
+        )
+        if not found:
             return None
-        inv = records.of(InvoiceRecord, row)
-        lines = [
-            records.of(InvoiceLineRecord, li)
-            for li in (
-                await s.execute(
-                    select(InvoiceLine).where(InvoiceLine.invoice_id == invoice_id).order_by(InvoiceLine.position)
-                )
-            ).scalars()
-        ]
+        inv, lines = found[0], lines_of[invoice_id]
         notes = [
             record(n)
             for n in (
@@ -63,8 +56,8 @@ async def get_invoice(
                 )
             ).scalars()
         ]
-        name = await s.scalar(select(Project.name).where(Project.id == project_id))
-    return inv, lines, notes, str(name or "")
+        name = await project_name(s, project_id)
+    return inv, lines, notes, name
 
 
 async def get_credit_note(
@@ -76,8 +69,7 @@ async def get_credit_note(
         if row is None or row.project_id != project_id:
             return None
         number = await s.scalar(select(Invoice.number).where(Invoice.id == row.invoice_id))
-        name = await s.scalar(select(Project.name).where(Project.id == project_id))
-        return record(row), str(number or ""), str(name or "")
+        return record(row), str(number or ""), await project_name(s, project_id)
 
 
 async def credit_notes_of(

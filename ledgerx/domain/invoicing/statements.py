@@ -18,6 +18,7 @@ import uuid
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ledgerx import ids
 from ledgerx.db.models import LedgerEntry, LedgerTransaction, Wallet
 from ledgerx.domain.errors import BadInput, NotFound
 
@@ -49,6 +50,11 @@ class Statement:
     credits: int
     debits: int
     entry_count: int
+
+
+def pdf_path(wallet_id: uuid.UUID) -> str:
+    """The statement PDF's route (http/documents.py); its signed link also names the period."""
+    return f"/wallets/{ids.encode('wallet', wallet_id)}/statement.pdf"
 
 
 def period(start: dt.datetime, end: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
