@@ -20,6 +20,7 @@ from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
 from ledgerx.http.documents import document_routes
+from ledgerx.http.entitlements import entitlement_endpoint
 from ledgerx.http.usage import usage_endpoint
 from ledgerx.middleware import RequestContext
 from ledgerx.services import Services
@@ -123,6 +124,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 await holder["services"].close()
 
     documents = document_routes(svc)
+    entitlements = entitlement_endpoint(svc)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
@@ -132,6 +134,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/.well-known/jwks.json", jwks),
         *dashboard_routes(),
         Route("/v1/usage", usage_endpoint(svc), methods=["POST"]),
+        Route("/v1/entitlements", entitlements, methods=["GET"]),
+        Route("/v1/entitlements/{featureKey}", entitlements, methods=["GET"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/invoices/{id}.pdf", documents["invoice_pdf"], methods=["GET"]),
         Route("/credit-notes/{id}.pdf", documents["credit_note_pdf"], methods=["GET"]),

@@ -21,6 +21,7 @@ from ledgerx.domain.auth.tokens import AccessTokens
 from ledgerx.domain.auth.verification import EmailVerifier
 from ledgerx.domain.billing.service import BillingPolicy, BillingService
 from ledgerx.domain.changes import ProjectChanges
+from ledgerx.domain.entitlements.checks import EntitlementChecks
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.invoicing.links import DocumentLinks
 from ledgerx.domain.ledger import LedgerService
@@ -73,8 +74,11 @@ class Services:
     invites: InviteService = dataclasses.field(init=False)
     # Which rate limit applies to a caller (the gateway asks per request).
     limits: LimitPolicy = dataclasses.field(init=False)
-    # Monthly usage quotas of the project's plan (usage recording asks per event or batch).
+    # Usage meters of the project's plan (its monthly quotas and METERED entitlements; usage
+    # recording asks per event or batch).
     quotas: QuotaPolicy = dataclasses.field(init=False)
+    # Entitlement checks, answered from this instance's memory (domain/entitlements/checks.py).
+    entitlements: EntitlementChecks = dataclasses.field(init=False)
     # The outbox delivery loop; only when SMTP_URL is set (the app's lifespan starts it).
     mail_sender: OutboxSender | None = None
     # The pub/sub event bus (Redis) and the ledger (its own asyncpg pool and posting batcher).
@@ -174,10 +178,13 @@ class Services:
             derived_secrets(keys, "document-links"), settings.public_url, settings.document_link_ttl
         )
         svc.changes.forgets_plans(svc.payments.forget_plan)
+        svc.entitlements = EntitlementChecks(svc.payments)
+        svc.changes.forgets_plans(svc.entitlements.forget)
+        svc.quotas.on_reached = svc.changes.limit_reached
         svc.webhook_processor = WebhookProcessor(svc.payments)
         svc.webhook_delivery = DeliveryWorker(db, DeliveryPolicy.from_settings(settings))
         svc.limits.plan_lookup = functools.partial(subscriptions.plan_limit, svc.payments)
-        svc.quotas.lookup = functools.partial(subscriptions.plan_quotas, svc.payments)
+        svc.quotas.lookup = functools.partial(subscriptions.plan_meters, svc.payments)
         svc.scheduler = Scheduler(
             svc.billing,
             lease_ttl=settings.scheduler_lease_ttl,

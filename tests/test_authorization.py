@@ -31,6 +31,9 @@ CREATE_KEY = "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secre
 BATCH = "mutation($i: RecordUsageBatchInput!) { recordUsageBatch(input: $i) { accepted } }"
 SUSPEND = "mutation($i: SuspendProjectInput!) { suspendProject(input: $i) { status } }"
 HTTP_USAGE = "POST /v1/usage"
+HTTP_ENTITLEMENTS = "GET /v1/entitlements"
+HTTP_ENTITLEMENT = "GET /v1/entitlements/{featureKey}"
+HTTP_GETS = {HTTP_ENTITLEMENTS: "/v1/entitlements", HTTP_ENTITLEMENT: "/v1/entitlements/sso"}
 
 
 @pytest.fixture
@@ -169,6 +172,15 @@ OPS: dict[str, Op] = {
     "usageRemainder": Op(
         'query($w: ID!) { usageRemainder(walletId: $w, metricKey: "api_calls") }', lambda w: {"w": w.wallet_id}
     ),
+    "previewUsageCharge": Op(
+        "query($i: PreviewUsageChargeInput!) { previewUsageCharge(input: $i) { amount } }",
+        lambda w: {"i": {"walletId": w.wallet_id, "metricKey": "api_calls", "units": "1"}},
+    ),
+    "entitlement": Op(
+        'query($p: ID!) { entitlement(projectId: $p, featureKey: "sso") { hasAccess } }',
+        lambda w: {"p": w.project_id},
+    ),
+    "entitlements": Op("query($p: ID!) { entitlements(projectId: $p) { featureKey } }", lambda w: {"p": w.project_id}),
     "recordUsage": Op(
         "mutation($i: RecordUsageInput!) { recordUsage(input: $i) { duplicate } }", lambda w: {"i": _usage_input(w)}
     ),
@@ -186,6 +198,8 @@ OPS: dict[str, Op] = {
         lambda w: {"i": {"walletId": w.wallet_id, "metricKey": "api_calls", "units": "1", "idempotencyKey": fresh()}},
     ),
     HTTP_USAGE: Op(),
+    HTTP_ENTITLEMENTS: Op(),
+    HTTP_ENTITLEMENT: Op(),
     "wallet": Op("query($w: ID!) { wallet(id: $w) { id } }", lambda w: {"w": w.wallet_id}),
     "wallets": Op("query($p: ID!) { wallets(projectId: $p) { edges { node { id } } } }", lambda w: {"p": w.project_id}),
     "transaction": Op("query($t: ID!) { transaction(id: $t) { id } }", lambda w: {"t": w.transaction_id}),
@@ -306,6 +320,11 @@ class Caller:
             body = {"events": [{"metricKey": "api_calls", "units": 1, "idempotencyKey": fresh()}]}
             r = await self.gql.client.post("/v1/usage", json=body, headers={"Authorization": f"Bearer {secret}"})
             if r.status_code == 200 and r.json()["accepted"] == 1:
+                return None
+            return dict(r.json().get("error") or {"code": f"HTTP {r.status_code}", "body": r.text})
+        if operation in HTTP_GETS:
+            r = await self.gql.client.get(HTTP_GETS[operation], headers={"Authorization": f"Bearer {secret}"})
+            if r.status_code == 200:
                 return None
             return dict(r.json().get("error") or {"code": f"HTTP {r.status_code}", "body": r.text})
         if op.subscription:

@@ -292,7 +292,9 @@ async def test_usage_based_and_hybrid_amounts_from_recorded_usage(services: Serv
     remainder; HYBRID adds its base. Driven through a test clock (the project's own time)."""
     pid = await new_project(services, test_mode=True)
     w = await new_wallet(services, pid, 10_000)
-    clock = FakeClock(dt.datetime.now(UTC))
+    # Yesterday 01:00 UTC: period 1 runs to midnight and holds every event time below, whatever
+    # the time of day the test runs at (from real now, d1 - 2h17m fell before the start after 21:43).
+    clock = FakeClock(dt.datetime.now(UTC).replace(hour=1, minute=0, second=0, microsecond=0) - dt.timedelta(days=1))
     svc = billing(services, clock)
     await metric(services, pid, "tokens", "0.3")
     await metric(services, pid, "calls", "2", aggregation="COUNT")

@@ -64,7 +64,7 @@ async def plan_caches(b: Services, project_id: str) -> tuple[Limit, dict[str, in
     """What instance B answers from its caches: (rate limit, quotas, the effective plan's quotas)."""
     pid = ids.decode("project", project_id)
     limit = await b.limits.project_limit(pid)
-    quotas = dict((await b.quotas.of(pid)).limits)
+    quotas = {k: m.limit for k, meters in (await b.quotas.of(pid)).limits.items() for m in meters}
     plan_quotas = dict(await subscriptions.plan_quotas(b.payments, pid))
     return limit, quotas, plan_quotas
 

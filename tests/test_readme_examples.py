@@ -60,7 +60,6 @@ NOT_SHOWN = {
     "apiKeyScopes": "the scopes are listed in prose",
     "resendInvite": "a 60 s cool-down after createInvite",
     "webhookEvent": "like webhookEvents",
-    "updatePlan": "like updateCreditPack",
     "archivePlan": "like archiveCreditPack",
     "heartbeat": "a liveness ping for dashboards",
 }

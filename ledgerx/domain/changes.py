@@ -1,13 +1,13 @@
 """Project changes other parts of every instance must hear about: access and plan.
 
 Some answers are cached per instance because they are asked on every request: a member's access
-(tenancy/access_cache.py), a project's rate limit (limits.py), its quotas (usage/quotas.py) and its
-effective plan (payments/service.py). The domain function that changes what they derive from calls
-`access_changed` or `plan_changed` once its transaction committed (never before: an announcement
-must not tell of something rolled back). That forgets the project's entries on this instance at
-once, and publishes the change on the event bus (topics.members_changed / topics.plan_changed);
-every instance runs `follow`, which forgets them there too. Live streams of the project re-check
-their access on the same members announcement.
+(tenancy/access_cache.py), a project's rate limit (limits.py), its quotas (usage/quotas.py), its
+effective plan (payments/service.py) and its entitlement checks (entitlements/checks.py). The domain
+function that changes what they derive from calls `access_changed` or `plan_changed` once its
+transaction committed (never before: an announcement must not tell of something rolled back). That
+forgets the project's entries on this instance at once, and publishes the change on the event bus
+(topics.members_changed / topics.plan_changed); every instance runs `follow`, which forgets them
+there too. Live streams of the project re-check their access on the same members announcement.
 
 Delivery is at-most-once (Redis pub/sub): each cache's short TTL bounds what a lost announcement
 or a change made outside the domain (SQL, an operator script) leaves behind.
@@ -60,6 +60,12 @@ class ProjectChanges:
         Never raises: the change is committed."""
         self._forget_plan(project_id)
         await self.bus.publish(*topics.plan_changed(project_id, change=change))
+
+    async def limit_reached(self, project_id: uuid.UUID) -> None:
+        """After a commit that brought a usage meter to its limit (usage/quotas.py): the project's
+        METERED entitlements stop granting. Announced as a plan change: a limit reached is rare
+        (once per meter and period) and one announcement kind keeps one path to every cache."""
+        await self.plan_changed(project_id, "usage.limit_reached")
 
     # -- hearing (every instance) ----------------------------------------------------------------
 

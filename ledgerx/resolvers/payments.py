@@ -18,6 +18,7 @@ from ledgerx.domain.payments.records import SubscriptionRecord
 from ledgerx.domain.tenancy import projects
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import project_access, require_platform_admin
+from ledgerx.schema.entitlements import parse_entitlements
 from ledgerx.schema.info import Info
 from ledgerx.schema.pagination import Connection, connection
 from ledgerx.schema.payments import (
@@ -173,6 +174,7 @@ class Mutation:
             features=input.features,
             trial_days=input.trial_days,
             rollover_credits=input.rollover_credits,
+            entitlements=parse_entitlements(input.entitlements) or [],
         )
         return PlanType.of(plan)
 
@@ -195,6 +197,7 @@ class Mutation:
             features=input.features,
             trial_days=input.trial_days,
             rollover_credits=input.rollover_credits,
+            entitlements=parse_entitlements(input.entitlements),
             **kwargs,  # type: ignore[arg-type]
         )
         return PlanType.of(plan)

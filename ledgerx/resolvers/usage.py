@@ -1,7 +1,8 @@
-"""Usage fields: defineMetric, recordUsage, recordUsageBatch, chargeUsage, usageSummary and reads.
+"""Usage fields: defineMetric, updateMetric, recordUsage, recordUsageBatch, chargeUsage, usageSummary,
+previewUsageCharge and reads.
 
 Authorization (domain/tenancy/access.py):
-- defineMetric sets prices: project admins (OWNER, ADMIN); API keys are refused.
+- defineMetric and updateMetric set prices: project admins (OWNER, ADMIN); API keys are refused.
 - recording and charging usage is billable: MEMBER or above, API keys with `usage:write`.
 - reads take any role, API keys with `usage:read`.
 A project, wallet or metric the caller cannot reach is NOT_FOUND, like one that does not exist.
@@ -24,11 +25,14 @@ from ledgerx.schema.usage import (
     ChargeUsageInput,
     DefineMetricInput,
     MetricType,
+    PreviewUsageChargeInput,
     RecordUsageBatchInput,
     RecordUsageInput,
     RecordUsagePayload,
+    UpdateMetricInput,
     UsageBatchResult,
     UsageCharge,
+    UsageChargePreview,
     UsageEventType,
     UsagePointType,
     UsageSummaryInput,
@@ -57,7 +61,21 @@ class Query:
     @strawberry.field(description="One metric of a project by its key.")
     async def usage_metric(self, info: Info, project_id: strawberry.ID, key: str) -> MetricType:
         access = await project_access(info, project_id, policy.READ)
-        return MetricType.of(await metrics.get_metric(info.context.services.db, access.project_id, key, field="key"))
+        return MetricType.of(await metrics.read_metric(info.context.services.db, access.project_id, key))
+
+    @strawberry.field(
+        description="What chargeUsage of these units would post now, at the tiers the wallet's units of the"
+        " period reach (a dry run)."
+    )
+    async def preview_usage_charge(self, info: Info, input: PreviewUsageChargeInput) -> UsageChargePreview:
+        info.context.require_principal()
+        ledger = info.context.services.ledger
+        ref = await wallets.find_wallet(
+            ledger, authorizer(info), ids.decode("wallet", input.wallet_id, "walletId"), policy.READ
+        )
+        db = info.context.services.db
+        metric = await metrics.get_metric(db, ref.project_id, input.metric_key)
+        return UsageChargePreview.of(await pricing.preview_charge(db, ref, metric, input.units))
 
     @strawberry.field(description="The usage event stored under an idempotency key, if any.")
     async def usage_event(self, info: Info, project_id: strawberry.ID, idempotency_key: str) -> UsageEventType | None:
@@ -119,6 +137,24 @@ class Mutation:
             aggregation=input.aggregation.value,
             unit_price=input.unit_price,
             unique_property=input.unique_property,
+            pricing=input.pricing.to_domain() if input.pricing is not None else None,
+        )
+        return MetricType.of(m)
+
+    @strawberry.mutation(
+        description="Rename a metric, or reprice it (project admins): a new price applies from the next period;"
+        " the running period keeps the price it started with."
+    )
+    async def update_metric(self, info: Info, input: UpdateMetricInput) -> MetricType:
+        access = await project_access(info, input.project_id, Need.ADMIN, write=True)
+        m = await metrics.update_metric(
+            info.context.services.db,
+            info.context.actor(),
+            access.project_id,
+            input.key,
+            name=input.name,
+            unit_price=input.unit_price,
+            pricing=input.pricing.to_domain() if input.pricing is not None else None,
         )
         return MetricType.of(m)
 
@@ -165,8 +201,9 @@ class Mutation:
         return UsageBatchResult.of(result)
 
     @strawberry.mutation(
-        description="Price units of a metric (units x unitPrice + the remainder carried for this wallet and metric)"
-        " and debit the whole credits through the ledger; the fraction is carried to the next charge. Idempotent:"
+        description="Price units of a metric at the tiers the wallet's units of the period (UTC month) reach, add"
+        " the remainder carried for this wallet and metric, and debit the whole credits through the ledger (a VOLUME"
+        " tier crossing credits back); the fraction is carried to the next charge. Idempotent:"
         " the same key returns the same transaction. Null when less than one whole credit was due (the fraction"
         " was carried: see usageCharge and usageRemainder)."
     )

@@ -31,6 +31,7 @@ from ledgerx.domain.payments.records import (
     WebhookAttemptRecord,
     WebhookEventRecord,
 )
+from ledgerx.schema.entitlements import PlanEntitlement, PlanEntitlementInput
 from ledgerx.schema.info import Info
 from ledgerx.schema.notifications import BillingDetails
 from ledgerx.schema.scalars import BigInt
@@ -197,6 +198,9 @@ class PlanType:
     rate_limit: RateLimitType | None
     monthly_quotas: list[Quota]
     features: list[str]
+    entitlements: list[PlanEntitlement] = strawberry.field(
+        description="What the plan grants (its monthlyQuotas are METERED limits of the same mechanism)."
+    )
     trial_days: int
     rollover_credits: bool = strawberry.field(
         description="Included credits never expire (else they expire at the end of their period)."
@@ -219,6 +223,7 @@ class PlanType:
             rate_limit=RateLimitType.of(p.rate_limit),
             monthly_quotas=_quotas(p.monthly_quotas),
             features=list(p.features or []),
+            entitlements=[PlanEntitlement.of(e) for e in p.entitlements or []],
             trial_days=p.trial_days,
             rollover_credits=p.rollover_credits,
             archived=p.archived_at is not None,
@@ -295,6 +300,7 @@ class CreatePlanInput:
     rollover_credits: bool = strawberry.field(
         default=False, description="Included credits never expire (else at the end of their period)."
     )
+    entitlements: list[PlanEntitlementInput] = strawberry.field(default_factory=list)
 
 
 @strawberry.input
@@ -311,6 +317,9 @@ class UpdatePlanInput:
     features: list[str] | None = None
     trial_days: int | None = None
     rollover_credits: bool | None = None
+    entitlements: list[PlanEntitlementInput] | None = strawberry.field(
+        default=None, description="Replaces the plan's entitlements; its projects see them at once."
+    )
 
 
 # -- checkout and subscriptions ----------------------------------------------------------------------------

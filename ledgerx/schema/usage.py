@@ -10,6 +10,8 @@ import strawberry
 from strawberry.scalars import JSON
 
 from ledgerx import ids
+from ledgerx.domain.usage.price_models import Pricing
+from ledgerx.domain.usage.pricing import ChargePreview
 from ledgerx.domain.usage.types import (
     BatchResult,
     ChargeRecord,
@@ -39,7 +41,65 @@ class UsageGranularity(enum.Enum):
     MONTH = "MONTH"
 
 
-@strawberry.type(name="Metric", description="A metered quantity of a project and the price of one unit.")
+@strawberry.enum(description="How a metric's units are priced over a period.")
+class PricingModel(enum.Enum):
+    PER_UNIT = strawberry.enum_value("PER_UNIT", description="Every unit at one price (one tier).")
+    GRADUATED = strawberry.enum_value(
+        "GRADUATED", description="Each tier's units at that tier's price; a tier's flat price once usage enters it."
+    )
+    VOLUME = strawberry.enum_value(
+        "VOLUME", description="Every unit at the price of the tier the period's total falls in, plus its flat price."
+    )
+    PACKAGE = strawberry.enum_value(
+        "PACKAGE", description="Whole packages of packageSize units (a started one counts) at the tier's unitPrice."
+    )
+
+
+@strawberry.type(name="PricingTier")
+class PricingTierType:
+    up_to: Decimal | None = strawberry.field(description="The tier's last unit; null: no end (the last tier).")
+    unit_price: Decimal = strawberry.field(description="Credits per unit (PACKAGE: per package).")
+    flat_price: Decimal = strawberry.field(description="Credits once the period's usage enters the tier.")
+
+
+@strawberry.type(name="Pricing")
+class PricingType:
+    model: PricingModel
+    tiers: list[PricingTierType]
+    package_size: Decimal | None = strawberry.field(description="PACKAGE: units per package.")
+
+    @classmethod
+    def of(cls, p: Pricing) -> PricingType:
+        return cls(
+            model=PricingModel(p.model.value),
+            tiers=[PricingTierType(up_to=t.up_to, unit_price=t.unit_price, flat_price=t.flat_price) for t in p.tiers],
+            package_size=p.package_size,
+        )
+
+
+@strawberry.input
+class PricingTierInput:
+    up_to: Decimal | None = strawberry.field(default=None, description="Null: no end (only the last tier).")
+    unit_price: Decimal = strawberry.field(description="Credits per unit (PACKAGE: per package), >= 0.")
+    flat_price: Decimal | None = strawberry.field(default=None, description="Default 0.")
+
+
+@strawberry.input
+class PricingInput:
+    model: PricingModel
+    tiers: list[PricingTierInput]
+    package_size: Decimal | None = strawberry.field(default=None, description="PACKAGE only: units per package.")
+
+    def to_domain(self) -> dict[str, Any]:
+        """The domain's raw pricing (price_models.parse validates it)."""
+        return {
+            "model": self.model.value,
+            "tiers": [{"upTo": t.up_to, "unitPrice": t.unit_price, "flatPrice": t.flat_price} for t in self.tiers],
+            "packageSize": self.package_size,
+        }
+
+
+@strawberry.type(name="Metric", description="A metered quantity of a project and how its units are priced.")
 class MetricType:
     id: strawberry.ID
     project_id: strawberry.ID
@@ -47,7 +107,12 @@ class MetricType:
     name: str
     aggregation: MetricAggregation
     unique_property: str | None = strawberry.field(description="UNIQUE metrics count distinct values of it.")
-    unit_price: Decimal = strawberry.field(description="Credits (wallet minor units) per unit.")
+    unit_price: Decimal = strawberry.field(
+        description="Credits (wallet minor units) per unit; for tiered pricing, the first tier's."
+    )
+    pricing: PricingType = strawberry.field(
+        description="The latest pricing; a change applies from the next period (the running one keeps its price)."
+    )
     created_at: dt.datetime
 
     @classmethod
@@ -60,6 +125,7 @@ class MetricType:
             aggregation=MetricAggregation(m.aggregation.value),
             unique_property=m.unique_property,
             unit_price=m.unit_price,
+            pricing=PricingType.of(m.pricing),
             created_at=m.created_at,
         )
 
@@ -95,10 +161,16 @@ class UsageEventType:
 class UsageCharge:
     wallet_id: strawberry.ID
     units: Decimal
-    unit_price: Decimal
+    unit_price: Decimal = strawberry.field(description="The unit price of the tier the period's units reached.")
+    price: Decimal = strawberry.field(
+        description="The exact price of these units: what they add to the period's price at the metric's tiers"
+        " (negative when a VOLUME tier crossing lowers it)."
+    )
     remainder_before: Decimal = strawberry.field(description="The fraction carried in from earlier charges.")
-    total: Decimal = strawberry.field(description="units x unitPrice + remainderBefore.")
-    amount: BigInt = strawberry.field(description="floor(total): debited from the wallet.")
+    total: Decimal = strawberry.field(description="price + remainderBefore.")
+    amount: BigInt = strawberry.field(
+        description="floor(total): debited from the wallet (negative: credited back, a VOLUME tier crossing)."
+    )
     remainder_after: Decimal = strawberry.field(description="total - amount: carried to the next charge.")
     replayed: bool = strawberry.field(description="The idempotency key had been charged already; this is that charge.")
     transaction: TransactionType_ | None = strawberry.field(description="The ledger debit; null when amount is 0.")
@@ -110,6 +182,7 @@ class UsageCharge:
             wallet_id=strawberry.ID(ids.encode("wallet", c.wallet_id)),
             units=c.units,
             unit_price=c.unit_price,
+            price=c.price,
             remainder_before=c.remainder_before,
             total=c.total,
             amount=c.amount,
@@ -192,8 +265,54 @@ class DefineMetricInput:
     key: str = strawberry.field(description="1-64 lower-case letters, digits, underscores, e.g. tokens_processed.")
     name: str
     aggregation: MetricAggregation
-    unit_price: Decimal = strawberry.field(description="Credits per unit, >= 0 (e.g. 0.002).")
+    unit_price: Decimal | None = strawberry.field(
+        default=None, description="Credits per unit, >= 0 (e.g. 0.002); or give pricing."
+    )
     unique_property: str | None = strawberry.field(default=None, description="Required for UNIQUE metrics.")
+    pricing: PricingInput | None = strawberry.field(default=None, description="A tiered model instead of unitPrice.")
+
+
+@strawberry.input
+class UpdateMetricInput:
+    project_id: strawberry.ID
+    key: str
+    name: str | None = None
+    unit_price: Decimal | None = strawberry.field(
+        default=None, description="A new unit price (PER_UNIT), from the next period."
+    )
+    pricing: PricingInput | None = strawberry.field(default=None, description="A new pricing, from the next period.")
+
+
+@strawberry.input
+class PreviewUsageChargeInput:
+    wallet_id: strawberry.ID
+    metric_key: str
+    units: Decimal
+
+
+@strawberry.type
+class UsageChargePreview:
+    amount: BigInt = strawberry.field(
+        description="What chargeUsage of these units would post now: floor(price + the carried remainder)."
+    )
+    price: Decimal = strawberry.field(description="The exact price of the units at the tiers they reach.")
+    unit_price: Decimal = strawberry.field(description="The unit price of the tier the period's units would reach.")
+    period_start: dt.datetime = strawberry.field(description="The pricing period (the UTC calendar month).")
+    period_units: Decimal = strawberry.field(
+        description="The wallet's units of the metric charged in the period so far."
+    )
+    remainder_after: Decimal
+
+    @classmethod
+    def of(cls, p: ChargePreview) -> UsageChargePreview:
+        return cls(
+            amount=p.priced.split.amount,
+            price=p.priced.price,
+            unit_price=p.priced.unit_price,
+            period_start=p.period_start,
+            period_units=p.period_units,
+            remainder_after=p.priced.split.remainder,
+        )
 
 
 @strawberry.input

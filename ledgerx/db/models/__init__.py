@@ -10,6 +10,7 @@ from ledgerx.db.models.notifications import BillingDetails, NotificationSettings
 from ledgerx.db.models.payments import (
     CatalogPrice,
     CreditPack,
+    EntitlementOverride,
     Invoice,
     InvoiceLine,
     Payment,
@@ -30,6 +31,7 @@ from ledgerx.db.models.usage import (
     UsageEvent,
     UsageEventKey,
     UsageMetric,
+    UsageMetricPrice,
     UsageRollup,
     UsageRollupValue,
 )
@@ -53,6 +55,7 @@ __all__ = [
     "CreditPack",
     "DocumentSequence",
     "EmailVerification",
+    "EntitlementOverride",
     "Invite",
     "Invoice",
     "InvoiceLine",
@@ -78,6 +81,7 @@ __all__ = [
     "UsageEvent",
     "UsageEventKey",
     "UsageMetric",
+    "UsageMetricPrice",
     "UsageRollup",
     "UsageRollupValue",
     "User",

@@ -36,6 +36,8 @@ class Plan(Base):
     # {metric key: units per calendar month}, read by the usage domain.
     monthly_quotas: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     features: Mapped[list[str]] = mapped_column(JSONB, nullable=False, default=list)
+    # [{featureKey, type, enabled, limit, metricKey, period, config}] (domain/entitlements).
+    entitlements: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, nullable=False, default=list)
     trial_days: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # Included credits without expiry (else they expire at the end of their period).
     rollover_credits: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
@@ -282,6 +284,25 @@ class PlanOverride(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[dt.datetime] = ts_now()
+    updated_at: Mapped[dt.datetime] = ts_now()
+
+
+class EntitlementOverride(Base):
+    """A platform admin's override of one feature of a project's plan; NULL fields keep the plan's."""
+
+    __tablename__ = "entitlement_overrides"
+
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), primary_key=True)
+    feature_key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # The feature's shape when overridden (BOOLEAN | METERED | CONFIG; METERED: metric and period).
+    type: Mapped[str] = mapped_column(Text, nullable=False)
+    metric_key: Mapped[str | None] = mapped_column(Text)
+    period: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool | None] = mapped_column(Boolean)
+    limit: Mapped[int | None] = mapped_column(BigInteger)
+    config: Mapped[Any] = mapped_column(JSONB)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = ts_now()
     updated_at: Mapped[dt.datetime] = ts_now()
 

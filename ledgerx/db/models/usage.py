@@ -22,7 +22,8 @@ AGGREGATIONS = ("SUM", "COUNT", "MAX", "UNIQUE")
 
 
 class UsageMetric(Base):
-    """A metric a project meters. Immutable once defined (events and charges refer to it)."""
+    """A metric a project meters. Its key and aggregation never change (events and charges refer to
+    them); its name and price may (`updateMetric`; prices by version: UsageMetricPrice)."""
 
     __tablename__ = "usage_metrics"
 
@@ -35,7 +36,22 @@ class UsageMetric(Base):
     unique_property: Mapped[str | None] = mapped_column(Text)
     # Credits per unit; exact (NUMERIC), never a float.
     unit_price: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)
+    # The latest pricing model (usage/price_models.py JSON); NULL: PER_UNIT at unit_price.
+    pricing: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[dt.datetime] = ts_now()
+    updated_at: Mapped[dt.datetime] = ts_now()
+
+
+class UsageMetricPrice(Base):
+    """A metric's pricing from an instant on: a period is priced by the version in effect at its start."""
+
+    __tablename__ = "usage_metric_prices"
+
+    metric_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("usage_metrics.id", ondelete="RESTRICT"), primary_key=True)
+    effective_from: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False)
+    pricing: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[dt.datetime] = ts_now()
 
 
@@ -107,10 +123,13 @@ class UsageCharge(Base):
     metric_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("usage_metrics.id", ondelete="RESTRICT"), nullable=False)
     event_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     units: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)
-    unit_price: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)
+    unit_price: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)  # of the tier reached
+    # The exact price of these units (the increment of the period's price); NULL: units * unit_price.
+    price: Mapped[decimal.Decimal | None] = mapped_column(Numeric)
     remainder_before: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)
-    total: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)  # units * unit_price + remainder_before
-    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)  # floor(total), debited
+    total: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)  # price + remainder_before
+    # floor(total): debited, or credited when negative (a VOLUME tier crossing gives back).
+    amount: Mapped[int] = mapped_column(BigInteger, nullable=False)
     remainder_after: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False)  # total - amount
     transaction_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("ledger_transactions.id", ondelete="RESTRICT")
@@ -129,4 +148,7 @@ class UsageChargeRemainder(Base):
     metric_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("usage_metrics.id", ondelete="RESTRICT"), primary_key=True)
     project_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("projects.id", ondelete="RESTRICT"), nullable=False)
     remainder: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False, default=decimal.Decimal(0))
+    # The pricing period of the wallet's per-event charges (UTC month) and the units charged in it.
+    period_start: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    period_units: Mapped[decimal.Decimal] = mapped_column(Numeric, nullable=False, default=decimal.Decimal(0))
     updated_at: Mapped[dt.datetime] = ts_now()

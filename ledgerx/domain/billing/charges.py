@@ -22,7 +22,8 @@ from ledgerx.domain.billing.service import BillingService
 from ledgerx.domain.errors import AppError, InsufficientFunds
 from ledgerx.domain.ledger.posting import post_many
 from ledgerx.domain.ledger.types import MAX_BIGINT, Kind, Leg, Posting, SystemAccount
-from ledgerx.domain.usage import carry, periods
+from ledgerx.domain.usage import carry, periods, price_versions
+from ledgerx.domain.usage.price_models import Pricing
 from ledgerx.domain.usage.types import MetricRecord
 
 
@@ -36,11 +37,18 @@ class Attempt:
     failure: str | None = None  # refused before posting (e.g. an amount out of range)
 
 
+def period_pricing(rule_unit_price: decimal.Decimal | None, metric_pricing: Pricing) -> Pricing:
+    """How a rule prices its period's units: its own unitPrice (PER_UNIT), else the metric's pricing
+    in effect at the period's start."""
+    return Pricing.per_unit(rule_unit_price) if rule_unit_price is not None else metric_pricing
+
+
 async def price(conn: asyncpg.Connection, attempts: list[Attempt]) -> carry.Carries:
     """Amounts of new runs; usage runs lock and move their wallet+metric carry (saved by the
     caller once the debits are posted: carry.py's lock order)."""
     usage = [a for a in attempts if a.new and a.rule.mode in USAGE_MODES and a.rule.metric_id is not None]
     units: list[decimal.Decimal] = []
+    versions: list[Pricing | None] = []
     infos: dict[uuid.UUID, MetricRecord] = {}
     carries = carry.Carries({})
     if usage:
@@ -52,10 +60,12 @@ async def price(conn: asyncpg.Connection, attempts: list[Attempt]) -> carry.Carr
                 periods.Window(a.rule.project_id, infos[a.rule.metric_id], a.run.period_start, a.run.period_end)
             )
         units = await periods.units(conn, windows)
+        # The pricing in effect at each period's start: a change applies from the next period.
+        versions = await price_versions.at(conn, [(w.metric.id, w.start) for w in windows])
         carries = await carry.Carries.lock(
             conn, [(a.rule.wallet_id, a.rule.metric_id, a.rule.project_id) for a in usage if a.rule.metric_id]
         )
-    u = iter(units)
+    u = iter(zip(units, versions, strict=True))
     is_usage = {id(a) for a in usage}
     for a in attempts:
         if not a.new:
@@ -65,12 +75,12 @@ async def price(conn: asyncpg.Connection, attempts: list[Attempt]) -> carry.Carr
         if id(a) in is_usage:
             assert a.rule.metric_id is not None
             info = infos[a.rule.metric_id]
-            unit_price = a.rule.unit_price if a.rule.unit_price is not None else info.unit_price
+            n, version = next(u)
+            pricing = period_pricing(a.rule.unit_price, version or info.pricing)
             before = carries.remainder(a.rule.wallet_id, info.id)
-            n = next(u)
-            a.run.units, a.run.unit_price = n, unit_price
+            a.run.units, a.run.unit_price = n, pricing.flat_unit_price()
             try:
-                priced = carries.price(a.rule.wallet_id, info.id, n, unit_price)
+                priced = carries.price_exact(a.rule.wallet_id, info.id, pricing.price(n))
             except AppError as exc:
                 a.failure = exc.message
                 continue

@@ -7,12 +7,12 @@ import datetime as dt
 import decimal
 import uuid
 
-from ledgerx.domain.billing import clocks, store
+from ledgerx.domain.billing import charges, clocks, store
 from ledgerx.domain.billing import schedule as sch
 from ledgerx.domain.billing.records import USAGE_MODES, Rule
 from ledgerx.domain.billing.service import BillingService
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.usage import carry, periods
+from ledgerx.domain.usage import carry, periods, price_versions
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,8 +44,9 @@ async def preview(
             end = max(rule.period_start, min(now, instants[0]))
             (first_units,) = await periods.units(conn, [periods.Window(project_id, info, rule.period_start, end)])
             carried = await carry.remainder(conn, rule.wallet_id, info.id)
-            unit_price = rule.unit_price if rule.unit_price is not None else info.unit_price
-            first_amount += carry.split(first_units, unit_price, carried).amount
+            (version,) = await price_versions.at(conn, [(info.id, rule.period_start)])
+            pricing = charges.period_pricing(rule.unit_price, version or info.pricing)
+            first_amount += carry.split_price(pricing.price(first_units), carried).amount
     tz = sch.zone(rule.timezone)
     items: list[PreviewItem] = []
     start = rule.period_start

@@ -1,5 +1,6 @@
 """Plans (platform admins): tiers, intervals, included credits, rate limit, monthly quotas,
-features and trial days; a paid plan sells through a recurring Stripe Price (`prices`).
+features, entitlements (domain/entitlements/features.py) and trial days; a paid plan sells
+through a recurring Stripe Price (`prices`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ledgerx import ids
 from ledgerx.db.models import Plan
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
+from ledgerx.domain.entitlements import features as entitlement_features
 from ledgerx.domain.errors import BadInput, NotFound
 from ledgerx.domain.payments import records
 from ledgerx.domain.payments.catalog import archive_item, clean_name, positive
@@ -105,6 +107,7 @@ def plan_snapshot(p: Plan) -> dict[str, Any]:
         "rateLimit": p.rate_limit,
         "monthlyQuotas": {k: str(v) for k, v in (p.monthly_quotas or {}).items()},
         "features": p.features,
+        "entitlements": p.entitlements,
         "trialDays": p.trial_days,
         "rolloverCredits": p.rollover_credits,
         "stripePriceId": p.stripe_price_id,
@@ -126,6 +129,7 @@ async def create_plan(
     features: Sequence[str] = (),
     trial_days: int = 0,
     rollover_credits: bool = False,
+    entitlements: Sequence[Mapping[str, Any]] = (),
 ) -> PlanRecord:
     # Every check before Stripe is asked, so refused input never leaves Stripe objects behind.
     clean = clean_name(name)
@@ -134,6 +138,7 @@ async def create_plan(
     positive(included_credits, "includedCredits", allow_zero=True)
     quotas = quotas_json(monthly_quotas or {})
     feature_list = _features(features)
+    granted = entitlement_features.parse(entitlements)
     trial = _trial_days(trial_days)
     rollover = _rollover(rollover_credits)
     plan_id = uuid7()
@@ -160,6 +165,7 @@ async def create_plan(
         rate_limit=rate_limit,
         monthly_quotas=quotas,
         features=feature_list,
+        entitlements=granted,
         trial_days=trial,
         rollover_credits=rollover,
         stripe_product_id=stripe_ids[0] if stripe_ids else None,
@@ -188,8 +194,10 @@ async def update_plan(
     features: Sequence[str] | None = None,
     trial_days: int | None = None,
     rollover_credits: bool | None = None,
+    entitlements: Sequence[Mapping[str, Any]] | None = None,
 ) -> PlanRecord:
-    """Edit a plan. A new price applies to new subscriptions; existing ones keep theirs. A change
+    """Edit a plan. New entitlements apply to its projects at once (every instance forgets its
+    checks). A new price applies to new subscriptions; existing ones keep theirs. A change
     of `rollover_credits` applies to credits granted from then on."""
     changes = StripeChanges()
     try:
@@ -205,6 +213,7 @@ async def update_plan(
             features=features,
             trial_days=trial_days,
             rollover_credits=rollover_credits,
+            entitlements=entitlements,
             changes=changes,
         )
     except BaseException:
@@ -227,6 +236,7 @@ async def _update_plan(
     features: Sequence[str] | None,
     trial_days: int | None,
     rollover_credits: bool | None,
+    entitlements: Sequence[Mapping[str, Any]] | None,
     changes: StripeChanges,
 ) -> Plan:
     async with svc.db.transaction(system=True) as s:
@@ -246,6 +256,8 @@ async def _update_plan(
             plan.monthly_quotas = quotas_json(monthly_quotas)
         if features is not None:
             plan.features = _features(features)
+        if entitlements is not None:
+            plan.entitlements = entitlement_features.parse(entitlements)
         if trial_days is not None:
             plan.trial_days = _trial_days(trial_days)
         if rollover_credits is not None:

@@ -30,6 +30,7 @@ class PlanRecord:
     rate_limit: dict[str, Any] | None  # {"burst": int, "perSecond": float}
     monthly_quotas: dict[str, Any]
     features: list[str]
+    entitlements: list[dict[str, Any]]  # domain/entitlements/definitions.py parses them
     trial_days: int
     rollover_credits: bool
     stripe_product_id: str | None

@@ -23,14 +23,16 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ledgerx import ids
-from ledgerx.db.models import Plan, PlanOverride, PlanSubscription
+from ledgerx.db.models import EntitlementOverride, Plan, PlanOverride, PlanSubscription
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
+from ledgerx.domain.entitlements import features
 from ledgerx.domain.errors import BadInput
 from ledgerx.domain.payments import catalog, objects, records
 from ledgerx.domain.payments.records import OverrideRecord, PlanRecord, SubscriptionRecord
 from ledgerx.domain.payments.service import PaymentsService
 from ledgerx.domain.ratelimit import Limit
+from ledgerx.domain.usage.quotas import Meter, period_end, period_start
 from ledgerx.ids import uuid7
 
 ENDED = frozenset({"canceled", "incomplete_expired"})
@@ -113,6 +115,9 @@ class PlanState:
     subscription: SubscriptionRecord | None
     plans: Mapping[uuid.UUID, PlanRecord]
     free_plan: PlanRecord | None
+    # The project's per-feature overrides (entitlement_overrides), expired ones included: the
+    # clock decides (features.effective).
+    feature_overrides: tuple[features.Override, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -123,6 +128,8 @@ class EffectivePlan:
     monthly_quotas: dict[str, int]
     subscription: SubscriptionRecord | None
     override: OverrideRecord | None
+    # What the project may use now (entitlements and quotas: one set, features.py).
+    features: dict[str, features.Feature] = dataclasses.field(default_factory=dict)
 
 
 async def current_subscription(
@@ -157,11 +164,15 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
                 )
             ).scalars()
         }
+        feature_rows = (
+            await s.execute(select(EntitlementOverride).where(EntitlementOverride.project_id == project_id))
+        ).scalars()
         state = PlanState(
             records.of(OverrideRecord, override) if override is not None else None,
             records.of(SubscriptionRecord, sub) if sub is not None else None,
             plans,
             catalog.default_free_plan(list(plans.values())),
+            tuple(features.override_of(r) for r in sorted(feature_rows, key=lambda r: r.feature_key)),
         )
     svc.remember_plan(project_id, state)
     return state
@@ -184,7 +195,9 @@ def effective_plan_at(state: PlanState, now: dt.datetime) -> EffectivePlan:
     quotas = {k: int(v) for k, v in (plan.monthly_quotas if plan is not None else {}).items()}
     if ov is not None and ov.monthly_quotas:
         quotas.update({k: int(v) for k, v in ov.monthly_quotas.items()})
-    return EffectivePlan(plan, source, rate_limit, quotas, state.subscription, ov)
+    own = features.of_plan(plan.entitlements, plan.monthly_quotas) if plan is not None else {}
+    effective = features.effective(own, ov.monthly_quotas if ov is not None else None, state.feature_overrides, now)
+    return EffectivePlan(plan, source, rate_limit, quotas, state.subscription, ov, effective)
 
 
 async def effective_plan(svc: PaymentsService, project_id: uuid.UUID) -> EffectivePlan:
@@ -205,6 +218,34 @@ async def plan_limit(svc: PaymentsService, project_id: uuid.UUID) -> Limit | Non
 async def plan_quotas(svc: PaymentsService, project_id: uuid.UUID) -> dict[str, int]:
     """Units per metric per calendar month the project's plan allows (metrics absent: unlimited)."""
     return (await effective_plan(svc, project_id)).monthly_quotas
+
+
+def next_change(state: PlanState, plan: EffectivePlan, now: dt.datetime) -> dt.datetime | None:
+    """The next instant what the project may use changes by itself, with nothing announced: an
+    override's expiry (of the plan or a feature), the subscription's period, grace or trial end,
+    a METERED period's reset. Caches of what derives from the plan end there at the latest."""
+    candidates: list[dt.datetime | None] = [o.expires_at for o in state.feature_overrides]
+    for f in plan.features.values():
+        if f.type == "METERED" and f.period is not None:
+            candidates.append(period_end(f.period, period_start(f.period, now)))
+    if state.override is not None:
+        candidates.append(state.override.expires_at)
+    sub = state.subscription
+    if sub is not None:
+        candidates += [sub.current_period_end, sub.grace_until, sub.trial_end]
+    future = [t for t in candidates if t is not None and t > now]
+    return min(future) if future else None
+
+
+async def plan_meters(svc: PaymentsService, project_id: uuid.UUID) -> tuple[dict[str, list[Meter]], float | None]:
+    """The usage meters of the project's features now (its monthly quotas and METERED
+    entitlements, one set): what usage/quotas.py enforces, and for how many seconds at most they
+    hold (None: until a change is announced)."""
+    state = await load_state(svc, project_id)
+    now = svc.now()
+    plan = effective_plan_at(state, now)
+    until = next_change(state, plan, now)
+    return features.meters(plan.features), (until - now).total_seconds() if until is not None else None
 
 
 async def ensure_row(

@@ -36,7 +36,15 @@ PROJECT_READ = Scope(
 USAGE_READ = Scope(
     "usage:read",
     "Read metrics, usage events, summaries, charges and carried remainders.",
-    ("usageMetrics", "usageMetric", "usageEvent", "usageSummary", "usageCharge", "usageRemainder"),
+    (
+        "usageMetrics",
+        "usageMetric",
+        "usageEvent",
+        "usageSummary",
+        "usageCharge",
+        "usageRemainder",
+        "previewUsageCharge",
+    ),
 )
 USAGE_WRITE = Scope(
     "usage:write",
@@ -94,6 +102,12 @@ WEBHOOKS_WRITE = Scope(
     ),
 )
 
+ENTITLEMENTS_READ = Scope(
+    "entitlements:read",
+    "Check what the project's plan lets it use: features, limits with usage, configuration.",
+    ("entitlement", "entitlements", "GET /v1/entitlements", "GET /v1/entitlements/{featureKey}"),
+)
+
 ALL: tuple[Scope, ...] = (
     PROJECT_READ,
     USAGE_READ,
@@ -103,6 +117,7 @@ ALL: tuple[Scope, ...] = (
     BILLING_READ,
     BILLING_WRITE,
     WEBHOOKS_WRITE,
+    ENTITLEMENTS_READ,
 )
 BY_NAME: dict[str, Scope] = {s.name: s for s in ALL}
 NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))

@@ -32,8 +32,7 @@ from ledgerx.domain.errors import BadInput, IdempotencyConflict, NotFound
 from ledgerx.domain.events import EventBus
 from ledgerx.domain.ledger import LedgerService, WalletRef
 from ledgerx.domain.usage import pricing, store, validate
-from ledgerx.domain.usage.quotas import Candidate, QuotaPolicy
-from ledgerx.domain.usage.quotas import month as quota_month
+from ledgerx.domain.usage.quotas import Admission, Candidate, QuotaPolicy, slots_of
 from ledgerx.domain.usage.types import (
     BatchResult,
     ChargeResult,
@@ -99,9 +98,12 @@ async def record_batch(
     rows = [good[k] for k in sorted(good)]
     gate = await _quota_gate(quotas, project_id, events, rows)
     await store.ensure_partitions(db, checked.earliest, checked.latest)
-    fresh, stored, refusals, overage = await _insert(
+    fresh, stored, refusals, admission = await _insert(
         db, project_id, rows, one_metric=checked.one_metric, extras=checked.extras, gate=gate
     )
+    overage = admission.overage
+    if quotas is not None:
+        await quotas.announce(project_id, admission)
     if refusals:
         rejected = tuple(sorted((*rejected, *refusals), key=lambda r: r.index))
     if bus is not None and fresh:
@@ -110,7 +112,7 @@ async def record_batch(
     return BatchResult(fresh, checked.duplicates + len(stored) - fresh, rejected, overage)
 
 
-Gate = Callable[[asyncpg.Connection], Awaitable[tuple[set[str], list[Rejection], int]]]
+Gate = Callable[[asyncpg.Connection], Awaitable[tuple[set[str], list[Rejection], Admission]]]
 
 
 async def _quota_gate(
@@ -121,7 +123,7 @@ async def _quota_gate(
     if quotas is None:
         return None
     q = await quotas.of(project_id)
-    if not q.limits or not any(quotas.cap(q, r[1]) is not None for r in rows):
+    if not q.limits or not any(quotas.capped(q, r[1]) for r in rows):
         return None
     first_index: dict[str, int] = {}
     for i, e in enumerate(events):
@@ -131,7 +133,7 @@ async def _quota_gate(
     # Rows are CheckedEvent or plain tuples in its field order: (key, metric, units, occurred_at, …).
     candidates = [Candidate(first_index[r[0]], r[0], r[1], decimal.Decimal(r[2]), r[3]) for r in rows]
 
-    async def gate(conn: asyncpg.Connection) -> tuple[set[str], list[Rejection], int]:
+    async def gate(conn: asyncpg.Connection) -> tuple[set[str], list[Rejection], Admission]:
         return await quotas.reserve_batch(conn, project_id, q, candidates)
 
     return gate
@@ -182,11 +184,11 @@ async def _insert(
     one_metric: bool,
     extras: bool,
     gate: Gate | None = None,
-) -> tuple[int, Sequence[Any], list[Rejection], int]:
+) -> tuple[int, Sequence[Any], list[Rejection], Admission]:
     """Store a batch in one transaction with ON CONFLICT DO NOTHING on the keys, so a key already
     stored (a retry, a concurrent batch) is skipped, never a database error. `gate` runs first in
     the same transaction and names the keys a quota refuses. Returns (how many events were new, the
-    rows offered to the insert, the quota's rejections, how many are overage).
+    rows offered to the insert, the quota's rejections, its admission: overage, limits reached).
 
     Partitions were ensured by the caller; one that vanished (detached) is created and retried.
     """
@@ -195,16 +197,16 @@ async def _insert(
             async with db.raw(project_id=project_id) as conn:
                 offered: Sequence[Any] = rows
                 refusals: list[Rejection] = []
-                overage = 0
+                admission = Admission()
                 if gate is not None:
-                    refused, refusals, overage = await gate(conn)
+                    refused, refusals, admission = await gate(conn)
                     offered = [r for r in rows if r[0] not in refused] if refused else rows
                 if not offered:
-                    return 0, offered, refusals, overage
+                    return 0, offered, refusals, admission
                 one = one_metric if len(offered) == len(rows) else None
                 shape, params = _params(project_id, offered, None, one_metric=one, extras=extras)
                 n = await conn.fetchval(store.ingest_sql(**shape, mode="dedupe"), *params)
-                return int(n), offered, refusals, overage
+                return int(n), offered, refusals, admission
         except Exception as exc:
             if attempt == 0 and store.is_missing_partition(exc):
                 store.forget_partitions(db)
@@ -271,18 +273,18 @@ async def record_usage(
     await store.ensure_partitions(db, c.occurred_at, c.occurred_at)
 
     charge: ChargeResult | None = None
-    overage = False
+    admission = Admission()
     # The project's quotas when one caps this event's metric, else None (no lock, no check).
     q = await quotas.of(project_id) if quotas is not None else None
-    if quotas is not None and q is not None and quotas.cap(q, c.metric) is None:
+    if quotas is not None and q is not None and not quotas.capped(q, c.metric):
         q = None
     # A refusal rolls the transaction back; the quota's crossing is recorded after it.
     refusal = quotas.noting_refusal(project_id, q, c.metric, c.occurred_at) if quotas else contextlib.nullcontext()
     async with refusal, db.transaction(project_id=project_id) as session:
         conn = await driver(session)
         if q is not None:
-            # Held to the commit: writers of this metric-month take turns (see quotas.py).
-            await QuotaPolicy.lock(conn, project_id, [(c.metric.id, quota_month(c.occurred_at))])
+            # Held to the commit: writers of this metric's periods take turns (see quotas.py).
+            await QuotaPolicy.lock(conn, project_id, [slot for slot, _ in slots_of(q, c.metric, c.occurred_at)])
         shape, params = _params(project_id, [c], wallet_id)
         row = await conn.fetchrow(store.ingest_sql(**shape, mode="single"), *params)
         if row is not None:
@@ -300,8 +302,8 @@ async def record_usage(
             )
             duplicate = False
             if quotas is not None and q is not None:
-                # Reads the month with this event in it; raising rolls the insert back.
-                overage = await quotas.admit_stored(conn, q, c.metric, c.occurred_at)
+                # Reads the periods with this event in them; raising rolls the insert back.
+                admission = await quotas.admit_stored(conn, q, c.metric, decimal.Decimal(c.units), c.occurred_at)
         else:
             found = await conn.fetchrow(store.EVENT_BY_KEY, project_id, c.key)
             assert found is not None, "a duplicate key points at a stored event"
@@ -316,11 +318,13 @@ async def record_usage(
             req = pricing.ChargeRequest(wallet, c.metric, stored.units, c.key, stored.id)
             [(record, replayed)] = await pricing.charge_in_session(session, ledger, actor, project_id, [req])
             charge = ChargeResult(record, None, replayed)
+    if quotas is not None:
+        await quotas.announce(project_id, admission)
     if charge is not None and ledger is not None:
         charge = dataclasses.replace(charge, transaction=await pricing.transaction_of(ledger, charge.charge))
     if bus is not None and not duplicate:
         await bus.publish(*topics.usage_recorded(project_id, count=1, metric_keys=(c.metric.key,)))
-    return RecordResult(stored, duplicate, charge, overage)
+    return RecordResult(stored, duplicate, charge, admission.overage > 0)
 
 
 async def get_event(db: Database, project_id: uuid.UUID, idempotency_key: str) -> EventRecord | None:

@@ -136,6 +136,12 @@ class Pricing:
     def first_unit_price(self) -> Decimal:
         return self.tiers[0].unit_price
 
+    def flat_unit_price(self) -> Decimal | None:
+        """The one price of every unit when there is one (PER_UNIT without a flat price), else None:
+        what a record's `unitPrice` can state without misleading (units x unitPrice = price)."""
+        t = self.tiers[0]
+        return t.unit_price if self.model is Model.PER_UNIT and t.flat_price == 0 else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "model": str(self.model),
@@ -182,9 +188,10 @@ def stored(raw: Mapping[str, Any] | str | None, unit_price: Decimal) -> Pricing:
     """A metric's stored pricing: its `to_json` form (a dict, or its JSON text as asyncpg returns a
     jsonb column without a codec), or None for a metric priced before pricing models (PER_UNIT at
     its `unit_price`)."""
-    if raw is None:
+    value = json.loads(raw) if isinstance(raw, str) else raw
+    if value is None:  # SQL NULL, or a JSON null
         return Pricing.per_unit(unit_price)
-    return Pricing.from_json(json.loads(raw) if isinstance(raw, str) else raw)
+    return Pricing.from_json(value)
 
 
 def _ceil_div(units: Decimal, size: Decimal) -> Decimal:

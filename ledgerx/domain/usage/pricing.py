@@ -1,5 +1,11 @@
 """Charging usage to a wallet: priced exactly, with the sub-unit remainder carried (`carry.py`).
 
+Each charge is priced at the tiers its wallet's units of the metric reach in the period (the UTC
+calendar month of the project's now) by the pricing in effect at the period's start
+(price_versions.py): the increment its units add to the period's price, so the charges of a
+period add up to the price of its total exactly, whatever the model (a VOLUME tier crossing gives
+back, as a credit, what earlier events paid above the new tier's price).
+
 Exactly once, under concurrency and retries:
 - The carry row of (wallet, metric) is locked first (`carry.Carries.lock`), so charges of one
   wallet and metric are serialized; the idempotency key is looked up after the lock, so a retry
@@ -29,13 +35,13 @@ from ledgerx.domain.errors import IdempotencyConflict, NotFound
 from ledgerx.domain.ledger import Kind, LedgerService, Leg, Posting, SystemAccount, WalletRef
 from ledgerx.domain.ledger import reads as ledger_reads
 from ledgerx.domain.ledger.posting import post_transaction
-from ledgerx.domain.usage import carry, validate
+from ledgerx.domain.usage import carry, price_versions, validate
 from ledgerx.domain.usage.types import ChargeRecord, ChargeResult, MetricRecord
 from ledgerx.ids import uuid7
 
 CHARGE_COLS = (
     "id, project_id, idempotency_key, wallet_id, metric_id, event_id, units, unit_price, remainder_before, total,"
-    " amount, remainder_after, transaction_id, created_at"
+    " amount, remainder_after, transaction_id, created_at, price"
 )
 
 EXISTING_CHARGES = (
@@ -43,12 +49,12 @@ EXISTING_CHARGES = (
 )
 INSERT_CHARGES = """
 INSERT INTO usage_charges (id, project_id, idempotency_key, wallet_id, metric_id, event_id, units, unit_price,
-  remainder_before, total, amount, remainder_after, transaction_id, actor_type, actor_id)
+  remainder_before, total, amount, remainder_after, transaction_id, actor_type, actor_id, price)
 SELECT u.id, $1, u.key, u.wallet_id, u.metric_id, u.event_id, u.units, u.unit_price, u.rb, u.total, u.amount, u.ra,
-       u.txn, $2, $3
+       u.txn, $2, $3, u.price
 FROM unnest($4::uuid[], $5::text[], $6::uuid[], $7::uuid[], $8::uuid[], $9::numeric[], $10::numeric[],
-            $11::numeric[], $12::numeric[], $13::int8[], $14::numeric[], $15::uuid[])
-  AS u(id, key, wallet_id, metric_id, event_id, units, unit_price, rb, total, amount, ra, txn)
+            $11::numeric[], $12::numeric[], $13::int8[], $14::numeric[], $15::uuid[], $16::numeric[])
+  AS u(id, key, wallet_id, metric_id, event_id, units, unit_price, rb, total, amount, ra, txn, price)
 RETURNING created_at
 """
 
@@ -86,6 +92,8 @@ def charge_from_row(r: Any) -> ChargeRecord:
         remainder_after=r["remainder_after"],
         transaction_id=r["transaction_id"],
         created_at=r["created_at"],
+        # Charges made before tier pricing stored no price: theirs was units x unit_price.
+        price=r["price"] if r["price"] is not None else r["units"] * r["unit_price"],
     )
 
 
@@ -124,7 +132,9 @@ async def charge_in_session(
     keys = list({r.idempotency_key for r in requests})
     existing = {r["idempotency_key"]: charge_from_row(r) for r in await conn.fetch(EXISTING_CHARGES, project_id, keys)}
 
-    # 3. Price each new charge in order; post the whole units through the ledger.
+    # 3. Price each new charge in order, at the tiers the wallet's units of the period reach; post
+    #    the whole units through the ledger.
+    period_start, prices = await price_versions.for_events(conn, project_id, {r.metric.id for r in requests})
     results: list[ChargeRecord | int] = []  # a charge found, or an index into `new`
     new: list[_New] = []
     seen: dict[str, int] = {}
@@ -142,14 +152,15 @@ async def charge_in_session(
             results.append(seen[req.idempotency_key])
             continue
         before = carries.remainder(req.wallet.id, req.metric.id)
-        s = carries.price(req.wallet.id, req.metric.id, req.units, req.metric.unit_price)
+        pricing = prices.get(req.metric.id, req.metric.pricing)
+        e = carries.price_event(req.wallet.id, req.metric.id, req.units, pricing, period_start)
         txn_id = None
-        if s.amount > 0:
-            posted = await post_transaction(ledger, _posting(project_id, actor, req, s.amount), session=session)
+        if e.split.amount != 0:
+            posted = await post_transaction(ledger, _posting(project_id, actor, req, e), session=session)
             txn_id = posted.transaction.id
         seen[req.idempotency_key] = len(new)
         results.append(len(new))
-        new.append(_New(req, uuid7(), before, s, txn_id))
+        new.append(_New(req, uuid7(), before, e, txn_id))
 
     records: list[ChargeRecord] = []
     if new:
@@ -166,12 +177,13 @@ async def charge_in_session(
                 [n.req.metric.id for n in new],
                 [n.req.event_id for n in new],
                 [n.req.units for n in new],
-                [n.req.metric.unit_price for n in new],
+                [n.priced.unit_price for n in new],
                 [n.before for n in new],
-                [n.split.total for n in new],
-                [n.split.amount for n in new],
-                [n.split.remainder for n in new],
+                [n.priced.split.total for n in new],
+                [n.priced.split.amount for n in new],
+                [n.priced.split.remainder for n in new],
                 [n.txn_id for n in new],
+                [n.priced.price for n in new],
             )
         except asyncpg.UniqueViolationError:
             # The same key raced in for another wallet or metric (the same pair would have waited
@@ -188,7 +200,7 @@ class _New:
     req: ChargeRequest
     id: uuid.UUID
     before: decimal.Decimal
-    split: carry.Split
+    priced: carry.EventPrice
     txn_id: uuid.UUID | None
 
     def record(self, project_id: uuid.UUID, created_at: dt.datetime) -> ChargeRecord:
@@ -200,13 +212,14 @@ class _New:
             metric_id=self.req.metric.id,
             event_id=self.req.event_id,
             units=self.req.units,
-            unit_price=self.req.metric.unit_price,
+            unit_price=self.priced.unit_price,
             remainder_before=self.before,
-            total=self.split.total,
-            amount=self.split.amount,
-            remainder_after=self.split.remainder,
+            total=self.priced.split.total,
+            amount=self.priced.split.amount,
+            remainder_after=self.priced.split.remainder,
             transaction_id=self.txn_id,
             created_at=created_at,
+            price=self.priced.price,
         )
 
 
@@ -214,7 +227,9 @@ def _conflict() -> IdempotencyConflict:
     return IdempotencyConflict("this idempotencyKey was already used for another charge", field="idempotencyKey")
 
 
-def _posting(project_id: uuid.UUID, actor: Actor, req: ChargeRequest, amount: int) -> Posting:
+def _posting(project_id: uuid.UUID, actor: Actor, req: ChargeRequest, e: carry.EventPrice) -> Posting:
+    """The debit of a charge (a negative amount, a VOLUME tier crossing, gives back: a credit)."""
+    amount = e.split.amount
     return Posting(
         project_id=project_id,
         wallet_id=req.wallet.id,
@@ -227,7 +242,9 @@ def _posting(project_id: uuid.UUID, actor: Actor, req: ChargeRequest, amount: in
         metadata={
             "metricKey": req.metric.key,
             "units": format(req.units, "f"),
-            "unitPrice": format(req.metric.unit_price, "f"),
+            "unitPrice": format(e.unit_price, "f"),
+            "price": format(e.price, "f"),
+            "periodUnitsBefore": format(e.period_units_before, "f"),
         },
         action="usage.charge",
     )
@@ -285,3 +302,25 @@ async def remainder(db: Database, project_id: uuid.UUID, wallet_id: uuid.UUID, m
     """The fraction of a unit carried for (wallet, metric): owed, not yet debited."""
     async with db.raw(project_id=project_id) as conn:
         return await carry.remainder(conn, wallet_id, metric_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChargePreview:
+    """What `chargeUsage` of `units` would post now (previewUsageCharge)."""
+
+    units: decimal.Decimal
+    period_start: dt.datetime
+    period_units: decimal.Decimal  # the wallet's units of the metric in the period so far
+    priced: carry.EventPrice
+
+
+async def preview_charge(db: Database, wallet: WalletRef, metric: MetricRecord, units: Any) -> ChargePreview:
+    """previewUsageCharge: the amount the next charge of `units` would post (a dry run)."""
+    n = validate.units(units)
+    if metric.project_id != wallet.project_id:
+        raise NotFound("wallet or metric not found in this project", field="walletId")
+    async with db.raw(project_id=wallet.project_id) as conn:
+        period_start, prices = await price_versions.for_events(conn, wallet.project_id, [metric.id])
+        pricing = prices.get(metric.id, metric.pricing)
+        e = await carry.preview_event(conn, wallet.id, metric.id, n, pricing, period_start)
+    return ChargePreview(n, period_start, e.period_units_before, e)

@@ -21,9 +21,10 @@ from typing import Any
 import asyncpg
 
 from ledgerx.db.engine import Database
+from ledgerx.domain.usage import price_models
 from ledgerx.domain.usage.types import Aggregation, MetricRecord
 
-METRIC_COLS = "id, project_id, key, name, aggregation, unique_property, unit_price, created_at"
+METRIC_COLS = "id, project_id, key, name, aggregation, unique_property, unit_price, created_at, pricing"
 
 # Buckets are aligned on this origin: whole UTC minutes and quarter hours.
 ORIGIN = "TIMESTAMPTZ '2000-01-01 00:00:00+00'"
@@ -169,12 +170,16 @@ def metric_from_row(r: Any) -> MetricRecord:
         unique_property=r["unique_property"],
         unit_price=r["unit_price"],
         created_at=r["created_at"],
+        pricing=price_models.stored(r["pricing"], r["unit_price"]),
     )
 
 
 # -- the metric cache ----------------------------------------------------------------------------
-# Metrics never change once defined (no update or delete), so found ones are cached for the life
-# of the process; unknown keys are always asked again (they may be defined at any moment).
+# A metric's id, key and aggregation never change once defined (no delete), so found ones are
+# cached for the life of the process; unknown keys are always asked again (they may be defined at
+# any moment). Name and prices may change (`updateMetric`): what reads them for an answer reads
+# the row (metrics.read_metric), and charges price by the version in effect (price_versions.py),
+# never by a cached record.
 
 _METRICS: dict[uuid.UUID, dict[str, MetricRecord]] = {}
 _METRICS_MAX = 100_000

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from ledgerx.domain.usage.price_models import Pricing
+
 
 class Aggregation(enum.StrEnum):
     """How a metric's events add up in a summary bucket."""
@@ -42,8 +44,10 @@ class MetricRecord:
     name: str
     aggregation: Aggregation
     unique_property: str | None
-    unit_price: decimal.Decimal
+    unit_price: decimal.Decimal  # PER_UNIT: the price of a unit; other models: their first tier's
     created_at: dt.datetime
+    # The latest pricing (a period is priced by the version in effect at its start: price_versions.py).
+    pricing: Pricing
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,13 +105,14 @@ class ChargeRecord:
     metric_id: uuid.UUID
     event_id: uuid.UUID | None
     units: decimal.Decimal
-    unit_price: decimal.Decimal
+    unit_price: decimal.Decimal  # of the tier the period's units reached
     remainder_before: decimal.Decimal
-    total: decimal.Decimal
-    amount: int
+    total: decimal.Decimal  # price + remainder_before
+    amount: int  # floor(total): debited, or credited when negative (a VOLUME tier crossing)
     remainder_after: decimal.Decimal
     transaction_id: uuid.UUID | None
     created_at: dt.datetime
+    price: decimal.Decimal  # the exact price of these units: the increment of the period's price
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
