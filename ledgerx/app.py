@@ -126,6 +126,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     documents = document_routes(svc)
     entitlements = entitlement_endpoint(svc)
     routes = [
+        # The hot routes first: Starlette tries each route's pattern in order.
+        Route("/v1/entitlements/{featureKey}", entitlements, methods=["GET"]),
+        Route("/v1/entitlements", entitlements, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
         Route("/healthz", healthz),
@@ -134,8 +137,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/.well-known/jwks.json", jwks),
         *dashboard_routes(),
         Route("/v1/usage", usage_endpoint(svc), methods=["POST"]),
-        Route("/v1/entitlements", entitlements, methods=["GET"]),
-        Route("/v1/entitlements/{featureKey}", entitlements, methods=["GET"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/invoices/{id}.pdf", documents["invoice_pdf"], methods=["GET"]),
         Route("/credit-notes/{id}.pdf", documents["credit_note_pdf"], methods=["GET"]),

@@ -50,9 +50,10 @@ async def admit(services: Services, principal: Principal | None, ip: str | None)
 
 
 def apply_headers(headers: MutableHeaders, d: Decision) -> None:
-    headers["RateLimit-Limit"] = str(d.limit)
-    headers["RateLimit-Remaining"] = str(max(0, d.remaining))
-    headers["RateLimit-Reset"] = str(d.reset_s)
+    # Appended (a response gets them once, here): setting would scan the list once per header.
+    headers.append("RateLimit-Limit", str(d.limit))
+    headers.append("RateLimit-Remaining", str(max(0, d.remaining)))
+    headers.append("RateLimit-Reset", str(d.reset_s))
     if not d.allowed:
         headers["Retry-After"] = str(d.retry_after_s)
 

@@ -13,7 +13,6 @@ import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgerx import metrics
@@ -32,6 +31,10 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 HSTS = "max-age=63072000; includeSubDomains"
+# Encoded once: every response gets them (unless it set its own), appended to the raw header list
+# (MutableHeaders' setdefault scans the list once per header).
+_SECURITY_RAW = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+_HSTS_RAW = (b"strict-transport-security", HSTS.encode("latin-1"))
 
 
 class RequestContext:
@@ -50,7 +53,8 @@ class RequestContext:
         info_token = request_info_var.set(info)
         https = scope.get("scheme") in ("https", "wss")
         route = scope.get("path", "")
-        route = route if route in _KNOWN_ROUTES else "other"
+        if route not in _KNOWN_ROUTES:
+            route = _ENTITLEMENT_ROUTE if route.startswith("/v1/entitlements/") else "other"
         started = time.perf_counter()
         status = 0
         close_code: int | None = None
@@ -60,12 +64,15 @@ class RequestContext:
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
-                h = MutableHeaders(scope=message)
-                h["X-Request-Id"] = rid
-                for k, v in SECURITY_HEADERS.items():
-                    h.setdefault(k, v)
-                if https:
-                    h.setdefault("Strict-Transport-Security", HSTS)
+                raw = list(message.get("headers") or ())
+                present = {name for name, _ in raw}
+                if b"x-request-id" in present:
+                    raw = [(n, v) for n, v in raw if n != b"x-request-id"]
+                raw.append((b"x-request-id", rid.encode("latin-1")))
+                raw.extend(h for h in _SECURITY_RAW if h[0] not in present)
+                if https and _HSTS_RAW[0] not in present:
+                    raw.append(_HSTS_RAW)
+                message["headers"] = raw
             elif kind == "websocket.accept":
                 status = 101
             elif kind == "websocket.close":
@@ -122,6 +129,7 @@ def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any]
     access_log.log(level, "request" if scope["type"] == "http" else "websocket", extra=fields)
 
 
+_ENTITLEMENT_ROUTE = "/v1/entitlements/{featureKey}"  # one label, whatever the feature
 _KNOWN_ROUTES = {
     "/graphql",
     "/healthz",
@@ -130,6 +138,7 @@ _KNOWN_ROUTES = {
     "/.well-known/jwks.json",
     "/webhooks/stripe",
     "/v1/usage",
+    "/v1/entitlements",
     "/dashboard",
     # The dashboard's assets and the icon browsers ask for on their own (a 404 today), so they
     # are told apart from unknown paths, whose label is "other".

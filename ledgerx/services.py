@@ -32,6 +32,7 @@ from ledgerx.domain.ratelimit import Limit, RateLimiter
 from ledgerx.domain.tenancy import api_keys
 from ledgerx.domain.tenancy.access_cache import AccessCache
 from ledgerx.domain.tenancy.invites import InviteService
+from ledgerx.domain.tenancy.key_cache import VerifiedKeys
 from ledgerx.domain.usage.quotas import QuotaPolicy
 from ledgerx.domain.webhooks.delivery import DeliveryPolicy, DeliveryWorker
 from ledgerx.scheduler import Scheduler
@@ -69,8 +70,10 @@ class Services:
     limiter: RateLimiter
     auth: AuthService
     mailer: Mailer = dataclasses.field(default_factory=Mailer)
-    # Members' recent access to projects (a short TTL; see domain/tenancy/access_cache.py).
+    # Members' and API keys' recent access to projects, and recently verified API keys (a short
+    # TTL; see domain/tenancy/access_cache.py and key_cache.py).
     access_cache: AccessCache = dataclasses.field(init=False)
+    verified_keys: VerifiedKeys = dataclasses.field(init=False)
     invites: InviteService = dataclasses.field(init=False)
     # Which rate limit applies to a caller (the gateway asks per request).
     limits: LimitPolicy = dataclasses.field(init=False)
@@ -148,11 +151,12 @@ class Services:
         )
         svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth, mailer=mailer)
         svc.access_cache = AccessCache(settings.access_cache_ttl)
+        svc.verified_keys = VerifiedKeys(settings.access_cache_ttl)
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
         listen = Redis.from_url(settings.redis_url, socket_connect_timeout=2, decode_responses=False)
         svc.events = EventBus(redis, listen_redis=listen, prefix=settings.redis_prefix)
         svc.changes = ProjectChanges(svc.events)
-        svc.changes.forgets_access(svc.access_cache.forget_project)
+        svc.changes.forgets_access(svc.access_cache.forget_project, svc.verified_keys.forget_project)
         svc.changes.forgets_plans(svc.limits.forget, svc.quotas.forget)
         tokens.revocations = Revocations(redis, db, svc.events, prefix=settings.redis_prefix, ttl=tokens.max_lifetime)
         svc.live = LiveAnalytics(
@@ -220,7 +224,7 @@ class Services:
 
     async def authenticate_api_key(self, token: str) -> Principal:
         """A bearer `lx_…` token (context.authenticate hands them here) -> the key's principal."""
-        return await api_keys.authenticate(self.db, token)
+        return await api_keys.authenticate(self.db, token, cache=self.verified_keys)
 
     async def close(self) -> None:
         await self.scheduler.stop()

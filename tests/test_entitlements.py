@@ -23,11 +23,11 @@ import httpx
 import pytest
 
 from ledgerx import ids
-from ledgerx.domain import topics
 from ledgerx.domain.entitlements.checks import TTL_SECONDS, Entitlement
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, SignedIn, sign_up
+from tests.instances import following_instance
 from tests.tenancy_helpers import create_project, make_platform_admin, owner_sql
 
 UTC = dt.UTC
@@ -54,20 +54,8 @@ assert PROMPTLY < TTL_SECONDS
 
 @pytest.fixture
 async def instance_b(settings: Settings) -> AsyncIterator[Services]:
-    """A second app instance (its own caches) on the same database and Redis, following the
-    announcements as the app's lifespan makes it do (the pattern of test_project_changes.py)."""
-    other = Services.build(settings)
-    follower = asyncio.create_task(other.changes.follow())
-    try:
-        deadline = time.monotonic() + 5
-        while topics.PLAN_CHANGES not in other.events.active_topics():
-            assert time.monotonic() < deadline, "instance B never subscribed to plan changes"
-            await asyncio.sleep(0.01)
+    async with following_instance(settings) as other:
         yield other
-    finally:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
-        await other.close()
 
 
 # -- helpers -----------------------------------------------------------------------------------------

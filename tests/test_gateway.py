@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 
 from ledgerx import metrics
 from ledgerx.app import create_app
-from ledgerx.domain.ratelimit import Limit, RateLimiter
+from ledgerx.domain.ratelimit import Limit, RateLimiter, lease_size
 from ledgerx.services import Services, make_redis
 from ledgerx.settings import Settings
 from tests.conftest import GQL, sign_up
@@ -175,3 +177,35 @@ async def test_local_fallback_still_limits(services: Services) -> None:
         await dead.aclose()
     assert [r.allowed for r in results] == [True, True, True, False]
     assert all(r.degraded for r in results)
+
+
+async def test_leased_tokens_never_admit_more_than_the_shared_bucket_holds(services: Services) -> None:
+    """A fast limit is spent through leases (several tokens per round trip, spent from memory);
+    two instances hammering one key still admit exactly the bucket, never more."""
+    clock = Clock()  # frozen: no refill while they spend
+    a = RateLimiter(services.redis, prefix=services.settings.redis_prefix, clock=clock)
+    b = RateLimiter(services.redis, prefix=services.settings.redis_prefix, clock=clock)
+    limit = Limit(capacity=1000, per_second=1000.0)
+    assert lease_size(limit) == 50
+    key = f"lease:{secrets.token_hex(4)}"
+    script = a._script
+    round_trips = 0
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return await script(*args, **kwargs)
+
+    a._script = counting  # type: ignore[method-assign]
+    by_a = by_b = 0
+    for _ in range(500):
+        by_a += (await a.hit(key, limit)).allowed
+        by_b += (await b.hit(key, limit)).allowed
+    assert (by_a, by_b) == (500, 500)  # the whole bucket, shared
+    assert round_trips <= 1000 // 50  # a took its 500 in leases of 50 (at most one per 50 admitted)
+    # Nothing is left: each instance's next request asks Redis and is refused, lease or not.
+    assert not (await a.hit(key, limit)).allowed
+    assert not (await b.hit(key, limit)).allowed
+    # A slow limit keeps one round trip per request (the default 20/s is one token per lease), and
+    # so does a check that reads a flag (a session's revocation).
+    assert lease_size(Limit(120, 20.0)) == 1

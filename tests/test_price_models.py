@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.usage import price_models, validate
+from ledgerx.domain.usage import validate
 from ledgerx.domain.usage.price_models import Model, Pricing, Tier, parse, stored
 
 D = Decimal
@@ -314,14 +314,6 @@ def test_parse_messages_name_the_field() -> None:
     assert (
         len(parse({"model": "GRADUATED", "tiers": [*[_tier(str(i)) for i in range(1, 50)], _tier(None)]}).tiers) == 50
     )
-
-
-def test_limits_are_validates() -> None:
-    # price_models copies validate's limits (it cannot import validate: a circle through types).
-    assert price_models.UNITS_MAX == validate.UNITS_MAX
-    assert price_models.UNITS_MAX_PLACES == validate.UNITS_MAX_PLACES
-    assert price_models.PRICE_MAX == validate.PRICE_MAX
-    assert price_models.PRICE_MAX_PLACES == validate.PRICE_MAX_PLACES
 
 
 SCALARS: st.SearchStrategy[Any] = st.one_of(

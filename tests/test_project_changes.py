@@ -26,6 +26,7 @@ from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, sign_up
 from tests.fake_stripe import FakeStripe
+from tests.instances import following_instance
 from tests.tenancy_helpers import add_member, create_project
 from tests.test_ledger_api import new_wallet
 from tests.test_live_support import WsClient, ends_with
@@ -44,20 +45,8 @@ WALLET_UPDATED = "subscription($w: ID!) { walletUpdated(walletId: $w) { wallet {
 
 @pytest.fixture
 async def instance_b(settings: Settings) -> AsyncIterator[Services]:
-    """A second app instance (its own caches) on the same database and Redis, following the
-    announcements as the app's lifespan makes it do."""
-    other = Services.build(settings)
-    follower = asyncio.create_task(other.changes.follow())
-    try:
-        deadline = time.monotonic() + 5
-        while topics.PLAN_CHANGES not in other.events.active_topics():
-            assert time.monotonic() < deadline, "instance B never subscribed to plan changes"
-            await asyncio.sleep(0.01)
+    async with following_instance(settings) as other:
         yield other
-    finally:
-        follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
-        await other.close()
 
 
 async def plan_caches(b: Services, project_id: str) -> tuple[Limit, dict[str, int], dict[str, int]]:

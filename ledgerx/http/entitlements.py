@@ -61,7 +61,8 @@ def entitlement_endpoint(services: Callable[[], Services]) -> Callable[[Request]
             if feature_key is None:
                 found = await svc.entitlements.all(project_id)
                 return json_response(200, {"entitlements": [e.to_json() for e in found]})
-            return json_response(200, (await svc.entitlements.check(project_id, feature_key)).to_json())
+            body = await svc.entitlements.check_body(project_id, feature_key)
+            return Response(body, status_code=200, media_type="application/json")
 
         return await edge.admitted(svc, request, handle)
 

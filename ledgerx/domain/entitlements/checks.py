@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -81,6 +82,12 @@ def decide(f: Feature, usage: decimal.Decimal | None, resets_at: dt.datetime | N
 class _Entry:
     expires: float  # time.monotonic()
     items: Mapping[str, Entitlement]
+    # Each answer's HTTP body, encoded once per fill: a check over HTTP then encodes nothing.
+    bodies: Mapping[str, bytes]
+
+
+def encode(e: Entitlement) -> bytes:
+    return json.dumps(e.to_json(), separators=(",", ":")).encode()
 
 
 class EntitlementChecks:
@@ -112,6 +119,18 @@ class EntitlementChecks:
             return hit
         return (await self._fill(project_id)).get(feature_key) or unknown(feature_key)
 
+    async def check_body(self, project_id: uuid.UUID, feature_key: str) -> bytes:
+        """`check` as the HTTP answer's body (GET /v1/entitlements/{featureKey})."""
+        entry = self._cache.get(project_id)
+        if entry is None or entry.expires <= time.monotonic():
+            await self._fill(project_id)
+            entry = self._cache.get(project_id)
+        if entry is not None:
+            body = entry.bodies.get(feature_key)
+            if body is not None:
+                return body
+        return encode(await self.check(project_id, feature_key))
+
     async def all(self, project_id: uuid.UUID) -> list[Entitlement]:
         """entitlements(projectId) and GET /v1/entitlements, by feature key."""
         entry = self._cache.get(project_id)
@@ -131,7 +150,7 @@ class EntitlementChecks:
         if generation == self._generation and ttl > 0:
             if len(self._cache) >= _MAX_PROJECTS:
                 self._cache.clear()
-            self._cache[project_id] = _Entry(time.monotonic() + ttl, items)
+            self._cache[project_id] = _Entry(time.monotonic() + ttl, items, {k: encode(e) for k, e in items.items()})
         return items
 
     async def _usage(

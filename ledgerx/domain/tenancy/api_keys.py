@@ -39,6 +39,7 @@ from ledgerx.domain.actor import Actor
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.changes import ProjectChanges
 from ledgerx.domain.errors import BadInput, Conflict, NotFound, Unauthenticated
+from ledgerx.domain.tenancy.key_cache import Verified, VerifiedKeys
 from ledgerx.domain.tenancy.records import ApiKeyRecord
 from ledgerx.domain.tenancy.scopes import validate as validate_scope_names
 from ledgerx.ids import encode, uuid7
@@ -283,18 +284,31 @@ async def list_page(db: Database, project_id: uuid.UUID, *, limit: int, after: u
         return [ApiKeyRecord.of(k) for k in (await s.execute(q)).scalars()]
 
 
-async def authenticate(db: Database, token: str, *, clock: Clock = utcnow) -> Principal:
-    """The principal of a bearer `lx_…` token, or UNAUTHENTICATED (one message for every failure)."""
+async def authenticate(
+    db: Database, token: str, *, clock: Clock = utcnow, cache: VerifiedKeys | None = None
+) -> Principal:
+    """The principal of a bearer `lx_…` token, or UNAUTHENTICATED (one message for every failure).
+    With `cache`, a key verified recently on this instance is answered from memory (key_cache.py)."""
     parsed = parse_token(token.strip())
     if parsed is None:
         raise Unauthenticated(_INVALID)
     public_id, secret = parsed
+    presented = hash_secret(secret)
+    digest = (public_id, presented)
+    hit = cache.get(digest) if cache is not None else None
+    if hit is not None:
+        assert hit.principal.api_key_id is not None
+        assert hit.principal.project_id is not None
+        now = clock()
+        if _maybe_touch(db, hit.principal.api_key_id, hit.principal.project_id, hit.last_used_at, now):
+            hit.last_used_at = now
+        return hit.principal
+    epoch = cache.epoch if cache is not None else 0
     # The project is unknown until the key is found: the explicit cross-project (system) path, reading
     # one row by its unique public id and nothing else.
     # Runs on every request made with a key: one raw statement, not an ORM session.
     async with db.raw(system=True) as conn:
         row = await conn.fetchrow(_LOOKUP, public_id)
-    presented = hash_secret(secret)
     now = clock()
     # Both comparisons always run: the time taken does not tell current from previous secrets.
     current_ok = hmac.compare_digest(presented, row["secret_hash"] if row is not None else _DUMMY_HASH)
@@ -303,14 +317,19 @@ async def authenticate(db: Database, token: str, *, clock: Clock = utcnow) -> Pr
     )
     if row is None or row["revoked_at"] is not None:
         raise Unauthenticated(_INVALID)
+    valid_for: float | None = None
     if not current_ok:
         overlap_open = row["previous_expires_at"] is not None and row["previous_expires_at"] > now
         if not (previous_ok and row["previous_secret_hash"] is not None and overlap_open):
             raise Unauthenticated(_INVALID)
-    _maybe_touch(db, row["id"], row["project_id"], row["last_used_at"], now)
-    return Principal(
+        valid_for = (row["previous_expires_at"] - now).total_seconds()
+    last_used = now if _maybe_touch(db, row["id"], row["project_id"], row["last_used_at"], now) else row["last_used_at"]
+    principal = Principal(
         kind="api_key", api_key_id=row["id"], project_id=row["project_id"], scopes=frozenset(row["scopes"])
     )
+    if cache is not None:
+        cache.put(digest, Verified(principal, last_used), loaded_at_epoch=epoch, valid_for=valid_for)
+    return principal
 
 
 _LOOKUP = (
@@ -335,15 +354,17 @@ _inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
 
 def _maybe_touch(
     db: Database, key_id: uuid.UUID, project_id: uuid.UUID, last_used_at: dt.datetime | None, now: dt.datetime
-) -> None:
+) -> bool:
+    """Schedule the lastUsedAt write when it is due; True when one is (scheduled or in flight)."""
     if last_used_at is not None and now - last_used_at < LAST_USED_RESOLUTION:
-        return
+        return False
     pending = _inflight.get(key_id)
     if pending is not None and not pending.done():
-        return
+        return True
     task = asyncio.get_running_loop().create_task(_touch(db, key_id, project_id))
     _inflight[key_id] = task
     task.add_done_callback(lambda t: _inflight.pop(key_id, None) if _inflight.get(key_id) is t else None)
+    return True
 
 
 async def _touch(db: Database, key_id: uuid.UUID, project_id: uuid.UUID) -> None:

@@ -49,9 +49,9 @@ def check_key_scope(principal: Principal, rule: Rule) -> None:
 class Authorizer:
     """One caller's access to projects, for one request (or one websocket operation).
 
-    Each project is looked up at most once per request; a signed-in member's access also comes
-    from, and goes to, the instance's shared `AccessCache`. API keys and platform admins acting
-    outside their memberships are always read from the database (see access_cache.py).
+    Each project is looked up at most once per request; a signed-in member's and an API key's
+    access also comes from, and goes to, the instance's shared `AccessCache`. Platform admins
+    acting outside their memberships are always read from the database (see access_cache.py).
     `on_access` sees every access found (GraphQL notes the platform-admin flag it carries).
     """
 
@@ -74,13 +74,14 @@ class Authorizer:
         access = self._found.get(project_id)
         if access is not None:
             return access
-        user_id = self.principal.user_id if self.principal.kind == "user" else None
-        access = self.cache.get(user_id, project_id) if user_id is not None else None
+        # A member's access is kept by user, an API key's by key (access_cache.py).
+        holder = self.principal.user_id if self.principal.kind == "user" else self.principal.api_key_id
+        access = self.cache.get(holder, project_id) if holder is not None else None
         if access is None:
             epoch = self.cache.epoch
             access = await load_access(self.db, self.principal, project_id)
-            if user_id is not None:
-                self.cache.put(user_id, access, loaded_at_epoch=epoch)
+            if holder is not None:
+                self.cache.put(holder, access, loaded_at_epoch=epoch)
         if self._on_access is not None:
             self._on_access(access)
         self._found[project_id] = access

@@ -50,21 +50,13 @@ from decimal import Decimal
 from typing import Any
 
 from ledgerx.domain.errors import BadInput
-from ledgerx.domain.numbers import DECIMAL_TEXT
+from ledgerx.domain.usage import validate
 
 # See the module docstring: no operation rounds, and one that would raises instead.
 _EXACT = decimal.Context(prec=100, rounding=decimal.ROUND_HALF_EVEN, traps=[decimal.Inexact, decimal.InvalidOperation])
 ZERO = Decimal(0)
 TIERS_MAX = 50
 
-# The limits of validate.py (units: upTo and packageSize; prices: unitPrice and flatPrice), copied
-# because this module cannot import validate: usage/types.py imports Pricing, and validate imports
-# types (a circle). tests/test_price_models.py pins these to validate's and checks that both
-# accept and refuse the same values.
-UNITS_MAX = Decimal(10) ** 15
-UNITS_MAX_PLACES = 9
-PRICE_MAX = Decimal(10) ** 9
-PRICE_MAX_PLACES = 12
 
 
 class Model(enum.StrEnum):
@@ -298,50 +290,9 @@ def _up_to(value: Any, lower: Decimal, last: bool, field: str) -> Decimal | None
 
 
 def _price(value: Any, field: str, name: str) -> Decimal:
-    """As validate.unit_price: >= 0, below PRICE_MAX, at most PRICE_MAX_PLACES places."""
-    d = _decimal(value, field, name)
-    if d < 0:
-        raise BadInput(f"{name} must be zero or more", field=field)
-    if d >= PRICE_MAX:
-        raise BadInput(f"{name} must be less than {PRICE_MAX:,}", field=field)
-    if _places(d) > PRICE_MAX_PLACES:
-        raise BadInput(f"{name} has at most {PRICE_MAX_PLACES} decimal places", field=field)
-    return d
+    return validate.unit_price(value, field, name)
 
 
 def _units(value: Any, field: str, name: str) -> Decimal:
-    """As validate.units: >= 0, below UNITS_MAX, at most UNITS_MAX_PLACES places."""
-    d = _decimal(value, field, name)
-    if d < 0 or d >= UNITS_MAX:
-        raise BadInput(f"{name} must be zero or more and below 10^15", field=field)
-    if _places(d) > UNITS_MAX_PLACES:
-        raise BadInput(f"{name} has at most {UNITS_MAX_PLACES} decimal places", field=field)
-    return d
+    return validate.units(value, field, name)
 
-
-def _decimal(value: Any, field: str, name: str) -> Decimal:
-    """A finite decimal from input, as validate._decimal (and the GraphQL Decimal scalar): plain
-    ASCII text, an int, a JSON float (by its repr) or a Decimal. Never -0 (values are checked to be
-    >= 0 next; copy_abs makes a given "-0" a plain 0, which would otherwise be stored as "-0")."""
-    if isinstance(value, bool) or value is None:
-        raise BadInput(f"{name} must be a number", field=field)
-    if isinstance(value, str) and DECIMAL_TEXT.fullmatch(value) is None:
-        raise BadInput(
-            f"{name} must be a plain decimal number in ASCII (-?[0-9]+ with an optional .[0-9]+)", field=field
-        )
-    try:
-        if isinstance(value, float):
-            value = repr(value)  # floats come from JSON; repr keeps 0.1 as 0.1
-        d = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (decimal.InvalidOperation, ValueError, TypeError):
-        raise BadInput(f"{name} must be a decimal number", field=field) from None
-    if not d.is_finite():
-        raise BadInput(f"{name} must be a finite number", field=field)
-    return d if d < 0 else d.copy_abs()
-
-
-def _places(d: Decimal) -> int:
-    """Significant decimal places (trailing zeros do not count: 0.50 has one)."""
-    exponent = d.normalize().as_tuple().exponent
-    assert isinstance(exponent, int)
-    return max(0, -exponent)

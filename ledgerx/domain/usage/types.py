@@ -8,9 +8,10 @@ import decimal
 import enum
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledgerx.domain.usage.price_models import Pricing
+if TYPE_CHECKING:  # price_models checks input with validate, which reads these types
+    from ledgerx.domain.usage.price_models import Pricing
 
 
 class Aggregation(enum.StrEnum):

@@ -92,32 +92,34 @@ def metric_key(value: Any, field: str = "key") -> str:
     return value
 
 
-def unit_price(value: Any, field: str = "unitPrice") -> decimal.Decimal:
-    d = _decimal(value, field, "unitPrice")
+def unit_price(value: Any, field: str = "unitPrice", name: str = "unitPrice") -> decimal.Decimal:
+    """A price (`name` in messages: a tier's flatPrice is checked alike): >= 0, below PRICE_MAX, at
+    most PRICE_MAX_PLACES places."""
+    d = _decimal(value, field, name)
     if d < 0:
-        raise BadInput("unitPrice must be zero or more", field=field)
+        raise BadInput(f"{name} must be zero or more", field=field)
     if d >= PRICE_MAX:
-        raise BadInput(f"unitPrice must be less than {PRICE_MAX:,}", field=field)
+        raise BadInput(f"{name} must be less than {PRICE_MAX:,}", field=field)
     if _places(d) > PRICE_MAX_PLACES:
-        raise BadInput(f"unitPrice has at most {PRICE_MAX_PLACES} decimal places", field=field)
+        raise BadInput(f"{name} has at most {PRICE_MAX_PLACES} decimal places", field=field)
     return d
 
 
-def units(value: Any, field: str = "units") -> decimal.Decimal:
-    return decimal.Decimal(units_text(value, field))
+def units(value: Any, field: str = "units", name: str = "units") -> decimal.Decimal:
+    return decimal.Decimal(units_text(value, field, name))
 
 
-def units_text(value: Any, field: str = "units") -> str:
+def units_text(value: Any, field: str = "units", name: str = "units") -> str:
     """Units as exact decimal text: a number >= 0, below 10^15, at most 9 decimal places."""
     if type(value) is int:  # the common case, kept cheap
         if 0 <= value < 1_000_000_000_000_000:
             return str(value)
-        raise BadInput("units must be zero or more and below 10^15", field=field)
-    d = _decimal(value, field, "units")
+        raise BadInput(f"{name} must be zero or more and below 10^15", field=field)
+    d = _decimal(value, field, name)
     if d < 0 or d >= UNITS_MAX:
-        raise BadInput("units must be zero or more and below 10^15", field=field)
+        raise BadInput(f"{name} must be zero or more and below 10^15", field=field)
     if _places(d) > UNITS_MAX_PLACES:
-        raise BadInput(f"units has at most {UNITS_MAX_PLACES} decimal places", field=field)
+        raise BadInput(f"{name} has at most {UNITS_MAX_PLACES} decimal places", field=field)
     return format(d, "f")
 
 
@@ -137,7 +139,7 @@ def _decimal(value: Any, field: str, name: str) -> decimal.Decimal:
         raise BadInput(f"{name} must be a decimal number", field=field) from None
     if not d.is_finite():
         raise BadInput(f"{name} must be a finite number", field=field)
-    return d
+    return d if d < 0 else d.copy_abs()  # a given "-0" is a plain 0 (it would be stored as "-0")
 
 
 def _places(d: decimal.Decimal) -> int:
