@@ -3,13 +3,12 @@ changes, trials, grace and downgrades"), driven as tests/test_payments_subscript
 payments: checkout and Stripe's webhooks from the fake Stripe, the payments clock pinned.
 
 Every check goes through GraphQL `entitlement(projectId, featureKey)`, so through the instance's
-check cache (domain/entitlements/checks.py). Its entries live in `time.monotonic()`: an entry
-filled at a pinned instant lives up to `TTL_SECONDS` of real time whatever the pinned clock does
-afterwards. So where an answer must change by itself at an instant (a grace or period end), the
-payments clock *runs* from just before that instant at real speed, as the wall clock does in
-production, and the test waits for it: only an entry bounded by that instant explains a flip well
-inside the TTL. `test_a_pinned_clock_jump_past_grace_is_not_seen_through_the_cache` records what a
-jump of the pinned clock alone does.
+check cache (domain/entitlements/checks.py). An entry ends at its TTL (real time) and at the next
+instant the answers change by themselves on the payments clock (a grace or period end). Where an
+answer must change at such an instant, the payments clock *runs* from just before it at real speed,
+as the wall clock does in production, and the test waits for it: only an entry bounded by that
+instant explains a flip well inside the TTL; `test_a_pinned_clock_jump_past_grace_ends_the_cached_answer`
+shows a jump of the pinned clock alone ends it too.
 """
 
 from __future__ import annotations
@@ -319,15 +318,7 @@ async def test_grace_keeps_the_paid_entitlements_and_its_end_ends_the_cached_ans
     assert await grants(gql, life) == PRO_GRANTS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "checks.py measures an entry's life in time.monotonic() (ttl = next_change - payments.now(), "
-        "counted from the fill), so a jump of the pinned payments clock past graceUntil is not seen "
-        "until that many real seconds (here the 10 s TTL) pass; see the module docstring"
-    ),
-)
-async def test_a_pinned_clock_jump_past_grace_is_not_seen_through_the_cache(
+async def test_a_pinned_clock_jump_past_grace_ends_the_cached_answer(
     gql: GQL, client: httpx.AsyncClient, services: Services, fake: FakeStripe, life: Life
 ) -> None:
     sub_id = await subscribe(gql, client, services, fake, life, life.pro)
@@ -336,7 +327,7 @@ async def test_a_pinned_clock_jump_past_grace_is_not_seen_through_the_cache(
     assert await grants(gql, life) == PRO_GRANTS  # filled: min(TTL, 1 h) = 10 s of real time
     life.clock.at(GRACE_END + dt.timedelta(seconds=1))
     assert await effective(gql, life) == ("DEFAULT", life.free)  # the effective plan follows the clock
-    assert await grants(gql, life) == FREE_GRANTS  # the cached checks do not (yet)
+    assert await grants(gql, life) == FREE_GRANTS  # and the cached checks end at graceUntil on that clock
 
 
 # -- 3. downgrades at the period end ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ledgerx.domain.entitlements.features import Feature
 from ledgerx.domain.payments import subscriptions
@@ -80,7 +80,10 @@ def decide(f: Feature, usage: decimal.Decimal | None, resets_at: dt.datetime | N
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Entry:
-    expires: float  # time.monotonic()
+    expires: float  # time.monotonic(): the TTL
+    # The next instant the answers change by themselves, on the payments clock (which tests and
+    # test clocks move): the entry ends there too.
+    until: dt.datetime | None
     items: Mapping[str, Entitlement]
     # Each answer's HTTP body, encoded once per fill: a check over HTTP then encodes nothing.
     bodies: Mapping[str, bytes]
@@ -105,10 +108,17 @@ class EntitlementChecks:
         else:
             self._cache.pop(project_id, None)
 
+    def _live(self, entry: _Entry | None) -> TypeGuard[_Entry]:
+        return (
+            entry is not None
+            and entry.expires > time.monotonic()
+            and (entry.until is None or self.payments.now() < entry.until)
+        )
+
     def cached(self, project_id: uuid.UUID, feature_key: str) -> Entitlement | None:
         """The answer from this instance's memory, or None when it has none (or it ended)."""
         entry = self._cache.get(project_id)
-        if entry is None or entry.expires <= time.monotonic():
+        if not self._live(entry):
             return None
         return entry.items.get(feature_key) or unknown(feature_key)
 
@@ -122,7 +132,7 @@ class EntitlementChecks:
     async def check_body(self, project_id: uuid.UUID, feature_key: str) -> bytes:
         """`check` as the HTTP answer's body (GET /v1/entitlements/{featureKey})."""
         entry = self._cache.get(project_id)
-        if entry is None or entry.expires <= time.monotonic():
+        if not self._live(entry):
             await self._fill(project_id)
             entry = self._cache.get(project_id)
         if entry is not None:
@@ -134,7 +144,7 @@ class EntitlementChecks:
     async def all(self, project_id: uuid.UUID) -> list[Entitlement]:
         """entitlements(projectId) and GET /v1/entitlements, by feature key."""
         entry = self._cache.get(project_id)
-        items = entry.items if entry is not None and entry.expires > time.monotonic() else await self._fill(project_id)
+        items = entry.items if entry is not None and self._live(entry) else await self._fill(project_id)
         return [items[k] for k in sorted(items)]
 
     async def _fill(self, project_id: uuid.UUID) -> Mapping[str, Entitlement]:
@@ -150,7 +160,9 @@ class EntitlementChecks:
         if generation == self._generation and ttl > 0:
             if len(self._cache) >= _MAX_PROJECTS:
                 self._cache.clear()
-            self._cache[project_id] = _Entry(time.monotonic() + ttl, items, {k: encode(e) for k, e in items.items()})
+            self._cache[project_id] = _Entry(
+                time.monotonic() + ttl, until, items, {k: encode(e) for k, e in items.items()}
+            )
         return items
 
     async def _usage(
