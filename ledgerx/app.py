@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -20,9 +19,9 @@ from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
 from ledgerx.http.documents import document_routes
-from ledgerx.http.entitlements import entitlement_endpoint
+from ledgerx.http.entitlements import EntitlementEndpoint
 from ledgerx.http.usage import usage_endpoint
-from ledgerx.middleware import RequestContext
+from ledgerx.middleware import CrossOrigin, RequestContext
 from ledgerx.services import Services
 from ledgerx.settings import Settings
 from ledgerx.webhooks import stripe as stripe_webhooks
@@ -124,7 +123,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 await holder["services"].close()
 
     documents = document_routes(svc)
-    entitlements = entitlement_endpoint(svc)
+    entitlements = EntitlementEndpoint(svc)
     routes = [
         # The hot routes first: Starlette tries each route's pattern in order.
         Route("/v1/entitlements/{featureKey}", entitlements, methods=["GET"]),
@@ -146,7 +145,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     middleware = [
         Middleware(RequestContext),
         Middleware(
-            CORSMiddleware,
+            CrossOrigin,
             allow_origins=list(settings.cors_origins),
             allow_credentials="*" not in settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],

@@ -50,10 +50,15 @@ async def admit(services: Services, principal: Principal | None, ip: str | None)
 
 
 def apply_headers(headers: MutableHeaders, d: Decision) -> None:
-    # Appended (a response gets them once, here): setting would scan the list once per header.
-    headers.append("RateLimit-Limit", str(d.limit))
-    headers.append("RateLimit-Remaining", str(max(0, d.remaining)))
-    headers.append("RateLimit-Reset", str(d.reset_s))
+    # Appended to the raw list (a response gets them once, here): setting would scan the list
+    # once per header.
+    headers.raw.extend(
+        (
+            (b"ratelimit-limit", str(d.limit).encode()),
+            (b"ratelimit-remaining", str(max(0, d.remaining)).encode()),
+            (b"ratelimit-reset", str(d.reset_s).encode()),
+        )
+    )
     if not d.allowed:
         headers["Retry-After"] = str(d.retry_after_s)
 

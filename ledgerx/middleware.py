@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request ids, security headers, request metrics and the request log.
+"""Pure ASGI middleware: request ids, security headers, request metrics and the request log; CORS
+for the requests that need it.
 
 Pure ASGI (not BaseHTTPMiddleware) so websockets pass through and responses are not buffered.
 Each request is logged once, as JSON, when it ends (a websocket when it closes); uvicorn's own
@@ -7,12 +8,14 @@ access log stays off.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ledgerx import metrics
@@ -45,9 +48,15 @@ class RequestContext:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        incoming_id = b""
+        cross_origin = False
+        for name, value in scope.get("headers") or ():
+            if name == b"x-request-id":
+                incoming_id = value
+            elif name == b"origin":
+                cross_origin = True
+        incoming = incoming_id.decode("latin-1")
+        rid = incoming if incoming and _SAFE_ID.match(incoming) else os.urandom(16).hex()  # a uuid4's hex length
         token = request_id_var.set(rid)
         info: dict[str, Any] = {}
         info_token = request_info_var.set(info)
@@ -72,6 +81,8 @@ class RequestContext:
                 raw.extend(h for h in _SECURITY_RAW if h[0] not in present)
                 if https and _HSTS_RAW[0] not in present:
                     raw.append(_HSTS_RAW)
+                if not cross_origin:  # CrossOrigin let it skip CORS, which would have added this
+                    raw.append(_VARY_ORIGIN)
                 message["headers"] = raw
             elif kind == "websocket.accept":
                 status = 101
@@ -98,8 +109,19 @@ class RequestContext:
             request_info_var.reset(info_token)
             request_id_var.reset(token)
             if scope["type"] == "http":
-                metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
-                metrics.HTTP_LATENCY.labels(route).observe(elapsed)
+                _counted(route, status).inc()
+                _timed(route).observe(elapsed)
+
+
+# The metrics' labelled children, looked up once (labels() costs a lock and a tuple per request).
+@functools.cache
+def _counted(route: str, status: int) -> Any:
+    return metrics.HTTP_REQUESTS.labels(route, str(status))
+
+
+@functools.cache
+def _timed(route: str) -> Any:
+    return metrics.HTTP_LATENCY.labels(route)
 
 
 def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any], close_code: int | None) -> None:
@@ -145,3 +167,23 @@ _KNOWN_ROUTES = {
     *(f"/dashboard/{name}" for name in DASHBOARD_ASSETS),
     "/favicon.ico",
 }
+
+
+class CrossOrigin:
+    """Starlette's CORS for the requests that carry an `Origin` (browsers); the rest (backends,
+    SDKs, curl) skip it (CORS cost every request a header parse and a send wrapper). RequestContext,
+    outside it, gives those the `Vary: Origin` CORS would have added, so a shared cache never serves
+    their answer to a browser."""
+
+    def __init__(self, app: ASGIApp, /, **options: Any) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(name == b"origin" for name, _ in scope.get("headers") or ()):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+_VARY_ORIGIN = (b"vary", b"Origin")

@@ -130,6 +130,14 @@ async def test_cors_allow_list(services: Services) -> None:
         assert ok.headers["access-control-allow-origin"] == "https://app.example.com"
         bad = await c.options("/graphql", headers={"origin": "https://evil.example.com", **pre})
         assert "access-control-allow-origin" not in bad.headers
+        # A browser's simple request gets its origin back; a backend's (no Origin) skips CORS but is
+        # marked `Vary: Origin`, so no shared cache hands its answer to a browser.
+        simple = await c.get("/healthz", headers={"origin": "https://app.example.com"})
+        assert simple.headers["access-control-allow-origin"] == "https://app.example.com"
+        assert "Origin" in simple.headers.get("vary", "")
+        backend = await c.get("/healthz")
+        assert "access-control-allow-origin" not in backend.headers
+        assert backend.headers.get_list("vary") == ["Origin"]
 
 
 async def _ws_init(

@@ -9,6 +9,7 @@ the project's plan forgets them on every instance (`ProjectChanges.plan_changed`
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -71,5 +72,12 @@ class LimitPolicy:
             return f"ip:{ip or 'unknown'}", self.anonymous
         if principal.kind == "api_key":
             assert principal.project_id is not None
-            return f"key:{principal.api_key_id}", await self.project_limit(principal.project_id)
+            return _key_bucket(principal.api_key_id), await self.project_limit(principal.project_id)
         return f"user:{principal.user_id}", self.default
+
+
+@functools.lru_cache(maxsize=65_536)
+def _key_bucket(api_key_id: uuid.UUID | None) -> str:
+    """An API key's bucket name, formatted once per key (a UUID's str() is Python-level work, and the
+    gateway asks on every request)."""
+    return f"key:{api_key_id}"

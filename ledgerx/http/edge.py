@@ -42,10 +42,18 @@ def error_response(exc: AppError, status: int | None = None) -> Response:
 
 
 def credential(request: Request) -> str | None:
-    found = request.headers.get("authorization")
-    if not found and request.headers.get("x-api-key"):
-        found = "Bearer " + request.headers["x-api-key"]
-    return found
+    """`Authorization`, else `X-Api-Key` as a Bearer credential (read off the raw header list: the
+    edge runs on every request)."""
+    authorization: str | None = None
+    api_key: str | None = None
+    for name, value in request.scope.get("headers") or ():
+        if name == b"authorization" and authorization is None:
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value.decode("latin-1")
+    if not authorization and api_key:
+        return "Bearer " + api_key
+    return authorization
 
 
 async def admitted(svc: Services, request: Request, handle: Handler) -> Response:
@@ -56,7 +64,8 @@ async def admitted(svc: Services, request: Request, handle: Handler) -> Response
         principal = await authenticate(svc, credential(request))
     except AppError as exc:
         auth_error = exc
-    decision = await gateway.admit(svc, principal, request.client.host if request.client else None)
+    client = request.scope.get("client")  # (host, port); Request.client builds it anew per access
+    decision = await gateway.admit(svc, principal, client[0] if client else None)
     if not decision.allowed:
         response = error_response(
             RateLimited(f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s)

@@ -28,7 +28,7 @@ from typing import Any, TypeGuard
 
 from ledgerx.domain.entitlements.features import Feature
 from ledgerx.domain.payments import subscriptions
-from ledgerx.domain.payments.service import PaymentsService
+from ledgerx.domain.payments.service import PaymentsService, utcnow
 from ledgerx.domain.usage import periods, quotas, store
 
 TTL_SECONDS = 10.0
@@ -109,10 +109,12 @@ class EntitlementChecks:
             self._cache.pop(project_id, None)
 
     def _live(self, entry: _Entry | None) -> TypeGuard[_Entry]:
+        # On the real clock the monotonic `expires` already ends the entry at `until`; a clock
+        # someone replaced (tests, a pinned instant) may jump, so it is read.
         return (
             entry is not None
             and entry.expires > time.monotonic()
-            and (entry.until is None or self.payments.now() < entry.until)
+            and (entry.until is None or self.payments.clock is utcnow or self.payments.now() < entry.until)
         )
 
     def cached(self, project_id: uuid.UUID, feature_key: str) -> Entitlement | None:

@@ -26,6 +26,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable
 
@@ -297,11 +298,13 @@ async def authenticate(
     digest = (public_id, presented)
     hit = cache.get(digest) if cache is not None else None
     if hit is not None:
-        assert hit.principal.api_key_id is not None
-        assert hit.principal.project_id is not None
-        now = clock()
-        if _maybe_touch(db, hit.principal.api_key_id, hit.principal.project_id, hit.last_used_at, now):
-            hit.last_used_at = now
+        if time.monotonic() >= hit.touch_after:  # lastUsedAt may be due: only then the clock is read
+            assert hit.principal.api_key_id is not None
+            assert hit.principal.project_id is not None
+            now = clock()
+            if _maybe_touch(db, hit.principal.api_key_id, hit.principal.project_id, hit.last_used_at, now):
+                hit.last_used_at = now
+            hit.touch_after = _touch_after(hit.last_used_at, now)
         return hit.principal
     epoch = cache.epoch if cache is not None else 0
     # The project is unknown until the key is found: the explicit cross-project (system) path, reading
@@ -328,7 +331,8 @@ async def authenticate(
         kind="api_key", api_key_id=row["id"], project_id=row["project_id"], scopes=frozenset(row["scopes"])
     )
     if cache is not None:
-        cache.put(digest, Verified(principal, last_used), loaded_at_epoch=epoch, valid_for=valid_for)
+        entry = Verified(principal, last_used, _touch_after(last_used, now))
+        cache.put(digest, entry, loaded_at_epoch=epoch, valid_for=valid_for)
     return principal
 
 
@@ -350,6 +354,13 @@ _LOOKUP = (
 # lastUsedAt is informational. `flush_last_used()` awaits pending writes (tests, shutdown).
 
 _inflight: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+
+def _touch_after(last_used_at: dt.datetime | None, now: dt.datetime) -> float:
+    """The time.monotonic() from which the next use of a key may be due a lastUsedAt write."""
+    if last_used_at is None:
+        return 0.0
+    return time.monotonic() + (LAST_USED_RESOLUTION - (now - last_used_at)).total_seconds()
 
 
 def _maybe_touch(

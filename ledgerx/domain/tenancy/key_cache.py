@@ -35,6 +35,7 @@ Digest = tuple[str, bytes]  # (public id, sha256 of the secret presented)
 class Verified:
     principal: Principal
     last_used_at: dt.datetime | None  # as last read or written (lastUsedAt's resolution)
+    touch_after: float = 0.0  # time.monotonic() from which a lastUsedAt write may be due
     expires: float = 0.0  # time.monotonic()
 
 

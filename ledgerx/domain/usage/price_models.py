@@ -58,7 +58,6 @@ ZERO = Decimal(0)
 TIERS_MAX = 50
 
 
-
 class Model(enum.StrEnum):
     PER_UNIT = "PER_UNIT"
     GRADUATED = "GRADUATED"
@@ -295,4 +294,3 @@ def _price(value: Any, field: str, name: str) -> Decimal:
 
 def _units(value: Any, field: str, name: str) -> Decimal:
     return validate.units(value, field, name)
-
