@@ -357,3 +357,22 @@ async def test_the_downgrade_refuses_charges_priced_by_tiers(
         await asyncio.to_thread(downgrade, scratch_database, BEFORE)
     assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0017_pricing_entitlements"
     assert await conn.fetchval("SELECT count(*) FROM usage_metric_prices") == 1
+
+
+async def test_the_downgrade_refuses_a_tiered_metric_without_charges(
+    scratch_database: str, conn: asyncpg.Connection, settings: Settings
+) -> None:
+    """A metric priced by tiers has no old form: after the downgrade it would be charged units x its
+    first tier's price (a free first tier: free for ever), so the downgrade stops."""
+    await asyncio.to_thread(upgrade, scratch_database)
+    svc = Services.build(dataclasses.replace(settings, database_url=scratch_database, db_pool_size=2))
+    try:
+        pid = await new_project(svc)
+        graduated = {"model": "GRADUATED", "tiers": [{"upTo": "10000", "unitPrice": "0"}, {"unitPrice": "0.5"}]}
+        await metrics.define_metric(svc.db, ACTOR, pid, key="tokens", name="t", aggregation="SUM",
+                                    unit_price=None, pricing=graduated)  # fmt: skip
+    finally:
+        await svc.close()
+    with pytest.raises(Exception, match="priced by tiers or repriced"):
+        await asyncio.to_thread(downgrade, scratch_database, BEFORE)
+    assert await conn.fetchval("SELECT version_num FROM alembic_version") == "0017_pricing_entitlements"

@@ -333,10 +333,11 @@ async def test_volume_tier_crossing_credits_the_wallet_back(gql: GQL, services: 
     assert await balance(gql, owner, wid) == 0
 
     # 101 units now cost 50.50: the 101st unit gives back 49.50; floor(-49.5) = -50 is credited
-    # and 0.5 carried (the period's posted total is 50 = floor(50.5)).
+    # and 0.5 carried (the period's posted total is 50 = floor(50.5)). The credit is a refund of
+    # the debit it reverses (so it goes back to the grants that debit drew).
     credit = await charge(gql, owner, wid, k, "1", "v-2")
     assert credit is not None and credit["type"] == "CREDIT" and credit["amount"] == "50", credit
-    assert credit["kind"] == "USAGE"
+    assert credit["kind"] == "REFUND"
     c = await usage_charge(gql, owner, p, "v-2")
     assert (Decimal(c["price"]), int(c["amount"]), Decimal(c["remainderAfter"])) == (
         Decimal("-49.5"),
@@ -533,3 +534,34 @@ async def test_answers_never_show_a_negative_zero(gql: GQL) -> None:
     shown["volume usageCharge.total"] = stored["total"]
     shown["volume usageCharge.remainderAfter"] = stored["remainderAfter"]
     assert {f: s for f, s in shown.items() if s.startswith("-")} == {}, shown
+
+
+GRANT = "mutation($i: GrantCreditsInput!) { grantCredits(input: $i) { id } }"
+GRANTS = (
+    "query($w: ID!) { wallet(id: $w) { balance grants(first: 50) { nodes { category remaining expiresAt status } } } }"
+)
+
+
+async def test_a_volume_give_back_returns_promotional_credit_as_promotional(gql: GQL) -> None:
+    """The credit of a VOLUME crossing goes back to the grants the earlier debits drew: a
+    promotional grant that paid for them is refilled, with its expiry, not replaced by paid credit
+    that never expires."""
+    owner, p = await owner_project(gql)
+    k = key("seats")
+    await define(gql, owner, p, k, pricing=VOLUME)
+    wid = await wallet(gql, owner, p, funds=0)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).replace(microsecond=0)
+    grant = {"walletId": wid, "amount": 100, "idempotencyKey": "promo", "expiresAt": expires.isoformat()}
+    await gql.ok(GRANT, {"i": grant}, token=owner.token)
+
+    assert await charge(gql, owner, wid, k, "100", "p-1") is not None  # draws the promotional 100
+    back = await charge(gql, owner, wid, k, "1", "p-2")  # 101 at 0.5: 50 back
+    assert back is not None and (back["type"], back["amount"]) == ("CREDIT", "50")
+    w = (await gql.ok(GRANTS, {"w": wid}, token=owner.token))["wallet"]
+    assert w["balance"] == "50"
+    live = [g for g in w["grants"]["nodes"] if g["remaining"] != "0"]
+    assert [(g["category"], g["remaining"]) for g in live] == [("PROMOTIONAL", "50")]
+    assert dt.datetime.fromisoformat(live[0]["expiresAt"].replace("Z", "+00:00")) == expires
+    # And the books still add up.
+    c = await usage_charge(gql, owner, p, "p-2")
+    assert (int(c["amount"]), Decimal(c["remainderAfter"])) == (-50, Decimal("0.5"))

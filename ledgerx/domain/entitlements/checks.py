@@ -11,8 +11,9 @@ entry also ends at the next instant the answer changes by itself (a period reset
 expiry, a subscription's period end or grace end) and after `TTL_SECONDS`, which bounds what a lost
 announcement leaves behind, and how stale `usage` and `remaining` below the limit may be.
 
-A fill that raced with a forget is not kept (a generation counter), so an answer computed before a
-change committed never outlives the announcement of that change.
+A fill that raced with a forget is not kept (a generation counter; the plan state it reads is kept
+under the same rule, payments/service.py's plan epoch), so an answer computed before a change
+committed never outlives the announcement of that change.
 """
 
 from __future__ import annotations

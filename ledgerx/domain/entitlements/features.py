@@ -5,7 +5,8 @@ A plan carries `entitlements`: [{featureKey, type, enabled, limit, metricKey, pe
 - METERED: at most `limit` of a metric's total (`metricKey`: units for SUM metrics, events for
   COUNT metrics) per UTC `period` (MONTH or DAY); ingestion refuses (or flags) the events past it.
   A limit on a MAX or UNIQUE metric is answered by the checks only: such a total is not a sum an
-  event can be refused against;
+  event can be refused against, and its reaching is not announced (no meter sees it), so a check
+  may still grant for up to the checks' TTL (checks.TTL_SECONDS) after the total passed the limit;
 - CONFIG: a JSON value the app reads (`config`), e.g. {"seats": 5} or {"region": "eu"}.
 
 A plan's `monthlyQuotas` {metric: limit} are METERED features of the same mechanism: each is the

@@ -62,12 +62,19 @@ async def get_transactions(
 ) -> dict[uuid.UUID, TransactionRecord]:
     """The project's transactions among `transaction_ids` (with their entries), by id; two statements."""
     async with ledger.db.raw(project_id=project_id) as conn:
-        rows = await conn.fetch(
-            f"SELECT {store.TXN_COLS} FROM ledger_transactions WHERE id = ANY($1::uuid[]) AND project_id = $2",  # noqa: S608
-            list(transaction_ids),
-            project_id,
-        )
-        found = await store.load_transactions(conn, list(rows))
+        return await transactions_on(conn, project_id, transaction_ids)
+
+
+async def transactions_on(
+    conn: asyncpg.Connection, project_id: uuid.UUID, transaction_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, TransactionRecord]:
+    """`get_transactions` on the caller's transaction (it sees that transaction's own postings)."""
+    rows = await conn.fetch(
+        f"SELECT {store.TXN_COLS} FROM ledger_transactions WHERE id = ANY($1::uuid[]) AND project_id = $2",  # noqa: S608
+        list(transaction_ids),
+        project_id,
+    )
+    found = await store.load_transactions(conn, list(rows))
     return {t.id: t for t in found}
 
 

@@ -14,7 +14,7 @@ from ledgerx.domain.errors import BadInput, NotFound
 from ledgerx.domain.ledger import apply, hashing, reads
 from ledgerx.domain.ledger.posting import check_amount, check_key, submit
 from ledgerx.domain.ledger.service import LedgerService
-from ledgerx.domain.ledger.types import Kind, Posted, SystemAccount
+from ledgerx.domain.ledger.types import Kind, Posted, SystemAccount, TransactionRecord
 
 
 async def refund_transaction(
@@ -34,12 +34,27 @@ async def refund_transaction(
     original = await reads.get_transaction(ledger, project_id, transaction_id)
     if original is None:
         raise NotFound("transaction not found", field="transactionId")
+    return await submit(ledger, await prepared(ledger, actor, original, amount, idempotency_key, reason=reason))
+
+
+async def prepared(
+    ledger: LedgerService,
+    actor: Actor,
+    original: TransactionRecord,
+    amount: int | None,
+    idempotency_key: str,
+    *,
+    reason: str | None = None,
+    action: str = "ledger.refund",
+) -> apply.Prepared:
+    """A refund of `original`, ready to submit (alone, or in the caller's session: `submit(...,
+    session=)`); the money goes back to the grants the original drew."""
     if original.refund_of is not None:
         raise BadInput("a refund cannot be refunded", field="transactionId")
-    refunds_account = await ledger.system_account(project_id, SystemAccount.REFUNDS.value, original.currency)
-    fingerprint = {"op": "refund", "transaction": str(transaction_id), "amount": amount, "reason": reason}
-    prepared = apply.Prepared(
-        project_id=project_id,
+    refunds_account = await ledger.system_account(original.project_id, SystemAccount.REFUNDS.value, original.currency)
+    fingerprint = {"op": "refund", "transaction": str(original.id), "amount": amount, "reason": reason}
+    return apply.Prepared(
+        project_id=original.project_id,
         wallet_id=original.wallet_id,
         kind=Kind.REFUND.value,
         currency=original.currency,
@@ -47,10 +62,9 @@ async def refund_transaction(
         idempotency_key=idempotency_key,
         request_hash=hashing.request_hash(fingerprint),
         actor=actor,
-        action="ledger.refund",
+        action=action,
         reference=ids.encode("transaction", original.id),
         reason=reason,
         metadata_json="{}",
         refund=apply.RefundSpec(original, amount, refunds_account),
     )
-    return await submit(ledger, prepared)

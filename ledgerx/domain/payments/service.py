@@ -54,6 +54,9 @@ class PaymentsService:
         self.documents: DocumentLinks | None = None
         # project -> (expires, value): effective plans are read on hot paths (rate limits, quotas).
         self._plan_cache: dict[uuid.UUID, tuple[float, Any]] = {}
+        # Bumped by every forget: a state loaded across one may predate the change it announced
+        # and is not kept (`remember_plan` with the epoch read before the load).
+        self.plan_epoch = 0
 
     def now(self) -> dt.datetime:
         return self.clock().astimezone(dt.UTC)
@@ -78,12 +81,16 @@ class PaymentsService:
             return hit[1]
         return None
 
-    def remember_plan(self, project_id: uuid.UUID, value: Any) -> None:
+    def remember_plan(self, project_id: uuid.UUID, value: Any, *, loaded_at_epoch: int) -> None:
+        """Keep `value` unless a change was announced while it was being loaded."""
+        if loaded_at_epoch != self.plan_epoch:
+            return
         if len(self._plan_cache) > 100_000:
             self._plan_cache.clear()
         self._plan_cache[project_id] = (time.monotonic() + PLAN_CACHE_SECONDS, value)
 
     def forget_plan(self, project_id: uuid.UUID | None = None) -> None:
+        self.plan_epoch += 1
         if project_id is None:
             self._plan_cache.clear()
         else:

@@ -152,6 +152,7 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
     cached = svc.cached_plan(project_id)
     if isinstance(cached, PlanState):
         return cached
+    epoch = svc.plan_epoch
     async with svc.db.transaction(project_id=project_id) as s:
         override = await s.get(PlanOverride, project_id)
         sub = await current_subscription(s, project_id)
@@ -174,7 +175,7 @@ async def load_state(svc: PaymentsService, project_id: uuid.UUID) -> PlanState:
             catalog.default_free_plan(list(plans.values())),
             tuple(features.override_of(r) for r in sorted(feature_rows, key=lambda r: r.feature_key)),
         )
-    svc.remember_plan(project_id, state)
+    svc.remember_plan(project_id, state, loaded_at_epoch=epoch)
     return state
 
 

@@ -21,8 +21,9 @@ from typing import Any
 
 import asyncpg
 
-from ledgerx.domain.ledger.grants import project_now_sql
+from ledgerx.domain.ledger.grants import PROJECT_NOW, project_now_sql
 from ledgerx.domain.usage.price_models import Pricing
+from ledgerx.domain.usage.quotas import month
 
 # The project's now, the first instant of its UTC month, and per metric the version in effect then.
 _FOR_EVENTS = f"""
@@ -54,10 +55,6 @@ INSERT INTO usage_metric_prices (metric_id, effective_from, project_id, pricing)
 VALUES ($1, coalesce($2, '-infinity'::timestamptz), $3, $4::jsonb)
 ON CONFLICT (metric_id, effective_from) DO UPDATE SET pricing = excluded.pricing
 """
-_PROJECT_NOW = f"""
-SELECT {project_now_sql("$2::timestamptz")} FROM projects p
-LEFT JOIN billing_test_clocks c ON c.project_id = p.id WHERE p.id = $1
-"""  # noqa: S608 (constants only)
 
 
 def _load(raw: Any) -> Pricing | None:
@@ -66,15 +63,10 @@ def _load(raw: Any) -> Pricing | None:
     return Pricing.from_json(json.loads(raw) if isinstance(raw, str) else raw)
 
 
-def month_start(t: dt.datetime) -> dt.datetime:
-    """The first instant of `t`'s UTC calendar month: the period of per-event pricing."""
-    u = t.astimezone(dt.UTC)
-    return dt.datetime(u.year, u.month, 1, tzinfo=dt.UTC)
-
-
 async def project_now(conn: asyncpg.Connection, project_id: uuid.UUID) -> dt.datetime:
-    """The project's now: its test clock in test mode, else the real time."""
-    now: dt.datetime = await conn.fetchval(_PROJECT_NOW, project_id, dt.datetime.now(dt.UTC))
+    """The project's now (its test clock in test mode, else the real time), on the caller's
+    transaction (the ledger's one definition, grants.PROJECT_NOW)."""
+    now: dt.datetime = await conn.fetchval(PROJECT_NOW, project_id, dt.datetime.now(dt.UTC))
     return now
 
 
@@ -85,10 +77,10 @@ async def for_events(
     ids = sorted(set(metric_ids))
     rows = await conn.fetch(_FOR_EVENTS, project_id, dt.datetime.now(dt.UTC), ids)
     if not rows:
-        return month_start(dt.datetime.now(dt.UTC)), {}
-    month: dt.datetime = rows[0]["month"]
+        return month(dt.datetime.now(dt.UTC)), {}
+    start: dt.datetime = rows[0]["month"]
     out = {r["metric_id"]: p for r in rows if (p := _load(r["pricing"])) is not None}
-    return month, out
+    return start, out
 
 
 async def at(conn: asyncpg.Connection, wanted: Sequence[tuple[uuid.UUID, dt.datetime]]) -> list[Pricing | None]:

@@ -4,7 +4,7 @@ Each charge is priced at the tiers its wallet's units of the metric reach in the
 calendar month of the project's now) by the pricing in effect at the period's start
 (price_versions.py): the increment its units add to the period's price, so the charges of a
 period add up to the price of its total exactly, whatever the model (a VOLUME tier crossing gives
-back, as a credit, what earlier events paid above the new tier's price).
+back what earlier events paid above the new tier's price: `_give_back` refunds their debits).
 
 Exactly once, under concurrency and retries:
 - The carry row of (wallet, metric) is locked first (`carry.Carries.lock`), so charges of one
@@ -32,9 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ledgerx.db.engine import Database, driver
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import IdempotencyConflict, NotFound
-from ledgerx.domain.ledger import Kind, LedgerService, Leg, Posting, SystemAccount, WalletRef
+from ledgerx.domain.ledger import Kind, LedgerService, Leg, Posting, SystemAccount, WalletRef, refunds
 from ledgerx.domain.ledger import reads as ledger_reads
-from ledgerx.domain.ledger.posting import post_transaction
+from ledgerx.domain.ledger.posting import post_transaction, submit
 from ledgerx.domain.usage import carry, price_versions, validate
 from ledgerx.domain.usage.types import ChargeRecord, ChargeResult, MetricRecord
 from ledgerx.ids import uuid7
@@ -155,9 +155,11 @@ async def charge_in_session(
         pricing = prices.get(req.metric.id, req.metric.pricing)
         e = carries.price_event(req.wallet.id, req.metric.id, req.units, pricing, period_start)
         txn_id = None
-        if e.split.amount != 0:
+        if e.split.amount > 0:
             posted = await post_transaction(ledger, _posting(project_id, actor, req, e), session=session)
             txn_id = posted.transaction.id
+        elif e.split.amount < 0:
+            txn_id = await _give_back(session, ledger, actor, project_id, req, e)
         seen[req.idempotency_key] = len(new)
         results.append(len(new))
         new.append(_New(req, uuid7(), before, e, txn_id))
@@ -223,12 +225,75 @@ class _New:
         )
 
 
+# How many earlier debits one give-back refunds at most (a crossing after very many small charges
+# credits the rest plainly, rather than post thousands of refunds in one request).
+GIVE_BACK_MAX = 100
+
+# The wallet's debits of the metric, newest first, with what is left to refund of each (its own
+# refunds and earlier give-backs subtracted), on the charge's transaction: it holds the carry lock,
+# so no other charge of this wallet and metric moves them meanwhile.
+_REFUNDABLE = """
+SELECT c.transaction_id AS id, t.amount - coalesce((SELECT sum(x.amount) FROM ledger_transactions x
+                                                   WHERE x.refund_of = t.id), 0) AS left
+FROM usage_charges c JOIN ledger_transactions t ON t.id = c.transaction_id
+WHERE c.project_id = $1 AND c.wallet_id = $2 AND c.metric_id = $3 AND c.amount > 0
+ORDER BY c.id DESC LIMIT $4
+"""
+
+
+async def _give_back(
+    session: AsyncSession,
+    ledger: LedgerService,
+    actor: Actor,
+    project_id: uuid.UUID,
+    req: ChargeRequest,
+    e: carry.EventPrice,
+) -> uuid.UUID:
+    """A negative charge (a VOLUME tier crossing lowers the period's price): refunds of the
+    wallet's latest debits of the metric, newest first, so the money goes back to the grants those
+    debits drew, with their categories and expiries (a plain credit would turn promotional credit
+    into paid credit that never expires). What no debit has left to refund is credited plainly.
+    Returns the first transaction posted (the charge's)."""
+    conn = await driver(session)
+    owed = -e.split.amount
+    rows = [
+        r
+        for r in await conn.fetch(_REFUNDABLE, project_id, req.wallet.id, req.metric.id, GIVE_BACK_MAX)
+        if r["left"] > 0
+    ]
+    originals = await ledger_reads.transactions_on(conn, project_id, [r["id"] for r in rows])
+    first: uuid.UUID | None = None
+    for n, r in enumerate(rows):
+        if owed == 0:
+            break
+        take = min(owed, int(r["left"]))
+        key = ledger_key(f"{req.idempotency_key}|give-back|{n}")
+        refund = await refunds.prepared(
+            ledger,
+            actor,
+            originals[r["id"]],
+            take,
+            key,
+            reason=f"{req.metric.key}: a volume tier lowered the period's price",
+            action="usage.give_back",
+        )
+        posted = await submit(ledger, refund, session=session)
+        first = first or posted.transaction.id
+        owed -= take
+    if owed > 0:
+        rest = dataclasses.replace(e, split=dataclasses.replace(e.split, amount=-owed))
+        posted = await post_transaction(ledger, _posting(project_id, actor, req, rest), session=session)
+        first = first or posted.transaction.id
+    assert first is not None
+    return first
+
+
 def _conflict() -> IdempotencyConflict:
     return IdempotencyConflict("this idempotencyKey was already used for another charge", field="idempotencyKey")
 
 
 def _posting(project_id: uuid.UUID, actor: Actor, req: ChargeRequest, e: carry.EventPrice) -> Posting:
-    """The debit of a charge (a negative amount, a VOLUME tier crossing, gives back: a credit)."""
+    """The debit of a charge (negative: the plain credit of a give-back no debit could take)."""
     amount = e.split.amount
     return Posting(
         project_id=project_id,

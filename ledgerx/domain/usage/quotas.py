@@ -184,11 +184,13 @@ class QuotaPolicy:
         # ProjectChanges.limit_reached, which forgets entitlement checks on every instance).
         self.on_reached: Callable[[uuid.UUID], Awaitable[None]] | None = None
         self._cache: dict[uuid.UUID, tuple[float, ProjectQuotas]] = {}
+        self._epoch = 0  # bumped by every forget: meters loaded across one are not kept
         # (project, metric, period, start, limit) known to be crossed by a committed transaction.
         self._crossed: set[tuple[uuid.UUID, uuid.UUID, str, dt.datetime, int]] = set()
 
     def forget(self, project_id: uuid.UUID | None) -> None:
         """Drop the project's cached answer (None: every project's); see domain/changes.py."""
+        self._epoch += 1
         if project_id is None:
             self._cache.clear()
         else:
@@ -198,12 +200,13 @@ class QuotaPolicy:
         hit = self._cache.get(project_id)
         if hit and hit[0] > time.monotonic():
             return hit[1]
+        epoch = self._epoch
         limits, valid_for = await self.lookup(project_id) if self.lookup else ({}, None)
         row = await self._overrides(project_id)
         block = str((row or {}).get("quotaPolicy", "BLOCK")).upper() != "OVERAGE"
         q = ProjectQuotas({k: tuple(v) for k, v in limits.items() if v}, block)
         ttl = CACHE_SECONDS if valid_for is None else min(CACHE_SECONDS, valid_for)
-        if ttl > 0:
+        if ttl > 0 and epoch == self._epoch:
             self._cache[project_id] = (time.monotonic() + ttl, q)
         return q
 

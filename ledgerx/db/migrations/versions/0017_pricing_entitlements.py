@@ -148,14 +148,19 @@ def downgrade() -> None:
     op.drop_column("plans", "entitlements")
     op.drop_column("usage_charge_remainders", "period_units")
     op.drop_column("usage_charge_remainders", "period_start")
-    # Charges priced by a tier model cannot be stated by the old columns: the downgrade refuses
-    # rather than rewrite history.
+    # Charges priced by a tier model cannot be stated by the old columns, and a metric priced by
+    # one (or repriced for a coming period) would be charged at its first tier's unit price: the
+    # downgrade refuses rather than rewrite history or prices.
     op.execute(
         """
         DO $$ BEGIN
           IF EXISTS (SELECT 1 FROM usage_charges WHERE price IS NOT NULL AND price <> units * unit_price
                      OR amount < 0) THEN
             RAISE EXCEPTION 'usage charges priced by tiers exist: this downgrade would misstate them';
+          END IF;
+          IF EXISTS (SELECT 1 FROM usage_metrics WHERE pricing IS NOT NULL)
+             OR EXISTS (SELECT 1 FROM usage_metric_prices WHERE effective_from <> '-infinity') THEN
+            RAISE EXCEPTION 'metrics priced by tiers or repriced exist: this downgrade would change their prices';
           END IF;
         END $$
         """
