@@ -45,9 +45,11 @@ class LimitPolicy:
         self.anonymous = Limit(settings.anonymous_rate_limit_burst, settings.anonymous_rate_limit_per_second)
         self.plan_lookup = plan_lookup
         self._cache: dict[uuid.UUID, tuple[float, Limit]] = {}
+        self._epoch = 0  # bumped by every forget: a limit loaded across one is not kept
 
     def forget(self, project_id: uuid.UUID | None) -> None:
         """Drop the project's cached answer (None: every project's); see domain/changes.py."""
+        self._epoch += 1
         if project_id is None:
             self._cache.clear()
         else:
@@ -57,13 +59,15 @@ class LimitPolicy:
         hit = self._cache.get(project_id)
         if hit and hit[0] > time.monotonic():
             return hit[1]
+        epoch = self._epoch
         async with self.db.transaction(project_id=project_id) as s:
             overrides = (await s.execute(select(Project.overrides).where(Project.id == project_id))).scalar()
         limit = _limit_from((overrides or {}).get("rateLimit"))
         if limit is None and self.plan_lookup is not None:
             limit = await self.plan_lookup(project_id)
         limit = limit or self.default
-        self._cache[project_id] = (time.monotonic() + CACHE_SECONDS, limit)
+        if epoch == self._epoch:
+            self._cache[project_id] = (time.monotonic() + CACHE_SECONDS, limit)
         return limit
 
     async def for_caller(self, principal: Principal | None, ip: str | None) -> tuple[str, Limit]:
