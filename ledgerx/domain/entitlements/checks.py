@@ -125,32 +125,29 @@ class EntitlementChecks:
             return None
         return entry.items.get(feature_key) or unknown(feature_key)
 
+    async def _entry(self, project_id: uuid.UUID) -> _Entry:
+        """The project's answers: from memory, else computed (and kept unless a change raced)."""
+        entry = self._cache.get(project_id)
+        return entry if self._live(entry) else await self._fill(project_id)
+
     async def check(self, project_id: uuid.UUID, feature_key: str) -> Entitlement:
         """entitlement(projectId, featureKey) and GET /v1/entitlements/{featureKey}."""
         hit = self.cached(project_id, feature_key)
         if hit is not None:
             return hit
-        return (await self._fill(project_id)).get(feature_key) or unknown(feature_key)
+        return (await self._fill(project_id)).items.get(feature_key) or unknown(feature_key)
 
     async def check_body(self, project_id: uuid.UUID, feature_key: str) -> bytes:
         """`check` as the HTTP answer's body (GET /v1/entitlements/{featureKey})."""
-        entry = self._cache.get(project_id)
-        if not self._live(entry):
-            await self._fill(project_id)
-            entry = self._cache.get(project_id)
-        if entry is not None:
-            body = entry.bodies.get(feature_key)
-            if body is not None:
-                return body
-        return encode(await self.check(project_id, feature_key))
+        entry = await self._entry(project_id)
+        return entry.bodies.get(feature_key) or encode(unknown(feature_key))
 
     async def all(self, project_id: uuid.UUID) -> list[Entitlement]:
         """entitlements(projectId) and GET /v1/entitlements, by feature key."""
-        entry = self._cache.get(project_id)
-        items = entry.items if entry is not None and self._live(entry) else await self._fill(project_id)
+        items = (await self._entry(project_id)).items
         return [items[k] for k in sorted(items)]
 
-    async def _fill(self, project_id: uuid.UUID) -> Mapping[str, Entitlement]:
+    async def _fill(self, project_id: uuid.UUID) -> _Entry:
         generation = self._generation
         state = await subscriptions.load_state(self.payments, project_id)
         now = self.payments.now()
@@ -160,13 +157,12 @@ class EntitlementChecks:
         items = {k: decide(f, *usage.get(k, (None, None))) for k, f in feats.items()}
         until = subscriptions.next_change(state, plan, now)
         ttl = self.ttl if until is None else min(self.ttl, max((until - now).total_seconds(), 0.0))
+        entry = _Entry(time.monotonic() + ttl, until, items, {k: encode(e) for k, e in items.items()})
         if generation == self._generation and ttl > 0:
             if len(self._cache) >= _MAX_PROJECTS:
                 self._cache.clear()
-            self._cache[project_id] = _Entry(
-                time.monotonic() + ttl, until, items, {k: encode(e) for k, e in items.items()}
-            )
-        return items
+            self._cache[project_id] = entry
+        return entry
 
     async def _usage(
         self, project_id: uuid.UUID, feats: Mapping[str, Feature], now: dt.datetime

@@ -3,7 +3,7 @@ database, the ledger, the Stripe client, the clock and the effective-plan cache)
 
 It holds no rules: catalog, grants, subscriptions and the webhook handlers depend on it, never
 the other way round. What other domains ask of payments (a project's plan limit and quotas) is
-`subscriptions.plan_limit` / `subscriptions.plan_quotas`."""
+`subscriptions.plan_limit` / `subscriptions.plan_meters`."""
 
 from __future__ import annotations
 

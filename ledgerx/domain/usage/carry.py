@@ -114,6 +114,10 @@ class _Row:
     period_start: dt.datetime | None
     period_units: decimal.Decimal
 
+    @classmethod
+    def of(cls, r: asyncpg.Record) -> _Row:
+        return cls(r["remainder"], r["period_start"], r["period_units"])
+
 
 class Carries:
     """The locked carry rows of one transaction and their running remainders."""
@@ -130,12 +134,7 @@ class Carries:
         if not rows:
             return cls({})
         found = await conn.fetch(_LOCK, [k[0] for k, _ in rows], [k[1] for k, _ in rows], [p for _, p in rows])
-        return cls(
-            {
-                (r["wallet_id"], r["metric_id"]): _Row(r["remainder"], r["period_start"], r["period_units"])
-                for r in found
-            }
-        )
+        return cls({(r["wallet_id"], r["metric_id"]): _Row.of(r) for r in found})
 
     def remainder(self, wallet_id: uuid.UUID, metric_id: uuid.UUID) -> decimal.Decimal:
         return self._rows[(wallet_id, metric_id)].remainder
@@ -219,5 +218,5 @@ async def preview_event(
     """What a per-event charge of `units` would be now (Carries.price_event without the lock or
     any write: a dry run)."""
     r = await conn.fetchrow(_PEEK_ROW, wallet_id, metric_id)
-    row = _Row(r["remainder"], r["period_start"], r["period_units"]) if r is not None else _Row(ZERO, None, ZERO)
+    row = _Row.of(r) if r is not None else _Row(ZERO, None, ZERO)
     return Carries({(wallet_id, metric_id): row}).price_event(wallet_id, metric_id, units, pricing, period_start)

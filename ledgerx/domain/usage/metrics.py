@@ -20,7 +20,7 @@ from ledgerx.db.models import UsageMetric
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import BadInput, Conflict, NotFound
-from ledgerx.domain.usage import price_models, price_versions, store, validate
+from ledgerx.domain.usage import periods, price_models, price_versions, store, validate
 from ledgerx.domain.usage.price_models import Pricing
 from ledgerx.domain.usage.types import Aggregation, MetricRecord
 from ledgerx.ids import encode, uuid7
@@ -143,14 +143,9 @@ async def update_metric(
         raise BadInput("nothing to change: give name, unitPrice or pricing", field="name")
     async with db.transaction(project_id=project_id) as session:
         conn = await driver(session)
-        row = await conn.fetchrow(
-            f"SELECT {store.METRIC_COLS} FROM usage_metrics WHERE project_id = $1 AND key = $2 FOR UPDATE",  # noqa: S608
-            project_id,
-            key if isinstance(key, str) else "",
-        )
-        if row is None:
+        before = await periods.metric_by_key(conn, project_id, key if isinstance(key, str) else "", lock=True)
+        if before is None:
             raise NotFound(f"no metric {key!r} in this project", field="key")
-        before = store.metric_from_row(row)
         after = dataclasses.replace(
             before,
             name=new_name if new_name is not None else before.name,
@@ -190,14 +185,10 @@ async def read_metric(db: Database, project_id: uuid.UUID, key: str, field: str 
     if not isinstance(key, str) or not validate.METRIC_KEY.match(key):
         raise NotFound(f"no metric {key!r} in this project", field=field)
     async with db.raw(project_id=project_id) as conn:
-        row = await conn.fetchrow(
-            f"SELECT {store.METRIC_COLS} FROM usage_metrics WHERE project_id = $1 AND key = $2",  # noqa: S608
-            project_id,
-            key,
-        )
-    if row is None:
+        metric = await periods.metric_by_key(conn, project_id, key)
+    if metric is None:
         raise NotFound(f"no metric {key!r} in this project", field=field)
-    return store.metric_from_row(row)
+    return metric
 
 
 def audit_json(m: MetricRecord) -> dict[str, Any]:

@@ -49,10 +49,14 @@ async def metrics_by_id(conn: asyncpg.Connection, metric_ids: Iterable[uuid.UUID
     return out
 
 
-async def metric_by_key(conn: asyncpg.Connection, project_id: uuid.UUID, key: str) -> MetricRecord | None:
-    """The project's metric `key`, on the caller's transaction; None when it is not defined."""
+async def metric_by_key(
+    conn: asyncpg.Connection, project_id: uuid.UUID, key: str, *, lock: bool = False
+) -> MetricRecord | None:
+    """The project's metric `key` as stored now, on the caller's transaction (`lock`: its row held
+    to the end of it); None when it is not defined."""
     row = await conn.fetchrow(
-        f"SELECT {METRIC_COLS} FROM usage_metrics WHERE project_id = $1 AND key = $2",  # noqa: S608
+        f"SELECT {METRIC_COLS} FROM usage_metrics WHERE project_id = $1 AND key = $2"  # noqa: S608
+        + (" FOR UPDATE" if lock else ""),
         project_id,
         key,
     )

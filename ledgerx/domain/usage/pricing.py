@@ -134,7 +134,11 @@ async def charge_in_session(
 
     # 3. Price each new charge in order, at the tiers the wallet's units of the period reach; post
     #    the whole units through the ledger.
-    period_start, prices = await price_versions.for_events(conn, project_id, {r.metric.id for r in requests})
+    to_price = {r.metric.id for r in requests if r.idempotency_key not in existing}
+    # A batch of replays prices nothing: no statement for the period and its prices.
+    period_start, prices = (
+        await price_versions.for_events(conn, project_id, to_price) if to_price else (dt.datetime.min, {})
+    )
     results: list[ChargeRecord | int] = []  # a charge found, or an index into `new`
     new: list[_New] = []
     seen: dict[str, int] = {}
