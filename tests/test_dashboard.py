@@ -1,22 +1,22 @@
-"""`/dashboard`: served with a strict CSP, and driven end to end in headless Chromium.
+"""`/dashboard`, the operator console: its files are served with a strict CSP and nothing else is
+(no path traversal, whitelisted types), `/favicon.ico` exists, and the Overview page (the live
+dashboard of old) follows a project's numbers in headless Chromium (tests/browser.py).
 
-The browser test starts Debian's `chromium` itself (`scripts/ensure-chromium.sh` installs it when
-it can) and speaks the DevTools protocol over the `websockets` client: no Playwright or Selenium.
-Without a browser it is skipped with the reason, never passed.
+The console's other pages are driven in tests/test_console.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import os
+import re
+from pathlib import Path
 
 import httpx
 import pytest
 
+from ledgerx.dashboard import CONSOLE, STATIC, console_file
 from ledgerx.settings import Settings
-from tests.browser import chromium, write_file
+from tests.browser import chromium, console_problems, console_sign_in
 from tests.conftest import GQL, LiveServer, sign_up
 from tests.test_live_support import live_project, live_settings, record_usage
 
@@ -26,103 +26,147 @@ def settings(settings: Settings) -> Settings:
     return live_settings(settings)
 
 
-async def test_dashboard_page_and_assets(client: httpx.AsyncClient) -> None:
+def _strict(r: httpx.Response) -> None:
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "script-src 'self';" in csp
+    assert "style-src 'self';" in csp
+    assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_page_loads_only_same_origin_modules_under_a_strict_policy(client: httpx.AsyncClient) -> None:
     r = await client.get("/dashboard")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/html")
-    csp = r.headers["content-security-policy"]
-    assert "default-src 'none'" in csp
-    assert "script-src 'self'" in csp
-    assert "'unsafe-inline'" not in csp
-    assert "connect-src 'self' ws://testserver wss://testserver" in csp
-    assert "frame-ancestors 'none'" in csp
-    assert r.headers["x-content-type-options"] == "nosniff"
+    _strict(r)
+    assert "connect-src 'self' ws://testserver wss://testserver" in r.headers["content-security-policy"]
     html = r.text
-    # No inline script or style, nothing from another origin.
-    assert '<script src="/dashboard/dashboard.js" defer></script>' in html
-    assert "<script>" not in html
-    assert "<style" not in html
-    assert "http://" not in html
-    assert "https://" not in html
-    for element_id in ("signin-form", "project-picker", "spend-today", "total-balance", "usage-events", "usage-chart"):
-        assert f'id="{element_id}"' in html
-
-    js = await client.get("/dashboard/dashboard.js")
-    assert js.status_code == 200
-    assert js.headers["content-type"].startswith("text/javascript")
-    assert "graphql-transport-ws" in js.text
-    assert "liveMetrics" in js.text
-    css = await client.get("/dashboard/dashboard.css")
-    assert css.status_code == 200
-    assert css.headers["content-type"].startswith("text/css")
-    assert (await client.get("/dashboard/nope.js")).status_code == 404
-    assert (await client.get("/dashboard/..%2Fdashboard.py")).status_code == 404
+    assert '<script type="module" src="/dashboard/console/app.js"></script>' in html
+    # No inline script, style or handler, nothing from another origin.
+    assert re.findall(r"<script(?![^>]*\bsrc=)", html) == []
+    assert "<style" not in html and " style=" not in html
+    assert re.findall(r"\son[a-z]+=", html) == []
+    assert "http://" not in html and "https://" not in html
+    # The landmarks and the regions the shell fills.
+    for needle in ('<header id="header"', '<nav id="nav"', '<main id="main"', 'id="page"', 'id="signin-form"'):
+        assert needle in html
+    # Every input of the page's own form has a label.
+    for input_id in re.findall(r'<input id="([^"]+)"', html):
+        assert f'<label for="{input_id}">' in html
     # A forged Host header is not echoed into the policy.
     odd = await client.get("/dashboard", headers={"host": "evil.example; script-src *"})
     assert "evil" not in odd.headers["content-security-policy"]
+
+
+async def test_every_module_import_resolves_to_a_served_module(client: httpx.AsyncClient) -> None:
+    """Walk the import graph from app.js as the browser would: each module is served as
+    JavaScript with the same headers, and each relative import names a file that is served."""
+    seen: set[str] = set()
+    todo = ["/dashboard/console/app.js"]
+    while todo:
+        url = todo.pop()
+        if url in seen:
+            continue
+        seen.add(url)
+        r = await client.get(url)
+        assert r.status_code == 200, url
+        assert r.headers["content-type"] == "text/javascript; charset=utf-8", url
+        _strict(r)
+        for spec in re.findall(
+            r"""(?:^|\n)\s*(?:import|export)\b[^'"\n;]*?from\s*["']([^"']+)["']""", r.text
+        ) + re.findall(r"""import\(\s*["']([^"']+)["']\s*\)""", r.text):
+            assert spec.startswith("./") or spec.startswith("../"), (url, spec)  # nothing from elsewhere
+            todo.append(str(Path(url).parent.joinpath(spec)).replace("\\", "/"))
+            todo[-1] = re.sub(r"/[^/]+/\.\./", "/", todo[-1].replace("/./", "/"))
+    names = {u.rsplit("/console/", 1)[1] for u in seen}
+    assert {"app.js", "api.js", "ui.js", "pages/index.js", "admin/index.js"} <= names
+    # Every tenant page module on disk is reachable from the entry point.
+    for path in (CONSOLE / "pages").glob("*.js"):
+        assert f"pages/{path.name}" in names, path.name
+
+
+async def test_only_whitelisted_files_inside_the_console_folder_are_served(client: httpx.AsyncClient) -> None:
+    css = await client.get("/dashboard/dashboard.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    _strict(css)
+    svg = await client.get("/dashboard/favicon.svg")
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert svg.content.startswith(b"<svg")
+    for bad in (
+        "/dashboard/dashboard.js",  # the old script is gone
+        "/dashboard/nope.js",
+        "/dashboard/..%2Fdashboard.py",
+        "/dashboard/console/nope.js",
+        "/dashboard/console/../dashboard.py",
+        "/dashboard/console/..%2F..%2Fdashboard.py",
+        "/dashboard/console/%2e%2e/%2e%2e/dashboard.py",
+        "/dashboard/console/pages/..%2F..%2F..%2Fsettings.py",
+        "/dashboard/console/pages",
+        "/dashboard/console/",
+        "/dashboard/console/app.py",
+        "/dashboard/console/app.js.map",
+        "/dashboard/console/.app.js",
+        "/dashboard/console/pages\\..\\app.js",
+        "/dashboard/console//etc/passwd.js",
+    ):
+        r = await client.get(bad)
+        assert r.status_code == 404, bad
+        assert b"import" not in r.content and b"Settings" not in r.content, bad
+    # The resolver itself, below the router's own normalization.
+    assert console_file("app.js") == (CONSOLE.resolve() / "app.js", "text/javascript; charset=utf-8")
+    for bad in ("../dashboard.py", "pages/../../dashboard.py", "/etc/passwd.js", "pages/..", "", "a/b/c/d/e.js"):
+        assert console_file(bad) is None, bad
+
+
+async def test_favicon_ico_is_served(client: httpx.AsyncClient) -> None:
+    r = await client.get("/favicon.ico")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/x-icon"
+    assert r.content[:4] == b"\x00\x00\x01\x00"  # an ICO header
+    assert r.content == (STATIC / "favicon.ico").read_bytes()
 
 
 def _value(element_id: str) -> str:
     return f"document.getElementById({json.dumps(element_id)}).dataset.value"
 
 
-async def test_dashboard_in_headless_chromium(gql: GQL, live_server: LiveServer) -> None:
+async def test_overview_follows_the_live_numbers_with_one_axis_per_metric(gql: GQL, live_server: LiveServer) -> None:
     owner = await sign_up(gql)
-    p = await live_project(gql, owner, credit=1000, metrics=("api_calls", "storage_gb"))
+    p = await live_project(gql, owner, credit=100000, metrics=("api_calls", "tokens"))
     async with chromium() as page:
-        await page.send("Page.navigate", {"url": f"{live_server.url}/dashboard"})
-        await page.wait_for("document.readyState === 'complete' && !!document.getElementById('signin-form')")
-        await page.eval(
-            f"""(() => {{
-              document.getElementById('email').value = {json.dumps(owner.email)};
-              document.getElementById('password').value = {json.dumps(owner.password)};
-              document.getElementById('signin-button').click();
-              return true;
-            }})()"""
-        )
-        # Signed in, the project picked, the first snapshot drawn.
-        await page.wait_for("document.getElementById('status').dataset.state === 'live'")
+        await console_sign_in(page, live_server.url, owner.email, owner.password)
+        # One project: it is picked and the Overview is the landing page.
+        assert await page.eval("location.hash") == "#/overview"
         assert await page.eval("document.getElementById('project-picker').value") == p.project_id
-        await page.wait_for(f"{_value('total-balance')} === '1000'")
+        await page.wait_for("document.getElementById('status').dataset.state === 'live'")
+        await page.wait_for(f"{_value('total-balance')} === '100000'")
         assert await page.eval(_value("spend-today")) == "0"
         assert await page.eval(_value("usage-events")) == "0"
-        assert await page.eval("document.getElementById('total-balance').textContent") == "1,000"
+        assert await page.eval("document.getElementById('total-balance').textContent") == "100,000"
         assert await page.eval("document.querySelectorAll('#metrics-table tbody tr').length") == 2
-        points_before = int(await page.eval("document.getElementById('usage-chart').dataset.points"))
-        assert points_before >= 1
+        assert await page.eval("document.title") == "Overview · LedgerX console"
 
-        # Usage recorded through the API: the numbers and the chart move.
-        await record_usage(gql, owner.token, p.project_id, 7, wallet_id=p.wallet_id)
-        await page.wait_for(f"{_value('spend-today')} === '7'")
-        await page.wait_for(f"{_value('usage-events')} === '1'")
-        assert await page.eval(_value("usage-units")) == "7"
-        assert await page.eval(_value("total-balance")) == "993"
-        await record_usage(gql, owner.token, p.project_id, 5, wallet_id=p.wallet_id, metric="storage_gb")
-        await page.wait_for(f"{_value('usage-units')} === '12'")
-        assert await page.eval(_value("spend-today")) == "12"
-        chart = await page.eval(
-            "(() => { const c = document.getElementById('usage-chart'); return [c.dataset.points, c.dataset.last]; })()"
+        # Usage recorded through the API: the numbers and the charts move.
+        await record_usage(gql, owner.token, p.project_id, 3, wallet_id=p.wallet_id)
+        await page.wait_for(f"{_value('spend-today')} === '3'")
+        await record_usage(gql, owner.token, p.project_id, 4000, wallet_id=p.wallet_id, metric="tokens")
+        await page.wait_for(f"{_value('usage-units')} === '4003'")
+        assert await page.eval(_value("total-balance")) == "95997"
+        # Tokens and API calls do not share a y-axis: each metric has its own chart and scale, so
+        # 3 calls are not a flat line under 4,000 tokens.
+        charts = await page.eval(
+            """[...document.querySelectorAll('#usage-charts canvas')].map((c) =>
+                 [c.dataset.metric, c.dataset.last, c.dataset.ymax])"""
         )
-        assert int(chart[0]) > points_before
-        assert chart[1] == "7,5"
+        assert sorted(charts) == [["api_calls", "3", "5"], ["tokens", "4000", "5000"]]
         assert (
             await page.eval(
-                "document.querySelector('#metrics-table tr[data-metric=\"storage_gb\"]').cells[2].dataset.value"
+                "document.querySelector('#metrics-table tr[data-metric=\"tokens\"]').cells[2].dataset.value"
             )
-            == "5"
+            == "4000"
         )
-        assert int(await page.eval(_value("message-count"))) >= 3
-        # The page drew on its canvases and nothing broke the policy or threw.
         assert await page.eval("document.getElementById('balance-chart').dataset.bars") == "1"
-        problems = [c for c in page.console() if "Content Security Policy" in c or c.startswith("exception")]
-        assert problems == []
-        shot = os.environ.get("LEDGERX_DASHBOARD_SCREENSHOT")
-        if shot:  # for a look at the page: LEDGERX_DASHBOARD_SCREENSHOT=/tmp/dashboard.png
-            await page.send(
-                "Emulation.setDeviceMetricsOverride",
-                {"width": 1300, "height": 1000, "deviceScaleFactor": 1, "mobile": False},
-            )
-            await asyncio.sleep(0.3)
-            await page.eval("window.dispatchEvent(new Event('resize')) || true")
-            data = await page.send("Page.captureScreenshot", {"format": "png"})
-            write_file(shot, base64.b64decode(data["data"]))
+        assert int(await page.eval(_value("message-count"))) >= 3
+        assert console_problems(page) == []
