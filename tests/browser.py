@@ -8,6 +8,7 @@ Without a browser a test is skipped with the reason, never passed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -160,3 +161,157 @@ async def chromium() -> AsyncIterator[DevTools]:
                 proc.kill()
                 await proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+# -- the console (/dashboard): helpers for its browser tests and scripts/screenshots.py -------------
+
+
+async def console_sign_in(page: DevTools, base_url: str, email: str, password: str) -> None:
+    """Open the console and sign in through its form; returns once the shell shows the session."""
+    await page.send("Page.navigate", {"url": f"{base_url}/dashboard"})
+    await page.wait_for(
+        "document.readyState === 'complete' && document.body.dataset.ready === '1'"
+        " && !document.getElementById('signin').hidden"
+    )
+    await page.eval(
+        f"""(() => {{
+          document.getElementById('email').value = {json.dumps(email)};
+          document.getElementById('password').value = {json.dumps(password)};
+          document.getElementById('signin-button').click();
+          return true;
+        }})()"""
+    )
+    await page.wait_for(
+        "!document.getElementById('session-bar').hidden && !!document.getElementById('page').dataset.ready"
+    )
+
+
+async def console_open(page: DevTools, hash_: str, within: float = 20) -> None:
+    """Go to `#/<page>/...` and wait until the shell says the page finished rendering."""
+    page_id = hash_.lstrip("#/").split("/")[0]
+    await page.eval(
+        f"""(() => {{
+          delete document.getElementById('page').dataset.ready;
+          const target = {json.dumps(hash_)};
+          if (location.hash === target) window.dispatchEvent(new HashChangeEvent('hashchange'));
+          else location.hash = target;
+          return true;
+        }})()"""
+    )
+    await page.wait_for(
+        f"document.getElementById('page').dataset.page === {json.dumps(page_id)}"
+        " && document.getElementById('page').dataset.ready === '1'",
+        within,
+    )
+
+
+def console_problems(page: DevTools) -> list[str]:
+    """What the browser reported that a console page must never cause: CSP violations, uncaught
+    exceptions, and errors logged by the page or the browser."""
+    out = []
+    for e in page.events:
+        method = e.get("method")
+        if method == "Runtime.exceptionThrown":
+            out.append(f"exception: {e['params']['exceptionDetails']}")
+        elif method == "Log.entryAdded" and e["params"]["entry"]["level"] == "error":
+            out.append(f"log error: {e['params']['entry']['text']} {e['params']['entry'].get('url', '')}")
+        elif method == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"):
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in e["params"]["args"])
+            out.append(f"console.{e['params']['type']}: {args}")
+    out += [c for c in page.console() if "Content Security Policy" in c and c not in out]
+    return out
+
+
+async def set_viewport(page: DevTools, width: int, height: int) -> None:
+    await page.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
+    await page.eval("window.dispatchEvent(new Event('resize')) || true")
+
+
+async def page_overflow(page: DevTools) -> list[str]:
+    """Elements that stick out past the viewport's right edge, making the page scroll sideways
+    (what is inside a box that scrolls by itself, like a wide table's wrapper, does not count)."""
+    result: list[str] = await page.eval(
+        """(() => {
+          const width = document.documentElement.clientWidth;
+          const out = [];
+          if (document.documentElement.scrollWidth > width) out.push(`page scrollWidth ${document.documentElement.scrollWidth} > ${width}`);
+          const scrolls = (n) => { for (let p = n.parentElement; p; p = p.parentElement) {
+            const o = getComputedStyle(p).overflowX; if (o === 'auto' || o === 'scroll' || o === 'hidden') return true; } return false; };
+          for (const n of document.querySelectorAll('body *')) {
+            const r = n.getBoundingClientRect();
+            if (r.width && r.right > width + 1 && !scrolls(n)) {
+              out.push(`${n.tagName.toLowerCase()}${n.id ? '#' + n.id : ''}${n.className && typeof n.className === 'string' ? '.' + n.className.split(' ').join('.') : ''} right=${Math.round(r.right)}`);
+            }
+          }
+          return out.slice(0, 20);
+        })()"""
+    )
+    return result
+
+
+async def screenshot(page: DevTools, path: str, *, full_page: bool = False) -> None:
+    params: dict[str, Any] = {"format": "png"}
+    if full_page:
+        params["captureBeyondViewport"] = True
+    data = await page.send("Page.captureScreenshot", params)
+    write_file(path, base64.b64decode(data["data"]))
+
+
+async def axe_violations(
+    page: DevTools, axe_source: str, impacts: tuple[str, ...] = ("serious", "critical")
+) -> list[str]:
+    """Run axe-core (its axe.min.js text) on the current page; the violations of these impacts as
+    one line each: rule id, impact, help and the offending elements' selectors. The script is
+    evaluated through DevTools, which the page's CSP does not govern."""
+    if not await page.eval("typeof window.axe === 'object'"):
+        r = await page.send("Runtime.evaluate", {"expression": axe_source, "returnByValue": False})
+        if r.get("exceptionDetails"):
+            raise AssertionError(f"axe-core did not load: {r['exceptionDetails']}")
+    found: list[dict[str, Any]] = await page.eval(
+        """axe.run(document, { resultTypes: ['violations'] }).then((r) => r.violations.map((v) => ({
+             id: v.id, impact: v.impact, help: v.help,
+             targets: v.nodes.map((n) => n.target.join(' ')).slice(0, 8) })))"""
+    )
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} -> {', '.join(v['targets'])}" for v in found if v["impact"] in impacts
+    ]
+
+
+# -- form and click helpers (console tests) ---------------------------------------------------------
+
+
+async def fill(page: DevTools, selector: str, value: str) -> None:
+    """Type `value` into the input or select matched by `selector` (input and change events fire)."""
+    ok = await page.eval(
+        f"""(() => {{
+          const n = document.querySelector({json.dumps(selector)});
+          if (!n) return false;
+          n.focus();
+          n.value = {json.dumps(value)};
+          n.dispatchEvent(new Event('input', {{ bubbles: true }}));
+          n.dispatchEvent(new Event('change', {{ bubbles: true }}));
+          return true;
+        }})()"""
+    )
+    assert ok, f"nothing matches {selector!r}"
+
+
+async def click(page: DevTools, selector: str) -> None:
+    """Click the element matched by `selector` (asserts there is one)."""
+    ok = await page.eval(
+        f"""(() => {{ const n = document.querySelector({json.dumps(selector)});
+          if (!n) return false; n.click(); return true; }})()"""
+    )
+    assert ok, f"nothing matches {selector!r}"
+
+
+async def press_key(page: DevTools, key: str, code: str, key_code: int, modifiers: int = 0) -> None:
+    """A real key press through the browser's input pipeline (Tab moves focus, Enter activates)."""
+    base = {"key": key, "code": code, "windowsVirtualKeyCode": key_code, "modifiers": modifiers}
+    await page.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", **base})
+    if key == "Enter":
+        await page.send("Input.dispatchKeyEvent", {"type": "char", "text": "\r", **base})
+    await page.send("Input.dispatchKeyEvent", {"type": "keyUp", **base})
