@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from ledgerx import embedded
 from ledgerx.db.engine import Database, asyncpg_dsn, make_engine
+from ledgerx.db.replica import Replica
 from ledgerx.domain.analytics import LiveAnalytics
 from ledgerx.domain.auth.keys import KeyRing, derived_secrets
 from ledgerx.domain.auth.oidc import OidcClient
@@ -72,6 +73,9 @@ class Services:
     mailer: Mailer = dataclasses.field(default_factory=Mailer)
     # Members' and API keys' recent access to projects, and recently verified API keys (a short
     # TTL; see domain/tenancy/access_cache.py and key_cache.py).
+    # Lag-tolerant reads (analytics, the audit log): the replica when DATABASE_REPLICA_URL is set.
+    reads: Database = dataclasses.field(init=False)
+    replica: Replica | None = None
     access_cache: AccessCache = dataclasses.field(init=False)
     verified_keys: VerifiedKeys = dataclasses.field(init=False)
     invites: InviteService = dataclasses.field(init=False)
@@ -149,7 +153,21 @@ class Services:
                 db, mailer, limiter, ttl=settings.email_verification_ttl, public_url=settings.public_url
             ),
         )
-        svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth, mailer=mailer)
+        replica = None
+        if settings.database_replica_url:
+            replica = Replica(
+                make_engine(
+                    settings.database_replica_url,
+                    role=settings.db_app_role,
+                    pool_size=settings.db_pool_size,
+                    app_name="ledgerx-reads",
+                ),
+                db,
+                dsn=asyncpg_dsn(settings.database_replica_url),
+                role=settings.db_app_role,
+                pool_size=settings.db_pool_size,
+            )
+        svc = cls(settings, db, redis, http, keys, tokens, passwords, limiter, auth, mailer=mailer, replica=replica)
         svc.access_cache = AccessCache(settings.access_cache_ttl)
         svc.verified_keys = VerifiedKeys(settings.access_cache_ttl)
         # Subscribers block on the pub/sub connection: it gets no socket timeout of its own.
@@ -212,6 +230,7 @@ class Services:
         return svc
 
     def __post_init__(self) -> None:
+        self.reads = self.replica or self.db
         self.limits = LimitPolicy(self.db, self.settings)
         self.quotas = QuotaPolicy(self.db)
         self.invites = InviteService(
@@ -240,4 +259,6 @@ class Services:
         await self.events.close()
         await self.http.aclose()
         await self.redis.aclose()
+        if self.replica is not None:
+            await self.replica.dispose()
         await self.db.dispose()

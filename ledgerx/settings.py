@@ -146,6 +146,8 @@ def _country(env: Mapping[str, str], name: str) -> str | None:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
+    # A streaming replica for lag-tolerant reads (analytics, the audit log); none: the primary serves them.
+    database_replica_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path(".ledgerx")
     env: Literal["development", "production"] = "development"
@@ -306,6 +308,7 @@ class Settings:
             raise SettingsError(f"LEDGERX_DB_APP_ROLE: expected a lower-case SQL identifier, got {role!r}")
         s = cls(
             database_url=_url(e, "DATABASE_URL", ("postgresql", "postgres")),
+            database_replica_url=_url(e, "DATABASE_REPLICA_URL", ("postgresql", "postgres")),
             redis_url=_url(e, "REDIS_URL", ("redis", "rediss", "unix")),
             data_dir=Path(e.get("LEDGERX_DATA_DIR") or ".ledgerx"),
             env="production" if production else "development",

@@ -16,7 +16,7 @@ Cheap by construction, so it can back a dashboard that polls and a Prometheus sc
 Statuses: OK; DEGRADED (works, but something needs attention: a backlog older than
 `STALE_AFTER`, a scheduler lag past `SCHEDULER_LAG_LIMIT` or no scheduler lease holder); DOWN (a
 dependency does not answer); UNKNOWN (could not be read because the database did not answer);
-NOT_CONFIGURED (the feature is off here: no read replica, no SMTP, outbound webhooks not built).
+NOT_CONFIGURED (the feature is off here: no read replica, no SMTP).
 The overall status is DOWN when the database is down, DEGRADED when any part is not OK (parts
 that are NOT_CONFIGURED do not count), else OK.
 """
@@ -36,12 +36,14 @@ from ledgerx import __version__
 from ledgerx.db.engine import Database
 
 if TYPE_CHECKING:
+    from ledgerx.db.replica import Replica
     from ledgerx.services import Services
 
 CHECK_TIMEOUT = 2.0  # seconds per dependency check
 COUNT_CAP = 100_000  # backlog counts stop here ("at least")
 STALE_AFTER = dt.timedelta(minutes=15)  # a waiting webhook event or mail older than this: DEGRADED
 SCHEDULER_LAG_LIMIT = dt.timedelta(minutes=1)  # the oldest due rule waiting longer: DEGRADED
+REPLICA_LAG_LIMIT = dt.timedelta(seconds=30)  # a read replica further behind: DEGRADED
 
 # One statement: every backlog and the scheduler lease, as of the database's clock. $1: the mail
 # sender's attempt limit (rows past it stay unsent for good: "dead"); $2: the scheduler lease name.
@@ -183,6 +185,29 @@ async def _timed(check: Callable[[], Awaitable[Any]]) -> Dependency:
     return Dependency(Status.OK, latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
 
+async def _replica(replica: Replica | None) -> Dependency:
+    """The replica's ping time and replay lag. Not a standby, or lagging past REPLICA_LAG_LIMIT:
+    DEGRADED (reads still work, but may be stale or the primary's load). Unreachable: DOWN, and its
+    reads go to the primary meanwhile (db/replica.py)."""
+    if replica is None:
+        return Dependency(Status.NOT_CONFIGURED, detail="no read replica is configured; every query uses the primary")
+    found: list[tuple[bool, float]] = []
+
+    async def check() -> None:
+        found.append(await replica.lag())
+
+    timed = await _timed(check)
+    if timed.status is not Status.OK:
+        return dataclasses.replace(timed, detail=f"{timed.detail}; its reads go to the primary meanwhile")
+    standby, lag = found[0]
+    if not standby:
+        return dataclasses.replace(timed, status=Status.DEGRADED, detail="DATABASE_REPLICA_URL is not a standby")
+    detail = f"replay lag {lag:.1f} s"
+    if lag > REPLICA_LAG_LIMIT.total_seconds():
+        return dataclasses.replace(timed, status=Status.DEGRADED, detail=detail)
+    return dataclasses.replace(timed, detail=detail)
+
+
 def _queue(depth: int, age: float | None, dead: int, *, configured: bool = True, what: str) -> Queue:
     if not configured:
         status = Status.NOT_CONFIGURED
@@ -238,7 +263,9 @@ async def system_health(services: Services) -> SystemHealth:
         except Exception as exc:
             return exc
 
-    database, redis, read = await asyncio.gather(_timed(services.db.ping), _timed(services.redis.ping), backlogs())
+    database, redis, read, replica = await asyncio.gather(
+        _timed(services.db.ping), _timed(services.redis.ping), backlogs(), _replica(services.replica)
+    )
     if isinstance(read, Backlogs):
         scheduler = _scheduler(read, enabled_here=settings.scheduler_enabled, holder_here=lease.holder)
         inbox = _queue(read.inbox_depth, read.age(read.inbox_oldest), read.inbox_dead, what="the webhook inbox")
@@ -256,10 +283,11 @@ async def system_health(services: Services) -> SystemHealth:
         inbox = Queue(Status.UNKNOWN, detail=why)
         mail = Queue(Status.UNKNOWN, detail=why)
         checked_at = dt.datetime.now(dt.UTC)
-    replica = Dependency(Status.NOT_CONFIGURED, detail="no read replica is configured; every query uses the primary")
     outbound = Queue(Status.NOT_CONFIGURED, detail="outbound webhooks are not built yet: nothing to deliver")
     return SystemHealth(
-        status=overall(redis.status, scheduler.status, inbox.status, mail.status, database=database.status),
+        status=overall(
+            redis.status, replica.status, scheduler.status, inbox.status, mail.status, database=database.status
+        ),
         checked_at=checked_at,
         version=__version__,
         database=database,

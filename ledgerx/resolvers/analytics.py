@@ -62,7 +62,7 @@ class Query:
     ) -> ProjectAnalytics:
         access = await project_access(info, project_id, policy.READ)
         result = await project_analytics(
-            info.context.services.db, access.project_id, from_, to, granularity.domain(), currency
+            info.context.services.reads, access.project_id, from_, to, granularity.domain(), currency
         )
         return ProjectAnalytics.of(result)
 
@@ -80,7 +80,7 @@ class Query:
     ) -> RevenueAnalytics:
         await require_platform_admin(info)
         result = await revenue_analytics(
-            info.context.services.db, from_, to, granularity.domain(), _iso_currency(currency)
+            info.context.services.reads, from_, to, granularity.domain(), _iso_currency(currency)
         )
         return RevenueAnalytics.of(result)
 

@@ -65,7 +65,7 @@ class Query:
         access = await project_access(info, project_id, Need.ADMIN, write=False)
         limit = page_size(first)
         rows = await audit.list_entries(
-            info.context.services.db, access.project_id, limit=limit, before=decode_cursor(after)
+            info.context.services.reads, access.project_id, limit=limit, before=decode_cursor(after)
         )
         return connection(rows, limit, lambda a: a.id, AuditEntryType.of)
 
