@@ -283,7 +283,9 @@ COUPONS = """query { coupons(includeArchived: true) { id code name percentOff am
 
 
 async def coupon(gql: GQL, admin: SignedIn, code: str) -> dict[str, Any]:
-    found = [c for c in (await gql.ok(COUPONS, token=admin.token))["coupons"] if c["code"] == code.upper()]
+    found: list[dict[str, Any]] = [
+        c for c in (await gql.ok(COUPONS, token=admin.token))["coupons"] if c["code"] == code.upper()
+    ]
     assert len(found) == 1, found
     return found[0]
 
@@ -381,7 +383,7 @@ PLANS = """query { plans(includeArchived: true) { id name tier interval price { 
 
 
 async def plan_named(gql: GQL, admin: SignedIn, name: str) -> dict[str, Any]:
-    found = [p for p in (await gql.ok(PLANS, token=admin.token))["plans"] if p["name"] == name]
+    found: list[dict[str, Any]] = [p for p in (await gql.ok(PLANS, token=admin.token))["plans"] if p["name"] == name]
     assert len(found) == 1, found
     return found[0]
 

@@ -155,7 +155,7 @@ export default {
     // Two steps (Archive, then Confirm): archiving cannot be undone.
     const archiveButton = (c) => {
       const wrap = el("span", { class: "adm-row-actions" });
-      const ask = el("button", { type: "button", class: "adm-archive", "aria-label": `Archive ${c.code}` }, "Archive");
+      const ask = el("button", { type: "button", class: "adm-archive secondary", "aria-label": `Archive ${c.code}` }, "Archive");
       ask.addEventListener("click", () => {
         const yes = el("button", { type: "button", class: "adm-confirm adm-danger", "aria-label": `Confirm: archive ${c.code}` }, "Confirm archive");
         const no = el("button", { type: "button", class: "adm-cancel" }, "Cancel");

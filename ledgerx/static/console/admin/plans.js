@@ -185,7 +185,7 @@ export default {
 
     const archiveButton = (p) => {
       const wrap = el("span", { class: "adm-row-actions" });
-      const ask = el("button", { type: "button", class: "adm-archive", "aria-label": `Archive ${p.name}` }, "Archive");
+      const ask = el("button", { type: "button", class: "adm-archive secondary", "aria-label": `Archive ${p.name}` }, "Archive");
       ask.addEventListener("click", () => {
         const yes = el("button", { type: "button", class: "adm-confirm adm-danger", "aria-label": `Confirm: archive ${p.name}` }, "Confirm archive");
         const no = el("button", { type: "button", class: "adm-cancel" }, "Cancel");
@@ -212,16 +212,22 @@ export default {
       out.replaceChildren(
         table(
           [
-            { label: "Name", value: (p) => p.name },
-            { label: "Tier", value: (p) => p.tier },
-            { label: "Interval", value: (p) => p.interval.toLowerCase() },
-            { label: "Price", value: (p) => money(p.price), numeric: true },
+            { label: "Plan", value: (p) => el("span", {}, el("strong", {}, p.name), el("br"), el("span", { class: "muted" }, `${p.tier} · ${p.interval === "YEAR" ? "yearly" : "monthly"}`)) },
+            { label: "Price", value: (p) => el("span", { class: "adm-nowrap" }, money(p.price)), numeric: true },
             { label: "Included credits", value: (p) => formatAmount(p.includedCredits), numeric: true },
             { label: "Trial", value: (p) => (p.trialDays ? `${p.trialDays} days` : "none") },
             { label: "Rate limit", value: (p) => (p.rateLimit ? `${p.rateLimit.burst} burst, ${p.rateLimit.perSecond}/s` : "default") },
-            { label: "Quotas", value: (p) => p.monthlyQuotas.map((q) => `${q.metric} ${formatAmount(q.limit)}`).join(", ") || "none" },
-            { label: "Features", value: (p) => p.features.join(", ") || "none" },
-            { label: "Entitlements", value: (p) => p.entitlements.map((e) => e.featureKey).join(", ") || "none" },
+            {
+              label: "Grants",
+              value: (p) =>
+                el(
+                  "ul",
+                  { class: "adm-grants" },
+                  p.monthlyQuotas.map((q) => el("li", {}, `${q.metric}: ${formatAmount(q.limit)} a month`)),
+                  p.entitlements.map((e) => el("li", {}, `${e.featureKey} (${e.type.toLowerCase()}${e.enabled ? "" : ", off"})`)),
+                  p.features.map((f) => el("li", { class: "muted" }, f)),
+                ),
+            },
             { label: "Status", value: (p) => el("span", {}, statusBadge(p.archived ? "ARCHIVED" : "ACTIVE"), p.archivedAt ? ` ${formatTime(p.archivedAt)}` : "") },
             {
               label: "Actions",
@@ -229,7 +235,7 @@ export default {
                 el(
                   "span",
                   { class: "adm-row-actions" },
-                  el("button", { type: "button", class: "adm-edit", "aria-label": `Edit ${p.name}`, onclick: () => edit(p) }, "Edit"),
+                  el("button", { type: "button", class: "adm-edit secondary", "aria-label": `Edit ${p.name}`, onclick: () => edit(p) }, "Edit"),
                   p.archived ? null : archiveButton(p),
                 ),
             },

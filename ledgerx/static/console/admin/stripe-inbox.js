@@ -16,6 +16,14 @@ const ONE = `query($id: ID!) {
 }`;
 const REPLAY = `mutation($id: ID!) { replayWebhookEvent(id: $id) { ${FIELDS} } }`;
 const PAGE_SIZE = 25;
+// Replay stands out where it is most likely wanted.
+const NEEDS_REPLAY = new Set(["FAILED", "DEAD"]);
+
+// "customer.subscription.created" may wrap after its dots, never inside a word.
+function breakable(type) {
+  const parts = String(type).split(".");
+  return parts.flatMap((p, i) => (i < parts.length - 1 ? [`${p}.`, el("wbr")] : [p]));
+}
 
 function short(text, n = 80) {
   if (!text) return null;
@@ -121,7 +129,7 @@ async function renderList(page, ctx) {
       table(
         [
           { label: "Received", value: (e) => formatTime(e.receivedAt) },
-          { label: "Type", value: (e) => el("a", { href: `#/stripe-inbox/${encodeURIComponent(e.id)}`, class: "adm-event-link" }, e.type) },
+          { label: "Type", value: (e) => el("a", { href: `#/stripe-inbox/${encodeURIComponent(e.id)}`, class: "adm-event-link" }, breakable(e.type)) },
           { label: "Status", value: (e) => statusBadge(e.status) },
           { label: "Attempts", value: (e) => String(e.attempts), numeric: true },
           { label: "Stripe event", value: (e) => el("code", {}, e.stripeEventId) },
@@ -131,7 +139,7 @@ async function renderList(page, ctx) {
             value: (e) =>
               el(
                 "button",
-                { type: "button", class: "adm-replay", "aria-label": `Replay ${e.type} ${e.stripeEventId}`, onclick: async (ev) => {
+                { type: "button", class: ["adm-replay", NEEDS_REPLAY.has(e.status) ? null : "secondary"], "aria-label": `Replay ${e.type} ${e.stripeEventId}`, onclick: async (ev) => {
                   ev.currentTarget.disabled = true;
                   const done = await replay(ctx, e, replayStatus);
                   if (done) {
