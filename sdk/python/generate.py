@@ -307,7 +307,7 @@ class Generator:
         const = constant(op_name)
         subscription = op.operation == OperationType.SUBSCRIPTION
         if subscription:
-            returns = f"Iterator[{result}]" if sync else f"AsyncIterator[{result}]"
+            returns = f"Generator[{result}, None, None]" if sync else f"AsyncGenerator[{result}, None]"
             prefix = "def" if sync else "async def"
         else:
             returns = result
@@ -370,6 +370,17 @@ class Generator:
     def wrap(line: str, indent: str) -> str:
         return line + "\n"  # ruff format splits it (format_python)
 
+    def all_names(self) -> str:
+        """`__all__` of types.py (every alias, enum, input and result), for `ledgerx_client.types`."""
+        aliases = ["BigInt", "BigIntInput", "DateTime", "DateTimeInput", "Decimal", "DecimalInput", "JSON"]
+        self.fragments_done()
+        names = sorted({*aliases, *self.enums, *self.inputs, *self.classes}, key=lambda n: (not n.isupper(), n))
+        return "\n__all__ = [\n" + "".join(f'    "{n}",\n' for n in names) + "]\n"
+
+    def fragments_done(self) -> None:
+        for name in self.fragments:
+            self.fragment(name)
+
     # -- files ---------------------------------------------------------------------------------
 
     def render(self) -> dict[str, str]:
@@ -400,6 +411,8 @@ class Generator:
             + "".join(self.enums[k] for k in self.enums)
             + "".join("\n\n" + code for code in self.inputs.values())
             + "".join("\n\n" + code for code in self.classes.values())
+            + "\n"
+            + self.all_names()
         )
         methods = "".join(sync_methods)
         aliases = {"BigInt", "Decimal", "DateTime", "JSON", "BigIntInput", "DecimalInput", "DateTimeInput"}
@@ -411,7 +424,7 @@ class Generator:
         operations = (
             HEADER
             + "\nfrom __future__ import annotations\n\n"
-            + "from collections.abc import AsyncIterator, Iterator\nfrom typing import cast\n\n"
+            + "from collections.abc import AsyncGenerator, Generator\nfrom typing import cast\n\n"
             + "from ledgerx_client._base import AsyncBaseClient, SyncBaseClient, drop_none, new_idempotency_key\n"
             + f"from ledgerx_client._generated.types import (\n{imports})\n\n"
             + "".join(documents)

@@ -1,8 +1,8 @@
 """LedgerX's Python client: typed sync and async clients for its GraphQL API, usage ingestion,
 live subscriptions and webhook verification."""
 
+from ledgerx_client import types
 from ledgerx_client._base import RetryEvent, RetryPolicy
-from ledgerx_client._generated import types
 from ledgerx_client._version import __version__
 from ledgerx_client.client import AsyncLedgerX, LedgerX
 from ledgerx_client.errors import (

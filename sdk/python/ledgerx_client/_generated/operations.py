@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from typing import cast
 
 from ledgerx_client._base import AsyncBaseClient, SyncBaseClient, drop_none, new_idempotency_key
@@ -2059,7 +2059,12 @@ class SyncOperations(SyncBaseClient):
         data = self._execute(REVOKE_API_KEY, "RevokeApiKey", drop_none({"id": id}), "revokeApiKey", idempotent=False)
         return cast("ApiKeyFields", data)
 
-    def wallet_updated(self, wallet_id: str, *, after: str | None = None) -> Iterator[WalletUpdatedWalletUpdated]:
+    def wallet_updated(
+        self,
+        wallet_id: str,
+        *,
+        after: str | None = None,
+    ) -> Generator[WalletUpdatedWalletUpdated, None, None]:
         """Every transaction that changes the wallet, after it commits, each once, in the wallet's order. With `after`
         (a transaction's cursor) it first replays what followed that transaction; without it, it starts now. Ends
         when the caller loses access to the wallet's project or the token expires.
@@ -2069,7 +2074,12 @@ class SyncOperations(SyncBaseClient):
         ):
             yield cast("WalletUpdatedWalletUpdated", data)
 
-    def transaction_posted(self, project_id: str, *, after: str | None = None) -> Iterator[TransactionFields]:
+    def transaction_posted(
+        self,
+        project_id: str,
+        *,
+        after: str | None = None,
+    ) -> Generator[TransactionFields, None, None]:
         """Every transaction posted in the project, after it commits, each once, in one order (the same for every
         subscriber). With `after` (a transaction's cursor) it first replays what followed that transaction; without
         it, it starts now. Ends when the caller loses access to the project or the token expires.
@@ -3001,7 +3011,7 @@ class AsyncOperations(AsyncBaseClient):
         wallet_id: str,
         *,
         after: str | None = None,
-    ) -> AsyncIterator[WalletUpdatedWalletUpdated]:
+    ) -> AsyncGenerator[WalletUpdatedWalletUpdated, None]:
         """Every transaction that changes the wallet, after it commits, each once, in the wallet's order. With `after`
         (a transaction's cursor) it first replays what followed that transaction; without it, it starts now. Ends
         when the caller loses access to the wallet's project or the token expires.
@@ -3016,7 +3026,7 @@ class AsyncOperations(AsyncBaseClient):
         project_id: str,
         *,
         after: str | None = None,
-    ) -> AsyncIterator[TransactionFields]:
+    ) -> AsyncGenerator[TransactionFields, None]:
         """Every transaction posted in the project, after it commits, each once, in one order (the same for every
         subscriber). With `after` (a transaction's cursor) it first replays what followed that transaction; without
         it, it starts now. Ends when the caller loses access to the project or the token expires.
