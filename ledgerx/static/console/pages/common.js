@@ -11,7 +11,7 @@ export async function pagedTable(columns, fetchPage, { empty, caption, id = null
   const more = el("button", { type: "button", class: "secondary load-more" }, "Load more");
   const status = el("div", { class: "form-status" });
   const draw = (hasNext) => {
-    box.replaceChildren(table(columns, rows, { empty, caption }), hasNext ? more : null, status);
+    box.replaceChildren(...[table(columns, rows, { empty, caption }), hasNext ? more : null, status].filter(Boolean));
   };
   const load = async () => {
     const conn = await fetchPage(after);

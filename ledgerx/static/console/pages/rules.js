@@ -160,8 +160,8 @@ async function detail(root, ctx, ruleId) {
       ...item("Next run", formatTime(rule.nextRunAt)),
       ...item("Wallet", el("a", { href: `#/wallets/${encodeURIComponent(rule.walletId)}` }, rule.walletId)),
       ...item("Id", shortId(rule.id)),
-      rule.pausedReason ? item("Paused because", rule.pausedReason) : [],
-      rule.lastError ? item("Last error", rule.lastError) : [],
+      ...(rule.pausedReason ? item("Paused because", rule.pausedReason) : []),
+      ...(rule.lastError ? item("Last error", rule.lastError) : []),
     );
     const paused = rule.status === "PAUSED";
     statusLine.replaceChildren(

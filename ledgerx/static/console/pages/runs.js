@@ -3,8 +3,9 @@
 import { el, heading, table, formatAmount, formatTime } from "../ui.js";
 import { statusBadge } from "./common.js";
 
-const RUNS = `query($p: ID!) { billingRules(projectId: $p, first: 100) { edges { node { id name
-  runs(first: 20) { edges { node { id scheduledAt periodStart periodEnd status trigger amount units attempts error startedAt } } } } } } }`;
+// The API caps a query's cost (fields × page sizes): 50 rules × 10 runs stays well inside it.
+const RUNS = `query($p: ID!) { billingRules(projectId: $p, first: 50) { edges { node { id name
+  runs(first: 10) { edges { node { id scheduledAt status trigger amount attempts error startedAt } } } } } } }`;
 
 export default {
   id: "runs",
@@ -17,7 +18,7 @@ export default {
     const runs = data.billingRules.edges.flatMap(({ node: rule }) => rule.runs.edges.map(({ node }) => ({ ...node, rule })));
     runs.sort((a, b) => (a.startedAt < b.startedAt ? 1 : a.startedAt > b.startedAt ? -1 : 0));
     root.append(
-      el("p", { class: "muted" }, "The latest 20 runs of each rule. A rule's page lists all of its runs."),
+      el("p", { class: "muted" }, "The latest 10 runs of each of the first 50 rules. A rule's page lists all of its runs."),
       el(
         "div",
         { id: "all-runs" },

@@ -52,6 +52,7 @@ export default {
       tableBox,
     );
     let points = [];
+    let seq = 0; // only the latest request's answer is shown
     const draw = () => {
       const r = RANGES[range.value];
       const fmt = r.granularity === "DAY" ? (t) => new Date(t).toISOString().slice(5, 10) : (t) => new Date(t).toISOString().slice(11, 16);
@@ -59,14 +60,17 @@ export default {
       drawLine(eventsCanvas, points.map((p) => [Date.parse(p.bucket), Number(p.events)]), { color: COLORS[1], empty: "no usage", timeFormat: fmt });
     };
     const load = async () => {
+      const mine = ++seq;
       problem.replaceChildren();
       const r = RANGES[range.value];
       const to = floorTo(Date.now(), r.granularity) + (r.granularity === "MINUTE" ? 60e3 : r.granularity === "HOUR" ? 3600e3 : 86400e3);
       const from = floorTo(to - r.ms, r.granularity);
       try {
         const data = await busy(ctx.gql(SUMMARY, { i: { projectId: ctx.projectId, metricKey: metric.value, from: new Date(from).toISOString(), to: new Date(to).toISOString(), granularity: r.granularity } }));
+        if (mine !== seq) return;
         points = data.usageSummary;
       } catch (err) {
+        if (mine !== seq) return;
         problem.replaceChildren(errorBox(err));
         points = [];
       }
