@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -48,6 +49,7 @@ from standardwebhooks.webhooks import Webhook
 import ledgerx
 from ledgerx import ids
 from ledgerx.services import Services
+from ledgerx.settings import Settings
 from tests.conftest import GQL, LiveServer, sign_up
 from tests.tenancy_helpers import create_project, owner_sql
 from tests.webhooks_out_receiver import Receiver, running_receiver
@@ -106,6 +108,17 @@ async def new_tenant(gql: GQL, server: LiveServer, rate_limit: tuple[int, float]
         )
     made = await gql.ok(CREATE_KEY, {"i": {"projectId": pid, "name": "sdk", "scopes": KEY_SCOPES}}, token=owner.token)
     return Tenant(server, owner.token, pid, made["createApiKey"]["secret"])
+
+
+@pytest.fixture
+def usage_max_batch() -> int | None:
+    """The server's USAGE_MAX_BATCH for a test that parametrizes it (else the default)."""
+    return None
+
+
+@pytest.fixture
+def settings(settings: Settings, usage_max_batch: int | None) -> Settings:
+    return settings if usage_max_batch is None else dataclasses.replace(settings, usage_max_batch=usage_max_batch)
 
 
 @pytest.fixture
@@ -486,6 +499,24 @@ async def test_usage_ingest_sends_batches_and_reports_each_rejection(tenant: Ten
         assert (await client.wallet(wallet["id"]))["balance"] == "95"
         recorded = await client.record_usage(project_id=tenant.project_id, metric_key="api_calls", units=3)
         assert (recorded["duplicate"], recorded["event"]["units"]) == (False, "3")
+
+    async with tenant.admin() as admin:  # a signed-in member names the project
+        mine = await admin.usage.ingest([{"metricKey": "api_calls", "units": 2}], project_id=tenant.project_id)
+        assert (mine.accepted, mine.batches) == (1, 1)
+
+
+@pytest.mark.parametrize("usage_max_batch", [100])
+async def test_usage_ingest_splits_a_batch_the_server_finds_too_large(tenant: Tenant) -> None:
+    async with tenant.admin() as admin:
+        await admin.define_metric(
+            project_id=tenant.project_id, key="hits", name="Hits", aggregation="SUM", unit_price=0
+        )
+    events: list[ledgerx_client.IngestEvent] = [{"metricKey": "hits", "units": 1} for _ in range(250)]
+    events[201] = {"metricKey": "nope", "units": 1}
+    async with tenant.async_client() as client:
+        result = await client.usage.ingest(events, batch_size=250)
+    # 250 > 100: 413 BATCH_TOO_LARGE, halves of 125 are too large again, quarters of 62/63 pass
+    assert (result.batches, result.accepted, [r.index for r in result.rejected]) == (4, 249, [201])
 
 
 async def test_usage_ingest_waits_out_429s_and_loses_nothing(gql: GQL, live_server: LiveServer) -> None:
