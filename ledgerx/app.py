@@ -20,6 +20,7 @@ from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
 from ledgerx.http.documents import document_routes
 from ledgerx.http.entitlements import EntitlementEndpoint
+from ledgerx.http.transactions import transactions_endpoint
 from ledgerx.http.usage import usage_endpoint
 from ledgerx.middleware import CrossOrigin, RequestContext
 from ledgerx.services import Services
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/.well-known/jwks.json", jwks),
         *dashboard_routes(),
         Route("/v1/usage", usage_endpoint(svc), methods=["POST"]),
+        Route("/v1/transactions", transactions_endpoint(svc), methods=["POST"]),
         Route("/webhooks/stripe", stripe_webhook, methods=["POST"]),
         Route("/invoices/{id}.pdf", documents["invoice_pdf"], methods=["GET"]),
         Route("/credit-notes/{id}.pdf", documents["credit_note_pdf"], methods=["GET"]),

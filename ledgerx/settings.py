@@ -225,6 +225,8 @@ class Settings:
     usage_future_skew: int = 300
     usage_max_batch: int = 10_000
     usage_max_body_bytes: int = 32 * 1024 * 1024
+    # Bulk posting (postTransactions, POST /v1/transactions): operations per request.
+    ledger_max_batch: int = 1_000
     # Live analytics subscriptions: at most one message per subscriber every `live_interval`
     # seconds; a snapshot is re-read every `live_refresh` seconds while nothing happens (rolling
     # windows) and sent only if it changed; access is re-checked every `live_recheck` seconds.
@@ -354,6 +356,7 @@ class Settings:
             usage_future_skew=_duration_or_zero(e, "USAGE_FUTURE_SKEW", 300),
             usage_max_batch=_int(e, "USAGE_MAX_BATCH", 10_000, minimum=1),
             usage_max_body_bytes=_int(e, "USAGE_MAX_BODY_BYTES", 32 * 1024 * 1024, minimum=1024),
+            ledger_max_batch=_int(e, "LEDGER_MAX_BATCH", 1_000, minimum=1),
             live_interval=_int(e, "LIVE_INTERVAL_MS", 250, minimum=20) / 1000,
             live_refresh=float(_duration(e, "LIVE_REFRESH", 5)),
             live_recheck=float(_duration(e, "LIVE_RECHECK", 30)),

@@ -17,6 +17,7 @@ from ledgerx.domain.errors import BadInput, NotFound
 from ledgerx.domain.ledger import (
     Posted,
     WalletRef,
+    bulk,
     feed,
     grants,
     policy,
@@ -32,6 +33,7 @@ from ledgerx.domain.pagination import decode_cursor, page_size
 from ledgerx.domain.tenancy.access import Need
 from ledgerx.resolvers.guards import authorizer, project_access
 from ledgerx.resolvers.streams import guarded, member_guard
+from ledgerx.schema.bulk import BulkOperationResult, PostTransactionsInput, PostTransactionsResult
 from ledgerx.schema.grants import CreditGrantType, GrantCreditsInput, VoidCreditGrantInput
 from ledgerx.schema.info import Info
 from ledgerx.schema.ledger import (
@@ -178,6 +180,23 @@ class Mutation:
                 metadata=as_dict(input.metadata),
             )
         )
+
+    @strawberry.mutation(
+        description="Many credits, debits and transfers in one request: each operation's result in order;"
+        " atomic (all or nothing) or independent (default). Idempotent per operation."
+    )
+    async def post_transactions(self, info: Info, input: PostTransactionsInput) -> PostTransactionsResult:
+        ctx = info.context
+        ctx.require_principal()
+        results = await bulk.post_operations(
+            ctx.services.ledger,
+            ctx.actor(),
+            authorizer(info),
+            [op.domain() for op in input.operations],
+            atomic=input.atomic,
+            max_batch=ctx.services.settings.ledger_max_batch,
+        )
+        return PostTransactionsResult(results=[BulkOperationResult.of(r) for r in results])
 
     @strawberry.mutation(description="Reverse all or part of a transaction; never more than it in total.")
     async def refund_transaction(self, info: Info, input: RefundTransactionInput) -> TransactionType_:

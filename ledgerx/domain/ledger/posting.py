@@ -292,19 +292,10 @@ async def credit_wallet(
     reference: str | None = None,
 ) -> Posted:
     """Money into a wallet from the project's EXTERNAL_FUNDING account (an admin adjustment)."""
-    check_amount(amount)
-    return await _adjust(
-        ledger,
-        actor,
-        wallet,
-        amount,
-        SystemAccount.EXTERNAL_FUNDING,
-        "ledger.credit",
-        idempotency_key,
-        reason=reason,
-        metadata=metadata,
-        reference=reference,
+    posting = credit_posting(
+        actor, wallet, amount, idempotency_key, reason=reason, metadata=metadata, reference=reference
     )
+    return await post_transaction(ledger, posting)
 
 
 async def debit_wallet(
@@ -319,51 +310,10 @@ async def debit_wallet(
     reference: str | None = None,
 ) -> Posted:
     """Money out of a wallet to the project's ADJUSTMENTS account; refused past the credit limit."""
-    check_amount(amount)
-    return await _adjust(
-        ledger,
-        actor,
-        wallet,
-        -amount,
-        SystemAccount.ADJUSTMENTS,
-        "ledger.debit",
-        idempotency_key,
-        reason=reason,
-        metadata=metadata,
-        reference=reference,
+    posting = debit_posting(
+        actor, wallet, amount, idempotency_key, reason=reason, metadata=metadata, reference=reference
     )
-
-
-async def _adjust(
-    ledger: LedgerService,
-    actor: Actor,
-    wallet: WalletRef,
-    signed: int,
-    counterparty: SystemAccount,
-    action: str,
-    idempotency_key: str,
-    *,
-    reason: str | None,
-    metadata: dict[str, Any] | None,
-    reference: str | None,
-) -> Posted:
-    """An ADJUSTMENT of `signed` (already validated) on the wallet against one system account."""
-    return await post_transaction(
-        ledger,
-        Posting(
-            project_id=wallet.project_id,
-            wallet_id=wallet.id,
-            kind=Kind.ADJUSTMENT,
-            currency=wallet.currency,
-            legs=(Leg(signed, wallet_id=wallet.id), Leg(-signed, system=counterparty)),
-            idempotency_key=idempotency_key,
-            actor=actor,
-            reason=reason,
-            reference=reference,
-            metadata=metadata or {},
-            action=action,
-        ),
-    )
+    return await post_transaction(ledger, posting)
 
 
 async def transfer_credits(
@@ -378,6 +328,100 @@ async def transfer_credits(
     metadata: dict[str, Any] | None = None,
 ) -> Posted:
     """Between two wallets of one project in one currency; the source is the primary wallet."""
+    posting = transfer_posting(actor, source, target, amount, idempotency_key, reason=reason, metadata=metadata)
+    return await post_transaction(ledger, posting)
+
+
+# The postings of the three API operations, shared by the single mutations and bulk posting
+# (bulk.py): one definition of what a credit, a debit and a transfer are.
+
+
+def credit_posting(
+    actor: Actor,
+    wallet: WalletRef,
+    amount: int,
+    idempotency_key: str,
+    *,
+    reason: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    reference: str | None = None,
+) -> Posting:
+    check_amount(amount)
+    return _adjustment(
+        actor,
+        wallet,
+        amount,
+        SystemAccount.EXTERNAL_FUNDING,
+        "ledger.credit",
+        idempotency_key,
+        reason=reason,
+        metadata=metadata,
+        reference=reference,
+    )
+
+
+def debit_posting(
+    actor: Actor,
+    wallet: WalletRef,
+    amount: int,
+    idempotency_key: str,
+    *,
+    reason: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    reference: str | None = None,
+) -> Posting:
+    check_amount(amount)
+    return _adjustment(
+        actor,
+        wallet,
+        -amount,
+        SystemAccount.ADJUSTMENTS,
+        "ledger.debit",
+        idempotency_key,
+        reason=reason,
+        metadata=metadata,
+        reference=reference,
+    )
+
+
+def _adjustment(
+    actor: Actor,
+    wallet: WalletRef,
+    signed: int,
+    counterparty: SystemAccount,
+    action: str,
+    idempotency_key: str,
+    *,
+    reason: str | None,
+    metadata: dict[str, Any] | None,
+    reference: str | None,
+) -> Posting:
+    """An ADJUSTMENT of `signed` (already validated) on the wallet against one system account."""
+    return Posting(
+        project_id=wallet.project_id,
+        wallet_id=wallet.id,
+        kind=Kind.ADJUSTMENT,
+        currency=wallet.currency,
+        legs=(Leg(signed, wallet_id=wallet.id), Leg(-signed, system=counterparty)),
+        idempotency_key=idempotency_key,
+        actor=actor,
+        reason=reason,
+        reference=reference,
+        metadata=metadata or {},
+        action=action,
+    )
+
+
+def transfer_posting(
+    actor: Actor,
+    source: WalletRef,
+    target: WalletRef,
+    amount: int,
+    idempotency_key: str,
+    *,
+    reason: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Posting:
     check_amount(amount)
     if source.id == target.id:
         raise BadInput("cannot transfer a wallet to itself", field="toWalletId")
@@ -385,31 +429,31 @@ async def transfer_credits(
         raise BadInput("wallets belong to different projects", field="toWalletId")
     if source.currency != target.currency:
         raise BadInput(f"wallets hold different currencies ({source.currency}, {target.currency})", field="toWalletId")
-    return await post_transaction(
-        ledger,
-        Posting(
-            project_id=source.project_id,
-            wallet_id=source.id,
-            kind=Kind.TRANSFER,
-            currency=source.currency,
-            legs=(Leg(-amount, wallet_id=source.id), Leg(amount, wallet_id=target.id)),
-            idempotency_key=idempotency_key,
-            actor=actor,
-            reason=reason,
-            metadata=metadata or {},
-            action="ledger.transfer",
-        ),
+    return Posting(
+        project_id=source.project_id,
+        wallet_id=source.id,
+        kind=Kind.TRANSFER,
+        currency=source.currency,
+        legs=(Leg(-amount, wallet_id=source.id), Leg(amount, wallet_id=target.id)),
+        idempotency_key=idempotency_key,
+        actor=actor,
+        reason=reason,
+        metadata=metadata or {},
+        action="ledger.transfer",
     )
 
 
 __all__ = [
     "RETRYABLE",
     "Many",
+    "credit_posting",
     "credit_wallet",
+    "debit_posting",
     "debit_wallet",
     "normalize_currency",
     "post_many",
     "post_transaction",
     "prepare",
     "transfer_credits",
+    "transfer_posting",
 ]
