@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run demo test lint typecheck pytest schema bench clean
+.PHONY: run demo test lint typecheck pytest schema sdk screenshots bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,8 @@ $(VENV)/.installed-run: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
+$(VENV)/.installed-dev: pyproject.toml sdk/python/pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]" -e "sdk/python[dev]"
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -34,6 +34,7 @@ lint: $(VENV)/.installed-dev
 
 typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict sdk/python/ledgerx_client sdk/python/generate.py
 
 pytest: $(VENV)/.installed-dev
 	@scripts/ensure-chromium.sh  # the dashboard browser test needs Debian's chromium; it skips without one
@@ -43,6 +44,10 @@ test: lint typecheck pytest
 
 schema: $(VENV)/.installed-dev
 	$(VENV)/bin/ledgerx export-schema -o schema.graphql
+
+# The client SDKs, regenerated from schema.graphql and sdk/operations/*.graphql (tests fail on drift).
+sdk: $(VENV)/.installed-dev
+	$(PY) sdk/python/generate.py
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/graphql_overhead.py
