@@ -365,6 +365,29 @@ async def test_reload_keeps_the_session_and_sign_out_empties_the_form(gql: GQL, 
         assert await text(page, "#user-email") == t.owner.email
         assert await js(page, "document.getElementById('project-picker').value") == t.project_id
         assert len(await rows(page, "#wallets-table")) == 1, await text(page, "#page")
+        # An access token the API no longer takes (as after its expiry): the page refreshes the
+        # session once with the cookie and retries, the user notices nothing.
+        await page.eval(
+            """(() => {
+              const real = window.fetch;
+              window.sentOps = [];
+              let spoil = true;
+              window.fetch = (url, init = {}) => {
+                const body = JSON.parse(init.body || '{}');
+                window.sentOps.push((body.query || '').match(/\\{\\s*(\\w+)/)[1]);
+                if (spoil && init.headers && init.headers.authorization) {
+                  spoil = false;
+                  init = { ...init, headers: { ...init.headers, authorization: 'Bearer not.a.token' } };
+                }
+                return real(url, init);
+              };
+              return true;
+            })()"""
+        )
+        await console_open(page, "#/audit")
+        assert len(await rows(page, "#audit-table")) >= 3
+        assert await js(page, "window.sentOps") == ["auditLog", "refreshSession", "auditLog"]
+        assert await js(page, "document.getElementById('signin').hidden") is True
         # Sign out: the form is back and empty, the password gone.
         await click(page, "#signout")
         await page.wait_for("!document.getElementById('signin').hidden")

@@ -177,7 +177,7 @@ async function detail(root, ctx, ruleId) {
         table(
           [
             { label: "Runs at (UTC)", value: (p) => formatTime(p.at) },
-            { label: "Local time", value: (p) => `${p.localAt} ${p.timezone}` },
+            { label: "Local time", value: (p) => `${String(p.localAt).replace("T", " ").slice(0, 16)} ${p.timezone}` },
             { label: "Period from", value: (p) => formatTime(p.periodStart) },
             { label: "Would charge", value: (p) => formatAmount(p.amount), numeric: true },
             { label: "Units", value: (p) => (p.units === null ? "–" : p.units), numeric: true },
