@@ -106,13 +106,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if processor is not None:
             processor.start()
             holder["services"].webhook_delivery.start()
-        follower = asyncio.create_task(holder["services"].changes.follow(), name="ledgerx-project-changes")
+        followers = [asyncio.create_task(holder["services"].changes.follow(), name="ledgerx-project-changes")]
+        revocations = holder["services"].tokens.revocations
+        if revocations is not None:
+            followers.append(asyncio.create_task(revocations.follow(), name="ledgerx-session-revocations"))
         try:
             yield
         finally:
-            follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await follower
+            for follower in followers:
+                follower.cancel()
+            for follower in followers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             if processor is not None:
                 await processor.stop()
                 await holder["services"].webhook_delivery.stop()

@@ -7,6 +7,7 @@ answers then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -149,3 +150,115 @@ async def test_a_session_revoked_while_redis_is_down_stays_revoked_after_it_retu
     assert not svc.limiter.degraded
     revocations = svc.tokens.revocations
     assert revocations is not None and not revocations.pending  # the mark reached Redis
+
+
+# -- the in-memory mirror of revocation marks (no round trip per signed-in request) ----------------
+
+
+async def mirror_whole(svc: Services, within: float = 10) -> None:
+    revocations = svc.tokens.revocations
+    assert revocations is not None
+    deadline = time.monotonic() + within
+    while revocations.known_revoked("probe") is None:
+        if time.monotonic() > deadline:
+            raise AssertionError("the revocation mirror did not become whole")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def mirrored(
+    cuttable: tuple[Services, CuttableProxy, GQL],
+) -> AsyncIterator[tuple[Services, CuttableProxy, GQL]]:
+    svc, proxy, gql = cuttable
+    assert svc.tokens.revocations is not None
+    follower = asyncio.create_task(svc.tokens.revocations.follow(retry_s=0.05))
+    try:
+        await mirror_whole(svc)
+        yield svc, proxy, gql
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+
+
+def count_round_trips(svc: Services) -> list[int]:
+    """Counts the rate limiter's Redis script calls from now on."""
+    calls = [0]
+    script = svc.limiter._script
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return await script(*args, **kwargs)
+
+    svc.limiter._script = counted  # type: ignore[method-assign]
+    return calls
+
+
+async def test_with_the_mirror_a_signed_in_request_spends_a_lease_and_log_out_still_ends_it(
+    mirrored: tuple[Services, CuttableProxy, GQL], settings: Settings
+) -> None:
+    svc, _, gql = mirrored
+    u = await sign_up(gql)
+    calls = count_round_trips(svc)
+    for _ in range(50):
+        assert await me_code(gql, u.token) == "ok"
+    assert calls[0] <= 5, calls  # leases (a fast limit): not one round trip per request
+    await gql.ok(LOG_OUT, {"t": u.refresh})
+    assert await me_code(gql, u.token) == "UNAUTHENTICATED"  # this instance: at once
+
+    # Another instance hears of it within the announcement's latency.
+    v = await sign_up(gql)
+    async with app_instance(settings) as second:
+        await mirror_whole(second.services)
+        other = GQL(httpx.AsyncClient(base_url=second.url))
+        try:
+            assert await me_code(other, v.token) == "ok"
+            await gql.ok(LOG_OUT, {"t": v.refresh})
+            deadline = time.monotonic() + 2
+            while await me_code(other, v.token) == "ok":
+                assert time.monotonic() < deadline, "the other instance still honours a revoked session"
+                await asyncio.sleep(0.005)
+        finally:
+            await other.client.aclose()
+
+
+async def test_the_mirror_reads_marks_made_before_it_started(gql: GQL, services: Services, settings: Settings) -> None:
+    u = await sign_up(gql)
+    await gql.ok(LOG_OUT, {"t": u.refresh})  # marked in Redis by `services`, before the instance below starts
+    async with app_instance(settings) as second:
+        await mirror_whole(second.services)
+        revocations = second.services.tokens.revocations
+        assert revocations is not None
+        sid = str(second.services.tokens.verify(u.token)["sid"])
+        assert revocations.known_revoked(sid) is True
+        other = GQL(httpx.AsyncClient(base_url=second.url))
+        try:
+            assert await me_code(other, u.token) == "UNAUTHENTICATED"
+        finally:
+            await other.client.aclose()
+
+
+async def test_a_lost_bus_connection_stops_the_mirror_until_it_is_read_again(
+    mirrored: tuple[Services, CuttableProxy, GQL], client: httpx.AsyncClient
+) -> None:
+    """While the pub/sub connection is down a revocation may go unheard: the mirror stops
+    answering at once (the gateway asks Redis, or the database), and after the reconnection it
+    has read the marks written meanwhile."""
+    svc, proxy, gql = mirrored
+    revocations = svc.tokens.revocations
+    assert revocations is not None
+    u = await sign_up(gql)
+    sid = str(svc.tokens.verify(u.token)["sid"])
+    assert revocations.known_revoked(sid) is False
+    await proxy.cut()
+    deadline = time.monotonic() + 5
+    while revocations.known_revoked(sid) is not None:
+        assert time.monotonic() < deadline, "the mirror still answers with its connection gone"
+        await asyncio.sleep(0.01)
+    # Revoked through another instance (straight to Redis) while this one hears nothing.
+    await GQL(client).ok(LOG_OUT, {"t": u.refresh})
+    assert await me_code(gql, u.token) == "UNAUTHENTICATED"  # Redis is cut: the database said so
+    await proxy.restore()
+    await mirror_whole(svc)
+    assert revocations.known_revoked(sid) is True
+    assert await me_code(gql, u.token) == "UNAUTHENTICATED"

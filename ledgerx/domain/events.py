@@ -83,6 +83,11 @@ class Subscription:
                 log.warning("slow subscriber on %s: %d events dropped", self.topic, self.dropped)
         self.queue.put_nowait(event)
 
+    @property
+    def gap_pending(self) -> bool:
+        """Events may have been lost and the subscriber has not been told yet (`GAP` is next)."""
+        return self._gap
+
     def signal_gap(self) -> None:
         """Events may have been lost: a gap-aware subscriber's next item is `GAP`."""
         if self.closed or not self.gaps:

@@ -6,6 +6,14 @@ tokens before they expire: `Revocations` marks the session in Redis (a key livin
 access token can, read by the gateway's rate-limit script, so the check costs no round trip) and
 announces it on the event bus (open websockets of the session close at once). The database row's
 `revoked_at` stays the truth: it answers when Redis cannot.
+
+Every instance also mirrors the marks in memory (`follow`): it subscribes to the announcements
+(gap-aware), then reads every mark with SCAN, and reads them again after any gap (a dropped
+pub/sub connection, an overflow). While that mirror is whole, `known_revoked` answers the
+gateway's "was this session revoked?" from memory, so a signed-in caller's rate limit can be
+spent from a lease like an API key's, with no round trip. The moment the bus loses its connection
+the mirror stops answering (`None`) until it has been read again, and the gateway asks Redis as
+before: a revocation is never missed because a message was.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import datetime as dt
 import hashlib
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterable
 
@@ -30,7 +39,7 @@ from ledgerx.db.models import RefreshToken
 from ledgerx.domain import audit, topics
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import Unauthenticated
-from ledgerx.domain.events import EventBus
+from ledgerx.domain.events import GAP, EventBus, Subscription
 from ledgerx.ids import uuid7
 
 log = logging.getLogger("ledgerx.sessions")
@@ -58,6 +67,10 @@ class Revocations:
         # keeps writing them until Redis answers (other instances ask the database meanwhile).
         self.pending: set[str] = set()
         self._retry: asyncio.Task[None] | None = None
+        # The in-memory mirror (`follow`): session id -> when its mark ends (monotonic seconds).
+        self._mirror: dict[str, float] = {}
+        self._listening: Subscription | None = None
+        self._whole_since: int | None = None  # the bus's disconnect count when the mirror was read
 
     def key(self, session_id: str) -> str:
         return self.prefix + session_id
@@ -67,6 +80,8 @@ class Revocations:
         sids = [str(f) for f in family_ids]
         if not sids:
             return
+        for sid in sids:  # this instance refuses them at once; the others when they hear of it
+            self._remember(sid)
         if not await self._write(sids):
             self.pending.update(sids)
             if self._retry is None or self._retry.done():
@@ -109,6 +124,72 @@ class Revocations:
             return bool(await self.redis.exists(self.key(session_id)))
         except (RedisError, OSError):
             return await self.revoked_in_db(session_id)
+
+    def known_revoked(self, session_id: str) -> bool | None:
+        """From the mirror while it is whole; None when it is not (then ask Redis)."""
+        sub = self._listening
+        if (
+            self._whole_since is None
+            or sub is None
+            or sub.gap_pending
+            or self.bus is None
+            or self.bus.disconnects != self._whole_since
+        ):
+            return None
+        if session_id in self.pending:
+            return True
+        ends = self._mirror.get(session_id)
+        if ends is None:
+            return False
+        if ends < time.monotonic():
+            self._mirror.pop(session_id, None)  # the session's tokens have all expired by now
+            return False
+        return True
+
+    async def follow(self, retry_s: float = 1.0) -> None:
+        """Keep the mirror (runs for the life of the app; see the module docstring)."""
+        if self.bus is None:
+            return
+        while True:
+            try:
+                async with self.bus.subscribe(topics.SESSIONS_REVOKED, gaps=True) as heard:
+                    self._listening = heard
+                    await self._read_marks()
+                    async for event in heard:
+                        if event is GAP:
+                            self._whole_since = None
+                            await self._read_marks()
+                            continue
+                        sid = event.get("sessionId")
+                        if isinstance(sid, str):
+                            self._remember(sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("session revocations: mirror lost; asking redis until it is read again", exc_info=True)
+            finally:
+                self._whole_since = None
+                self._listening = None
+            await asyncio.sleep(retry_s)
+
+    async def _read_marks(self) -> None:
+        """Every mark in Redis, read after the subscription is confirmed: a mark written later is
+        announced to it, so between them nothing is missed."""
+        assert self.bus is not None
+        disconnects = self.bus.disconnects
+        found: dict[str, float] = {}
+        ends = time.monotonic() + self.ttl  # at most a mark's life; a shorter one only errs to refuse
+        async for key in self.redis.scan_iter(match=self.prefix + "*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            found[name[len(self.prefix) :]] = ends
+        self._mirror = found
+        self._whole_since = disconnects
+
+    def _remember(self, session_id: str) -> None:
+        if len(self._mirror) > 1_000_000:  # bounded: a flood of revocations falls back to Redis
+            self._whole_since = None
+            return
+        self._mirror[session_id] = time.monotonic() + self.ttl
 
     async def close(self) -> None:
         if self._retry is not None:
