@@ -332,6 +332,26 @@ async def test_every_tenant_page_in_chromium(
         assert console_problems(page) == []
 
 
+async def test_a_usage_rules_preview_follows_usage_as_it_arrives(gql: GQL, server: LiveServer) -> None:
+    t = await tenant(gql)
+    made = await gql.ok(
+        CREATE_RULE,
+        {"i": {"walletId": t.wallet_id, "name": "Calls", "mode": "USAGE_BASED", "metricKey": "api_calls"}},
+        token=t.owner.token,
+    )
+    rule_id = made["createBillingRule"]["id"]
+    async with chromium() as page:
+        await console_sign_in(page, server.url, t.owner.email, t.owner.password)
+        await fill(page, "#project-picker", t.project_id)
+        await console_open(page, f"#/rules/{rule_id}")
+        await page.wait_for("document.getElementById('rule-preview').dataset.count === '5'")
+        before = int(await js(page, "document.getElementById('rule-preview').dataset.first"))
+        # Usage recorded elsewhere (the API): the preview's next charge grows, no reload, no click.
+        await record_usage(gql, t.owner.token, t.project_id, 7, wallet_id=t.wallet_id)
+        await page.wait_for(f"document.getElementById('rule-preview').dataset.first === '{before + 7}'")
+        assert console_problems(page) == []
+
+
 async def wait_for_target(page: DevTools, needle: str, within: float = 10) -> str:
     """The URL of a tab the page opened, containing `needle`."""
     deadline = asyncio.get_running_loop().time() + within

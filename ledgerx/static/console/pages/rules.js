@@ -1,6 +1,7 @@
 // Billing rules: list, create, and one rule's page (edit with a preview of the next runs from
 // previewBillingRule, pause/resume, run now, its runs).
 
+import { subscribe } from "../api.js";
 import { el, heading, table, field, form, button, formatAmount, formatTime, errorBox, busy } from "../ui.js";
 import { pagedTable, section, statusBadge, backLink, shortId } from "./common.js";
 
@@ -20,6 +21,7 @@ const UPDATE = `mutation($i: UpdateBillingRuleInput!) { updateBillingRule(input:
 const PAUSE = `mutation($id: ID!) { pauseBillingRule(id: $id) { id status } }`;
 const RESUME = `mutation($id: ID!) { resumeBillingRule(id: $id) { id status } }`;
 const RUN = `mutation($id: ID!) { runBillingRule(id: $id) { id status amount } }`;
+const LIVE = `subscription($p: ID!) { liveMetrics(projectId: $p) { initial events } }`;
 
 export const MODES = ["DAILY_FLAT", "SELECTED_DAYS", "MONTHLY_FLAT", "USAGE_BASED", "HYBRID", "CRON"];
 const WEEKDAYS = ["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY", "SUNDAY"];
@@ -250,6 +252,18 @@ async function detail(root, ctx, ruleId) {
   });
   editForm.id = "edit-rule";
 
+  // Usage-priced rules: the preview follows the period's usage as it arrives (a liveMetrics
+  // message that folded domain events, usage among them; asked again at most once a second).
+  let timer = null;
+  if (rule.metricKey) {
+    const stop = subscribe(LIVE, { p: ctx.projectId }, (data) => {
+      const m = data && data.liveMetrics;
+      if (!m || m.initial || m.events === 0) return;
+      if (!timer) timer = setTimeout(() => { timer = null; loadPreview(); }, 1000);
+    });
+    ctx.onCleanup(() => { stop(); clearTimeout(timer); });
+  }
+
   drawFacts();
   root.append(
     el("div", { class: "panel" }, facts, statusLine, actionStatus),
@@ -257,7 +271,7 @@ async function detail(root, ctx, ruleId) {
       "div",
       { class: "two-col" },
       section("Edit", editForm, saved),
-      section("Next runs (preview)", el("p", { class: "muted" }, "What the next runs would charge now (previewBillingRule); updated on every save."), preview),
+      section("Next runs (preview)", el("p", { class: "muted" }, rule.metricKey ? "What the next runs would charge now (previewBillingRule); updated on every save and as usage arrives." : "What the next runs would charge now (previewBillingRule); updated on every save."), preview),
     ),
     section("Runs", runsBox),
   );
