@@ -13,8 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from graphql import parse, validate
 
 from ledgerx.dashboard import CONSOLE, STATIC, console_file
+from ledgerx.graphql_schema import build_schema
+from ledgerx.schema.cost import document_cost
 from ledgerx.settings import Settings
 from tests.browser import chromium, console_problems, console_sign_in
 from tests.conftest import GQL, LiveServer, sign_up
@@ -118,6 +121,44 @@ async def test_only_whitelisted_files_inside_the_console_folder_are_served(clien
     assert console_file("app.js") == (CONSOLE.resolve() / "app.js", "text/javascript; charset=utf-8")
     for bad in ("../dashboard.py", "pages/../../dashboard.py", "/etc/passwd.js", "pages/..", "", "a/b/c/d/e.js"):
         assert console_file(bad) is None, bad
+
+
+_CONST = re.compile(r"""\bconst\s+([A-Z][A-Z0-9_]*)\s*=\s*(`[^`]*`|"[^"\n]*")""")
+_DOCUMENT = re.compile(r"`\s*((?:query|mutation|subscription)\b[^`]*)`")
+
+
+def _expand(text: str, consts: dict[str, str], depth: int = 0) -> str:
+    if depth > 5:
+        return text
+    return re.sub(r"\$\{([A-Z][A-Z0-9_]*)\}", lambda m: _expand(consts[m.group(1)], consts, depth + 1), text)
+
+
+def console_documents() -> list[tuple[str, str]]:
+    """Every GraphQL document in the console's modules (tenant and admin pages), with the
+    `${NAME}` pieces they share (field lists) filled in from the same file's constants."""
+    out = []
+    for path in sorted(CONSOLE.rglob("*.js")):
+        source = path.read_text()
+        consts = {name: value[1:-1] for name, value in _CONST.findall(source)}
+        for found in _DOCUMENT.finditer(source):
+            out.append((f"{path.relative_to(CONSOLE)}", _expand(found.group(1), consts)))
+    return out
+
+
+def test_every_console_query_is_valid_and_under_the_cost_limit() -> None:
+    """What a page sends is valid against the schema and within the API's cost limit (fields
+    times page sizes), or the page would only show an error."""
+    schema = build_schema()._schema
+    limit = Settings().graphql_max_cost
+    documents = console_documents()
+    files = {f for f, _ in documents}
+    assert {"api.js", "pages/overview.js", "pages/rules.js", "pages/runs.js", "pages/webhooks.js"} <= files, files
+    assert len(documents) >= 40
+    for where, text in documents:
+        assert "${" not in text, (where, text)
+        document = parse(text)
+        assert validate(schema, document) == [], (where, text)
+        assert document_cost(schema, document) <= limit, (where, document_cost(schema, document), text)
 
 
 async def test_favicon_ico_is_served(client: httpx.AsyncClient) -> None:
