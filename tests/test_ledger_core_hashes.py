@@ -16,6 +16,9 @@ import json
 import uuid
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from ledgerx.domain.ledger import Kind, Leg, Posting, SystemAccount, WalletRef, hashing, posting
 from ledgerx.domain.ledger.verification import verify_ledger
 from ledgerx.services import Services
@@ -295,3 +298,63 @@ async def test_what_a_batch_writes_hashes_as_the_old_code_did(services: Services
     assert {h["id"]: h["entry_seq"] for h in heads} == {a.id: 4, b.id: 3}
     report = await verify_ledger(services.ledger, pid)
     assert report.ok, report.mismatches
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_uuid = st.uuids()
+_big = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+_when = st.datetimes(
+    min_value=dt.datetime(1971, 1, 1), max_value=dt.datetime(2999, 1, 1), timezones=st.sampled_from([dt.UTC, CET])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.tuples(_uuid, _uuid, _uuid, st.none() | _uuid, st.none() | _uuid),
+    texts=st.tuples(_text, _text, _text, _text, st.none() | _text, st.none() | _text, _text),
+    numbers=st.tuples(_big, _big, _big, st.none() | _big),
+    rh=st.binary(min_size=32, max_size=32),
+    at=_when,
+)
+def test_the_fast_canonical_content_is_the_generic_json(
+    ids: tuple[Any, ...], texts: tuple[Any, ...], numbers: tuple[Any, ...], rh: bytes, at: dt.datetime
+) -> None:
+    """Any content (escapes, unicode, None, 64-bit extremes, time zones) hashes as the generic
+    JSON encoder of the old code would have it."""
+    tid, pid, wid, other, actor = ids
+    ty, kind, currency, key, ref, reason, actor_type = texts
+    amount, before, after, seq = numbers
+    row = {
+        "id": tid,
+        "project_id": pid,
+        "wallet_id": wid,
+        "type": ty,
+        "kind": kind,
+        "currency": currency,
+        "amount": amount,
+        "balance_before": before,
+        "balance_after": after,
+        "idempotency_key": key,
+        "request_hash": rh,
+        "reference": ref,
+        "reason": reason,
+        "refund_of": other,
+        "actor_type": actor_type,
+        "actor_id": actor,
+        "created_at": at,
+    }
+    th = hashing.txn_hash(**row)
+    assert th == _reference_txn_hash(row)
+    entry = {
+        "id": tid,
+        "transaction_id": pid,
+        "wallet_id": other,
+        "system_account_id": actor,
+        "currency": currency,
+        "amount": amount,
+        "balance_before": None if seq is None else before,
+        "balance_after": None if seq is None else after,
+        "seq": seq,
+        "created_at": at,
+    }
+    assert hashing.entry_hash(rh, transaction_hash=th, **entry) == _reference_entry_hash(rh, entry, th)
