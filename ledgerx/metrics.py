@@ -142,6 +142,16 @@ MAIL_OUTBOX_OLDEST = Gauge(
     "ledgerx_mail_outbox_oldest_age_seconds", "Age of the oldest waiting mail (0: none)", registry=REGISTRY
 )
 MAIL_OUTBOX_DEAD = Gauge("ledgerx_mail_outbox_dead", "Mails given up on after the last attempt", registry=REGISTRY)
+WEBHOOK_DELIVERIES_BACKLOG = Gauge(
+    "ledgerx_webhook_deliveries_backlog",
+    "Outbound webhook deliveries waiting, retries included (counted to 100,000)",
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES_LATE = Gauge(
+    "ledgerx_webhook_deliveries_late_seconds",
+    "How long the most overdue outbound delivery has been due (0: none due)",
+    registry=REGISTRY,
+)
 SCHEDULER_DUE_RULES = Gauge(
     "ledgerx_scheduler_due_rules", "Billing rules due now and not yet run (counted to 100,000)", registry=REGISTRY
 )
@@ -172,6 +182,8 @@ def set_backlog_gauges(b: Backlogs) -> None:
     MAIL_OUTBOX_BACKLOG.set(b.mail_depth)
     MAIL_OUTBOX_OLDEST.set(b.age(b.mail_oldest) or 0)
     MAIL_OUTBOX_DEAD.set(b.mail_dead)
+    WEBHOOK_DELIVERIES_BACKLOG.set(b.deliveries_depth)
+    WEBHOOK_DELIVERIES_LATE.set(b.age(b.deliveries_oldest_due) or 0)
     SCHEDULER_DUE_RULES.set(b.rules_due)
     SCHEDULER_LAG.set(b.scheduler_lag)
 

@@ -63,7 +63,12 @@ class RequestContext:
         https = scope.get("scheme") in ("https", "wss")
         route = scope.get("path", "")
         if route not in _KNOWN_ROUTES:
-            route = _ENTITLEMENT_ROUTE if route.startswith("/v1/entitlements/") else "other"
+            if route.startswith("/v1/entitlements/"):
+                route = _ENTITLEMENT_ROUTE
+            elif route.startswith("/dashboard/console/"):
+                route = _CONSOLE_ROUTE
+            else:
+                route = "other"
         started = time.perf_counter()
         status = 0
         close_code: int | None = None
@@ -152,6 +157,7 @@ def _log_request(scope: Scope, status: int, elapsed: float, info: dict[str, Any]
 
 
 _ENTITLEMENT_ROUTE = "/v1/entitlements/{featureKey}"  # one label, whatever the feature
+_CONSOLE_ROUTE = "/dashboard/console/{path}"  # the console's modules, one label
 _KNOWN_ROUTES = {
     "/graphql",
     "/healthz",
@@ -160,10 +166,11 @@ _KNOWN_ROUTES = {
     "/.well-known/jwks.json",
     "/webhooks/stripe",
     "/v1/usage",
+    "/v1/transactions",
     "/v1/entitlements",
     "/dashboard",
-    # The dashboard's assets and the icon browsers ask for on their own (a 404 today), so they
-    # are told apart from unknown paths, whose label is "other".
+    # The console's assets and the icon browsers ask for on their own, so they are told apart
+    # from unknown paths, whose label is "other".
     *(f"/dashboard/{name}" for name in DASHBOARD_ASSETS),
     "/favicon.ico",
 }

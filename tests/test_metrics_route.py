@@ -163,15 +163,18 @@ async def test_operation_latency_by_name_with_bounded_labels(client: httpx.Async
 
 async def test_dashboard_assets_and_favicon_have_route_labels(client: httpx.AsyncClient) -> None:
     before = await scrape(client)
-    assert (await client.get("/dashboard/dashboard.js")).status_code == 200
+    assert (await client.get("/dashboard/console/app.js")).status_code == 200
+    assert (await client.get("/dashboard/console/pages/wallets.js")).status_code == 200
     assert (await client.get("/dashboard/dashboard.css")).status_code == 200
     favicon = (await client.get("/favicon.ico")).status_code
+    assert favicon == 200
     after = await scrape(client)
 
     def n(s: dict[tuple[str, tuple[tuple[str, str], ...]], float], route: str, status: str) -> float:
         return value(s, "ledgerx_http_requests_total", route=route, status=status) or 0
 
-    assert n(after, "/dashboard/dashboard.js", "200") == n(before, "/dashboard/dashboard.js", "200") + 1
+    console = "/dashboard/console/{path}"
+    assert n(after, console, "200") == n(before, console, "200") + 2
     assert n(after, "/dashboard/dashboard.css", "200") == n(before, "/dashboard/dashboard.css", "200") + 1
     assert n(after, "/favicon.ico", str(favicon)) == n(before, "/favicon.ico", str(favicon)) + 1
 
