@@ -558,8 +558,17 @@ async def test_a_platform_admin_without_projects_sees_where_to_go(
         await console_open(page, "#/wallets")
         assert await js(page, "!!document.getElementById('no-project')") is True
         await page_basics(page, "wallets")
-        # A plain user never sees the admin menu.
+        # Creating a project from the empty state picks it and opens its Overview.
+        await console_open(page, "#/projects")
+        await fill(page, "#page input[name=name]", "First light")
+        await submit(page, "#page form")
+        await page.wait_for("location.hash === '#/overview' && document.getElementById('page').dataset.ready === '1'")
+        assert (
+            await js(page, "document.getElementById('project-picker').selectedOptions[0].textContent") == "First light"
+        )
+        assert await js(page, "document.getElementById('project-picker').parentElement.hidden") is False
         assert console_problems(page) == []
+    # A plain user never sees the admin menu.
     async with chromium() as page:
         plain = await sign_up(gql)
         await console_sign_in(page, server.url, plain.email, plain.password)
