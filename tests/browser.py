@@ -33,6 +33,7 @@ class DevTools:
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
+        self.port = 0  # the browser's DevTools port (another_tab opens more pages through it)
         self.ids = itertools.count(1)
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: list[dict[str, Any]] = []
@@ -147,6 +148,7 @@ async def chromium() -> AsyncIterator[DevTools]:
         assert page_ws, "chromium did not open its DevTools endpoint"
         ws = await websockets.connect(page_ws, max_size=2**26)
         tools = DevTools(ws)
+        tools.port = port
         for domain in ("Page", "Runtime", "Log"):
             await tools.send(f"{domain}.enable")
         yield tools
@@ -161,6 +163,24 @@ async def chromium() -> AsyncIterator[DevTools]:
                 proc.kill()
                 await proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def another_tab(page: DevTools, url: str) -> AsyncIterator[DevTools]:
+    """A second page of the same browser (same profile: cookies, storage and Web Locks shared)."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{page.port}") as http:
+        target = (await http.put(f"/json/new?{url}")).json()
+    tab = DevTools(await websockets.connect(target["webSocketDebuggerUrl"], max_size=2**26))
+    tab.port = page.port
+    try:
+        for domain in ("Page", "Runtime", "Log"):
+            await tab.send(f"{domain}.enable")
+        yield tab
+    finally:
+        await tab.close()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{page.port}") as http:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get(f"/json/close/{target['id']}")
 
 
 # -- the console (/dashboard): helpers for its browser tests and scripts/screenshots.py -------------
@@ -315,3 +335,33 @@ async def press_key(page: DevTools, key: str, code: str, key_code: int, modifier
     if key == "Enter":
         await page.send("Input.dispatchKeyEvent", {"type": "char", "text": "\r", **base})
     await page.send("Input.dispatchKeyEvent", {"type": "keyUp", **base})
+
+
+KEYS = {"Tab": 9, "Enter": 13, "Escape": 27, " ": 32}
+
+
+async def press(page: DevTools, key: str, *, shift: bool = False) -> None:
+    """A real key press through the browser's input pipeline (focus moves, buttons activate)."""
+    code = KEYS[key]
+    base: dict[str, Any] = {
+        "key": key,
+        "code": "Space" if key == " " else key,
+        "windowsVirtualKeyCode": code,
+        "nativeVirtualKeyCode": code,
+        "modifiers": 8 if shift else 0,
+    }
+    down = dict(base, type="keyDown")
+    if key == "Enter":
+        down["text"] = "\r"
+    await page.send("Input.dispatchKeyEvent", down)
+    await page.send("Input.dispatchKeyEvent", dict(base, type="keyUp"))
+
+
+async def tab_to(page: DevTools, selector: str, *, limit: int = 60) -> int:
+    """Press Tab until the element matching `selector` has the focus; how many presses it took."""
+    for n in range(1, limit + 1):
+        await press(page, "Tab")
+        if await page.eval(f"document.activeElement === document.querySelector({json.dumps(selector)})"):
+            return n
+    focused = await page.eval("document.activeElement ? document.activeElement.outerHTML.slice(0, 200) : null")
+    raise AssertionError(f"{selector} not reached by {limit} Tab presses (focus on {focused})")

@@ -28,6 +28,7 @@ from ledgerx.services import Services
 from ledgerx.settings import Settings
 from tests.browser import (
     DevTools,
+    another_tab,
     chromium,
     click,
     console_open,
@@ -424,6 +425,27 @@ async def test_reload_keeps_the_session_and_sign_out_empties_the_form(gql: GQL, 
         await fill(page, "#password", "wrong horse")
         await click(page, "#signin-button")
         await page.wait_for("document.getElementById('signin-error').textContent !== ''")
+        assert console_problems(page) == []
+
+
+async def test_two_tabs_refreshing_at_once_keep_the_session(gql: GQL, server: LiveServer) -> None:
+    """Every tab restores its session by spending the one refresh cookie. Two tabs spending the
+    same cookie at once look like a stolen token to the server, which then ends the session: the
+    tabs take turns (a Web Lock), so each spends the cookie the previous one was given."""
+    t = await tenant(gql)
+    refresh = "import('/dashboard/console/api.js').then((api) => api.restoreSession()).then(() => true)"
+    async with chromium() as page:
+        await console_sign_in(page, server.url, t.owner.email, t.owner.password)
+        async with another_tab(page, f"{server.url}/dashboard") as tab:
+            await tab.wait_for("document.body.dataset.ready === '1' && !!document.getElementById('page').dataset.ready")
+            assert await js(tab, "document.getElementById('signin').hidden") is True
+            for _ in range(5):  # both at the same instant, several times
+                await asyncio.gather(page.eval(refresh), tab.eval(refresh))
+            for p in (page, tab):
+                await reload(p)
+                await p.wait_for("document.getElementById('page').dataset.ready === '1'")
+                assert await js(p, "document.getElementById('signin').hidden") is True
+                assert await text(p, "#user-email") == t.owner.email
         assert console_problems(page) == []
 
 

@@ -57,10 +57,18 @@ function setSession(auth) {
   }
 }
 
-// One refresh at a time, whoever asks (concurrent requests that all saw UNAUTHENTICATED).
+// One refresh at a time, whoever asks (concurrent requests that all saw UNAUTHENTICATED), and
+// one at a time across this browser's tabs: each spends the single refresh cookie, and two tabs
+// spending the same one at once look like a stolen token to the server, which then ends the whole
+// session. Under the lock a tab always spends the cookie the previous one was given.
+function spendCookie() {
+  const spend = () => post(REFRESH, {}, false);
+  return navigator.locks ? navigator.locks.request("ledgerx-refresh", spend) : spend();
+}
+
 function refresh() {
   if (!refreshing) {
-    refreshing = post(REFRESH, {}, false)
+    refreshing = spendCookie()
       .then((data) => { setSession(data.refreshSession); return true; })
       .catch(() => { setSession(null); return false; })
       .finally(() => { refreshing = null; });
