@@ -127,37 +127,53 @@ class _Wallet:
     top_up_below: int | None = None  # auto top-up's threshold while it is on (top_ups.py)
 
     def snapshot(self, now: dt.datetime) -> WalletRecord:
-        return dataclasses.replace(self.row, balance=self.balance, updated_at=now)
+        r = self.row  # (dataclasses.replace costs several times this constructor)
+        return WalletRecord(
+            r.id,
+            r.project_id,
+            r.name,
+            r.owner_user_id,
+            r.currency,
+            self.balance,
+            r.credit_limit,
+            r.low_balance_threshold,
+            r.created_at,
+            now,
+        )
+
+
+_TXN_WIDTH, _ENTRY_WIDTH = 19, 13
+_NO_CHAIN = (None, None, None, None)  # a system entry's balances, seq and previous hash
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (WRITE_BATCH takes a parameter array per column)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 @dataclasses.dataclass(slots=True)
 class _Writes:
-    """Column arrays of the batch write (WRITE_BATCH's parameters), filled posting by posting."""
+    """The rows of the batch write (WRITE_BATCH's parameters), one tuple per row, turned into
+    column arrays once for the whole batch."""
 
-    txn: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(19)])
-    ent: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in range(13)])
-    aud: list[list[Any]] = dataclasses.field(default_factory=lambda: [[] for _ in audit.COLUMNS])
-    order: list[tuple[uuid.UUID, str]] = dataclasses.field(default_factory=list)
+    txn: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    ent: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
+    aud: list[tuple[Any, ...]] = dataclasses.field(default_factory=list)
     top_ups: list[top_ups.Crossing] = dataclasses.field(default_factory=list)
-
-    def add_txn(self, *values: Any) -> None:
-        for col, v in zip(self.txn, values, strict=True):
-            col.append(v)
-
-    def add_entry(self, *values: Any) -> None:
-        for col, v in zip(self.ent, values, strict=True):
-            col.append(v)
-
-    def add_audit(self, *values: Any) -> None:
-        for col, v in zip(self.aud, values, strict=True):
-            col.append(v)
 
     def sorted_txn_columns(self) -> list[list[Any]]:
         """Transactions in (project, key) order: concurrent batches claim keys in one global
         order, so waits on the idempotency index cannot form a cycle."""
-        n = len(self.txn[0])
-        idx = sorted(range(n), key=lambda i: (str(self.txn[1][i]), self.txn[9][i]))
-        return [[col[i] for i in idx] for col in self.txn]
+        rows = sorted(self.txn, key=lambda r: (str(r[1]), r[9]))
+        return _columns(rows, _TXN_WIDTH)
+
+    def entry_columns(self) -> list[list[Any]]:
+        return _columns(self.ent, _ENTRY_WIDTH)
+
+    def audit_columns(self) -> list[list[Any]]:
+        return _columns(self.aud, len(audit.COLUMNS))
 
 
 @dataclasses.dataclass(slots=True)
@@ -203,9 +219,12 @@ async def apply(conn: asyncpg.Connection, items: Sequence[Prepared], now: dt.dat
         hooks = webhook_events(state.webhooks, items, d.new)
         stored_metadata = await _write(conn, d.writes, state.wallets, state.book, now, hooks)
         for i, posted, low in d.new:
-            rec = dataclasses.replace(posted.transaction, metadata=stored_metadata[posted.transaction.id])
-            done = dataclasses.replace(posted, transaction=rec)
-            d.outcomes[i] = done
+            done = posted
+            stored = stored_metadata.get(posted.transaction.id)
+            if stored is not None:  # metadata other than {} (the record has {} until now)
+                rec = dataclasses.replace(posted.transaction, metadata=stored)
+                done = dataclasses.replace(posted, transaction=rec)
+                d.outcomes[i] = done
             events.extend(ledger_events(done, low))
             if low:  # a crossing below a threshold (rare): mail it in this transaction
                 await alerts.low_balance(conn, done, low)
@@ -420,26 +439,28 @@ def _decide(p: Prepared, state: _State, writes: _Writes, now: dt.datetime) -> tu
         actor_id=p.actor.id,
         created_at=now,
     )
-    writes.add_txn(
-        txn_id,
-        p.project_id,
-        p.wallet_id,
-        ttype.value,
-        p.kind,
-        p.currency,
-        abs(primary.amount),
-        pw.balance,
-        after[p.wallet_id],
-        p.idempotency_key,
-        p.request_hash,
-        p.reference,
-        p.reason,
-        p.metadata_json,
-        refund_of,
-        p.actor.type,
-        p.actor.id,
-        now,
-        t_hash,
+    writes.txn.append(
+        (
+            txn_id,
+            p.project_id,
+            p.wallet_id,
+            ttype.value,
+            p.kind,
+            p.currency,
+            abs(primary.amount),
+            pw.balance,
+            after[p.wallet_id],
+            p.idempotency_key,
+            p.request_hash,
+            p.reference,
+            p.reason,
+            p.metadata_json,
+            refund_of,
+            p.actor.type,
+            p.actor.id,
+            now,
+            t_hash,
+        )
     )
     primary_before = pw.balance
     made = _move_grants(p, legs, wallets, book, ended, txn_id, now)
@@ -553,20 +574,8 @@ def _chain_entries(
                 seq=None,
                 created_at=now,
             )
-            writes.add_entry(
-                eid,
-                txn_id,
-                p.project_id,
-                None,
-                leg.system_account_id,
-                p.currency,
-                leg.amount,
-                None,
-                None,
-                None,
-                None,
-                h,
-                now,
+            writes.ent.append(
+                (eid, txn_id, p.project_id, None, leg.system_account_id, p.currency, leg.amount, *_NO_CHAIN, h, now)
             )
             entries.append(
                 EntryRecord(eid, txn_id, None, leg.system_code, p.currency, leg.amount, None, None, None, h, now)
@@ -574,6 +583,7 @@ def _chain_entries(
             continue
         w = wallets[leg.wallet_id]
         before, seq, prev = w.balance, w.seq + 1, w.head
+        bal = before + leg.amount
         h = hashing.entry_hash(
             prev,
             id=eid,
@@ -584,31 +594,14 @@ def _chain_entries(
             currency=p.currency,
             amount=leg.amount,
             balance_before=before,
-            balance_after=before + leg.amount,
+            balance_after=bal,
             seq=seq,
             created_at=now,
         )
-        writes.add_entry(
-            eid,
-            txn_id,
-            p.project_id,
-            leg.wallet_id,
-            None,
-            p.currency,
-            leg.amount,
-            before,
-            before + leg.amount,
-            seq,
-            prev,
-            h,
-            now,
-        )
-        entries.append(
-            EntryRecord(
-                eid, txn_id, leg.wallet_id, None, p.currency, leg.amount, before, before + leg.amount, seq, h, now
-            )
-        )
-        w.balance, w.seq, w.head, w.touched = before + leg.amount, seq, h, True
+        row = (eid, txn_id, p.project_id, leg.wallet_id, None, p.currency, leg.amount, before, bal, seq, prev, h, now)
+        writes.ent.append(row)
+        entries.append(EntryRecord(eid, txn_id, leg.wallet_id, None, p.currency, leg.amount, before, bal, seq, h, now))
+        w.balance, w.seq, w.head, w.touched = bal, seq, h, True
         threshold = w.row.low_balance_threshold
         # A downward crossing of the threshold: at most one event per crossing, by construction.
         if threshold is not None and before >= threshold > w.balance:
@@ -633,7 +626,7 @@ def _audit(writes: _Writes, p: Prepared, rec: TransactionRecord) -> None:
     if rec.refund_of is not None:
         after["refundOf"] = ids.encode("transaction", rec.refund_of)
     target = ids.encode("transaction", rec.id)
-    writes.add_audit(*audit.values(audit.Entry(p.actor, p.action, p.project_id, "transaction", target, before, after)))
+    writes.aud.append(audit.values(audit.Entry(p.actor, p.action, p.project_id, "transaction", target, before, after)))
 
 
 def _grant_columns(book: Book, now: dt.datetime) -> list[list[Any]]:
@@ -680,12 +673,13 @@ async def _write(
     now: dt.datetime,
     hooks: outbox.Batch,
 ) -> dict[uuid.UUID, dict[str, Any]]:
-    """One statement for the whole batch (its webhook events, grants and draws too); returns each
-    transaction's metadata as stored."""
+    """One statement for the whole batch (its webhook events, grants and draws too); returns the
+    metadata as stored of each transaction whose metadata is not {}."""
     touched = [w for w in wallets.values() if w.touched]
     wallet_cols = [[w.row.id for w in touched], [w.balance for w in touched], [w.seq for w in touched]]
     wallet_cols.append([w.head for w in touched])
-    args = [*writes.sorted_txn_columns(), *writes.ent, now, *wallet_cols, *hooks.args(), *writes.aud]
+    args = [*writes.sorted_txn_columns(), *writes.entry_columns(), now, *wallet_cols, *hooks.args()]
+    args += writes.audit_columns()
     args += _grant_columns(book, now)
     rows = await conn.fetch(store.WRITE_BATCH, *args)
     return {r["id"]: store.parse_metadata(r["metadata"]) for r in rows}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -11,6 +12,17 @@ from ledgerx.domain.ledger.types import EntryRecord, TransactionRecord, TxnType,
 
 def _u(v: uuid.UUID | None) -> str | None:
     return str(v) if v is not None else None
+
+
+def _iso(v: dt.datetime) -> str:
+    """isoformat, memoized: a batch's records and entries all carry the batch's instant."""
+    return _iso_at(v, v.utcoffset())
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_at(v: dt.datetime, offset: dt.timedelta | None) -> str:
+    # Keyed on the offset too: equal instants in other zones compare equal but write other text.
+    return v.isoformat()
 
 
 def _pu(v: Any) -> uuid.UUID | None:
@@ -27,8 +39,8 @@ def wallet_to_json(w: WalletRecord) -> dict[str, Any]:
         "balance": w.balance,
         "creditLimit": w.credit_limit,
         "lowBalanceThreshold": w.low_balance_threshold,
-        "createdAt": w.created_at.isoformat(),
-        "updatedAt": w.updated_at.isoformat(),
+        "createdAt": _iso(w.created_at),
+        "updatedAt": _iso(w.updated_at),
     }
 
 
@@ -58,7 +70,7 @@ def _entry_to_json(e: EntryRecord) -> dict[str, Any]:
         "balanceAfter": e.balance_after,
         "seq": e.seq,
         "hash": e.hash.hex(),
-        "createdAt": e.created_at.isoformat(),
+        "createdAt": _iso(e.created_at),
     }
 
 
@@ -94,7 +106,7 @@ def txn_to_json(t: TransactionRecord) -> dict[str, Any]:
         "reason": t.reason,
         "metadata": t.metadata,
         "refundOf": _u(t.refund_of),
-        "createdAt": t.created_at.isoformat(),
+        "createdAt": _iso(t.created_at),
         "entries": [_entry_to_json(e) for e in t.entries],
     }
 

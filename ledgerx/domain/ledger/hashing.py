@@ -35,7 +35,7 @@ _VERSION_ENTRY = "lxent1"
 
 
 # The string encoder json.dumps(..., ensure_ascii=False) uses: '"' + escaped text + '"'.
-_q: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_q: Callable[[str], str] = json.encoder.encode_basestring
 _int = int.__repr__  # json writes an int as its repr
 
 
