@@ -112,7 +112,12 @@ class Services:
         assert settings.database_url
         assert settings.redis_url
         db = Database(
-            make_engine(settings.database_url, role=settings.db_app_role, pool_size=settings.db_pool_size),
+            make_engine(
+                settings.database_url,
+                role=settings.db_app_role,
+                pool_size=settings.db_pool_size,
+                pooler=settings.database_pooler,
+            ),
             dsn=asyncpg_dsn(settings.database_url),
             role=settings.db_app_role,
             pool_size=settings.db_pool_size,
@@ -161,6 +166,7 @@ class Services:
                     role=settings.db_app_role,
                     pool_size=settings.db_pool_size,
                     app_name="ledgerx-reads",
+                    pooler=settings.database_pooler,
                 ),
                 db,
                 dsn=asyncpg_dsn(settings.database_replica_url),

@@ -136,6 +136,13 @@ def _tax_mode(env: Mapping[str, str]) -> Literal["none", "rates", "stripe"]:
     return "none"
 
 
+def _pooler(env: Mapping[str, str]) -> Literal["none", "pgbouncer"]:
+    value = (env.get("DATABASE_POOLER") or "none").strip().lower()
+    if value not in ("none", "pgbouncer"):
+        raise SettingsError(f"DATABASE_POOLER: expected none or pgbouncer, got {value!r}")
+    return "pgbouncer" if value == "pgbouncer" else "none"
+
+
 def _country(env: Mapping[str, str], name: str) -> str | None:
     value = (env.get(name) or "").strip().upper()
     if value and not re.fullmatch(r"[A-Z]{2}", value):
@@ -148,6 +155,11 @@ class Settings:
     database_url: str | None = None
     # A streaming replica for lag-tolerant reads (analytics, the audit log); none: the primary serves them.
     database_replica_url: str | None = None
+    # A transaction pooler between LedgerX and PostgreSQL (`pgbouncer`: no prepared-statement
+    # caches, the app role set per transaction); migrations then need MIGRATION_DATABASE_URL
+    # (PostgreSQL directly; `migrations_url`). docs/scaling.md "PgBouncer".
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    migration_database_url: str | None = None
     redis_url: str | None = None
     data_dir: Path = Path(".ledgerx")
     env: Literal["development", "production"] = "development"
@@ -271,6 +283,11 @@ class Settings:
     document_link_ttl: int = 30 * 86400
 
     @property
+    def migrations_url(self) -> str | None:
+        """Where migrations run: MIGRATION_DATABASE_URL, else DATABASE_URL."""
+        return self.migration_database_url or self.database_url
+
+    @property
     def production(self) -> bool:
         return self.env == "production"
 
@@ -311,6 +328,8 @@ class Settings:
         s = cls(
             database_url=_url(e, "DATABASE_URL", ("postgresql", "postgres")),
             database_replica_url=_url(e, "DATABASE_REPLICA_URL", ("postgresql", "postgres")),
+            database_pooler=_pooler(e),
+            migration_database_url=_url(e, "MIGRATION_DATABASE_URL", ("postgresql", "postgres")),
             redis_url=_url(e, "REDIS_URL", ("redis", "rediss", "unix")),
             data_dir=Path(e.get("LEDGERX_DATA_DIR") or ".ledgerx"),
             env="production" if production else "development",
@@ -393,6 +412,11 @@ class Settings:
                 raise SettingsError(
                     f"CHECKOUT_REDIRECT_ORIGINS: {origin!r} is not an origin like https://app.example.com"
                 )
+        if s.database_pooler == "pgbouncer" and not s.migration_database_url:
+            raise SettingsError(
+                "MIGRATION_DATABASE_URL: required with DATABASE_POOLER=pgbouncer; migrations hold a session"
+                " advisory lock and run DDL, so they connect to PostgreSQL directly, not through the pooler"
+            )
         if production:
             s.check_production()
         return s

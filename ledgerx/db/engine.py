@@ -16,6 +16,20 @@ Two documented paths run outside any tenant scope, in autocommit, one statement 
 must never touch a tenant table (RLS would show them nothing): `Database.read()` (an ORM session
 for non-tenant reads: users, plans, credit packs) and `Database.fetchrow()` (one raw statement:
 users by id, session revocations, the usage partition maintenance function).
+
+How the app role is applied depends on `pooler` (DATABASE_POOLER; docs/scaling.md "PgBouncer"):
+
+- "none" (PostgreSQL directly): the role travels in the startup packet (`server_settings`), for
+  the whole connection. Every new connection checks that it is in force (`current_user`): a pooler
+  that drops the parameter (PgBouncer's `ignore_startup_parameters = role`) would otherwise leave
+  the app running as the DATABASE_URL user, outside row-level security; it fails closed instead.
+- "pgbouncer" (a transaction pooler): server connections are shared per transaction and PgBouncer
+  refuses a `role` startup parameter, so every transaction switches to the role itself, in the
+  statement that sets its scope (scope.py), and the autocommit paths (`read`, `fetchrow`) become
+  short transactions that do the same. Named prepared statements do not survive a pooler that
+  hands each transaction another server connection (PgBouncer < 1.21): asyncpg's statement cache
+  and SQLAlchemy's prepared-statement cache are off, so every statement is prepared unnamed, in
+  the same exchange that runs it.
 """
 
 from __future__ import annotations
@@ -25,14 +39,14 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, Literal, cast
 
 import asyncpg
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from ledgerx.db.scope import SETTINGS_BOUND, Scope, end, scoped
+from ledgerx.db.scope import SETTINGS_BOUND, Scope, end, scoped, settings_bound
 
 
 def async_url(url: str) -> URL:
@@ -51,19 +65,70 @@ def asyncpg_dsn(url: str) -> str:
     return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def make_engine(url: str, *, role: str | None, pool_size: int = 20, app_name: str = "ledgerx") -> AsyncEngine:
+Pooler = Literal["none", "pgbouncer"]
+
+# The engine execution option that tells a `Database` which pooler its engine was made for.
+_POOLER_OPTION = "ledgerx_pooler"
+# Where a session remembers the statement that begins (and scopes) its transaction.
+_BEGIN_KEY = "ledgerx_begin"
+# asyncpg's statement cache per connection when PostgreSQL is reached directly.
+_STATEMENT_CACHE = 512
+
+
+class AppRoleNotApplied(RuntimeError):
+    """A connection that should run as the app role does not (row-level security would not hold)."""
+
+
+async def check_role(conn: asyncpg.Connection, role: str) -> None:
+    """Fail closed unless the connection runs as `role` (one round trip, once per connection)."""
+    current = await conn.fetchval("SELECT current_user")
+    if current != role:
+        raise AppRoleNotApplied(
+            f"connected as {current!r}, not as the app role {role!r}: the `role` startup parameter was not"
+            " applied (a pooler dropped it? PgBouncer with ignore_startup_parameters = role does). Behind"
+            " PgBouncer in transaction mode set DATABASE_POOLER=pgbouncer (docs/scaling.md)."
+        )
+
+
+def connect_args(*, role: str | None, pooler: Pooler, app_name: str) -> dict[str, Any]:
+    """asyncpg connection arguments (startup settings and statement caching) for `pooler`."""
     server_settings = {"application_name": app_name}
+    if pooler == "pgbouncer":
+        # No `role` here (PgBouncer refuses it, or drops it when told to ignore it): the role is
+        # set per transaction. Unnamed statements only: a named one would be left on a server
+        # connection another client gets next ("already exists") or sought on one it never
+        # reached ("does not exist").
+        return {"server_settings": server_settings, "statement_cache_size": 0}
     if role:
         # The startup packet sets the role for the whole connection, before any query runs.
         server_settings["role"] = role
-    return create_async_engine(
+    return {"server_settings": server_settings, "statement_cache_size": _STATEMENT_CACHE}
+
+
+def make_engine(
+    url: str, *, role: str | None, pool_size: int = 20, app_name: str = "ledgerx", pooler: Pooler = "none"
+) -> AsyncEngine:
+    args = connect_args(role=role, pooler=pooler, app_name=app_name)
+    if pooler == "pgbouncer":
+        # SQLAlchemy's dialect keeps prepared statements per connection too: off, and unnamed
+        # (an empty name: asyncpg's unnamed statement, replaced by the next Parse).
+        args |= {"prepared_statement_cache_size": 0, "prepared_statement_name_func": lambda: ""}
+    engine = create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={"server_settings": server_settings, "statement_cache_size": 512},
+        connect_args=args,
+        execution_options={_POOLER_OPTION: pooler},
     )
+    if role and pooler == "none":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _role_in_force(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.run_async(lambda conn: check_role(conn, role))
+
+    return engine
 
 
 async def driver(session: AsyncSession) -> asyncpg.Connection:
@@ -75,7 +140,7 @@ async def driver(session: AsyncSession) -> asyncpg.Connection:
         # The ORM sends BEGIN with its first statement, and a transaction with nothing to scope
         # has sent none yet: SQL sent on the driver now would run alone, in autocommit, outside
         # the session's transaction. Begin it (with the same, empty, settings statement).
-        await session.execute(text(SETTINGS_BOUND), Scope().values())
+        await session.execute(text(session.info.get(_BEGIN_KEY, SETTINGS_BOUND)), Scope().values())
     return found
 
 
@@ -108,7 +173,13 @@ class Database:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, dsn: str | None = None, role: str | None = None, pool_size: int = 10
+        self,
+        engine: AsyncEngine,
+        *,
+        dsn: str | None = None,
+        role: str | None = None,
+        pool_size: int = 10,
+        pooler: Pooler | None = None,
     ) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
@@ -117,6 +188,12 @@ class Database:
         self._pool_size = max(pool_size, 2)
         self._pool: asyncpg.Pool | None = None
         self._pool_lock = asyncio.Lock()
+        # Unless told, the pooler the engine was made for (make_engine records it).
+        self.pooler: Pooler = pooler or engine.get_execution_options().get(_POOLER_OPTION, "none")
+        # The role every transaction switches to itself (a transaction pooler), or None (the
+        # startup packet set it for the whole connection).
+        self._tx_role = role if self.pooler == "pgbouncer" else None
+        self._settings_sql = settings_bound(self._tx_role)
 
     async def pool(self) -> asyncpg.Pool:
         """The asyncpg pool (app role, so RLS applies), created on first use."""
@@ -125,16 +202,21 @@ class Database:
                 if self._pool is None:
                     if self._dsn is None:
                         raise RuntimeError("Database was built without a DSN; raw() is unavailable")
-                    settings = {"application_name": "ledgerx"}
-                    if self._role:
-                        settings["role"] = self._role
+                    role = self._role
+                    check = role is not None and self._tx_role is None
+
+                    async def init(conn: asyncpg.Connection) -> None:
+                        if check:
+                            assert role is not None
+                            await check_role(conn, role)
+
                     self._pool = await asyncpg.create_pool(
                         self._dsn,
                         min_size=0,
                         max_size=self._pool_size,
-                        server_settings=settings,
-                        statement_cache_size=512,
                         connection_class=_PooledConnection,
+                        init=init if check else None,
+                        **connect_args(role=role, pooler=self.pooler, app_name="ledgerx"),
                     )
         return self._pool
 
@@ -154,12 +236,18 @@ class Database:
         for reads that must agree with each other across statements (ledger verification).
         """
         scope = Scope.of(project_id=project_id, project_ids=project_ids, user_id=user_id, system=system)
-        async with (await self.pool()).acquire() as conn, scoped(conn, scope, begin=_SNAPSHOT if snapshot else "BEGIN"):
+        begin = _SNAPSHOT if snapshot else "BEGIN"
+        async with (await self.pool()).acquire() as conn, scoped(conn, scope, begin=begin, role=self._tx_role):
             yield conn
 
     async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
         """One autocommit statement outside any tenant scope (a non-tenant table, a maintenance
-        function): one round trip."""
+        function): one round trip. Behind a transaction pooler, a transaction of its own that
+        switches to the app role first (three round trips)."""
+        if self._tx_role is not None:
+            async with self.raw() as conn:
+                found: asyncpg.Record | None = await conn.fetchrow(sql, *args)
+                return found
         async with (await self.pool()).acquire() as conn:
             row: asyncpg.Record | None = await conn.fetchrow(sql, *args)
             return row
@@ -182,6 +270,7 @@ class Database:
         """
         scope = Scope.of(project_id=project_id, project_ids=project_ids, user_id=user_id, system=system)
         async with self.sessions() as session:
+            session.info[_BEGIN_KEY] = self._settings_sql
             conn = await session.connection()  # begins the session's transaction
 
             async def invalidate() -> None:
@@ -189,11 +278,12 @@ class Database:
                     await conn.invalidate()
 
             try:
-                if not scope.empty:
+                if not scope.empty or self._tx_role is not None:
                     # Bound parameters: one prepared statement whatever the scope. Nothing to
                     # scope (non-tenant tables) skips the round trip: settings are transaction-
-                    # local, so a pooled connection carries none over.
-                    await session.execute(text(SETTINGS_BOUND), scope.values())
+                    # local, so a pooled connection carries none over. Behind a transaction
+                    # pooler it is never skipped: it also switches to the app role.
+                    await session.execute(text(self._settings_sql), scope.values())
                 yield session
             except BaseException:
                 await end(session.rollback, invalidate, rollback=True)
@@ -206,7 +296,12 @@ class Database:
 
         One round trip per statement instead of BEGIN/SELECT/COMMIT; never use it for tenant tables
         (RLS settings need a transaction) or for several reads that must agree with each other.
+        Behind a transaction pooler it is a transaction that switches to the app role first.
         """
+        if self._tx_role is not None:
+            async with self.transaction() as session:
+                yield session
+            return
         async with self.engine.connect() as conn:
             auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
             async with AsyncSession(bind=auto, expire_on_commit=False, autoflush=False) as session:

@@ -13,6 +13,10 @@ writes them (`settings_sql`), and the only place that decides how a transaction 
 
 `Database.transaction` (ORM session) and `Database.raw` (asyncpg pool) in engine.py are the two
 openers built on this.
+
+Behind a transaction pooler (PgBouncer, `DATABASE_POOLER=pgbouncer`) the app role cannot travel in
+the startup packet, so it is set here too, per transaction (`set_config('role', ..., true)`, the
+same as `SET LOCAL ROLE`), in the same statement as the scope: no extra round trip.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -66,24 +72,42 @@ class Scope:
         }
 
 
-def settings_sql(placeholders: dict[str, str]) -> str:
-    """The statement that sets the scope (transaction-local), with each value's SQL text given."""
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def settings_sql(placeholders: dict[str, str], role: str | None = None) -> str:
+    """The statement that sets the scope (transaction-local), with each value's SQL text given;
+    with `role`, it also switches to that role until the transaction ends (a lower-case SQL
+    identifier, checked here because it is inlined)."""
+    switch = ""
+    if role is not None:
+        if not _ROLE.fullmatch(role):
+            raise ValueError(f"not a lower-case SQL identifier: {role!r}")
+        switch = f"set_config('role', '{role}', true), "
     return (
-        f"SELECT set_config('ledgerx.project_ids', {placeholders['project_ids']}, true),"
+        f"SELECT {switch}set_config('ledgerx.project_ids', {placeholders['project_ids']}, true),"
         f" set_config('ledgerx.user_id', {placeholders['user_id']}, true),"
         f" set_config('ledgerx.scope', {placeholders['scope']}, true)"
     )
 
 
+_BOUND = {k: f":{k}" for k in ("project_ids", "user_id", "scope")}
+
 # The ORM's form: bound parameters (one prepared statement for every scope).
-SETTINGS_BOUND = settings_sql({k: f":{k}" for k in ("project_ids", "user_id", "scope")})
+SETTINGS_BOUND = settings_sql(_BOUND)
 
 
-def begin_sql(scope: Scope, begin: str = "BEGIN") -> str:
+@functools.cache
+def settings_bound(role: str | None) -> str:
+    """`SETTINGS_BOUND`, switching to `role` too when one is given (the transaction-pooler form)."""
+    return settings_sql(_BOUND, role)
+
+
+def begin_sql(scope: Scope, begin: str = "BEGIN", role: str | None = None) -> str:
     """`BEGIN; SELECT set_config(...)` with the values inlined: one simple-protocol round trip
     opens the transaction and scopes it (the raw path's speed depends on it). The values are
-    UUIDs and a fixed word (see `Scope.of`), so inlining them is safe."""
-    return f"{begin}; " + settings_sql({k: f"'{v}'" for k, v in scope.values().items()})
+    UUIDs and a fixed word (see `Scope.of`), so inlining them is safe; `role` as in `settings_sql`."""
+    return f"{begin}; " + settings_sql({k: f"'{v}'" for k, v in scope.values().items()}, role)
 
 
 async def end(finish: Callable[[], Awaitable[object]], discard: Discard, *, rollback: bool) -> None:
@@ -117,16 +141,19 @@ async def end(finish: Callable[[], Awaitable[object]], discard: Discard, *, roll
 
 
 @contextlib.asynccontextmanager
-async def scoped(conn: asyncpg.Connection, scope: Scope, *, begin: str = "BEGIN") -> AsyncIterator[asyncpg.Connection]:
-    """One transaction on a connection the caller holds: begun and scoped in one round trip,
-    committed when the block ends, rolled back when it raises; `end` decides what happens when
-    neither completes (the connection is terminated; a pool replaces it on release)."""
+async def scoped(
+    conn: asyncpg.Connection, scope: Scope, *, begin: str = "BEGIN", role: str | None = None
+) -> AsyncIterator[asyncpg.Connection]:
+    """One transaction on a connection the caller holds: begun and scoped (and, with `role`,
+    switched to that role) in one round trip, committed when the block ends, rolled back when it
+    raises; `end` decides what happens when neither completes (the connection is terminated; a
+    pool replaces it on release)."""
 
     async def terminate() -> None:
         conn.terminate()
 
     try:
-        await conn.execute(begin_sql(scope, begin))
+        await conn.execute(begin_sql(scope, begin, role))
         yield conn
     except BaseException:
         await end(lambda: conn.execute("ROLLBACK"), terminate, rollback=True)
