@@ -13,8 +13,10 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,3 +109,104 @@ def standby(source: Cluster, root: Path, name: str = "replica") -> Cluster:
         fh.write(f"\nport = {c.port}\nhot_standby = on\n")
     c.start()
     return c
+
+
+def pgbouncer_binary() -> str | None:
+    """Debian's PgBouncer (scripts/ensure-pgbouncer.sh installs it), or None."""
+    return shutil.which("pgbouncer") or next((p for p in ("/usr/sbin/pgbouncer",) if os.access(p, os.X_OK)), None)
+
+
+class Bouncer:
+    """A PgBouncer process of the test's own in front of a `Cluster` (trust auth, loopback only)."""
+
+    def __init__(self, binary: str, root: Path, port: int, user: str | None, database: str, upstream: Cluster) -> None:
+        self.binary = binary
+        self.dir = root / f"pgbouncer-{port}"
+        self.port = port
+        self.user = user
+        self.database = database
+        self.upstream = upstream
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ini(self) -> Path:
+        return self.dir / "pgbouncer.ini"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "pgbouncer.log"
+
+    def url(self, user: str = "postgres") -> str:
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{self.database}"
+
+    def write(self, settings: dict[str, str | int], users: tuple[str, ...]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pgb: dict[str, str | int] = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": self.port,
+            "unix_socket_dir": "",
+            "auth_type": "trust",
+            "auth_file": str(self.dir / "userlist.txt"),
+            "logfile": str(self.log),
+            "pidfile": str(self.dir / "pgbouncer.pid"),
+            "admin_users": "postgres",
+            **settings,
+        }
+        upstream = f"host=127.0.0.1 port={self.upstream.port} dbname={self.database}"
+        lines = ["[databases]", f"{self.database} = {upstream}", "", "[pgbouncer]"]
+        lines += [f"{k} = {v}" for k, v in pgb.items()]
+        self.ini.write_text("\n".join(lines) + "\n")
+        (self.dir / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in users))
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            for p in (self.dir, self.ini, self.dir / "userlist.txt"):
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+
+    def start(self) -> None:
+        """Run it in the foreground (as the cluster's user when root) until it accepts connections."""
+        pw = pwd.getpwnam(self.user) if self.user else None
+        self.proc = subprocess.Popen(
+            [self.binary, str(self.ini)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=pw.pw_uid if pw else None,
+            group=pw.pw_gid if pw else None,
+            extra_groups=[] if pw else None,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pgbouncer exited ({self.proc.returncode}): {self.log_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"pgbouncer did not listen on {self.port} within 15 s: {self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: immediate shutdown
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def bouncer(
+    upstream: Cluster, root: Path, database: str, settings: dict[str, str | int], users: tuple[str, ...] = ("postgres",)
+) -> Bouncer:
+    """PgBouncer on a free port in front of `upstream`'s `database`, started; skips without it."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        pytest.skip("pgbouncer is not installed (scripts/ensure-pgbouncer.sh, or apt-get install pgbouncer)")
+    b = Bouncer(binary, root, free_port(), upstream.user, database, upstream)
+    b.write(settings, users)
+    b.start()
+    return b
