@@ -20,11 +20,19 @@ on wallets funded by one grant against wallets funded by N grants of mixed prior
 (the draw order has N grants to read and order for every locked wallet), hot and spread, alternating
 1 and N; --grants-only runs just that (no API, no raw loop). The N-grant figure must stay >= 0.9x.
 
+The run ends with the goals table of #19 (ratios to the raw single-debit loop measured in the same
+run, each with its goal and MET / NOT MET): the ledger core in process on WALLETS wallets; bulk
+posting, `POST /v1/transactions` with batches of --bulk-size debits on WALLETS wallets (postings/s;
+the same through `post_many` in process is shown beside it); debitWallet over the API on WALLETS
+wallets and on one hot wallet. The load average is printed before and after: on a shared machine
+the figures move with it.
+
 With --webhook-endpoint the project first gets an outbound webhook endpoint subscribed to `*`, so
 every posting also writes its `transaction.posted` event and delivery in the same statement
 (nothing is delivered: no worker runs); the summary counts those events.
 
     .venv/bin/python bench/ledger.py [--seconds 10] [--concurrency 64] [--wallets 1000] [--workers 2]
+                                     [--bulk-size 100] [--bulk-clients 8]
                                      [--webhook-endpoint] [--grants-per-wallet 10] [--grants-only]
 """
 
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -103,6 +112,120 @@ async def load_api(port: int, make: Callable[[], bytes], *, concurrency: int, se
     for s in sample:
         print("  sample error:", s.decode(errors="replace"))
     return Result(sum(counts), time.perf_counter() - t0, lat, errs[0])
+
+
+# -- bulk posting: POST /v1/transactions ---------------------------------------------------------------
+
+
+def bulk_request(token: str, pick: Callable[[], str], tag: str, size: int) -> Callable[[], bytes]:
+    """A `POST /v1/transactions` of `size` DEBITs of 1 (independent), a fresh key each."""
+    headers = [("Content-Type", "application/json"), ("Authorization", f"Bearer {token}")]
+    counter = iter(range(10**12))
+
+    def make() -> bytes:
+        ops = [
+            {"kind": "DEBIT", "walletId": pick(), "amount": 1, "idempotencyKey": f"{tag}-{next(counter)}"}
+            for _ in range(size)
+        ]
+        return request("POST", "/v1/transactions", json.dumps({"operations": ops}).encode(), headers)
+
+    return make
+
+
+async def _bulk_worker(
+    port: int, make: Callable[[], bytes], deadline: float, lat: list[float], counts: list[int], sample: list[bytes]
+) -> None:
+    """Sends batches until the deadline; counts[0] postings recorded, counts[1] refused."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline:
+            raw = make()
+            t0 = time.perf_counter()
+            writer.write(raw)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                counts[1] += 1
+                if len(sample) < 3:
+                    sample.append(body[:300])
+                continue
+            for r in json.loads(body)["results"]:
+                if r.get("error") is None:
+                    counts[0] += 1
+                else:
+                    counts[1] += 1
+                    if len(sample) < 3:
+                        sample.append(json.dumps(r["error"]).encode())
+    finally:
+        writer.close()
+
+
+async def load_bulk(port: int, make: Callable[[], bytes], *, clients: int, seconds: float) -> Result:
+    """Postings/s recorded through POST /v1/transactions (latencies are per request)."""
+    lat: list[float] = []
+    counts = [0, 0]
+    sample: list[bytes] = []
+    deadline = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    await asyncio.gather(*[_bulk_worker(port, make, deadline, lat, counts, sample) for _ in range(clients)])
+    for s in sample:
+        print("  sample error:", s.decode(errors="replace"))
+    return Result(counts[0], time.perf_counter() - t0, lat, counts[1])
+
+
+async def load_core_bulk(
+    services: object, wallets: list[object], *, clients: int, size: int, seconds: float, tag: str
+) -> Result:
+    """`post_many` of `size` debits (the call POST /v1/transactions makes) by CLIENTS tasks in process."""
+    from ledgerx.domain.actor import Actor
+    from ledgerx.domain.errors import AppError
+    from ledgerx.domain.ledger import posting
+    from ledgerx.services import Services
+
+    assert isinstance(services, Services)
+    actor = Actor.system("bench")
+    lat: list[float] = []
+    counter = iter(range(10**12))
+    counts = [0, 0]
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            batch = [
+                posting.debit_posting(actor, random.choice(wallets), 1, f"{tag}-{next(counter)}")  # type: ignore[arg-type]
+                for _ in range(size)
+            ]
+            many = await posting.post_many(services.ledger, batch)
+            lat.append(time.perf_counter() - t0)
+            refused = sum(1 for o in many.outcomes if isinstance(o, AppError))
+            counts[0] += len(many.outcomes) - refused
+            counts[1] += refused
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[client() for _ in range(clients)])
+    return Result(counts[0], time.perf_counter() - t0, lat, counts[1])
+
+
+def goals_table(rows: list[tuple[str, float, float | None, str]]) -> None:
+    """(figure, ratio to the raw single-debit loop, goal, detail), MET when ratio >= goal."""
+    print("goals (#19), ratios to the raw single-debit loop of this run:")
+    print(f"  {'figure':<64} {'ratio':>6} {'goal':>6}  {'':<8} detail")
+    for name, ratio, goal, detail in rows:
+        verdict = "" if goal is None else ("MET" if ratio >= goal else "NOT MET")
+        goal_text = "" if goal is None else f"{goal:.1f}x"
+        print(f"  {name:<64} {ratio:>5.2f}x {goal_text:>6}  {verdict:<8} {detail}")
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 # -- the raw baseline ---------------------------------------------------------------------------------
@@ -315,7 +438,7 @@ async def grants_figures(url: str, redis_url: str, args: argparse.Namespace) -> 
         report = await verify_ledger(check.ledger, pid)
         print(f"verifyLedger (grant invariants included) ok={report.ok} entries={report.entries_checked}")
     finally:
-        await check.close()
+        await check.close()  # type: ignore[attr-defined]
 
 
 # -- the API --------------------------------------------------------------------------------------------
@@ -418,7 +541,7 @@ def debit_request(token: str, pick: Callable[[], str], tag: str) -> Callable[[],
     return make
 
 
-async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits: int) -> str:
+async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits: int, expected_bulk: int) -> str:
     import httpx
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=300) as c:
@@ -434,6 +557,9 @@ async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits
         debits = await conn.fetchval(
             "SELECT count(*) FROM ledger_transactions WHERE type = 'DEBIT' AND idempotency_key LIKE 'api-%'"
         )
+        bulk = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE type = 'DEBIT' AND idempotency_key LIKE 'bulk-%'"
+        )
         transactions = await conn.fetchval("SELECT count(*) FROM ledger_transactions")
         hooks = await conn.fetchval("SELECT count(*) FROM webhook_outbox WHERE type = 'transaction.posted'")
     finally:
@@ -441,6 +567,7 @@ async def check_after(port: int, token: str, pid: str, dsn: str, expected_debits
     return (
         f"verifyLedger ok={report['ok']} wallets={report['walletsChecked']} entries={report['entriesChecked']};"  # type: ignore[index]
         f" debit transactions {debits} = successful API debits {expected_debits}: {debits == expected_debits};"
+        f" bulk debits {bulk} = postings recorded by POST /v1/transactions {expected_bulk}: {bulk == expected_bulk};"
         f" transaction.posted events {hooks} of {transactions} transactions"
     )
 
@@ -455,6 +582,8 @@ async def main() -> None:
     ap.add_argument("--wallets", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="LedgerX processes serving the API (one port)")
     ap.add_argument("--raw-connections", type=int, default=40, help="connections the raw loop's clients share")
+    ap.add_argument("--bulk-size", type=int, default=100, help="operations per POST /v1/transactions")
+    ap.add_argument("--bulk-clients", type=int, default=8, help="concurrent bulk requests (and post_many tasks)")
     ap.add_argument("--keep-db", action="store_true")
     ap.add_argument("--webhook-endpoint", action="store_true", help="the project has an endpoint subscribed to *")
     ap.add_argument("--grants-per-wallet", type=int, default=0, help="add the 1 vs N credit grants figure")
@@ -514,6 +643,7 @@ async def main() -> None:
         n, secs = args.concurrency, args.seconds
         hooked = "; one webhook endpoint subscribed to *" if args.webhook_endpoint else ""
         print(f"{os.cpu_count()} cores; {n} concurrent clients; {secs:.0f} s per figure; database {name}{hooked}")
+        print(f"before: {load_line()}")
         core = await core_services(url, s.redis_url)
         core_hot_w = await wallet_refs(core, [hot_wallet])
         core_spread_w = await wallet_refs(core, spread_wallets)
@@ -522,6 +652,13 @@ async def main() -> None:
             await raw.run(lambda: 0, concurrency=n, seconds=1)
             await load_core(core, core_hot_w, concurrency=n, seconds=1, tag="warm")
             await load_api(port, debit_request(token, lambda: hot_wallet, "warm"), concurrency=n, seconds=2)
+            # Each API process caches wallet lookups (project, currency) like a server in service;
+            # cycle through every wallet a few times so the spread figures do not measure cold caches.
+            cycle = itertools.cycle(spread_wallets)
+            warm_s = max(2.0, 4 * args.wallets / 1000)
+            await load_api(
+                port, debit_request(token, lambda: next(cycle), "warm-spread"), concurrency=n, seconds=warm_s
+            )
             raw_hot = await raw.run(lambda: 0, concurrency=n, seconds=secs)
             core_hot = await load_core(core, core_hot_w, concurrency=n, seconds=secs, tag="core-hot")
             api_hot = await load_api(
@@ -531,13 +668,19 @@ async def main() -> None:
             core_spread = await load_core(core, core_spread_w, concurrency=n, seconds=secs, tag="core-spread")
             pick = lambda: random.choice(spread_wallets)  # noqa: E731
             api_spread = await load_api(port, debit_request(token, pick, "api-spread"), concurrency=n, seconds=secs)
+            bulk_make = bulk_request(token, pick, "bulk", args.bulk_size)
+            await load_bulk(port, bulk_request(token, pick, "warm-bulk", args.bulk_size), clients=2, seconds=1)
+            api_bulk = await load_bulk(port, bulk_make, clients=args.bulk_clients, seconds=secs)
+            core_bulk = await load_core_bulk(
+                core, core_spread_w, clients=args.bulk_clients, size=args.bulk_size, seconds=secs, tag="core-bulk"
+            )
             # The ceiling of any one-operation request on this machine: the HTTP, auth, rate-limit
             # and GraphQL layers with nothing behind them.
             api_floor = await load_api(port, typename_request(token), concurrency=n, seconds=secs)
         batches = core.ledger.batcher  # type: ignore[attr-defined]
         await core.close()  # type: ignore[attr-defined]
         ok_debits = api_hot.requests - api_hot.errors + api_spread.requests - api_spread.errors
-        summary = await check_after(port, token, pid, dsn, ok_debits)
+        summary = await check_after(port, token, pid, dsn, ok_debits, api_bulk.requests)
 
         print(
             f"API: {args.workers} LedgerX process(es) on one port (SO_REUSEPORT); every debit is a full posting (2 entries, hash chain,"
@@ -552,6 +695,9 @@ async def main() -> None:
         print(core_spread.line(f"ledger core, {args.wallets} wallets"))
         print(api_spread.line(f"GraphQL debitWallet, {args.wallets} wallets"))
         print(api_floor.line("GraphQL { __typename } (ceiling)"))
+        bulk_label = f"POST /v1/transactions, {args.bulk_size}/batch, {args.wallets} wallets (postings/s)"
+        print(api_bulk.line(bulk_label))
+        print(core_bulk.line(f"post_many in process, {args.bulk_size}/batch (postings/s)"))
         print(
             f"ratio API/raw,  hot wallet: {api_hot.rps / raw_hot.rps:.2f}   {args.wallets} wallets: {api_spread.rps / raw_spread.rps:.2f}"
         )
@@ -560,6 +706,44 @@ async def main() -> None:
         )
         print(f"core batching: {batches.postings} postings in {batches.batches} database transactions")
         print(summary)
+        w = args.wallets
+        goals_table(
+            [
+                (f"raw single-debit loop, {w} wallets", 1.0, None, f"{raw_spread.rps:.0f} debits/s"),
+                (
+                    "raw single-debit loop, 1 hot wallet",
+                    raw_hot.rps / raw_spread.rps,
+                    None,
+                    f"{raw_hot.rps:.0f} debits/s",
+                ),
+                (
+                    f"ledger core in process, {w} wallets",
+                    core_spread.rps / raw_spread.rps,
+                    1.5,
+                    f"{core_spread.rps:.0f}/s",
+                ),
+                (
+                    f"bulk POST /v1/transactions, {args.bulk_size}/batch, {w} wallets",
+                    api_bulk.rps / raw_spread.rps,
+                    3.0,
+                    f"{api_bulk.rps:.0f} postings/s ({api_bulk.errors} refused)",
+                ),
+                (
+                    f"  (post_many in process, {args.bulk_size}/batch, {w} wallets)",
+                    core_bulk.rps / raw_spread.rps,
+                    None,
+                    f"{core_bulk.rps:.0f} postings/s",
+                ),
+                (f"GraphQL debitWallet, {w} wallets", api_spread.rps / raw_spread.rps, 0.6, f"{api_spread.rps:.0f}/s"),
+                (
+                    "GraphQL debitWallet, 1 hot wallet (to the raw hot loop)",
+                    api_hot.rps / raw_hot.rps,
+                    2.0,
+                    f"{api_hot.rps:.0f}/s",
+                ),
+            ]
+        )
+        print(f"after: {load_line()}")
         if args.grants_per_wallet:
             await grants_figures(url, s.redis_url, args)
     finally:
