@@ -241,8 +241,9 @@ export default {
         renderAnalytics(out, data.revenueAnalytics);
       } catch (err) {
         out.replaceChildren(errorBox(err));
+        return;
       }
-      startLive(cur);
+      startLive(cur); // the live figures follow the currency the range is shown in
     };
 
     const form = el(
