@@ -82,8 +82,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(module_app: str, port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """One uvicorn worker in its own process (uvloop and httptools when installed)."""
+def spawn(
+    module_app: str, port: int, env: dict[str, str] | None = None, server: str = "uvicorn"
+) -> subprocess.Popen[bytes]:
+    """One server worker in its own process: uvicorn (uvloop and httptools when installed), or
+    granian (Rust HTTP, uvloop) for the trial of #19. granian has no app factories: it is given
+    `lazy:<module>:<factory>` (bench/_lazy.py), which builds the app at the lifespan's start."""
+    if server == "granian":
+        cmd = [
+            sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1", "--loop", "uvloop", "--log-level", "warning", "--no-access-log", "bench._lazy:app",
+        ]  # fmt: skip
+        return subprocess.Popen(cmd, env={**os.environ, **(env or {}), "LEDGERX_BENCH_FACTORY": module_app})
     cmd = [
         sys.executable,
         "-m",

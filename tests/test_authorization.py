@@ -31,6 +31,7 @@ CREATE_KEY = "mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { secre
 BATCH = "mutation($i: RecordUsageBatchInput!) { recordUsageBatch(input: $i) { accepted } }"
 SUSPEND = "mutation($i: SuspendProjectInput!) { suspendProject(input: $i) { status } }"
 HTTP_USAGE = "POST /v1/usage"
+HTTP_TRANSACTIONS = "POST /v1/transactions"
 HTTP_ENTITLEMENTS = "GET /v1/entitlements"
 HTTP_ENTITLEMENT = "GET /v1/entitlements/{featureKey}"
 HTTP_GETS = {HTTP_ENTITLEMENTS: "/v1/entitlements", HTTP_ENTITLEMENT: "/v1/entitlements/sso"}
@@ -198,6 +199,7 @@ OPS: dict[str, Op] = {
         lambda w: {"i": {"walletId": w.wallet_id, "metricKey": "api_calls", "units": "1", "idempotencyKey": fresh()}},
     ),
     HTTP_USAGE: Op(),
+    HTTP_TRANSACTIONS: Op(),
     HTTP_ENTITLEMENTS: Op(),
     HTTP_ENTITLEMENT: Op(),
     "wallet": Op("query($w: ID!) { wallet(id: $w) { id } }", lambda w: {"w": w.wallet_id}),
@@ -231,6 +233,12 @@ OPS: dict[str, Op] = {
         "mutation($i: RefundTransactionInput!) { refundTransaction(input: $i) { id } }",
         lambda w: {"i": {"transactionId": w.transaction_id, "amount": 1, "idempotencyKey": fresh()}},
     ),
+    "postTransactions": Op(
+        "mutation($i: PostTransactionsInput!) { postTransactions(input: $i) { results { error { code } } } }",
+        lambda w: {
+            "i": {"operations": [{"kind": "CREDIT", "walletId": w.wallet_id, "amount": 1, "idempotencyKey": fresh()}]}
+        },
+    ),
     "billingRule": Op("query($id: ID!) { billingRule(id: $id) { id } }", lambda w: {"id": w.rule_id}),
     "billingRules": Op(
         "query($p: ID!) { billingRules(projectId: $p) { edges { node { id } } } }", lambda w: {"p": w.project_id}
@@ -253,6 +261,14 @@ OPS: dict[str, Op] = {
     "updateBillingRule": Op(
         "mutation($i: UpdateBillingRuleInput!) { updateBillingRule(input: $i) { id } }",
         lambda w: {"i": {"id": w.rule_id, "name": "renamed"}},
+    ),
+    "previewBillingRuleDraft": Op(
+        "query($i: CreateBillingRuleInput!) { previewBillingRuleDraft(input: $i, count: 1) { at } }",
+        lambda w: {"i": {"walletId": w.wallet_id, "name": "draft", "mode": "DAILY_FLAT", "amount": 1}},
+    ),
+    "previewBillingRuleChange": Op(
+        "query($i: UpdateBillingRuleInput!) { previewBillingRuleChange(input: $i, count: 1) { at } }",
+        lambda w: {"i": {"id": w.rule_id, "amount": 2}},
     ),
     "pauseBillingRule": Op("mutation($id: ID!) { pauseBillingRule(id: $id) { id } }", lambda w: {"id": w.rule_id}),
     "resumeBillingRule": Op("mutation($id: ID!) { resumeBillingRule(id: $id) { id } }", lambda w: {"id": w.rule_id}),
@@ -320,6 +336,14 @@ class Caller:
             body = {"events": [{"metricKey": "api_calls", "units": 1, "idempotencyKey": fresh()}]}
             r = await self.gql.client.post("/v1/usage", json=body, headers={"Authorization": f"Bearer {secret}"})
             if r.status_code == 200 and r.json()["accepted"] == 1:
+                return None
+            return dict(r.json().get("error") or {"code": f"HTTP {r.status_code}", "body": r.text})
+        if operation == HTTP_TRANSACTIONS:
+            op_ = {"kind": "CREDIT", "walletId": self.world.wallet_id, "amount": 1, "idempotencyKey": fresh()}
+            r = await self.gql.client.post(
+                "/v1/transactions", json={"operations": [op_]}, headers={"Authorization": f"Bearer {secret}"}
+            )
+            if r.status_code == 200 and r.json()["results"][0]["error"] is None:
                 return None
             return dict(r.json().get("error") or {"code": f"HTTP {r.status_code}", "body": r.text})
         if operation in HTTP_GETS:

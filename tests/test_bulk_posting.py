@@ -247,7 +247,7 @@ async def test_post_v1_transactions_with_an_api_key(gql: GQL, client: httpx.Asyn
 
     read_only = await api_key(gql, owner, pid, ["wallets:read"])
     denied = await client.post("/v1/transactions", json=body, headers={"X-Api-Key": read_only})
-    assert denied.status_code == 200 and denied.json()["results"][0]["error"]["code"] == "FORBIDDEN"
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "FORBIDDEN"
     cases: list[tuple[Any, str]] = [
         ({"operations": "x"}, "operations"),
         ({"operations": [{"kind": "BURN", "walletId": a, "amount": 1, "idempotencyKey": "k"}]}, "operations[0].kind"),

@@ -25,9 +25,9 @@ from starlette.responses import Response
 from ledgerx.domain.actor import Actor, RequestMeta
 from ledgerx.domain.auth.principal import Principal
 from ledgerx.domain.errors import AppError, BadInput, Unauthenticated
-from ledgerx.domain.ledger import bulk, payloads
+from ledgerx.domain.ledger import bulk, payloads, policy
 from ledgerx.domain.ledger.types import MAX_BIGINT
-from ledgerx.domain.tenancy.authorize import Authorizer
+from ledgerx.domain.tenancy.authorize import Authorizer, check_key_scope
 from ledgerx.http import edge, jsonbody
 from ledgerx.http.edge import error_response, json_response
 from ledgerx.logs import request_id_var
@@ -59,6 +59,7 @@ def transactions_endpoint(services: Callable[[], Services]) -> Callable[[Request
 
 
 async def _post(svc: Services, principal: Principal, request: Request) -> Response:
+    check_key_scope(principal, policy.WRITE)  # before reading a body that would be refused anyway
     try:
         raw = await jsonbody.read_body(request, MAX_BODY_BYTES)
         payload = jsonbody.loads(raw)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 import strawberry
 
 from ledgerx import ids
 from ledgerx.domain.billing import clocks, preview, rules, store
 from ledgerx.domain.billing.policy import READ, WRITE
+from ledgerx.domain.billing.records import Rule
 from ledgerx.domain.errors import NotFound
 from ledgerx.domain.ledger import WalletRef, wallets
 from ledgerx.domain.pagination import decode_cursor, page_size
@@ -103,6 +105,48 @@ class Query:
     ) -> list[BillingPreviewItemType]:
         access, rule_id = await _rule(info, id, write=False)
         rule, _, items = await preview.preview(info.context.services.billing, access.project_id, rule_id, count)
+        return [BillingPreviewItemType.of(rule, x) for x in items]
+
+    @strawberry.field(
+        description="The preview a new rule would have, before it is created: the same checks and"
+        " schedule as createBillingRule, nothing written (project admins; the console's live preview)."
+    )
+    async def preview_billing_rule_draft(
+        self, info: Info, input: CreateBillingRuleInput, count: int = 10
+    ) -> list[BillingPreviewItemType]:
+        ref = await _wallet(info, input.wallet_id, write=True)
+        ctx = info.context
+
+        async def draft(conn: asyncpg.Connection) -> Rule:
+            return await rules.create_in(
+                conn,
+                ctx.services.billing,
+                ctx.actor(),
+                project_id=ref.project_id,
+                wallet_id=ref.id,
+                currency=ref.currency,
+                fields=create_fields(input),
+            )
+
+        rule, _, items = await preview.preview_draft(ctx.services.billing, ref.project_id, count, draft)
+        return [BillingPreviewItemType.of(rule, x) for x in items]
+
+    @strawberry.field(
+        description="The preview a rule would have with these changes, before they are saved: the same"
+        " checks as updateBillingRule, nothing written (project admins; the console's live preview)."
+    )
+    async def preview_billing_rule_change(
+        self, info: Info, input: UpdateBillingRuleInput, count: int = 10
+    ) -> list[BillingPreviewItemType]:
+        access, rule_id = await _rule(info, input.id, write=True)
+        ctx = info.context
+
+        async def draft(conn: asyncpg.Connection) -> Rule:
+            return await rules.update_in(
+                conn, ctx.services.billing, ctx.actor(), access.project_id, rule_id, update_fields(input)
+            )
+
+        rule, _, items = await preview.preview_draft(ctx.services.billing, access.project_id, count, draft)
         return [BillingPreviewItemType.of(rule, x) for x in items]
 
     @strawberry.field(description="A test-mode project's clock.")

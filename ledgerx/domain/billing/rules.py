@@ -49,50 +49,66 @@ async def create_rule(
     currency: str,
     fields: RuleFields,
 ) -> Rule:
-    spec = validate(fields)
     async with store.tenant(svc.db, project_id) as conn:
-        test_mode, now = await clocks.project_clock(conn, project_id, svc.now())
-        metric_id = await _resolve_metric(conn, project_id, spec.metric_key) if spec.metric_key else None
-        start = spec.start_at or default_start(spec, now)
-        schedule = spec.schedule(start)
-        # Nothing is owed for instants before the rule existed (or before its start).
-        through = max(now, start - dt.timedelta(microseconds=1))
-        first = first_instant(schedule, through, field="cron" if spec.cron else "startAt")
-        row = await conn.fetchrow(
-            _INSERT_RULE,
-            uuid7(),
-            project_id,
-            wallet_id,
-            spec.name,
-            spec.mode,
-            currency,
-            spec.amount,
-            metric_id,
-            spec.metric_key,
-            spec.unit_price,
-            list(spec.weekdays),
-            list(spec.month_days),
-            spec.cron,
-            spec.timezone,
-            spec.time_of_day,
-            start,
-            spec.catch_up,
-            test_mode,
-            max(start, now),
-            first,
-            actor.id if actor.type == "user" else None,
-            through,
+        return await create_in(
+            conn, svc, actor, project_id=project_id, wallet_id=wallet_id, currency=currency, fields=fields
         )
-        rule = Rule.of(row)
-        await audit.record(
-            conn,
-            actor,
-            "billing_rule.create",
-            project_id=project_id,
-            target_type="billing_rule",
-            target_id=rule.public_id,
-            after=rule.audit_json(),
-        )
+
+
+async def create_in(
+    conn: asyncpg.Connection,
+    svc: BillingService,
+    actor: Actor,
+    *,
+    project_id: uuid.UUID,
+    wallet_id: uuid.UUID,
+    currency: str,
+    fields: RuleFields,
+) -> Rule:
+    """`create_rule` inside the caller's transaction (a draft preview rolls it back)."""
+    spec = validate(fields)
+    test_mode, now = await clocks.project_clock(conn, project_id, svc.now())
+    metric_id = await _resolve_metric(conn, project_id, spec.metric_key) if spec.metric_key else None
+    start = spec.start_at or default_start(spec, now)
+    schedule = spec.schedule(start)
+    # Nothing is owed for instants before the rule existed (or before its start).
+    through = max(now, start - dt.timedelta(microseconds=1))
+    first = first_instant(schedule, through, field="cron" if spec.cron else "startAt")
+    row = await conn.fetchrow(
+        _INSERT_RULE,
+        uuid7(),
+        project_id,
+        wallet_id,
+        spec.name,
+        spec.mode,
+        currency,
+        spec.amount,
+        metric_id,
+        spec.metric_key,
+        spec.unit_price,
+        list(spec.weekdays),
+        list(spec.month_days),
+        spec.cron,
+        spec.timezone,
+        spec.time_of_day,
+        start,
+        spec.catch_up,
+        test_mode,
+        max(start, now),
+        first,
+        actor.id if actor.type == "user" else None,
+        through,
+    )
+    rule = Rule.of(row)
+    await audit.record(
+        conn,
+        actor,
+        "billing_rule.create",
+        project_id=project_id,
+        target_type="billing_rule",
+        target_id=rule.public_id,
+        after=rule.audit_json(),
+    )
     return rule
 
 
@@ -111,54 +127,66 @@ async def update_rule(
     """Change a rule. Periods already run stay as they are; a changed schedule applies from the
     first of its instants after now (never to the past); the mode cannot change."""
     async with store.tenant(svc.db, project_id) as conn:
-        rule = await store.lock_rule(conn, project_id, rule_id)
-        if "mode" in fields.provided and fields.mode != rule.mode:
-            # Pricing and the carried cursor mean different things per mode: keep it simple.
-            raise BadInput("a rule's mode cannot change; create a new rule (and pause this one)", field="mode")
-        spec = validate(fields, rule)
-        _, now = await clocks.project_clock(conn, project_id, svc.now())
-        before = rule.audit_json()
-        metric_id = rule.metric_id
-        if spec.metric_key != rule.metric_key:
-            metric_id = await _resolve_metric(conn, project_id, spec.metric_key) if spec.metric_key else None
-        start = spec.start_at or rule.start_at
-        schedule = spec.schedule(start)
-        through, next_run = rule.scheduled_through, rule.next_run_at
-        if schedule != rule.schedule():
-            through = max(now, rule.scheduled_through, start - dt.timedelta(microseconds=1))
-            next_run = first_instant(schedule, through, field="cron" if spec.cron else "startAt")
-        probe = dataclasses.replace(rule, next_run_at=next_run)
-        row = await conn.fetchrow(
-            _UPDATE_RULE,
-            rule.id,
-            spec.name,
-            spec.mode,
-            spec.amount,
-            metric_id,
-            spec.metric_key,
-            spec.unit_price,
-            list(spec.weekdays),
-            list(spec.month_days),
-            spec.cron,
-            spec.timezone,
-            spec.time_of_day,
-            start,
-            spec.catch_up,
-            next_run,
-            due_of(probe),
-            through,
-        )
-        updated = Rule.of(row)
-        await audit.record(
-            conn,
-            actor,
-            "billing_rule.update",
-            project_id=project_id,
-            target_type="billing_rule",
-            target_id=updated.public_id,
-            before=before,
-            after=updated.audit_json(),
-        )
+        return await update_in(conn, svc, actor, project_id, rule_id, fields)
+
+
+async def update_in(
+    conn: asyncpg.Connection,
+    svc: BillingService,
+    actor: Actor,
+    project_id: uuid.UUID,
+    rule_id: uuid.UUID,
+    fields: RuleFields,
+) -> Rule:
+    """`update_rule` inside the caller's transaction (a draft preview rolls it back)."""
+    rule = await store.lock_rule(conn, project_id, rule_id)
+    if "mode" in fields.provided and fields.mode != rule.mode:
+        # Pricing and the carried cursor mean different things per mode: keep it simple.
+        raise BadInput("a rule's mode cannot change; create a new rule (and pause this one)", field="mode")
+    spec = validate(fields, rule)
+    _, now = await clocks.project_clock(conn, project_id, svc.now())
+    before = rule.audit_json()
+    metric_id = rule.metric_id
+    if spec.metric_key != rule.metric_key:
+        metric_id = await _resolve_metric(conn, project_id, spec.metric_key) if spec.metric_key else None
+    start = spec.start_at or rule.start_at
+    schedule = spec.schedule(start)
+    through, next_run = rule.scheduled_through, rule.next_run_at
+    if schedule != rule.schedule():
+        through = max(now, rule.scheduled_through, start - dt.timedelta(microseconds=1))
+        next_run = first_instant(schedule, through, field="cron" if spec.cron else "startAt")
+    probe = dataclasses.replace(rule, next_run_at=next_run)
+    row = await conn.fetchrow(
+        _UPDATE_RULE,
+        rule.id,
+        spec.name,
+        spec.mode,
+        spec.amount,
+        metric_id,
+        spec.metric_key,
+        spec.unit_price,
+        list(spec.weekdays),
+        list(spec.month_days),
+        spec.cron,
+        spec.timezone,
+        spec.time_of_day,
+        start,
+        spec.catch_up,
+        next_run,
+        due_of(probe),
+        through,
+    )
+    updated = Rule.of(row)
+    await audit.record(
+        conn,
+        actor,
+        "billing_rule.update",
+        project_id=project_id,
+        target_type="billing_rule",
+        target_id=updated.public_id,
+        before=before,
+        after=updated.audit_json(),
+    )
     return updated
 
 

@@ -32,7 +32,7 @@ from ledgerx.domain.ledger import policy, posting, wallets
 from ledgerx.domain.ledger.batcher import RETRYABLE, SINGLE_ATTEMPTS
 from ledgerx.domain.ledger.service import LedgerService, WalletRef
 from ledgerx.domain.ledger.types import Posted, Posting
-from ledgerx.domain.tenancy.authorize import Authorizer, Rule
+from ledgerx.domain.tenancy.authorize import Authorizer, Rule, check_key_scope
 
 ABORTED = "ABORTED"
 
@@ -100,6 +100,8 @@ async def post_operations(
 ) -> list[OperationResult]:
     """Every operation's result, in the order given (see the module's docstring)."""
     check_size(len(operations), max_batch)
+    # An API key without `wallets:write` is refused whole, as by every single posting's mutation.
+    check_key_scope(authorizer.principal, policy.WRITE)
     built: list[Posting | AppError] = []
     for op in operations:
         try:

@@ -58,8 +58,16 @@ WALLETS_READ = Scope(
 )
 WALLETS_WRITE = Scope(
     "wallets:write",
-    "Create wallets and move money: credit, debit, transfer, refund.",
-    ("createWallet", "creditWallet", "debitWallet", "transferCredits", "refundTransaction"),
+    "Create wallets and move money: credit, debit, transfer, refund, and many at once (bulk posting).",
+    (
+        "createWallet",
+        "creditWallet",
+        "debitWallet",
+        "transferCredits",
+        "refundTransaction",
+        "postTransactions",
+        "POST /v1/transactions",
+    ),
 )
 BILLING_READ = Scope(
     "billing:read",
@@ -77,10 +85,13 @@ BILLING_READ = Scope(
 )
 BILLING_WRITE = Scope(
     "billing:write",
-    "Create, change, pause, resume and run billing rules; advance the test clock.",
+    "Create, change, pause, resume and run billing rules (and preview a draft or a change before"
+    " saving it); advance the test clock.",
     (
         "createBillingRule",
         "updateBillingRule",
+        "previewBillingRuleDraft",
+        "previewBillingRuleChange",
         "pauseBillingRule",
         "resumeBillingRule",
         "runBillingRule",
