@@ -81,7 +81,7 @@ async def caught_up(pair: Pair) -> None:
     """Wait until the replica has replayed everything the primary has written so far."""
     p, r = await superuser(pair.primary), await superuser(pair.replica)
     try:
-        target = await p.fetchval("SELECT pg_current_wal_lsn()")
+        target = await p.fetchval("SELECT pg_current_wal_insert_lsn()")
         for _ in range(300):
             if await r.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", target):
                 return
