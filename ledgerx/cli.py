@@ -143,8 +143,8 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     from ledgerx.db.migrate import upgrade
 
     s = _resolved()
-    assert s.database_url
-    upgrade(s.database_url)
+    assert s.migrations_url
+    upgrade(s.migrations_url)
     print("database is up to date")
     return 0
 
@@ -157,8 +157,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     raw = _settings()
     s = _resolved()
-    assert s.database_url
-    upgrade(s.database_url)
+    assert s.migrations_url
+    upgrade(s.migrations_url)
     logs.configure(s.log_level)  # alembic's fileConfig-free run may have touched logging
     app = create_app(s)
     config = uvicorn.Config(
@@ -330,8 +330,8 @@ def cmd_demo(_: argparse.Namespace) -> int:
     s = _resolved()
     if s.production:
         raise _Fatal("demo: the demo account has a published password; not in production (LEDGERX_ENV)")
-    assert s.database_url
-    upgrade(s.database_url)
+    assert s.migrations_url
+    upgrade(s.migrations_url)
     logs.configure(s.log_level)
 
     async def run() -> demo.DemoReport:
@@ -374,9 +374,9 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
         from ledgerx.domain.auth.service import normalize_email
         from ledgerx.ids import uuid7
 
-        assert s.database_url
+        assert s.migrations_url  # an owner path: straight to PostgreSQL, never through a pooler
         email = normalize_email(args.email)
-        engine = make_engine(s.database_url, role=None, pool_size=1)
+        engine = make_engine(s.migrations_url, role=None, pool_size=1)
         try:
             async with engine.begin() as conn:
                 row = (

@@ -179,6 +179,12 @@ class Scheduler:
         """Finish the batch in flight, stop, and hand the lease over at once."""
         self._stop.set()
         self._wake.set()
+        if self._task is not None and self._task.done():
+            # Already ended (cancelled with its services, or crashed): collect it, never re-raise
+            # its CancelledError into the caller's shutdown.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._task.result()
+            self._task = None
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, grace)
