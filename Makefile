@@ -36,8 +36,15 @@ typecheck: $(VENV)/.installed-dev
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy --strict sdk/python/ledgerx_client sdk/python/generate.py
 
-pytest: $(VENV)/.installed-dev
-	@scripts/ensure-chromium.sh  # the dashboard browser test needs Debian's chromium; it skips without one
+# The TypeScript SDK's packages (tests/test_sdk_typescript.py skips, saying why, without node and npm).
+SDK_TS := sdk/typescript
+$(SDK_TS)/node_modules/.package-lock.json: $(SDK_TS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd $(SDK_TS) && npm ci --no-audit --no-fund --silent; \
+	else echo "npm is missing: the TypeScript SDK tests will be skipped"; fi
+
+pytest: $(VENV)/.installed-dev $(SDK_TS)/node_modules/.package-lock.json
+	@scripts/ensure-chromium.sh  # the console's browser tests need Debian's chromium; they skip without one
+	@scripts/ensure-pgbouncer.sh  # the PgBouncer test needs Debian's pgbouncer; it skips without one
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -46,8 +53,14 @@ schema: $(VENV)/.installed-dev
 	$(VENV)/bin/ledgerx export-schema -o schema.graphql
 
 # The client SDKs, regenerated from schema.graphql and sdk/operations/*.graphql (tests fail on drift).
-sdk: $(VENV)/.installed-dev
+sdk: $(VENV)/.installed-dev $(SDK_TS)/node_modules/.package-lock.json
 	$(PY) sdk/python/generate.py
+	cd $(SDK_TS) && npm run generate && npm run build
+
+# docs/screenshots/*.png: every console page in headless chromium (a scratch database, the demo data).
+screenshots: $(VENV)/.installed-dev
+	@scripts/ensure-chromium.sh
+	$(PY) scripts/screenshots.py
 
 bench: $(VENV)/.installed-dev
 	$(PY) bench/graphql_overhead.py

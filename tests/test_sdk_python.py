@@ -317,6 +317,28 @@ async def test_wallets_and_transactions_with_the_blocking_client(tenant: Tenant)
     await asyncio.to_thread(run)
 
 
+async def test_bulk_posting_answers_each_operation_and_a_retry_returns_the_first_results(tenant: Tenant) -> None:
+    async with tenant.async_client() as client:
+        a = await client.create_wallet(project_id=tenant.project_id, name="a")
+        b = await client.create_wallet(project_id=tenant.project_id, name="b")
+        await client.credit_wallet(wallet_id=a["id"], amount=100)
+        ops: list[Any] = [
+            {"kind": "DEBIT", "walletId": a["id"], "amount": 30, "idempotencyKey": "bulk-1"},
+            {"kind": "TRANSFER", "walletId": a["id"], "toWalletId": b["id"], "amount": 20, "idempotencyKey": "bulk-2"},
+            {"kind": "DEBIT", "walletId": a["id"], "amount": 500, "idempotencyKey": "bulk-3"},
+        ]
+        first = (await client.post_transactions(operations=ops))["results"]
+        assert [r["error"]["code"] if r["error"] else None for r in first] == [None, None, "INSUFFICIENT_FUNDS"]
+        again = (await client.post_transactions(operations=ops))["results"]
+        assert [r["replayed"] for r in again] == [True, True, False]
+        assert [r["transaction"] and r["transaction"]["id"] for r in again] == [
+            r["transaction"] and r["transaction"]["id"] for r in first
+        ]
+        assert (await client.wallet(a["id"]))["balance"] == "50"
+        atomic = (await client.post_transactions(operations=ops, atomic=True))["results"]
+        assert [r["error"]["code"] for r in atomic if r["error"]] == ["ABORTED", "ABORTED", "INSUFFICIENT_FUNDS"]
+
+
 async def test_the_async_client_transfers_refunds_and_types_its_errors(tenant: Tenant) -> None:
     retries: list[RetryEvent] = []
     async with tenant.async_client(on_retry=retries.append) as client:

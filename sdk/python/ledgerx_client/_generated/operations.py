@@ -15,6 +15,7 @@ from ledgerx_client._generated.types import (
     BillingRuleRunsBillingRule,
     BillingRulesBillingRules,
     BillingRunFields,
+    BulkOperationInput,
     CatchUpPolicy,
     CreateApiKeyCreateApiKey,
     CreateWebhookEndpointCreateWebhookEndpoint,
@@ -30,6 +31,7 @@ from ledgerx_client._generated.types import (
     InvoiceStatus,
     MetricAggregation,
     MetricFields,
+    PostTransactionsPostTransactions,
     PreviewBillingRulePreviewBillingRule,
     PreviewUsageChargePreviewUsageCharge,
     PricingInput,
@@ -1069,6 +1071,48 @@ REFUND_TRANSACTION = """
 mutation RefundTransaction($input: RefundTransactionInput!) {
   refundTransaction(input: $input) {
     ...TransactionFields
+  }
+}
+
+fragment TransactionFields on Transaction {
+  id
+  cursor
+  projectId
+  walletId
+  type
+  kind
+  currency
+  amount
+  balanceBefore
+  balanceAfter
+  idempotencyKey
+  reference
+  reason
+  metadata
+  refundOfId
+  refundedAmount
+  createdAt
+  grantDraws {
+    grantId
+    amount
+  }
+}
+"""
+POST_TRANSACTIONS = """
+mutation PostTransactions($input: PostTransactionsInput!) {
+  postTransactions(input: $input) {
+    results {
+      index
+      replayed
+      transaction {
+        ...TransactionFields
+      }
+      error {
+        code
+        message
+        field
+      }
+    }
   }
 }
 
@@ -2234,6 +2278,24 @@ class SyncOperations(SyncBaseClient):
         )
         return cast("TransactionFields", data)
 
+    def post_transactions(
+        self,
+        *,
+        operations: list[BulkOperationInput],
+        atomic: bool | None = None,
+    ) -> PostTransactionsPostTransactions:
+        """Many credits, debits and transfers in one request: each operation's result in order; atomic (all or nothing)
+        or independent (default). Idempotent per operation.
+        """
+        data = self._execute(
+            POST_TRANSACTIONS,
+            "PostTransactions",
+            {"input": drop_none({"operations": operations, "atomic": atomic})},
+            "postTransactions",
+            idempotent=True,
+        )
+        return cast("PostTransactionsPostTransactions", data)
+
     def usage_metrics(self, project_id: str) -> list[MetricFields]:
         """A project's metrics, by key."""
         data = self._execute(
@@ -3180,6 +3242,24 @@ class AsyncOperations(AsyncBaseClient):
             idempotent=True,
         )
         return cast("TransactionFields", data)
+
+    async def post_transactions(
+        self,
+        *,
+        operations: list[BulkOperationInput],
+        atomic: bool | None = None,
+    ) -> PostTransactionsPostTransactions:
+        """Many credits, debits and transfers in one request: each operation's result in order; atomic (all or nothing)
+        or independent (default). Idempotent per operation.
+        """
+        data = await self._execute(
+            POST_TRANSACTIONS,
+            "PostTransactions",
+            {"input": drop_none({"operations": operations, "atomic": atomic})},
+            "postTransactions",
+            idempotent=True,
+        )
+        return cast("PostTransactionsPostTransactions", data)
 
     async def usage_metrics(self, project_id: str) -> list[MetricFields]:
         """A project's metrics, by key."""

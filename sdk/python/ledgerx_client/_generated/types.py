@@ -44,6 +44,7 @@ TransactionKind: TypeAlias = Literal[
     "DISPUTE",
     "EXPIRATION",
 ]
+BulkOperationKind: TypeAlias = Literal["CREDIT", "DEBIT", "TRANSFER"]
 MetricAggregation: TypeAlias = Literal["SUM", "COUNT", "MAX", "UNIQUE"]
 PricingModel: TypeAlias = Literal["PER_UNIT", "GRADUATED", "VOLUME", "PACKAGE"]
 UsageGranularity: TypeAlias = Literal["MINUTE", "HOUR", "DAY", "MONTH"]
@@ -141,6 +142,22 @@ class RefundTransactionInput(TypedDict):
     amount: NotRequired[BigIntInput | None]
     idempotencyKey: str
     reason: NotRequired[str | None]
+
+
+class BulkOperationInput(TypedDict):
+    kind: BulkOperationKind
+    walletId: str
+    amount: BigIntInput
+    idempotencyKey: str
+    toWalletId: NotRequired[str | None]
+    reason: NotRequired[str | None]
+    reference: NotRequired[str | None]
+    metadata: NotRequired[JSON | None]
+
+
+class PostTransactionsInput(TypedDict):
+    operations: list[BulkOperationInput]
+    atomic: NotRequired[bool]
 
 
 class PricingTierInput(TypedDict):
@@ -499,6 +516,23 @@ class WalletTransactionsWallet(TypedDict):
     transactions: WalletTransactionsWalletTransactions
 
 
+class PostTransactionsPostTransactionsResultsError(TypedDict):
+    code: str
+    message: str
+    field: str | None
+
+
+class PostTransactionsPostTransactionsResults(TypedDict):
+    index: int
+    replayed: bool
+    transaction: TransactionFields | None
+    error: PostTransactionsPostTransactionsResultsError | None
+
+
+class PostTransactionsPostTransactions(TypedDict):
+    results: list[PostTransactionsPostTransactionsResults]
+
+
 class PricingFieldsTiers(TypedDict):
     upTo: Decimal | None
     unitPrice: Decimal
@@ -665,6 +699,8 @@ __all__ = [
     "BillingRunFields",
     "BillingRunStatus",
     "BillingRunTrigger",
+    "BulkOperationInput",
+    "BulkOperationKind",
     "CatchUpPolicy",
     "ChargeUsageInput",
     "CreateApiKeyCreateApiKey",
@@ -697,6 +733,10 @@ __all__ = [
     "MetricFields",
     "MoneyFields",
     "PageInfoFields",
+    "PostTransactionsInput",
+    "PostTransactionsPostTransactions",
+    "PostTransactionsPostTransactionsResults",
+    "PostTransactionsPostTransactionsResultsError",
     "PreviewBillingRulePreviewBillingRule",
     "PreviewUsageChargeInput",
     "PreviewUsageChargePreviewUsageCharge",

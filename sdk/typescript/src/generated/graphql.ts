@@ -28,6 +28,26 @@ export type BillingRunTrigger =
   | 'SCHEDULE'
   | 'TEST_CLOCK';
 
+/** One credit, debit or transfer; the fields of its single mutation. */
+export type BulkOperationInput = {
+  amount: string | number | bigint;
+  idempotencyKey: string;
+  kind: BulkOperationKind;
+  metadata?: unknown;
+  reason?: string | null | undefined;
+  /** CREDIT and DEBIT only. */
+  reference?: string | null | undefined;
+  /** A TRANSFER's target. */
+  toWalletId?: string | null | undefined;
+  /** The wallet credited or debited; a transfer's source. */
+  walletId: string;
+};
+
+export type BulkOperationKind =
+  | 'CREDIT'
+  | 'DEBIT'
+  | 'TRANSFER';
+
 /** After downtime: charge every missed period (ALL) or only the newest (LATEST). */
 export type CatchUpPolicy =
   | 'ALL'
@@ -184,6 +204,13 @@ export type MetricAggregation =
   | 'SUM'
   /** Distinct values of the metric's `uniqueProperty`. */
   | 'UNIQUE';
+
+export type PostTransactionsInput = {
+  /** All or nothing: when any operation is refused nothing is posted and the others are ABORTED. Otherwise each operation stands alone. */
+  atomic?: boolean;
+  /** At most LEDGER_MAX_BATCH (1,000). */
+  operations: Array<BulkOperationInput>;
+};
 
 export type PreviewUsageChargeInput = {
   metricKey: string;
@@ -637,6 +664,13 @@ export type RefundTransactionMutationVariables = Exact<{
 
 
 export type RefundTransactionMutation = { refundTransaction: { id: string, cursor: string, projectId: string, walletId: string, type: TransactionType, kind: TransactionKind, currency: string, amount: string, balanceBefore: string, balanceAfter: string, idempotencyKey: string, reference: string | null, reason: string | null, metadata: unknown, refundOfId: string | null, refundedAmount: string, createdAt: string, grantDraws: Array<{ grantId: string, amount: string }> } };
+
+export type PostTransactionsMutationVariables = Exact<{
+  input: PostTransactionsInput;
+}>;
+
+
+export type PostTransactionsMutation = { postTransactions: { results: Array<{ index: number, replayed: boolean, transaction: { id: string, cursor: string, projectId: string, walletId: string, type: TransactionType, kind: TransactionKind, currency: string, amount: string, balanceBefore: string, balanceAfter: string, idempotencyKey: string, reference: string | null, reason: string | null, metadata: unknown, refundOfId: string | null, refundedAmount: string, createdAt: string, grantDraws: Array<{ grantId: string, amount: string }> } | null, error: { code: string, message: string, field: string | null } | null }> } };
 
 export type UsageMetricsQueryVariables = Exact<{
   projectId: string;
@@ -2147,6 +2181,46 @@ export const RefundTransactionDocument = new TypedDocumentString(`
     amount
   }
 }`) as unknown as TypedDocumentString<RefundTransactionMutation, RefundTransactionMutationVariables>;
+export const PostTransactionsDocument = new TypedDocumentString(`
+    mutation PostTransactions($input: PostTransactionsInput!) {
+  postTransactions(input: $input) {
+    results {
+      index
+      replayed
+      transaction {
+        ...TransactionFields
+      }
+      error {
+        code
+        message
+        field
+      }
+    }
+  }
+}
+    fragment TransactionFields on Transaction {
+  id
+  cursor
+  projectId
+  walletId
+  type
+  kind
+  currency
+  amount
+  balanceBefore
+  balanceAfter
+  idempotencyKey
+  reference
+  reason
+  metadata
+  refundOfId
+  refundedAmount
+  createdAt
+  grantDraws {
+    grantId
+    amount
+  }
+}`) as unknown as TypedDocumentString<PostTransactionsMutation, PostTransactionsMutationVariables>;
 export const UsageMetricsDocument = new TypedDocumentString(`
     query UsageMetrics($projectId: ID!) {
   usageMetrics(projectId: $projectId) {

@@ -21,6 +21,7 @@ import {
   InvoiceDocument,
   InvoicesDocument,
   PauseBillingRuleDocument,
+  PostTransactionsDocument,
   PreviewBillingRuleDocument,
   PreviewUsageChargeDocument,
   ProjectByExternalKeyDocument,
@@ -101,6 +102,8 @@ import type {
   InvoicesQueryVariables,
   PauseBillingRuleMutation,
   PauseBillingRuleMutationVariables,
+  PostTransactionsMutation,
+  PostTransactionsMutationVariables,
   PreviewBillingRuleQuery,
   PreviewBillingRuleQueryVariables,
   PreviewUsageChargeQuery,
@@ -201,6 +204,7 @@ export const OPERATIONS = {
   "invoice": { operation: "query", name: "Invoice", root: "invoice" },
   "invoices": { operation: "query", name: "Invoices", root: "invoices" },
   "pauseBillingRule": { operation: "mutation", name: "PauseBillingRule", root: "pauseBillingRule" },
+  "postTransactions": { operation: "mutation", name: "PostTransactions", root: "postTransactions" },
   "previewBillingRule": { operation: "query", name: "PreviewBillingRule", root: "previewBillingRule" },
   "previewUsageCharge": { operation: "query", name: "PreviewUsageCharge", root: "previewUsageCharge" },
   "project": { operation: "query", name: "Project", root: "project" },
@@ -403,6 +407,15 @@ export class Operations extends Transport {
   async pauseBillingRule(variables: PauseBillingRuleMutationVariables, options?: RequestOptions): Promise<PauseBillingRuleMutation["pauseBillingRule"]> {
     const data = await this.execute(PauseBillingRuleDocument, "PauseBillingRule", variables, { idempotent: false, ...options });
     return data.pauseBillingRule;
+  }
+
+  /**
+   * Many credits, debits and transfers in one request: each operation's result in order; atomic (all or nothing) or independent (default). Idempotent per operation.
+   */
+  async postTransactions(input: WithOptionalKeys<PostTransactionsMutationVariables["input"], "operations">, options?: RequestOptions): Promise<PostTransactionsMutation["postTransactions"]> {
+    const variables = { input: withKeys(input, ["operations"]) } as PostTransactionsMutationVariables;
+    const data = await this.execute(PostTransactionsDocument, "PostTransactions", variables, { idempotent: true, ...options });
+    return data.postTransactions;
   }
 
   /**
