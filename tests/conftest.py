@@ -239,7 +239,9 @@ async def live_server(services: Services) -> AsyncIterator[LiveServer]:
     """The app on a real socket (uvicorn in this event loop), for websockets and real HTTP."""
     port = free_port()
     app = create_app(services.settings, services)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    )
     task = asyncio.create_task(server.serve())
     for _ in range(200):
         if server.started:

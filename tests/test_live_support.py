@@ -230,7 +230,14 @@ async def app_instance(settings: Settings) -> AsyncIterator[LiveServer]:
     svc = Services.build(settings)
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, svc), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+        uvicorn.Config(
+            create_app(settings, svc),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
     )
     task = asyncio.create_task(server.serve())
     for _ in range(250):

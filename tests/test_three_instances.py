@@ -116,7 +116,14 @@ async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) 
 async def _start(name: str, settings: Settings) -> Instance:
     services = Services.build(settings)
     port = free_port()
-    config = uvicorn.Config(create_app(settings, services), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings, services),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name=f"instance-{name}")
     url = f"http://127.0.0.1:{port}"
