@@ -67,7 +67,9 @@ def settings(settings: Settings, fake: FakeStripe, port: int) -> Settings:
 @pytest.fixture
 async def server(services: Services, port: int) -> AsyncIterator[LiveServer]:
     app = create_app(services.settings, services)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", timeout_graceful_shutdown=10)
+    )
     task = asyncio.create_task(srv.serve())
     for _ in range(250):
         if srv.started:
@@ -252,7 +254,11 @@ async def test_every_tenant_page_in_chromium(
         loaded = await js(page, "document.getElementById('rule-preview').dataset.loaded")
         await fill(page, "#edit-rule input[name=amount]", "40")
         await submit(page, "#edit-rule")
-        await page.wait_for(f"document.getElementById('rule-preview').dataset.loaded !== '{loaded}'")
+        await page.wait_for(
+            f"document.getElementById('rule-preview').dataset.loaded !== '{loaded}'"
+            " && document.getElementById('rule-saved').textContent !== ''"
+            " && document.getElementById('rule-preview').dataset.source === 'saved'"
+        )
         assert [p[3] for p in await rows(page, "#rule-preview")] == ["40"] * 5
         assert "Amount40" in (await text(page, "#rule-facts")).replace(" ", "")
         # Run it now: the run is listed.
@@ -350,6 +356,99 @@ async def test_a_usage_rules_preview_follows_usage_as_it_arrives(gql: GQL, serve
         # Usage recorded elsewhere (the API): the preview's next charge grows, no reload, no click.
         await record_usage(gql, t.owner.token, t.project_id, 7, wallet_id=t.wallet_id)
         await page.wait_for(f"document.getElementById('rule-preview').dataset.first === '{before + 7}'")
+        assert console_problems(page) == []
+
+
+RULES_OF = "query($p: ID!) { billingRules(projectId: $p, first: 50) { edges { node { id amount } } } }"
+RULE_AMOUNT = "query($id: ID!) { billingRule(id: $id) { amount } }"
+
+
+def preview_is(region: str, source: str, first: str) -> str:
+    """A wait_for expression: the preview region shows 5 runs from `source`, the first charging `first`."""
+    return (
+        f"(d => d.dataset.count === '5' && d.dataset.source === {json.dumps(source)}"
+        f" && d.dataset.first === {json.dumps(first)} && !d.hasAttribute('aria-busy'))"
+        f"(document.getElementById({json.dumps(region)}))"
+    )
+
+
+async def test_the_rule_forms_preview_unsaved_input_and_save_nothing(gql: GQL, server: LiveServer) -> None:
+    t = await tenant(gql)
+
+    async def rule_count() -> int:
+        got = await gql.ok(RULES_OF, {"p": t.project_id}, token=t.owner.token)
+        return len(got["billingRules"]["edges"])
+
+    async with chromium() as page:
+        await console_sign_in(page, server.url, t.owner.email, t.owner.password)
+        await fill(page, "#project-picker", t.project_id)
+        await console_open(page, "#/rules")
+        assert await js(page, "document.getElementById('draft-preview').getAttribute('aria-live')") == "polite"
+        # Typing into the create form: the next runs of the rule it would make, before any save.
+        await fill(page, "#create-rule input[name=name]", "Draft fee")
+        await fill(page, "#create-rule select[name=mode]", "DAILY_FLAT")
+        await fill(page, "#create-rule input[name=timezone]", "UTC")
+        await fill(page, "#create-rule input[name=timeOfDay]", "07:15")
+        await fill(page, "#create-rule input[name=amount]", "3")
+        await fill(page, "#create-rule input[name=amount]", "33")
+        await page.wait_for(preview_is("draft-preview", "draft", "33"))
+        preview = await rows(page, "#draft-preview")
+        assert [p[3] for p in preview] == ["33"] * 5
+        assert all(p[1].startswith("07:15") or "07:15" in p[1] for p in preview), preview
+        # A bad amount: the server's error, the field marked; still nothing created.
+        await fill(page, "#create-rule input[name=amount]", "-3")
+        await page.wait_for("document.getElementById('draft-preview').dataset.error === 'BAD_USER_INPUT'")
+        assert "BAD_USER_INPUT" in await text(page, "#draft-preview")
+        assert "amount" in await text(page, "#draft-preview")
+        invalid = "document.querySelector('#create-rule input[name=amount]').getAttribute('aria-invalid')"
+        assert await js(page, invalid) == "true"
+        await fill(page, "#create-rule input[name=amount]", "34")
+        await page.wait_for(preview_is("draft-preview", "draft", "34"))
+        assert await js(page, invalid) is None
+        # Only the latest answer shows: a slow answer to an older edit arriving last is dropped.
+        await js(
+            page,
+            """(() => { const real = window.fetch; window.fetch = (url, init) => {
+                 const slow = init && String(init.body).includes('"amount":"71"');
+                 return slow ? new Promise((ok) => setTimeout(ok, 1500)).then(() => real(url, init)) : real(url, init);
+               }; return true; })()""",
+        )
+        await fill(page, "#create-rule input[name=amount]", "71")
+        await asyncio.sleep(0.6)  # past the debounce: the slow request is on its way
+        await fill(page, "#create-rule input[name=amount]", "72")
+        await page.wait_for(preview_is("draft-preview", "draft", "72"))
+        await asyncio.sleep(1.5)
+        assert await js(page, "document.getElementById('draft-preview').dataset.first") == "72"
+        assert await rule_count() == 0
+
+        # A rule's page: edits show in its preview before they are saved; the rule is unchanged.
+        made = await gql.ok(
+            CREATE_RULE,
+            {"i": {"walletId": t.wallet_id, "name": "Daily", "mode": "DAILY_FLAT", "amount": "10", "timezone": "UTC"}},
+            token=t.owner.token,
+        )
+        rule_id = made["createBillingRule"]["id"]
+        await console_open(page, f"#/rules/{rule_id}")
+        await page.wait_for(preview_is("rule-preview", "saved", "10"))
+        await fill(page, "#edit-rule input[name=amount]", "55")
+        await page.wait_for(preview_is("rule-preview", "draft", "55"))
+        assert [p[3] for p in await rows(page, "#rule-preview")] == ["55"] * 5
+        assert "unsaved" in await text(page, "#rule-preview caption")
+        assert (await gql.ok(RULE_AMOUNT, {"id": rule_id}, token=t.owner.token))["billingRule"]["amount"] == "10"
+        assert "Amount10" in (await text(page, "#rule-facts")).replace(" ", "")
+        await fill(page, "#edit-rule input[name=amount]", "-1")
+        await page.wait_for("document.getElementById('rule-preview').dataset.error === 'BAD_USER_INPUT'")
+        # Back to the saved value: the rule's own preview again.
+        await fill(page, "#edit-rule input[name=amount]", "10")
+        await page.wait_for(preview_is("rule-preview", "saved", "10"))
+        # Saved: the preview is the rule's own, at the new amount.
+        await fill(page, "#edit-rule input[name=amount]", "56")
+        await page.wait_for(preview_is("rule-preview", "draft", "56"))
+        await submit(page, "#edit-rule")
+        await page.wait_for("document.getElementById('rule-saved').textContent !== ''")
+        await page.wait_for(preview_is("rule-preview", "saved", "56"))
+        assert (await gql.ok(RULE_AMOUNT, {"id": rule_id}, token=t.owner.token))["billingRule"]["amount"] == "56"
+        assert await rule_count() == 1
         assert console_problems(page) == []
 
 

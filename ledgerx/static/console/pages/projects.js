@@ -22,20 +22,22 @@ export default {
     const draw = () => {
       const q = search.value.trim().toLowerCase();
       const shown = projects.filter((p) => !q || [p.name, p.id, p.externalKey || ""].some((s) => s.toLowerCase().includes(q)));
-      results.replaceChildren(
-        table(
-          [
-            { label: "Project", value: (p) => el("button", { type: "button", class: "link", dataset: { project: p.id }, onclick: () => pick(p) }, p.name) },
-            { label: "Id", value: (p) => el("code", {}, p.id) },
-            { label: "External key", value: (p) => p.externalKey || "–" },
-            { label: "Role", value: (p) => p.viewerRole || "–" },
-            { label: "Status", value: (p) => badge(p.testMode ? `${p.status} · test` : p.status) },
-            { label: "", value: (p) => (p.id === ctx.projectId ? badge("current", "good") : null) },
-          ],
-          shown,
-          { empty: q ? "No project matches." : "No projects yet.", caption: "Your projects" },
-        ),
+      const listed = table(
+        [
+          { label: "Project", value: (p) => el("button", { type: "button", class: "link", dataset: { project: p.id }, onclick: () => pick(p) }, p.name) },
+          { label: "Id", value: (p) => el("code", {}, p.id) },
+          { label: "External key", value: (p) => p.externalKey || "–" },
+          { label: "Role", value: (p) => p.viewerRole || "–" },
+          { label: "Status", value: (p) => badge(p.testMode ? `${p.status} · test` : p.status) },
+          { label: "", value: (p) => (p.id === ctx.projectId ? badge("current", "good") : null) },
+        ],
+        shown,
+        { empty: q ? "No project matches." : "No projects yet.", caption: "Your projects" },
       );
+      // The last column (the current project's badge) has no visible heading; name it for screen readers.
+      const lastTh = listed.querySelector("thead th:last-child");
+      if (lastTh) lastTh.append(el("span", { class: "visually-hidden" }, "Current project"));
+      results.replaceChildren(listed);
     };
     search.addEventListener("input", draw);
 

@@ -1,5 +1,6 @@
-// Billing rules: list, create, and one rule's page (edit with a preview of the next runs from
-// previewBillingRule, pause/resume, run now, its runs).
+// Billing rules: list, create (with a live preview of the draft from previewBillingRuleDraft), and
+// one rule's page (edit with a preview of the next runs: previewBillingRuleChange while there are
+// unsaved edits, previewBillingRule otherwise; pause/resume, run now, its runs).
 
 import { subscribe } from "../api.js";
 import { el, heading, table, field, form, button, formatAmount, formatTime, errorBox, busy } from "../ui.js";
@@ -13,7 +14,10 @@ const RULE = `query($id: ID!) { billingRule(id: $id) { ${RULE_FIELDS} } }`;
 const RUNS = `query($id: ID!, $after: String) { billingRule(id: $id) { runs(first: 20, after: $after) {
   edges { node { id scheduledAt periodStart periodEnd status trigger amount units attempts error transactionId startedAt } }
   pageInfo { hasNextPage endCursor } } } }`;
-const PREVIEW = `query($id: ID!, $n: Int!) { previewBillingRule(id: $id, count: $n) { at localAt timezone periodStart amount units } }`;
+const PREVIEW_ITEM = `at localAt timezone periodStart amount units`;
+const PREVIEW = `query($id: ID!, $n: Int!) { previewBillingRule(id: $id, count: $n) { ${PREVIEW_ITEM} } }`;
+const PREVIEW_DRAFT = `query($i: CreateBillingRuleInput!, $n: Int!) { previewBillingRuleDraft(input: $i, count: $n) { ${PREVIEW_ITEM} } }`;
+const PREVIEW_CHANGE = `query($i: UpdateBillingRuleInput!, $n: Int!) { previewBillingRuleChange(input: $i, count: $n) { ${PREVIEW_ITEM} } }`;
 const WALLETS = `query($p: ID!) { wallets(projectId: $p, first: 100) { edges { node { id name currency } } } }`;
 const METRICS = `query($p: ID!) { usageMetrics(projectId: $p) { key name } }`;
 const CREATE = `mutation($i: CreateBillingRuleInput!) { createBillingRule(input: $i) { id } }`;
@@ -103,6 +107,87 @@ function ruleInputs({ rule = null, wallets = [], metrics = [] }) {
   return { node, read };
 }
 
+const PREVIEW_COUNT = 5;
+const PREVIEW_DELAY_MS = 300;
+
+function previewTable(items, { empty, caption }) {
+  return table(
+    [
+      { label: "Runs at (UTC)", value: (p) => formatTime(p.at) },
+      { label: "Local time", value: (p) => `${String(p.localAt).replace("T", " ").slice(0, 16)} ${p.timezone}` },
+      { label: "Period from", value: (p) => formatTime(p.periodStart) },
+      { label: "Would charge", value: (p) => formatAmount(p.amount), numeric: true },
+      { label: "Units", value: (p) => (p.units === null ? "–" : p.units), numeric: true },
+    ],
+    items,
+    { empty, caption },
+  );
+}
+
+// Draws previews into `region`, only ever the latest one asked for: an answer to an older
+// request that arrives late is dropped. A field error marks that field of the form `formOf()` gives
+// (aria-invalid, without moving focus: the user is typing). The region's dataset says what it
+// shows: count and first (amount of the first run), source ("draft" | "saved"), error (a code),
+// loaded (how many previews were drawn).
+function previewer(region, formOf) {
+  let seq = 0;
+  let timer = null;
+  let marked = [];
+  const unmark = () => {
+    for (const n of marked) n.removeAttribute("aria-invalid");
+    marked = [];
+  };
+  const show = async (source, fetchItems, options) => {
+    const mine = ++seq;
+    clearTimeout(timer);
+    timer = null;
+    region.setAttribute("aria-busy", "true");
+    try {
+      const items = await fetchItems();
+      if (mine !== seq) return;
+      unmark();
+      region.replaceChildren(previewTable(items, options()));
+      region.dataset.count = String(items.length);
+      region.dataset.first = items.length ? items[0].amount : "";
+      delete region.dataset.error;
+    } catch (err) {
+      if (mine !== seq) return;
+      unmark();
+      const box = errorBox(err);
+      box.removeAttribute("role"); // the region is a polite live region; no alert on every keystroke
+      region.replaceChildren(box);
+      region.dataset.count = "";
+      region.dataset.first = "";
+      region.dataset.error = (err && err.code) || "ERROR";
+      if (err && err.field) {
+        marked = [...formOf().querySelectorAll(`[name="${CSS.escape(err.field)}"]`)];
+        for (const n of marked) n.setAttribute("aria-invalid", "true");
+      }
+    } finally {
+      if (mine === seq) {
+        region.dataset.source = source;
+        region.dataset.loaded = String(Number(region.dataset.loaded || 0) + 1);
+        region.removeAttribute("aria-busy");
+      }
+    }
+  };
+  return {
+    now: show,
+    // After the user stops typing; any answer still on its way is stale from now on.
+    later(...args) {
+      seq++;
+      clearTimeout(timer);
+      timer = setTimeout(() => show(...args), PREVIEW_DELAY_MS);
+    },
+    cancel() {
+      seq++;
+      clearTimeout(timer);
+      timer = null;
+      region.removeAttribute("aria-busy");
+    },
+  };
+}
+
 async function list(root, ctx) {
   heading(root, "Billing rules");
   const [{ wallets }, { usageMetrics }] = await Promise.all([ctx.gql(WALLETS, { p: ctx.projectId }), ctx.gql(METRICS, { p: ctx.projectId })]);
@@ -126,15 +211,36 @@ async function list(root, ctx) {
     return;
   }
   const inputs = ruleInputs({ wallets: walletList, metrics: usageMetrics });
+  const createForm = form([inputs.node], "Create rule", async () => {
+    const data = await ctx.gql(CREATE, { i: inputs.read() });
+    ctx.navigate(`#/rules/${encodeURIComponent(data.createBillingRule.id)}`);
+  });
+  const draftPreview = el(
+    "div",
+    { id: "draft-preview", role: "region", "aria-labelledby": "draft-preview-title", "aria-live": "polite" },
+    el("p", { class: "muted" }, "Fill in the form to see the next runs here."),
+  );
+  const drafts = previewer(draftPreview, () => createForm);
+  const previewDraft = () => {
+    const i = inputs.read();
+    // The name does not change the schedule or the amounts: a preview needs none yet (creating does).
+    if (!i.name) i.name = "New rule";
+    return ctx.gql(PREVIEW_DRAFT, { i, n: PREVIEW_COUNT }).then((d) => d.previewBillingRuleDraft);
+  };
+  const draftOptions = () => ({ empty: "No upcoming runs.", caption: "Next runs, if the rule were created now" });
+  const onEdit = () => drafts.later("draft", previewDraft, draftOptions);
+  createForm.addEventListener("input", onEdit);
+  createForm.addEventListener("change", onEdit);
+  ctx.onCleanup(() => drafts.cancel());
   root.append(
     el(
       "section",
       { class: "panel", "aria-label": "Create a billing rule", id: "create-rule" },
       el("h2", {}, "Create a billing rule"),
-      form([inputs.node], "Create rule", async () => {
-        const data = await ctx.gql(CREATE, { i: inputs.read() });
-        ctx.navigate(`#/rules/${encodeURIComponent(data.createBillingRule.id)}`);
-      }),
+      createForm,
+      el("h3", { id: "draft-preview-title" }, "Preview"),
+      el("p", { class: "muted" }, "What the next runs would charge, as you type (previewBillingRuleDraft; nothing is created)."),
+      draftPreview,
     ),
   );
 }
@@ -172,29 +278,28 @@ async function detail(root, ctx, ruleId) {
     );
   };
 
-  const loadPreview = async () => {
-    try {
-      const { previewBillingRule: items } = await ctx.gql(PREVIEW, { id: ruleId, n: 5 });
-      preview.replaceChildren(
-        table(
-          [
-            { label: "Runs at (UTC)", value: (p) => formatTime(p.at) },
-            { label: "Local time", value: (p) => `${String(p.localAt).replace("T", " ").slice(0, 16)} ${p.timezone}` },
-            { label: "Period from", value: (p) => formatTime(p.periodStart) },
-            { label: "Would charge", value: (p) => formatAmount(p.amount), numeric: true },
-            { label: "Units", value: (p) => (p.units === null ? "–" : p.units), numeric: true },
-          ],
-          items,
-          { empty: rule.status === "PAUSED" ? "Paused: no runs are due." : "No upcoming runs.", caption: "Next runs, as the rule stands now" },
-        ),
-      );
-      preview.dataset.count = String(items.length);
-      preview.dataset.first = items.length ? items[0].amount : "";
-      preview.dataset.loaded = String(Number(preview.dataset.loaded || 0) + 1);
-    } catch (err) {
-      preview.replaceChildren(errorBox(err));
-    }
-  };
+  // The preview follows the edit form (made below).
+  const inputs = ruleInputs({ rule, metrics: usageMetrics });
+  const saved = el("div", { "aria-live": "polite", id: "rule-saved" });
+  let editForm = null;
+  const previews = previewer(preview, () => editForm);
+  const snapshot = () => JSON.stringify(inputs.read());
+  let baseline = snapshot(); // the form as the rule stands: no unsaved edits
+  const savedOptions = () => ({
+    empty: rule.status === "PAUSED" ? "Paused: no runs are due." : "No upcoming runs.",
+    caption: "Next runs, as the rule stands now",
+  });
+  const draftOptions = () => ({
+    empty: rule.status === "PAUSED" ? "Paused: no runs are due." : "No upcoming runs.",
+    caption: "Next runs, with your unsaved changes",
+  });
+  const fetchSaved = () => ctx.gql(PREVIEW, { id: ruleId, n: PREVIEW_COUNT }).then((d) => d.previewBillingRule);
+  const fetchChange = () =>
+    ctx.gql(PREVIEW_CHANGE, { i: { id: ruleId, ...inputs.read() }, n: PREVIEW_COUNT }).then((d) => d.previewBillingRuleChange);
+  const dirty = () => snapshot() !== baseline;
+  // Now (after a save, pause, usage): the draft while there are unsaved edits, else the rule's own.
+  const loadPreview = () => (dirty() ? previews.now("draft", fetchChange, draftOptions) : previews.now("saved", fetchSaved, savedOptions));
+  const onEdit = () => (dirty() ? previews.later("draft", fetchChange, draftOptions) : previews.later("saved", fetchSaved, savedOptions));
 
   const loadRuns = async () => {
     runsBox.replaceChildren(
@@ -240,17 +345,20 @@ async function detail(root, ctx, ruleId) {
     }
   }
 
-  const inputs = ruleInputs({ rule, metrics: usageMetrics });
-  const saved = el("div", { "aria-live": "polite", id: "rule-saved" });
-  const editForm = form([inputs.node], "Save changes", async () => {
+  editForm = form([inputs.node], "Save changes", async () => {
     saved.textContent = "";
+    const sent = snapshot();
     const data = await ctx.gql(UPDATE, { i: { id: ruleId, ...inputs.read() } });
     rule = data.updateBillingRule;
+    baseline = sent;
     drawFacts();
     await loadPreview();
-    saved.textContent = "Saved; the preview shows the next runs as the rule now stands.";
+    saved.textContent = dirty() ? "Saved." : "Saved; the preview shows the next runs as the rule now stands.";
   });
   editForm.id = "edit-rule";
+  editForm.addEventListener("input", onEdit);
+  editForm.addEventListener("change", onEdit);
+  ctx.onCleanup(() => previews.cancel());
 
   // Usage-priced rules: the preview follows the period's usage as it arrives (a liveMetrics
   // message that folded domain events, usage among them; asked again at most once a second).
@@ -271,7 +379,16 @@ async function detail(root, ctx, ruleId) {
       "div",
       { class: "two-col" },
       section("Edit", editForm, saved),
-      section("Next runs (preview)", el("p", { class: "muted" }, rule.metricKey ? "What the next runs would charge now (previewBillingRule); updated on every save and as usage arrives." : "What the next runs would charge now (previewBillingRule); updated on every save."), preview),
+      section(
+        "Next runs (preview)",
+        el(
+          "p",
+          { class: "muted" },
+          "What the next runs would charge now; while you edit, with your unsaved changes (nothing is saved until you save)",
+          rule.metricKey ? ", and updated as usage arrives." : ".",
+        ),
+        preview,
+      ),
     ),
     section("Runs", runsBox),
   );
