@@ -19,6 +19,7 @@ another request is IDEMPOTENCY_CONFLICT. At most `LEDGER_MAX_BATCH` operations.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import uuid
@@ -126,6 +127,12 @@ async def post_operations(
 
 async def _all_or_nothing(ledger: LedgerService, postings: list[Posting]) -> list[Posted | AppError]:
     projects = sorted({p.project_id for p in postings})
+    # The system accounts a posting needs are created on first use in a transaction of their own:
+    # resolve them before this one holds a connection, so a small pool (or PgBouncer's) cannot
+    # have every holder waiting for a second connection.
+    for p in postings:
+        with contextlib.suppress(AppError):  # a refused posting is refused again, inside
+            await posting.prepare(ledger, p)
     for attempt in range(SINGLE_ATTEMPTS):
         try:
             async with ledger.db.raw(project_ids=projects) as conn:
