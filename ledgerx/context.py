@@ -86,12 +86,7 @@ class Context:
         return made
 
     def actor(self) -> Actor:
-        p = self.principal
-        if p is None:
-            return Actor.anonymous(self.meta)
-        if p.kind == "api_key":
-            return Actor("api_key", p.api_key_id, self.meta)
-        return Actor("user", p.user_id, self.meta)
+        return Actor.of(self.principal, self.meta)
 
 
 async def authenticate(services: Services, credential: str | None) -> Principal:

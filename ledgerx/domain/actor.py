@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ledgerx.domain.auth.principal import Principal
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,3 +32,12 @@ class Actor:
     @classmethod
     def anonymous(cls, meta: RequestMeta) -> Actor:
         return cls("anonymous", None, meta)
+
+    @classmethod
+    def of(cls, principal: Principal | None, meta: RequestMeta) -> Actor:
+        """Who acts for a request: its API key or user (GraphQL's context and the HTTP routes)."""
+        if principal is None:
+            return cls.anonymous(meta)
+        if principal.kind == "api_key":
+            return cls("api_key", principal.api_key_id, meta)
+        return cls("user", principal.user_id, meta)

@@ -79,10 +79,7 @@ async def _post(svc: Services, principal: Principal, request: Request) -> Respon
     operations = [_operation(item, i) for i, item in enumerate(listed)]
     client = request.client.host if request.client else None
     meta = RequestMeta(request_id=request_id_var.get(), ip=client, user_agent=request.headers.get("user-agent"))
-    if principal.kind == "api_key":
-        actor = Actor("api_key", principal.api_key_id, meta)
-    else:
-        actor = Actor("user", principal.user_id, meta)
+    actor = Actor.of(principal, meta)
     results = await bulk.post_operations(
         svc.ledger,
         actor,
