@@ -91,7 +91,7 @@ def bare_app() -> Starlette:
 
 def ledgerx_app() -> Starlette:
     logs.configure("WARNING")
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), settle_heap=True)  # as `ledgerx serve`
 
 
 # --- seeding -----------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def ledgerx_app():  # type: ignore[no-untyped-def]
     from ledgerx.settings import Settings
 
     logs.configure("WARNING")
-    return create_app(Settings.from_env())
+    return create_app(Settings.from_env(), settle_heap=True)  # as `ledgerx serve`
 
 
 def template(batch: int, occurred_at: str) -> bytes:

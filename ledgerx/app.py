@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ledgerx import metrics
+from ledgerx import heap, metrics
 from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
@@ -30,8 +30,11 @@ from ledgerx.webhooks import stripe as stripe_webhooks
 log = logging.getLogger("ledgerx.app")
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
-    """Build the ASGI app. Tests pass ready `services`; otherwise the lifespan builds and closes them."""
+def create_app(
+    settings: Settings | None = None, services: Services | None = None, *, settle_heap: bool = False
+) -> Starlette:
+    """Build the ASGI app. Tests pass ready `services`; otherwise the lifespan builds and closes them.
+    `settle_heap`: a serving process freezes its startup heap (heap.py) once the lifespan started."""
     settings = settings or (services.settings if services else Settings.from_env())
     holder: dict[str, Services] = {}
     if services is not None:
@@ -45,10 +48,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
         view: GraphQLView | None = None
 
-        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        def ready(self) -> GraphQLView:
             if self.view is None:
                 self.view = GraphQLView(svc(), build_schema(settings))
-            await self.view(scope, receive, send)
+            return self.view
+
+        async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+            await self.ready()(scope, receive, send)
 
     graphql = _LazyView()
 
@@ -110,6 +116,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         revocations = holder["services"].tokens.revocations
         if revocations is not None:
             followers.append(asyncio.create_task(revocations.follow(), name="ledgerx-session-revocations"))
+        if settle_heap:
+            graphql.ready()
+            heap.settle()
         try:
             yield
         finally:

@@ -160,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     assert s.migrations_url
     upgrade(s.migrations_url)
     logs.configure(s.log_level)  # alembic's fileConfig-free run may have touched logging
-    app = create_app(s)
+    app = create_app(s, settle_heap=True)
     config = uvicorn.Config(
         app,
         host=args.host,

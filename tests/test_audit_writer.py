@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import pytest
 
+from ledgerx import ids
+from ledgerx.app import create_app
 from ledgerx.domain import audit
 from ledgerx.domain.actor import Actor, RequestMeta
 from ledgerx.domain.ledger import posting
 from ledgerx.ids import uuid7
 from ledgerx.services import Services
+from tests.conftest import GQL, sign_up
 from tests.ledger_helpers import new_project, new_wallet, owner_conn
 
 
@@ -100,3 +104,23 @@ async def test_a_ledger_posting_audits_with_the_actors_ip_and_request_id(service
     assert (row["actor_type"], row["actor_id"], row["project_id"]) == ("user", actor.id, pid)
     assert row["target_type"] == "transaction" and row["target_id"] is not None
     assert done.transaction.amount == 10
+
+
+async def test_a_peer_that_is_not_an_ip_is_audited_as_unknown_not_refused(services: Services) -> None:
+    """A Unix-socket peer or an ASGI client named like starlette's "testclient" once turned a
+    sign-up into INTERNAL (the inet column refused the name); now the request succeeds and the
+    audit row's address is empty."""
+    app = create_app(services.settings, services)
+    transport = httpx.ASGITransport(app=app, client=("testclient", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        signed = await sign_up(GQL(c))
+    conn = await owner_conn(services)
+    try:
+        row = await conn.fetchrow(
+            "SELECT host(ip) AS ip FROM audit_log WHERE action = 'user.sign_up' AND actor_id = $1",
+            ids.decode("user", signed.user_id),
+        )
+    finally:
+        await conn.close()
+    assert row is not None and row["ip"] is None
+    assert RequestMeta(ip="/run/ledgerx.sock").ip is None and RequestMeta(ip="2001:db8::1").ip == "2001:db8::1"

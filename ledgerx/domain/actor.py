@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
 import uuid
 from typing import TYPE_CHECKING
 
@@ -13,8 +15,15 @@ if TYPE_CHECKING:
 @dataclasses.dataclass(frozen=True, slots=True)
 class RequestMeta:
     request_id: str | None = None
-    ip: str | None = None
+    ip: str | None = None  # an IP address or None (see __post_init__)
     user_agent: str | None = None
+
+    def __post_init__(self) -> None:
+        # The audit log and sessions store the address in an inet column. A peer that is not an IP
+        # (a Unix socket's path, an ASGI client's name such as starlette's "testclient") used to
+        # fail the whole request's write as INTERNAL; it is recorded as unknown instead.
+        if self.ip is not None and not _is_ip(self.ip):
+            object.__setattr__(self, "ip", None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,3 +50,12 @@ class Actor:
         if principal.kind == "api_key":
             return cls("api_key", principal.api_key_id, meta)
         return cls("user", principal.user_id, meta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
