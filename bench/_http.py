@@ -150,5 +150,11 @@ async def wait_ready(port: int, path: str = "/healthz", timeout: float = 60) -> 
     raise RuntimeError(f"server on :{port} did not become ready")
 
 
+def load_line() -> str:
+    """The machine's load average: on a shared machine the figures move with it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)

@@ -4,7 +4,7 @@ Both servers are one uvicorn worker on this machine, loaded by the same client w
 concurrency. Prints requests/s, p50/p99 for each and the ratio. Uses DATABASE_URL / REDIS_URL
 when set, the embedded servers otherwise.
 
-    .venv/bin/python bench/graphql_overhead.py [--seconds 10] [--concurrency 32]
+    .venv/bin/python bench/graphql_overhead.py [--seconds 10] [--concurrency 32] [--workers 2]
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._http import free_port, load, request, spawn, wait_ready
+from bench._http import free_port, load, load_line, request, spawn, spawn_instances, wait_ready
 
 
 def bare_app():  # type: ignore[no-untyped-def]
@@ -50,6 +51,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn processes per server on one port (SO_REUSEPORT, as `ledgerx serve --workers N` behind a balancer)",
+    )
     ap.add_argument(
         "--server",
         choices=["uvicorn", "granian", "both"],
@@ -82,8 +89,16 @@ async def main() -> None:
     servers = ["uvicorn", "granian"] if args.server == "both" else [args.server]
     lx_ports = {name: free_port() for name in servers}
     bare_port = free_port()
-    procs = [spawn("bench.graphql_overhead:ledgerx_app", port, env, server=name) for name, port in lx_ports.items()]
-    procs.append(spawn("bench.graphql_overhead:bare_app", bare_port, env))
+    procs: list[subprocess.Popen[bytes]] = []
+    for name, port in lx_ports.items():
+        if args.workers > 1 and name == "uvicorn":
+            procs += spawn_instances("bench.graphql_overhead:ledgerx_app", port, args.workers, env).procs
+        else:
+            procs.append(spawn("bench.graphql_overhead:ledgerx_app", port, env, server=name))
+    if args.workers > 1:
+        procs += spawn_instances("bench.graphql_overhead:bare_app", bare_port, args.workers, env).procs
+    else:
+        procs.append(spawn("bench.graphql_overhead:bare_app", bare_port, env))
     try:
         for port in lx_ports.values():
             await wait_ready(port)
@@ -115,7 +130,8 @@ async def main() -> None:
         }
         bare = await load("127.0.0.1", bare_port, bare_req, concurrency=args.concurrency, seconds=args.seconds)
         print(
-            f"concurrency {args.concurrency}, {args.seconds:.0f} s each, one worker per server, {os.cpu_count()} cores"
+            f"concurrency {args.concurrency}, {args.seconds:.0f} s each, {args.workers} worker(s) per server,"
+            f" {os.cpu_count()} cores; {load_line()}"
         )
         for name, gql in results.items():
             print(gql.line(f"graphql `me` on {name} (JWT + DB read)"))

@@ -56,7 +56,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._http import Instances, Result, free_port, request, spawn_instances, wait_ready
+from bench._http import Instances, Result, free_port, load_line, request, spawn_instances, wait_ready
 
 DEBIT = "mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id balanceAfter } }"
 START_BALANCE = 10**15
@@ -221,11 +221,6 @@ def goals_table(rows: list[tuple[str, float, float | None, str]]) -> None:
         verdict = "" if goal is None else ("MET" if ratio >= goal else "NOT MET")
         goal_text = "" if goal is None else f"{goal:.1f}x"
         print(f"  {name:<64} {ratio:>5.2f}x {goal_text:>6}  {verdict:<8} {detail}")
-
-
-def load_line() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
 # -- the raw baseline ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from ledgerx import heap, metrics
+from ledgerx import heap, logs, metrics
 from ledgerx.dashboard import routes as dashboard_routes
 from ledgerx.graphql_schema import build_schema
 from ledgerx.graphql_view import GraphQLView
@@ -28,6 +28,14 @@ from ledgerx.settings import Settings
 from ledgerx.webhooks import stripe as stripe_webhooks
 
 log = logging.getLogger("ledgerx.app")
+
+
+def serve_app() -> Starlette:
+    """The factory of each `ledgerx serve --workers N` process: settings from the environment the
+    command prepared (cli.cmd_serve), the heap settled as in a single process."""
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    return create_app(settings, settle_heap=True)
 
 
 def create_app(

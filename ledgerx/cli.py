@@ -154,15 +154,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ledgerx.app import create_app
     from ledgerx.db.migrate import upgrade
+    from ledgerx.domain.auth.keys import KeyRing
 
+    if args.workers < 1:
+        raise _Fatal("--workers must be at least 1")
     raw = _settings()
     s = _resolved()
     assert s.migrations_url
     upgrade(s.migrations_url)
     logs.configure(s.log_level)  # alembic's fileConfig-free run may have touched logging
-    app = create_app(s, settle_heap=True)
+    app: Any = "ledgerx.app:serve_app"
+    if args.workers == 1:
+        app = create_app(s, settle_heap=True)
+    else:
+        # Each worker process builds its own app (`serve_app`) from the environment: give it the
+        # servers this command resolved (the embedded ones live in this process), and make the
+        # development signing key now so the workers do not race to create it.
+        KeyRing.from_settings(s)
+        assert s.database_url
+        assert s.redis_url
+        os.environ["DATABASE_URL"], os.environ["REDIS_URL"] = s.database_url, s.redis_url
     config = uvicorn.Config(
         app,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_config=None,
@@ -186,6 +201,29 @@ def _run_server(config: Any, banner: str) -> None:
             if self.started and not self.should_exit:
                 print(banner, flush=True)
 
+    if config.workers > 1:
+        # Processes sharing one listening socket, each an instance as docs/scaling.md describes
+        # (their own pools and caches; limits, leases and events shared through PostgreSQL and Redis).
+        from uvicorn.supervisors import Multiprocess
+
+        class Supervisor(Multiprocess):
+            stopped_by: int | None = None
+
+            def handle_signals(self) -> None:
+                # uvicorn's supervisor takes SIGTERM/SIGINT over: remember which one, so the
+                # command ends by it like a single process (main() stops the embedded servers).
+                for sig in self.signal_queue:
+                    if sig in (signal.SIGINT, signal.SIGTERM) and self.stopped_by is None:
+                        self.stopped_by = sig
+                super().handle_signals()
+
+        sock = config.bind_socket()
+        print(banner, flush=True)
+        supervisor = Supervisor(config, sockets=[sock])
+        supervisor.run()
+        if supervisor.stopped_by is not None:
+            raise _Stopped(supervisor.stopped_by)
+        return
     Server(config).run()
 
 
@@ -418,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-*")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY") or 1),
+        help="server processes sharing the port, e.g. one per core (default WEB_CONCURRENCY or 1)",
+    )
     p.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="bring the database up to date").set_defaults(func=cmd_migrate)

@@ -97,10 +97,10 @@ class Run:
         return self.proc.returncode
 
 
-def _serve(data_dir: Path) -> Run:
+def _serve(data_dir: Path, *args: str) -> Run:
     port = _free_port()
     proc = subprocess.Popen(
-        [*LEDGERX, "serve", "--port", str(port)],
+        [*LEDGERX, "serve", "--port", str(port), *args],
         cwd=ROOT,
         env=_env(data_dir),
         stdout=subprocess.PIPE,
@@ -185,6 +185,46 @@ def test_restart_after_kill_9_recovers_and_ctrl_c_stops_both(
     assert returncode == -signal.SIGINT
     assert _postgres_of(data_dir) == []
     assert "Traceback" not in again.stderr
+
+
+def test_workers_share_the_port_and_the_signing_key_and_stop_together(
+    data_dir: Path, terminated: tuple[Run, tuple[int, int]]
+) -> None:
+    """`--workers 2`: two processes answer on one port (each its own app and pools), a token one
+    signed is good at the other (the development key is made before they start), and SIGTERM
+    stops both and the embedded servers."""
+    run = _serve(data_dir, "--workers", "2")
+    run.wait_ready()
+    workers = psutil.Process(run.proc.pid).children()
+    served = [p for p in workers if "spawn_main" in " ".join(p.cmdline())]
+    assert len(served) == 2, [p.cmdline() for p in workers]
+    url = f"http://127.0.0.1:{run.port}"
+    signed = httpx.post(
+        f"{url}/graphql",
+        json={
+            "query": "mutation($i: SignUpInput!) { signUp(input: $i) { accessToken } }",
+            "variables": {"i": {"email": "workers@example.com", "password": "two workers password"}},
+        },
+    ).json()
+    token = signed["data"]["signUp"]["accessToken"]
+    for _ in range(30):  # a new connection each: the kernel hands them to either process
+        me = httpx.post(
+            f"{url}/graphql", json={"query": "{ me { email } }"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert me.json() == {"data": {"me": {"email": "workers@example.com"}}}
+    # 31 GraphQL requests: each process counts its own, so two processes that both served never agree.
+    counts = set()
+    for _ in range(20):
+        metrics = httpx.get(f"{url}/metrics").text
+        found = re.search(r'ledgerx_http_requests_total\{route="/graphql",status="200"\} (\d+)', metrics)
+        assert found is not None
+        counts.add(int(found.group(1)))
+    assert len(counts) == 2 and sum(counts) == 31, counts
+    pg_pid, redis_pid = _server_pids(data_dir)
+    assert run.stop(signal.SIGTERM) == -signal.SIGTERM, run.stderr[-2000:]
+    assert not any(_alive(p.pid) for p in served)
+    assert not _alive(pg_pid) and not _alive(redis_pid)
+    assert "Traceback" not in run.stderr
 
 
 def _run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
