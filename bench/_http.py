@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +20,8 @@ class Result:
     seconds: float
     latencies: list[float]
     errors: int
+    # CPU seconds each kind of process spent during the figure (`metered`), when measured.
+    cpu: dict[str, float] | None = None
 
     @property
     def rps(self) -> float:
@@ -34,6 +36,54 @@ class Result:
             f"{name:<34} {self.rps:>9.0f} req/s   p50 {self.pct(0.50):6.2f} ms   p99 {self.pct(0.99):6.2f} ms"
             f"   errors {self.errors}"
         )
+
+    def cpu_line(self) -> str:
+        """CPU per operation by process kind, and cores busy: where an operation's cost goes."""
+        if not self.cpu or not self.requests:
+            return ""
+        parts = [f"{k} {v / self.requests * 1e6:.0f} µs" for k, v in self.cpu.items()]
+        busy = sum(self.cpu.values()) / self.seconds
+        return f"    cpu per operation: {', '.join(parts)}; {busy:.2f} of {os.cpu_count()} cores busy"
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(server_pids: Sequence[int] = ()) -> dict[str, float]:
+    """CPU seconds so far of this process ("bench": the load generator, and the ledger core when
+    it runs in process), of `server_pids` (LedgerX), and of every PostgreSQL and Redis process on
+    this machine (a database elsewhere reads as 0). Processes that ended since are not counted."""
+    own = os.times()
+    totals = {"bench": own.user + own.system, "ledgerx": sum(_proc_cpu(p) for p in server_pids), "postgres": 0.0}
+    totals["redis"] = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm == "postgres":
+            totals["postgres"] += _proc_cpu(int(entry))
+        elif comm == "redis-server":
+            totals["redis"] += _proc_cpu(int(entry))
+    return totals
+
+
+async def metered(run: Awaitable[Result], server_pids: Sequence[int] = ()) -> Result:
+    """`run`'s figure with the CPU each kind of process spent meanwhile (Result.cpu_line)."""
+    before = cpu_seconds(server_pids)
+    result = await run
+    after = cpu_seconds(server_pids)
+    result.cpu = {k: after[k] - before[k] for k in before if after[k] - before[k] > 0}
+    return result
 
 
 async def _worker(host: str, port: int, raw: bytes, deadline: float, lat: list[float], errs: list[int]) -> int:

@@ -27,6 +27,12 @@ the same through `post_many` in process is shown beside it); debitWallet over th
 wallets and on one hot wallet. The load average is printed before and after: on a shared machine
 the figures move with it.
 
+Every figure also prints where its CPU went, per operation, by process kind (this process: the
+load generator, and the ledger core when it runs here; the LedgerX servers; every PostgreSQL and
+Redis process on the machine), and the run ends with each goal as a CPU budget: at the goal's rate
+the machine's cores allow so many µs per operation, against what this run spent. This process
+freezes its startup heap before the figures, as `ledgerx serve` does (ledgerx/heap.py).
+
 With --webhook-endpoint the project first gets an outbound webhook endpoint subscribed to `*`, so
 every posting also writes its `transaction.posted` event and delivery in the same statement
 (nothing is delivered: no worker runs); the summary counts those events.
@@ -56,7 +62,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._http import Instances, Result, free_port, load_line, request, spawn_instances, wait_ready
+from bench._http import Instances, Result, free_port, load_line, metered, request, spawn_instances, wait_ready
 
 DEBIT = "mutation($i: DebitWalletInput!) { debitWallet(input: $i) { id balanceAfter } }"
 START_BALANCE = 10**15
@@ -211,6 +217,32 @@ async def load_core_bulk(
     t0 = time.perf_counter()
     await asyncio.gather(*[client() for _ in range(clients)])
     return Result(counts[0], time.perf_counter() - t0, lat, counts[1])
+
+
+def show(result: Result, label: str) -> None:
+    """A figure's line, then where its CPU went (per operation, by process kind)."""
+    print(result.line(label))
+    if result.cpu:
+        print(result.cpu_line())
+
+
+def cpu_budget(rows: list[tuple[str, Result, float]]) -> None:
+    """Each goal as CPU: at the goal's rate the machine's cores allow so many µs per operation,
+    all processes together (load generator, LedgerX, PostgreSQL, Redis); this run spent so many.
+    A goal whose operation costs more than its budget cannot be met on this machine by running
+    the same work faster in parallel: the work per operation itself must shrink."""
+    cores = os.cpu_count() or 1
+    print(f"CPU budget of each goal on this machine ({cores} cores; µs of CPU per operation, every process):")
+    for name, result, goal_rate in rows:
+        if not result.cpu or not result.requests:
+            continue
+        spent = sum(result.cpu.values()) / result.requests * 1e6
+        budget = cores / goal_rate * 1e6
+        server = sum(v for k, v in result.cpu.items() if k != "bench") / result.requests * 1e6
+        print(
+            f"  {name:<48} goal {goal_rate:>6.0f}/s allows {budget:>4.0f} µs; spent {spent:>4.0f} µs"
+            f" ({server:.0f} µs outside the load generator)"
+        )
 
 
 def goals_table(rows: list[tuple[str, float, float | None, str]]) -> None:
@@ -586,6 +618,7 @@ async def main() -> None:
     ap.add_argument("--grants-only", action="store_true", help="only the credit grants figure")
     args = ap.parse_args()
 
+    from ledgerx import heap
     from ledgerx.db.engine import asyncpg_dsn
     from ledgerx.db.migrate import upgrade
     from ledgerx.services import resolve_urls
@@ -642,6 +675,10 @@ async def main() -> None:
         core = await core_services(url, s.redis_url)
         core_hot_w = await wallet_refs(core, [hot_wallet])
         core_spread_w = await wallet_refs(core, spread_wallets)
+        # This process runs the ledger core as a server process would: with its startup heap
+        # frozen (ledgerx/heap.py), or the figures would carry this process's full collections.
+        heap.settle()
+        pids = proc.pids
         async with RawLoop(dsn, args.wallets, min(args.raw_connections, n)) as raw:
             # Warm everything, then alternate the figures so background load drifts hit all alike.
             await raw.run(lambda: 0, concurrency=n, seconds=1)
@@ -654,24 +691,33 @@ async def main() -> None:
             await load_api(
                 port, debit_request(token, lambda: next(cycle), "warm-spread"), concurrency=n, seconds=warm_s
             )
-            raw_hot = await raw.run(lambda: 0, concurrency=n, seconds=secs)
-            core_hot = await load_core(core, core_hot_w, concurrency=n, seconds=secs, tag="core-hot")
-            api_hot = await load_api(
-                port, debit_request(token, lambda: hot_wallet, "api-hot"), concurrency=n, seconds=secs
+            raw_hot = await metered(raw.run(lambda: 0, concurrency=n, seconds=secs), pids)
+            core_hot = await metered(load_core(core, core_hot_w, concurrency=n, seconds=secs, tag="core-hot"), pids)
+            api_hot = await metered(
+                load_api(port, debit_request(token, lambda: hot_wallet, "api-hot"), concurrency=n, seconds=secs), pids
             )
-            raw_spread = await raw.run(lambda: random.randint(1, args.wallets), concurrency=n, seconds=secs)
-            core_spread = await load_core(core, core_spread_w, concurrency=n, seconds=secs, tag="core-spread")
+            raw_spread = await metered(
+                raw.run(lambda: random.randint(1, args.wallets), concurrency=n, seconds=secs), pids
+            )
+            core_spread = await metered(
+                load_core(core, core_spread_w, concurrency=n, seconds=secs, tag="core-spread"), pids
+            )
             pick = lambda: random.choice(spread_wallets)  # noqa: E731
-            api_spread = await load_api(port, debit_request(token, pick, "api-spread"), concurrency=n, seconds=secs)
+            api_spread = await metered(
+                load_api(port, debit_request(token, pick, "api-spread"), concurrency=n, seconds=secs), pids
+            )
             bulk_make = bulk_request(token, pick, "bulk", args.bulk_size)
             await load_bulk(port, bulk_request(token, pick, "warm-bulk", args.bulk_size), clients=2, seconds=1)
-            api_bulk = await load_bulk(port, bulk_make, clients=args.bulk_clients, seconds=secs)
-            core_bulk = await load_core_bulk(
-                core, core_spread_w, clients=args.bulk_clients, size=args.bulk_size, seconds=secs, tag="core-bulk"
+            api_bulk = await metered(load_bulk(port, bulk_make, clients=args.bulk_clients, seconds=secs), pids)
+            core_bulk = await metered(
+                load_core_bulk(
+                    core, core_spread_w, clients=args.bulk_clients, size=args.bulk_size, seconds=secs, tag="core-bulk"
+                ),
+                pids,
             )
             # The ceiling of any one-operation request on this machine: the HTTP, auth, rate-limit
             # and GraphQL layers with nothing behind them.
-            api_floor = await load_api(port, typename_request(token), concurrency=n, seconds=secs)
+            api_floor = await metered(load_api(port, typename_request(token), concurrency=n, seconds=secs), pids)
         batches = core.ledger.batcher  # type: ignore[attr-defined]
         await core.close()  # type: ignore[attr-defined]
         ok_debits = api_hot.requests - api_hot.errors + api_spread.requests - api_spread.errors
@@ -683,16 +729,16 @@ async def main() -> None:
         print("     idempotency record, audit row, RLS, credit-limit check) behind JWT auth and the access check")
         print(f"raw: {raw.connections} connections shared by the {n} clients; lock row, update, insert entry, commit")
         print("core: post_transaction called in this process (no HTTP, GraphQL or auth), same postings as the API")
-        print(raw_hot.line("raw asyncpg loop, 1 hot wallet"))
-        print(core_hot.line("ledger core, 1 hot wallet"))
-        print(api_hot.line("GraphQL debitWallet, 1 hot wallet"))
-        print(raw_spread.line(f"raw asyncpg loop, {args.wallets} wallets"))
-        print(core_spread.line(f"ledger core, {args.wallets} wallets"))
-        print(api_spread.line(f"GraphQL debitWallet, {args.wallets} wallets"))
-        print(api_floor.line("GraphQL { __typename } (ceiling)"))
+        show(raw_hot, "raw asyncpg loop, 1 hot wallet")
+        show(core_hot, "ledger core, 1 hot wallet")
+        show(api_hot, "GraphQL debitWallet, 1 hot wallet")
+        show(raw_spread, f"raw asyncpg loop, {args.wallets} wallets")
+        show(core_spread, f"ledger core, {args.wallets} wallets")
+        show(api_spread, f"GraphQL debitWallet, {args.wallets} wallets")
+        show(api_floor, "GraphQL { __typename } (ceiling)")
         bulk_label = f"POST /v1/transactions, {args.bulk_size}/batch, {args.wallets} wallets (postings/s)"
-        print(api_bulk.line(bulk_label))
-        print(core_bulk.line(f"post_many in process, {args.bulk_size}/batch (postings/s)"))
+        show(api_bulk, bulk_label)
+        show(core_bulk, f"post_many in process, {args.bulk_size}/batch (postings/s)")
         print(
             f"ratio API/raw,  hot wallet: {api_hot.rps / raw_hot.rps:.2f}   {args.wallets} wallets: {api_spread.rps / raw_spread.rps:.2f}"
         )
@@ -736,6 +782,14 @@ async def main() -> None:
                     2.0,
                     f"{api_hot.rps:.0f}/s",
                 ),
+            ]
+        )
+        cpu_budget(
+            [
+                (f"ledger core in process, {w} wallets", core_spread, 1.5 * raw_spread.rps),
+                (f"bulk POST /v1/transactions, {args.bulk_size}/batch", api_bulk, 3.0 * raw_spread.rps),
+                (f"GraphQL debitWallet, {w} wallets", api_spread, 0.6 * raw_spread.rps),
+                ("GraphQL debitWallet, 1 hot wallet", api_hot, 2.0 * raw_hot.rps),
             ]
         )
         print(f"after: {load_line()}")
