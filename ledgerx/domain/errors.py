@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledgerx.db import outage
+
 
 class AppError(Exception):
     code = "INTERNAL"
     http_status = 400
+    retry_after: int | None = None  # seconds; sent as Retry-After by the transports when set
 
     def __init__(self, message: str, *, field: str | None = None, **extra: Any) -> None:
         super().__init__(message)
@@ -85,6 +88,24 @@ class RateLimited(AppError):
     def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
         super().__init__(message, retryAfter=retry_after, **extra)
         self.retry_after = retry_after
+
+
+class Unavailable(AppError):
+    """The database could not take the request (ledgerx/db/outage.py): nothing was done, and the
+    same request may be sent again after `retry_after` seconds."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+    def __init__(self, message: str = "the service cannot reach its database; retry shortly", *, retry_after: int = 1):
+        super().__init__(message, retryAfter=retry_after)
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Unavailable | None:
+        """UNAVAILABLE for an error that means the database refused the request before any of its
+        statements ran (db/outage.py), else None: the transports answer it instead of INTERNAL."""
+        return cls() if outage.refused(exc) else None
 
 
 class ProjectSuspended(AppError):

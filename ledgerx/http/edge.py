@@ -7,6 +7,7 @@ headers on every answer (a refused request is 429 RATE_LIMITED with Retry-After)
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,8 +17,10 @@ from starlette.responses import Response
 from ledgerx import gateway
 from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, RateLimited, Unauthenticated
+from ledgerx.domain.errors import AppError, RateLimited, Unauthenticated, Unavailable
 from ledgerx.services import Services
+
+log = logging.getLogger("ledgerx.http")
 
 _JSON = "application/json"
 
@@ -36,7 +39,7 @@ def error_response(exc: AppError, status: int | None = None) -> Response:
     headers: dict[str, str] = {}
     if exc.code == Unauthenticated.code:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, RateLimited):
+    if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return json_response(status or exc.http_status, {"error": body}, headers)
 
@@ -57,7 +60,19 @@ def credential(request: Request) -> str | None:
 
 
 async def admitted(svc: Services, request: Request, handle: Handler) -> Response:
-    """Authenticate, admit through the gateway, then `handle`; an AppError it raises is answered."""
+    """Authenticate, admit through the gateway, then `handle`; an AppError it raises is answered,
+    and so is a database that refused the request (503 UNAVAILABLE, db/outage.py)."""
+    try:
+        return await _admitted(svc, request, handle)
+    except Exception as exc:
+        unavailable = Unavailable.of(exc)
+        if unavailable is None:
+            raise
+        log.warning("database unavailable: %s", exc)
+        return error_response(unavailable)
+
+
+async def _admitted(svc: Services, request: Request, handle: Handler) -> Response:
     principal: Principal | None = None
     auth_error: AppError | None = None
     try:

@@ -8,9 +8,13 @@ from typing import Any
 from graphql.error import GraphQLError
 
 from ledgerx import metrics
-from ledgerx.domain.errors import AppError, RateLimited
+from ledgerx.domain.errors import AppError, RateLimited, Unavailable
 
 log = logging.getLogger("ledgerx.graphql")
+
+# Errors that make the whole GraphQL response answer with their HTTP status and Retry-After, so
+# clients and proxies back off without reading the body.
+_STATUS = {RateLimited.code: RateLimited.http_status, Unavailable.code: Unavailable.http_status}
 
 
 def shape(error: GraphQLError, context: Any) -> GraphQLError:
@@ -27,6 +31,12 @@ def shape(error: GraphQLError, context: Any) -> GraphQLError:
         ext.setdefault("code", "BAD_USER_INPUT")
         metrics.GRAPHQL_ERRORS.labels(ext["code"]).inc()
         return GraphQLError(error.message, error.nodes, error.source, error.positions, error.path, None, ext)
+    unavailable = Unavailable.of(original)
+    if unavailable is not None:
+        log.warning("database unavailable: %s", original)
+        return shape(
+            GraphQLError(error.message, error.nodes, error.source, error.positions, error.path, unavailable), context
+        )
     metrics.GRAPHQL_ERRORS.labels("INTERNAL").inc()
     log.error(
         "unexpected error in resolver",
@@ -49,7 +59,8 @@ def rate_limit_headers(errors: list[GraphQLError], ctx: Any) -> None:
     if response is None:
         return
     for e in errors:
-        if (e.extensions or {}).get("code") == RateLimited.code:
+        code = (e.extensions or {}).get("code")
+        if code in _STATUS:
             response.headers["Retry-After"] = str((e.extensions or {}).get("retryAfter", 1))
-            response.status_code = 429
+            response.status_code = _STATUS[code]
             return

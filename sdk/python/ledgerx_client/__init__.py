@@ -23,6 +23,7 @@ from ledgerx_client.errors import (
     RateLimitedError,
     SubscriptionClosedError,
     UnauthenticatedError,
+    UnavailableError,
     WebhookVerificationError,
 )
 from ledgerx_client.usage import IngestEvent, IngestResult, Rejection
@@ -53,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "SubscriptionClosedError",
     "UnauthenticatedError",
+    "UnavailableError",
     "WebhookVerificationError",
     "__version__",
     "types",

@@ -101,6 +101,13 @@ class PaymentProviderError(LedgerXError):
     code = "PAYMENT_PROVIDER_ERROR"
 
 
+class UnavailableError(LedgerXError):
+    """The server could not reach its database and did nothing (HTTP 503, `Retry-After`): retried
+    like a 429, with the same idempotency key, before it is raised."""
+
+    code = "UNAVAILABLE"
+
+
 class InternalError(LedgerXError):
     code = "INTERNAL"
 
@@ -138,6 +145,7 @@ ERRORS: dict[str, type[LedgerXError]] = {
         ProjectSuspendedError,
         InvitationSentError,
         PaymentsNotConfiguredError,
+        UnavailableError,
         PaymentProviderError,
         InternalError,
     )

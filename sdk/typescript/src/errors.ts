@@ -15,6 +15,7 @@ export type ServerErrorCode =
   | "INVITATION_SENT"
   | "PAYMENTS_NOT_CONFIGURED"
   | "PAYMENT_PROVIDER_ERROR"
+  | "UNAVAILABLE"
   | "INTERNAL";
 
 /** The codes of errors the client meets on its own. */
@@ -107,6 +108,10 @@ export class PaymentsNotConfiguredError extends LedgerXError {
 export class PaymentProviderError extends LedgerXError {
   static override readonly code = "PAYMENT_PROVIDER_ERROR";
 }
+/** The server could not reach its database and did nothing (HTTP 503, `Retry-After`): retried like a 429, with the same idempotency key, before it is thrown. */
+export class UnavailableError extends LedgerXError {
+  static override readonly code = "UNAVAILABLE";
+}
 export class InternalError extends LedgerXError {
   static override readonly code = "INTERNAL";
 }
@@ -138,6 +143,7 @@ const BY_CODE: ReadonlyMap<string, typeof LedgerXError> = new Map(
     InvitationSentError,
     PaymentsNotConfiguredError,
     PaymentProviderError,
+    UnavailableError,
     InternalError,
   ].map((cls) => [cls.code, cls] as const),
 );

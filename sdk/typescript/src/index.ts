@@ -45,6 +45,7 @@ export {
   RateLimitedError,
   SubscriptionClosedError,
   UnauthenticatedError,
+  UnavailableError,
   WebhookVerificationError,
   errorFrom,
   isLedgerXError,
