@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +35,13 @@ from ledgerx import gateway, jsonenc
 from ledgerx.context import Context, authenticate, authenticate_now
 from ledgerx.domain.actor import RequestMeta
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError
+from ledgerx.domain.errors import AppError, Unavailable
 from ledgerx.http import jsonbody
 from ledgerx.logs import request_id_var
 from ledgerx.services import Services
 from ledgerx.ws import TransportWSHandler
+
+log = logging.getLogger("ledgerx.graphql")
 
 _GRAPHQL_RESPONSE = "application/graphql-response+json"
 _wants_graphql_response: contextvars.ContextVar[bool] = contextvars.ContextVar("wants_gql_resp", default=False)
@@ -111,7 +114,14 @@ class GraphQLView(GraphQL[Context, None]):
         decision = None
         if isinstance(request, Request):
             # Authenticate once, then spend one token of the caller's bucket before any work.
-            principal, auth_error = await authenticate_http(self.services, request)
+            try:
+                principal, auth_error = await authenticate_http(self.services, request)
+            except Exception as exc:  # an API key is looked up in the database
+                unavailable = Unavailable.of(exc)
+                if unavailable is None:
+                    raise
+                log.warning("database unavailable: %s", exc)
+                return _error_response(unavailable)
             decision = await gateway.admit(self.services, principal, _client_ip(request))
             if decision.flagged:
                 # The token verifies but its session was revoked (read by the same Redis call).
@@ -247,6 +257,13 @@ def _is_request_error(result: ExecutionResult) -> bool:
     """Nothing was executed: the document did not parse or validate, or the variables did not
     coerce. Such errors have no path; a field error always has one, even when data is null."""
     return result.data is None and bool(result.errors) and all(e.path is None for e in result.errors or ())
+
+
+def _error_response(exc: AppError) -> Response:
+    """An error before execution, GraphQL-shaped, with its HTTP status (and Retry-After)."""
+    body = {"data": None, "errors": [{"message": exc.message, "extensions": exc.extensions}]}
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return Response(jsonenc.dumps(body), status_code=exc.http_status, media_type="application/json", headers=headers)
 
 
 def _body_error(exc: jsonbody.BodyError) -> Response:

@@ -52,6 +52,15 @@ async def test_http_routes_answer_503_unavailable(down: httpx.AsyncClient) -> No
     assert r.json()["error"]["code"] == "UNAVAILABLE"
 
 
+async def test_graphql_with_an_api_key_answers_503_before_execution(down: httpx.AsyncClient) -> None:
+    # The key is looked up while the request is authenticated, before GraphQL executes anything.
+    key = "lx_" + "a" * 12 + "_" + "b" * 43
+    r = await down.post("/graphql", headers={"Authorization": f"Bearer {key}"}, json={"query": "{ __typename }"})
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
+
+
 def test_only_refusals_before_any_statement_count() -> None:
     assert outage.refused(ConnectionRefusedError(111, "refused"))
     assert outage.refused(asyncpg.TooManyConnectionsError("sorry, too many clients already"))

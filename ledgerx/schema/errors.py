@@ -54,7 +54,7 @@ def shape(error: GraphQLError, context: Any) -> GraphQLError:
     )
 
 
-def rate_limit_headers(errors: list[GraphQLError], ctx: Any) -> None:
+def status_headers(errors: list[GraphQLError], ctx: Any) -> None:
     response = getattr(ctx, "response", None)
     if response is None:
         return

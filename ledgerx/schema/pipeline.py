@@ -38,7 +38,7 @@ from ledgerx import metrics
 from ledgerx.http.jsonbody import find_bad_text, text_problem
 from ledgerx.logs import note_operation
 from ledgerx.schema.cost import document_cost
-from ledgerx.schema.errors import rate_limit_headers, shape
+from ledgerx.schema.errors import shape, status_headers
 from ledgerx.schema.shared_results import SharedResultsExecutor
 
 # Bounded: distinct query texts come from clients, and a public endpoint must not let them grow
@@ -124,7 +124,7 @@ class Pipeline(SchemaExtension):
         result = ec.result
         if isinstance(result, GraphQLExecutionResult | StrawberryExecutionResult) and result.errors:
             result.errors = [shape(e, ec.context) for e in result.errors]
-            rate_limit_headers(result.errors, ec.context)
+            status_headers(result.errors, ec.context)
 
     def on_stream_result(self, result: Any) -> Iterator[None]:
         # Streamed results (websockets) reach the client before on_operation ends: shape each one.
