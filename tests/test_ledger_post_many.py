@@ -1,7 +1,9 @@
-"""`post_many`: many postings in one database transaction, each with its own outcome."""
+"""`post_many`: many postings, each with its own outcome, decided in order; on the caller's
+transaction (all commit or none), or through the batcher (bulk posting's independent mode)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -58,7 +60,7 @@ async def test_each_posting_is_decided_in_order_and_a_refused_one_writes_nothing
         ],
     )
     assert [type(o) for o in done.outcomes] == [Posted, InsufficientFunds, Posted, BadInput, Posted]
-    assert done.events == []  # its own transaction: committed and published already
+    assert done.events == []  # through the batcher: committed and published already
     first, third = done.outcomes[0], done.outcomes[2]
     assert isinstance(first, Posted) and isinstance(third, Posted)
     assert (first.transaction.balance_after, third.transaction.balance_after) == (4, 0)
@@ -75,6 +77,43 @@ async def test_each_posting_is_decided_in_order_and_a_refused_one_writes_nothing
     assert [o.transaction.id for o in replayed] == [first.transaction.id, third.transaction.id]
     assert isinstance(again.outcomes[2], IdempotencyConflict)
     assert await count_transactions(services, pid) == 3
+    await check_invariants(services.ledger, pid)
+
+
+async def test_concurrent_calls_share_wallets_and_keep_each_calls_order(services: Services) -> None:
+    """Eight calls at once, 30 debits each over the same 6 wallets, more than the wallets hold:
+    they share batches (never two in flight on one wallet), no wallet goes below zero, exactly
+    what the wallets held is taken, and within each call a wallet's debits are decided in the
+    call's order (a refusal is never followed by a success of the same size on that wallet)."""
+    pid = await new_project(services)
+    wallets = [await new_wallet(services, pid, name=f"w{i}") for i in range(6)]
+    for i, w in enumerate(wallets):
+        await posting.credit_wallet(services.ledger, ACTOR, w, 100, f"seed-{i}")
+    batches_before = services.ledger.batcher.batches
+
+    async def call(c: int) -> list[tuple[WalletRef, Posted | Exception]]:
+        plan = [(wallets[(c + i) % 6], f"c{c}-{i}") for i in range(30)]
+        done = await posting.post_many(services.ledger, [debit(w, 5, key) for w, key in plan])
+        return [(w, o) for (w, _), o in zip(plan, done.outcomes, strict=True)]
+
+    results = await asyncio.gather(*(call(c) for c in range(8)))
+    taken = {w.id: 0 for w in wallets}
+    for outcomes in results:
+        refused_on: set[uuid.UUID] = set()
+        last_after: dict[uuid.UUID, int] = {}
+        for w, o in outcomes:
+            if isinstance(o, Posted):
+                assert w.id not in refused_on, "a debit succeeded after an equal one on its wallet was refused"
+                after = o.transaction.balance_after
+                assert after >= 0 and after < last_after.get(w.id, 101)
+                last_after[w.id] = after
+                taken[w.id] += 5
+            else:
+                assert isinstance(o, InsufficientFunds)
+                refused_on.add(w.id)
+    assert taken == {w.id: 100 for w in wallets}  # 8 x 30 x 5 = 1,200 asked of 600 held
+    assert [await balance(services, w) for w in wallets] == [0] * 6
+    assert 0 < services.ledger.batcher.batches - batches_before < 8 * 30  # batched, and shared
     await check_invariants(services.ledger, pid)
 
 

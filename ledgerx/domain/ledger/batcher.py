@@ -106,6 +106,25 @@ class Batcher:
         self._kick()
         return await fut
 
+    async def submit_many(self, items: Sequence[apply.Prepared]) -> list[Posted | AppError]:
+        """Queue `items` in their order, as one arrival (a bulk request's independent
+        operations), and wait for every outcome: Posted, or the AppError that refused it. They
+        join whatever else is queued, so concurrent bulk requests share batches, and batches in
+        flight side by side never hold the same wallet. Another error (no database) is raised
+        once every outcome is known."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Posted]] = []
+        for item in items:
+            fut: asyncio.Future[Posted] = loop.create_future()
+            self._queue.append(_Pending(item, fut, frozenset(item.wallet_ids())))
+            futures.append(fut)
+        self._kick()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        for o in outcomes:
+            if not isinstance(o, Posted | AppError):
+                raise o
+        return [o for o in outcomes if isinstance(o, Posted | AppError)]
+
     def _kick(self) -> None:
         """Start batches while the rules above allow; otherwise a batch's end or the stall timer
         calls again."""

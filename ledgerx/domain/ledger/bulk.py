@@ -5,7 +5,9 @@ Each operation is the same posting its single mutation makes (posting.py's `cred
 `debit_posting`, `transfer_posting`), authorized by the same rule, recorded by the same
 `apply` (idempotency, credit limits, grants, hash chains, audit rows, events and outbound
 webhooks, low-balance alerts), so a batch guarantees what single postings do. What differs is the
-round trips: the whole batch is one database transaction and one lock-and-decide pass.
+round trips: an atomic batch is one database transaction and one lock-and-decide pass; an
+independent one is queued to the batcher as one arrival, where it shares batches with whatever
+else is posting (concurrent bulk requests do not wait on each other's wallet locks).
 
 - Independent (the default): each operation stands alone. A refused one writes nothing and gets
   its error; the others are recorded, later ones seeing the balances earlier ones left.

@@ -24,7 +24,7 @@ from ledgerx.db.engine import driver
 from ledgerx.domain.actor import Actor
 from ledgerx.domain.errors import AppError, BadInput
 from ledgerx.domain.ledger import apply, hashing
-from ledgerx.domain.ledger.batcher import RETRYABLE, SINGLE_ATTEMPTS, run_in_transaction
+from ledgerx.domain.ledger.batcher import RETRYABLE, SINGLE_ATTEMPTS
 from ledgerx.domain.ledger.service import LedgerService, WalletRef
 from ledgerx.domain.ledger.types import CREDITS, MAX_BIGINT, Kind, Leg, Posted, Posting, SystemAccount
 
@@ -191,7 +191,7 @@ class Many:
 async def post_many(
     ledger: LedgerService, postings: Sequence[Posting], *, conn: asyncpg.Connection | None = None
 ) -> Many:
-    """Record `postings` in one database transaction, decided one by one in the order given.
+    """Record `postings`, decided one by one in the order given.
 
     Each posting's outcome is its own, as if posted alone in that order: `Posted` (new, or
     `replayed=True` for an idempotency key already used for the same request, also earlier in
@@ -203,8 +203,14 @@ async def post_many(
     postings commit or roll back with it, and the caller publishes `events` after its commit. A
     race that a rerun resolves (`RETRYABLE`: an idempotency key claimed concurrently, a deadlock)
     is raised, leaving the caller's transaction aborted: the caller reruns the whole transaction.
-    Without `conn`: a transaction of its own, scoped to the postings' projects, committed (rerun
-    after such a race) and its events published.
+
+    Without `conn` (bulk posting's independent mode): through the batcher, queued in order as one
+    arrival (`Batcher.submit_many`). Postings of one wallet are decided in the order given, and the
+    batcher publishes the events. Concurrent calls share batches instead of each locking its own
+    wallets in a transaction of its own: two bulk requests of 100 debits over 1,000 wallets nearly
+    always share a wallet, so their transactions waited on each other's row locks (measured in
+    process, 8 concurrent calls of 100: 2,650 postings/s in their own transactions, 3,750-3,960
+    through the batcher, whose batches in flight side by side never hold the same wallet).
     """
     checked: list[apply.Prepared | AppError] = []
     for p in postings:
@@ -217,14 +223,7 @@ async def post_many(
     if items and conn is not None:
         result = await apply.apply(conn, items, ledger.now())
     elif items:
-        for attempt in range(SINGLE_ATTEMPTS):
-            try:
-                result = await run_in_transaction(ledger.db, items, ledger.now())
-                break
-            except RETRYABLE:
-                if attempt + 1 == SINGLE_ATTEMPTS:
-                    raise
-        ledger.publish(result.events)
+        result = apply.Result(list(await ledger.batcher.submit_many(items)), [])
     applied = iter(result.outcomes)
     outcomes = [c if isinstance(c, AppError) else next(applied) for c in checked]
     return Many(outcomes, result.events if conn is not None else [])

@@ -62,7 +62,7 @@ class LedgerService:
         self.batcher = Batcher(
             db,
             clock=self.now,
-            on_events=self.publish,
+            on_events=lambda events: self.publish(events),  # late-bound: one way out, whoever posts
             max_parallel=max_parallel,
             max_batch=max_batch,
             stall_s=stall_s,
