@@ -10,7 +10,10 @@ independent one is queued to the batcher as one arrival, where it shares batches
 else is posting (concurrent bulk requests do not wait on each other's wallet locks).
 
 - Independent (the default): each operation stands alone. A refused one writes nothing and gets
-  its error; the others are recorded, later ones seeing the balances earlier ones left.
+  its error; the others are recorded, later ones seeing the balances earlier ones left. They may
+  commit in several of the batcher's transactions: if the database fails partway, the request
+  answers that error while operations already committed stay posted, and sending the same batch
+  again answers those as replays and posts the rest.
 - Atomic: all or nothing. When any operation is refused nothing is written: it gets its error and
   every other operation `ABORTED`.
 
