@@ -326,3 +326,12 @@ async def click(page: DevTools, selector: str) -> None:
           if (!n) return false; n.click(); return true; }})()"""
     )
     assert ok, f"nothing matches {selector!r}"
+
+
+async def press_key(page: DevTools, key: str, code: str, key_code: int, modifiers: int = 0) -> None:
+    """A real key press through the browser's input pipeline (Tab moves focus, Enter activates)."""
+    base = {"key": key, "code": code, "windowsVirtualKeyCode": key_code, "modifiers": modifiers}
+    await page.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", **base})
+    if key == "Enter":
+        await page.send("Input.dispatchKeyEvent", {"type": "char", "text": "\r", **base})
+    await page.send("Input.dispatchKeyEvent", {"type": "keyUp", **base})

@@ -609,6 +609,8 @@ async def test_the_keyboard_reaches_everything_and_focus_shows(gql: GQL, server:
     async with chromium() as page:
         await console_sign_in(page, server.url, t.owner.email, t.owner.password)
         await console_open(page, "#/overview")
+        # The navigation ends with the focus on the page's title; only then start from the top.
+        await page.wait_for("document.activeElement && document.activeElement.id === 'page-title'")
         await page.eval("document.activeElement.blur() || document.body.focus() || true")
         # Tab from the top: the skip link first, then the header's controls, then the menu.
         seen: list[str] = []

@@ -128,12 +128,12 @@ async function render() {
     document.title = "Not found · LedgerX console";
     root.append(el("h1", { id: "page-title", tabindex: "-1" }, "Page not found"), el("p", {}, el("a", { href: `#/${defaultPage()}` }, "Back to the console")));
     root.dataset.ready = "1";
-    return;
+    return seq;
   }
   if (page.needsProject && !state.projectId) {
     noProjectState(root, page);
     root.dataset.ready = "1";
-    return;
+    return seq;
   }
   const cleanups = [];
   const ctx = {
@@ -156,13 +156,14 @@ async function render() {
     const done = await busy(Promise.resolve(page.render(root, ctx)));
     if (typeof done === "function") ctx.onCleanup(done);
   } catch (err) {
-    if (seq !== state.renderSeq) return;
+    if (seq !== state.renderSeq) return seq;
     console.warn("page failed:", err && err.message);
     if (!root.querySelector("h1")) root.prepend(el("h1", { id: "page-title", tabindex: "-1" }, page.title));
     root.append(errorBox(err));
   }
   if (seq === state.renderSeq) root.dataset.ready = "1";
   void cleanups;
+  return seq;
 }
 
 function focusPage() {
@@ -229,8 +230,10 @@ async function start() {
     else render();
   });
   window.addEventListener("hashchange", async () => {
-    await render();
-    focusPage();
+    // Only the latest render takes the focus: a slower, older one finishing later must not pull
+    // it back to its title while the user (or a later navigation) has moved on.
+    const seq = await render();
+    if (seq !== undefined && seq === state.renderSeq) focusPage();
   });
   let wasSignedIn = false;
   session.onSessionChange((user) => {
