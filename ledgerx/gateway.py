@@ -17,17 +17,17 @@ import dataclasses
 import logging
 
 from starlette.datastructures import MutableHeaders
-from starlette.responses import JSONResponse
 
 from ledgerx import metrics
 from ledgerx.context import session_revoked
 from ledgerx.domain.auth.principal import Principal
+from ledgerx.domain.errors import RateLimited
 from ledgerx.domain.ratelimit import Decision
 from ledgerx.services import Services
 
 log = logging.getLogger("ledgerx.gateway")
 
-__all__ = ["admit", "apply_headers", "refused", "session_revoked"]
+__all__ = ["admit", "apply_headers", "rate_limited", "session_revoked"]
 
 
 async def admit(services: Services, principal: Principal | None, ip: str | None) -> Decision:
@@ -68,17 +68,7 @@ def apply_headers(headers: MutableHeaders, d: Decision) -> None:
         headers["Retry-After"] = str(d.retry_after_s)
 
 
-def refused(d: Decision) -> JSONResponse:
-    """A GraphQL-shaped error body, so clients handle it like any other error."""
-    body = {
-        "data": None,
-        "errors": [
-            {
-                "message": f"rate limit exceeded; retry in {d.retry_after_s}s",
-                "extensions": {"code": "RATE_LIMITED", "retryAfter": d.retry_after_s},
-            }
-        ],
-    }
-    response = JSONResponse(body, status_code=429)
-    apply_headers(response.headers, d)
-    return response
+def rate_limited(d: Decision) -> RateLimited:
+    """The error a refused decision answers with, on every transport (HTTP routes, GraphQL over
+    HTTP, each operation on a socket)."""
+    return RateLimited(f"rate limit exceeded; retry in {d.retry_after_s}s", retry_after=d.retry_after_s)

@@ -128,7 +128,9 @@ class GraphQLView(GraphQL[Context, None]):
                 principal, auth_error = None, gateway.session_revoked()
             request.state.lx_auth = (principal, auth_error)
             if not decision.allowed:
-                return gateway.refused(decision)
+                refused = _error_response(gateway.rate_limited(decision))
+                gateway.apply_headers(refused.headers, decision)
+                return refused
         try:
             response = await super().run(request, context, root_value)
         except jsonbody.BodyError as exc:
@@ -260,7 +262,8 @@ def _is_request_error(result: ExecutionResult) -> bool:
 
 
 def _error_response(exc: AppError) -> Response:
-    """An error before execution, GraphQL-shaped, with its HTTP status (and Retry-After)."""
+    """An error before execution (a refused rate limit, a database refusing to authenticate),
+    GraphQL-shaped so clients handle it like any other, with its HTTP status and Retry-After."""
     body = {"data": None, "errors": [{"message": exc.message, "extensions": exc.extensions}]}
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return Response(jsonenc.dumps(body), status_code=exc.http_status, media_type="application/json", headers=headers)

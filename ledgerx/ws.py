@@ -77,9 +77,7 @@ async def authorize_operation(services: Services, credential: str | None, ip: st
     if decision.flagged:
         raise session_revoked()
     if not decision.allowed:
-        raise RateLimited(
-            f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s
-        )
+        raise gateway.rate_limited(decision)
     return principal
 
 

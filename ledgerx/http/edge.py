@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ledgerx import gateway
 from ledgerx.context import authenticate
 from ledgerx.domain.auth.principal import Principal
-from ledgerx.domain.errors import AppError, RateLimited, Unauthenticated, Unavailable
+from ledgerx.domain.errors import AppError, Unauthenticated, Unavailable
 from ledgerx.services import Services
 
 log = logging.getLogger("ledgerx.http")
@@ -82,9 +82,7 @@ async def _admitted(svc: Services, request: Request, handle: Handler) -> Respons
     client = request.scope.get("client")  # (host, port); Request.client builds it anew per access
     decision = await gateway.admit(svc, principal, client[0] if client else None)
     if not decision.allowed:
-        response = error_response(
-            RateLimited(f"rate limit exceeded; retry in {decision.retry_after_s}s", retry_after=decision.retry_after_s)
-        )
+        response = error_response(gateway.rate_limited(decision))
     else:
         try:
             response = await handle(principal, auth_error)

@@ -18,7 +18,7 @@ from ledgerx.domain.actor import Actor
 from ledgerx.domain.billing import clocks, runner, store
 from ledgerx.domain.billing.records import RULE_COLS, Rule, Run, conflict_if_paused, due_of
 from ledgerx.domain.billing.service import BillingService
-from ledgerx.domain.billing.validation import RuleFields, default_start, first_instant, validate
+from ledgerx.domain.billing.validation import RuleFields, Spec, default_start, first_instant, validate
 from ledgerx.domain.errors import BadInput, Conflict
 from ledgerx.domain.usage import periods
 from ledgerx.ids import uuid7
@@ -31,6 +31,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
   $22)
 RETURNING {RULE_COLS}
 """  # noqa: S608
+
+
+def _terms(spec: Spec, metric_id: uuid.UUID | None, start: dt.datetime) -> tuple[object, ...]:
+    """The rule's terms, amount through catch_up, in the order _INSERT_RULE and _UPDATE_RULE both
+    take them."""
+    weekdays, month_days = list(spec.weekdays), list(spec.month_days)
+    return (
+        *(spec.amount, metric_id, spec.metric_key, spec.unit_price, weekdays, month_days),
+        *(spec.cron, spec.timezone, spec.time_of_day, start, spec.catch_up),
+    )
 
 
 async def _resolve_metric(conn: asyncpg.Connection, project_id: uuid.UUID, key: str) -> uuid.UUID:
@@ -82,17 +92,7 @@ async def create_in(
         spec.name,
         spec.mode,
         currency,
-        spec.amount,
-        metric_id,
-        spec.metric_key,
-        spec.unit_price,
-        list(spec.weekdays),
-        list(spec.month_days),
-        spec.cron,
-        spec.timezone,
-        spec.time_of_day,
-        start,
-        spec.catch_up,
+        *_terms(spec, metric_id, start),
         test_mode,
         max(start, now),
         first,
@@ -161,17 +161,7 @@ async def update_in(
         rule.id,
         spec.name,
         spec.mode,
-        spec.amount,
-        metric_id,
-        spec.metric_key,
-        spec.unit_price,
-        list(spec.weekdays),
-        list(spec.month_days),
-        spec.cron,
-        spec.timezone,
-        spec.time_of_day,
-        start,
-        spec.catch_up,
+        *_terms(spec, metric_id, start),
         next_run,
         due_of(probe),
         through,

@@ -101,8 +101,7 @@ class Batcher:
 
     async def submit(self, item: apply.Prepared) -> Posted:
         """Queue a posting and wait for its outcome (raises its AppError when refused)."""
-        fut: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, fut, frozenset(item.wallet_ids())))
+        fut = self._enqueue(item)
         self._kick()
         return await fut
 
@@ -112,18 +111,18 @@ class Batcher:
         join whatever else is queued, so concurrent bulk requests share batches, and batches in
         flight side by side never hold the same wallet. Another error (no database) is raised
         once every outcome is known."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Posted]] = []
-        for item in items:
-            fut: asyncio.Future[Posted] = loop.create_future()
-            self._queue.append(_Pending(item, fut, frozenset(item.wallet_ids())))
-            futures.append(fut)
+        futures = [self._enqueue(item) for item in items]
         self._kick()
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         for o in outcomes:
             if not isinstance(o, Posted | AppError):
                 raise o
         return [o for o in outcomes if isinstance(o, Posted | AppError)]
+
+    def _enqueue(self, item: apply.Prepared) -> asyncio.Future[Posted]:
+        fut: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, fut, frozenset(item.wallet_ids())))
+        return fut
 
     def _kick(self) -> None:
         """Start batches while the rules above allow; otherwise a batch's end or the stall timer
